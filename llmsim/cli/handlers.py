@@ -16,10 +16,14 @@ from typing import Callable, Iterable, Iterator
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ..anthropic.messages import (MessageEventEncoder, bad, count_input_tokens, message_body, message_events,
+                                  parse_count_tokens_request, parse_messages_request, prompt_messages)
+from ..anthropic.models import list_models as anthropic_models, retrieve_model as anthropic_model
 from ..errors import ApiError
 from ..fields import parse_json_object
 from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
-from ..tokens import count_chat_tokens
+from ..openai.responses import ResponseBuilder, ResponseEventEncoder, parse_responses_request, response_events
+from ..tokens import count_chat_tokens, get_encoding
 from .state import AppState, Generation
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -63,6 +67,12 @@ def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator
         # Runs on normal end and on GeneratorExit when the client disconnects.
         state.stats.stream_ended(disconnected=not completed)
         state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
+
+
+def wait_for(state: AppState, gen: Generation) -> None:
+    """A non-streaming answer: take as long as the stream would, then count its tokens."""
+    gen.pacer.wait_all(gen.plan)
+    state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
 
 
 def read_body() -> dict:
@@ -114,6 +124,91 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
                            param="model", code="model_not_found")
         return jsonify(model_object(state, model_id))
 
+    @bp.post("/responses")
+    def create_response() -> Response:
+        req = parse_responses_request(read_body())
+        gen = state.generate(req.model, {"model": req.model, "messages": req.messages},
+                             count_prompt=lambda enc: count_chat_tokens(req.messages, enc),
+                             max_tokens=req.max_output_tokens, max_tokens_param="max_output_tokens",
+                             effort=req.effort)
+        builder = ResponseBuilder(state.new_id("resp_"), req.model, gen.created, req.echo,
+                                  reasoning=gen.plan.reasoning_tokens > 0, message_id=state.new_id("msg_"),
+                                  reasoning_id=state.new_id("rs_"))
+        if not req.stream:
+            wait_for(state, gen)
+            return jsonify(builder.final(gen.plan, gen.prompt_tokens, output_text=True))
+        enc = ResponseEventEncoder(builder)
+        return sse_response(tracked_stream(
+            state, gen, lambda: response_events(enc, gen.plan, gen.pacer.paced(gen.plan), gen.prompt_tokens)))
+
+    return bp
+
+
+ANTHROPIC_PREFIXES = ("/v1", "/anthropic/v1")
+"""Messages answers at Anthropic's own path and under /anthropic; Models only under /anthropic
+(plain /v1/models is OpenAI's unless the request carries `anthropic-version`)."""
+
+
+def anthropic_blueprint(state: AppState) -> Blueprint:
+    """Anthropic's Messages, token counting and Models APIs. `x-api-key`, `anthropic-version`
+    and `anthropic-beta` are accepted and not required."""
+    bp = Blueprint("anthropic", __name__)
+
+    def create_message() -> Response:
+        req = parse_messages_request(read_body())
+        profile = state.resolve_profile(req.model)
+        if req.max_tokens > profile.max_output_tokens:
+            raise bad("max_tokens", f"{req.max_tokens} > {profile.max_output_tokens}, which is the maximum allowed "
+                                    f"number of output tokens for {req.model}")
+        gen = state.generate(req.model, {"model": req.model, "messages": prompt_messages(req)},
+                             count_prompt=lambda enc: count_input_tokens(req, enc), max_tokens=req.max_tokens,
+                             stop=req.stop_sequences, profile=profile)
+        meta = {"id": state.new_id("msg_"), "model": req.model}
+        if not req.stream:
+            wait_for(state, gen)
+            return jsonify(message_body(meta, gen.plan, gen.prompt_tokens))
+        enc = MessageEventEncoder(meta, gen.prompt_tokens)
+        return sse_response(tracked_stream(state, gen,
+                                           lambda: message_events(enc, gen.plan, gen.pacer.paced(gen.plan))))
+
+    def count_tokens() -> Response:
+        req = parse_count_tokens_request(read_body())
+        enc = get_encoding(state.resolve_profile(req.model).encoding)
+        return jsonify({"input_tokens": count_input_tokens(req, enc)})
+
+    for prefix in ANTHROPIC_PREFIXES:
+        bp.add_url_rule(f"{prefix}/messages", "messages", create_message, methods=["POST"])
+        bp.add_url_rule(f"{prefix}/messages/count_tokens", "count_tokens", count_tokens, methods=["POST"])
+
+    @bp.get("/anthropic/v1/models")
+    def list_models() -> Response:
+        return jsonify(anthropic_models(state.registry, request.args))
+
+    @bp.get("/anthropic/v1/models/<path:model_id>")
+    def get_model(model_id: str) -> Response:
+        return jsonify(anthropic_model(state.registry, model_id))
+
+    @bp.before_app_request
+    def _models_for_anthropic_clients() -> Response | None:
+        # The Anthropic SDK pointed at the server root asks GET /v1/models, which
+        # is OpenAI's path; its anthropic-version header says which shape it wants.
+        path = request.path.rstrip("/")
+        if request.method != "GET" or "anthropic-version" not in request.headers or not (
+                path == "/v1/models" or path.startswith("/v1/models/")):
+            return None
+        try:
+            if path == "/v1/models":
+                return jsonify(anthropic_models(state.registry, request.args))
+            return jsonify(anthropic_model(state.registry, path.removeprefix("/v1/models/")))
+        except ApiError as err:
+            return error_response(err, "anthropic")
+
+    @bp.after_app_request
+    def _request_id(resp: Response) -> Response:
+        if provider_for_path(request.path) == "anthropic" or "anthropic-version" in request.headers:
+            resp.headers["request-id"] = g.get("request_id", "")
+        return resp
+
     return bp
 
 
@@ -133,6 +228,7 @@ def create_app(state: AppState) -> Flask:
 
     app.register_blueprint(openai_blueprint(state, "openai_v1"), url_prefix="/v1")
     app.register_blueprint(openai_blueprint(state, "openai_prefixed"), url_prefix="/openai/v1")
+    app.register_blueprint(anthropic_blueprint(state))
 
     @app.before_request
     def _start() -> None:

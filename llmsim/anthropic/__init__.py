@@ -1,0 +1,1 @@
+"""The Anthropic Messages API: request parsing, message bodies and stream events."""
