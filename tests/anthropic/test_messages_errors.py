@@ -1,0 +1,115 @@
+"""Bad Messages requests: Anthropic's envelope, type and status, and a message naming the field."""
+
+import warnings
+
+import anthropic
+import pytest
+import requests
+
+from llmsim.testing import run_server
+
+OK = {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Real profiles (no forced latency profile) so the model's own output limit applies;
+    # every request here fails before any token is generated.
+    with run_server(seed=1) as url:
+        yield url
+
+
+def post(server: str, body, path: str = "/v1/messages", **kwargs) -> requests.Response:
+    if isinstance(body, dict):
+        return requests.post(server + path, json=body, timeout=10, **kwargs)
+    return requests.post(server + path, data=body, timeout=10, headers={"content-type": "application/json"})
+
+
+def assert_anthropic_error(r: requests.Response, status: int, kind: str, starts: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"type", "error", "request_id"} and body["type"] == "error"
+    assert body["request_id"] == r.headers["request-id"]
+    assert body["error"]["type"] == kind and set(body["error"]) == {"type", "message"}
+    assert body["error"]["message"].startswith(starts), body["error"]["message"]
+    return body
+
+
+def without(key: str) -> dict:
+    return {k: v for k, v in OK.items() if k != key}
+
+
+@pytest.mark.parametrize("body, starts", [
+    (without("max_tokens"), "max_tokens: Field required"),
+    ({**OK, "max_tokens": "16"}, "max_tokens: Input should be a valid integer"),
+    ({**OK, "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+    (without("model"), "model: Field required"),
+    (without("messages"), "messages: Field required"),
+    ({**OK, "messages": []}, "messages: at least one message is required"),
+    ({**OK, "messages": "Hi"}, "messages: Input should be a valid list"),
+    ({**OK, "messages": ["Hi"]}, "messages.0: Input should be a valid dictionary"),
+    ({**OK, "messages": [{"content": "Hi"}]}, "messages.0.role: Field required"),
+    ({**OK, "messages": [{"role": "bot", "content": "Hi"}]}, "messages.0.role: Input should be 'user' or 'assistant'"),
+    ({**OK, "messages": [{"role": "system", "content": "Hi"}]}, 'messages.0.role: Unexpected role "system"'),
+    ({**OK, "messages": [{"role": "user"}]}, "messages.0.content: Field required"),
+    ({**OK, "messages": [{"role": "user", "content": 42}]}, "messages.0.content: Input should be a valid string "
+                                                             "or a list of content blocks"),
+    ({**OK, "messages": [{"role": "user", "content": [{"text": "Hi"}]}]}, "messages.0.content.0.type: Field "
+                                                                          "required"),
+    ({**OK, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text: Field "
+                                                                            "required"),
+    ({**OK, "messages": [{"role": "user", "content": ""}]}, "messages.0: all messages must have non-empty content"),
+    ({**OK, "system": 7}, "system: Input should be a valid string or a list of text blocks"),
+    ({**OK, "system": [{"type": "image"}]}, "system.0.type: Input should be 'text'"),
+    ({**OK, "stop_sequences": "END"}, "stop_sequences: Input should be a valid list"),
+    ({**OK, "stop_sequences": [1]}, "stop_sequences.0: Input should be a valid string"),
+    ({**OK, "temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+    ({**OK, "top_p": -0.1}, "top_p: Input should be greater than or equal to 0"),
+    ({**OK, "top_k": 1.5}, "top_k: Input should be a valid integer"),
+    ({**OK, "stream": "yes"}, "stream: Input should be a valid boolean"),
+    ({**OK, "metadata": {"user_id": 5}}, "metadata.user_id: Input should be a valid string"),
+    ({**OK, "tools": [{"description": "x"}]}, "tools.0.name: Field required"),
+    ({**OK, "tool_choice": {"type": "sometimes"}}, "tool_choice.type: Input should be one of"),
+    ({**OK, "max_tokens": 100_000}, "max_tokens: 100000 > 64000, which is the maximum allowed number of output "
+                                    "tokens for claude-haiku-4-5"),
+])
+@pytest.mark.parametrize("path", ["/v1/messages", "/anthropic/v1/messages"])
+def test_invalid_request_names_the_field(server, body, starts, path):
+    assert_anthropic_error(post(server, body, path), 400, "invalid_request_error", starts)
+
+
+def test_non_json_and_non_object_bodies(server):
+    assert_anthropic_error(post(server, b"{not json"), 400, "invalid_request_error", "We could not parse")
+    assert_anthropic_error(post(server, b"[1, 2]"), 400, "invalid_request_error", "Invalid type for the request "
+                                                                                   "body")
+
+
+def test_unknown_model_is_not_found_error(server):
+    body = assert_anthropic_error(post(server, {**OK, "model": "claude-nonexistent-9"}), 404, "not_found_error",
+                                  "The model `claude-nonexistent-9` does not exist")
+    assert "claude-nonexistent-9" in body["error"]["message"]
+
+
+def test_wrong_method_and_unknown_path_keep_the_envelope(server):
+    assert_anthropic_error(requests.get(server + "/v1/messages", timeout=10), 405, "invalid_request_error",
+                           "Method GET is not allowed")
+    assert_anthropic_error(requests.post(server + "/anthropic/v1/nothing", json={}, timeout=10), 404,
+                           "not_found_error", "Invalid URL")
+
+
+def test_count_tokens_validates_like_messages(server):
+    assert_anthropic_error(post(server, {"model": "claude-haiku-4-5", "messages": []}, "/v1/messages/count_tokens"),
+                           400, "invalid_request_error", "messages: at least one message is required")
+
+
+def test_sdk_raises_its_typed_errors(server):
+    client = anthropic.Anthropic(base_url=server, api_key="sk-ant-test", max_retries=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=[])
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            client.messages.create(model="claude-nope", max_tokens=16, messages=OK["messages"])
+    assert bad.value.status_code == 400 and bad.value.body["error"]["type"] == "invalid_request_error"
+    assert missing.value.status_code == 404 and missing.value.body["error"]["type"] == "not_found_error"
+    assert bad.value.request_id and bad.value.request_id.startswith("req_")
