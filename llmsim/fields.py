@@ -150,6 +150,6 @@ def get_stop(body: dict, key: str, max_items: int) -> list[str]:
 def check_enum(value: Any, allowed: tuple[str, ...], param: str) -> str:
     if value not in allowed:
         quoted = ", ".join(f"'{a}'" for a in allowed)
-        raise invalid(f"Invalid value: {json.dumps(value)}. Supported values are: {quoted}.", param=param,
-                      code="invalid_value")
+        raise invalid(f"Invalid value for '{param}': {json.dumps(value)}. Supported values are: {quoted}.",
+                      param=param, code="invalid_value")
     return value
