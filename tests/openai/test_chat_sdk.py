@@ -168,3 +168,15 @@ def test_non_streaming_takes_the_whole_generation_time(tmp_path):
         elapsed = time.perf_counter() - t0
     # TTFT + 20 ITL = 300 ms; TTFT alone would be 100 ms
     assert 0.28 <= elapsed <= 1.0
+
+
+def test_first_request_does_not_pay_for_loading_encodings():
+    from llmsim.tokens import get_encoding
+
+    get_encoding.cache_clear()
+    with run_server(latency_profile="instant") as url:
+        assert get_encoding.cache_info().currsize == 2  # loaded at start-up, before any request
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x")
+        t0 = time.perf_counter()
+        c.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=1)
+        assert time.perf_counter() - t0 < 0.25
