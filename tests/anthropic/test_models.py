@@ -133,3 +133,14 @@ def test_model_errors_in_anthropic_envelope(server):
     assert r.status_code == 404 and r.json()["type"] == "error"
     r = requests.get(server + "/anthropic/v1/models", params={"limit": 0}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("limit:")
+
+
+def test_any_model_on_any_endpoint_keeps_its_own_encoding(server):
+    from llmsim.tokens import count_tokens
+
+    m = anthropic.Anthropic(base_url=server, api_key="k", max_retries=0).messages.create(
+        model="gpt-4o", max_tokens=1024, messages=[{"role": "user", "content": "Hi"}])
+    assert m.usage.output_tokens == count_tokens(m.content[0].text, "gpt-4o")  # o200k_base
+    r = openai.OpenAI(base_url=server + "/v1", api_key="k", max_retries=0).responses.create(
+        model="claude-sonnet-4-5", input="Hi")
+    assert r.usage.output_tokens == count_tokens(r.output_text, "claude-sonnet-4-5")  # cl100k_base
