@@ -10,14 +10,14 @@ The design keeps the model exact and testable:
 * `Scheduler` is a pure state machine. It never sleeps; it reads time from an
   injectable clock only to record queue waits. `submit()` admits, queues or
   refuses at once; `Slot.release()` frees a slot and grants it to the next
-  waiter. Blocking lives in one thin gevent adapter, `Scheduler.acquire()`.
-* `Pacer` turns one request into absolute deadlines (`Step`s). It never sleeps
-  either: a consumer sleeps until each step, and the pacer reads the batch
-  multiplier when a gap *starts*, so the slowdown follows streams joining and
-  leaving. `pace()` is the gevent consumer the streamer uses.
-* `simulate()` drives the very same Scheduler and Pacer on a virtual clock, so
-  tests are exact and fast, and a capacity test can predict its knee from the
-  profile alone.
+  waiter. Blocking lives in one thin gevent adapter, `Slot.wait()` (and
+  `Scheduler.acquire()` = submit + wait).
+* Pacing stays in `stream.Pacer`: it asks the slot for `multiplier()` each
+  time a gap starts, so the slowdown follows streams joining and leaving.
+* `simulate()` runs the very same Scheduler and stream.Pacer on a virtual
+  clock (each request in a raw greenlet whose sleep is a switch back to an
+  event loop), so tests are exact and fast, and a capacity test can predict
+  its knee from the profile alone.
 
 Profiles without `capacity:` get a `NullScheduler`: no queue, multiplier 1.0.
 """
@@ -30,7 +30,9 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from greenlet import getcurrent, greenlet
 
 from .latency import LatencyProfile
 from .profiles import Capacity
@@ -39,12 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .profiles import ModelProfile
 
 Clock = Callable[[], float]
-
-HIDDEN_CHUNK = 16
-"""Decode steps that emit nothing (hidden reasoning, a non-streamed body) are
-paced in chunks of this many tokens. The multiplier is read at each chunk's
-start: precise enough to follow the batch, and one sleep per 16 tokens rather
-than per token."""
 
 RETRY_AFTER_MIN_S = 1.0
 RETRY_AFTER_MAX_S = 60.0
@@ -102,13 +98,14 @@ class Slot:
     a `finally`, a GeneratorExit handler and a close callback is safe.
     """
 
-    __slots__ = ("_scheduler", "submitted_at", "granted_at", "released_at", "_on_grant")
+    __slots__ = ("_scheduler", "submitted_at", "granted_at", "released_at", "queued", "_on_grant")
 
     def __init__(self, scheduler: "Scheduler | NullScheduler", submitted_at: float) -> None:
         self._scheduler = scheduler
         self.submitted_at = submitted_at
         self.granted_at: float | None = None
         self.released_at: float | None = None
+        self.queued = False  # had to wait in the queue
         self._on_grant: Callable[[Slot], None] | None = None
 
     @property
@@ -127,6 +124,30 @@ class Slot:
     def multiplier(self) -> float:
         """The ITL multiplier of the batch right now (read it when a gap starts)."""
         return self._scheduler.multiplier()
+
+    def wait(self, timeout: float | None = None) -> float | None:
+        """Block this greenlet until the slot is granted (gevent adapter).
+
+        Returns the grant time if the request had to queue, so the pacer starts
+        its TTFT from the moment decoding could begin rather than from the
+        wake-up; None if it was admitted at once (start "now", as without a
+        scheduler). If the wait is interrupted (timeout -> TimeoutError, a
+        killed greenlet), the request leaves the queue before the error goes on.
+        """
+        if self.granted_at is None:
+            if self.released_at is not None:
+                raise RuntimeError("this slot left the queue before it was granted")
+            from gevent.event import Event
+
+            event = Event()
+            self._on_grant = lambda _s: event.set()
+            try:
+                if not event.wait(timeout):
+                    raise TimeoutError(f"no batch slot within {timeout} s")
+            except BaseException:
+                self.release()
+                raise
+        return self.granted_at if self.queued else None
 
     def release(self) -> None:
         """Free the slot (or leave the queue) and wake the next waiter; idempotent."""
@@ -201,6 +222,7 @@ class Scheduler:
             self.stats.rejected += 1
             raise QueueFull(self.name, len(self._queue), self.queue_limit, self.retry_after_s())
         slot._on_grant = on_grant
+        slot.queued = True
         self._queue.append(slot)
         self.stats.queued += 1
         if len(self._queue) > self.stats.max_waiting:
@@ -208,24 +230,9 @@ class Scheduler:
         return slot
 
     def acquire(self, timeout: float | None = None) -> Slot:
-        """Block this greenlet until a slot is granted; raise QueueFull if the queue is full.
-
-        If the wait is interrupted (timeout -> TimeoutError, a killed greenlet,
-        a disconnect), the request leaves the queue before the error propagates.
-        """
+        """submit() then Slot.wait(): block until granted, or raise QueueFull at once if the queue is full."""
         slot = self.submit()
-        if slot.granted:
-            return slot
-        from gevent.event import Event
-
-        event = Event()
-        slot._on_grant = lambda _s: event.set()
-        try:
-            if not event.wait(timeout):
-                raise TimeoutError(f"no batch slot within {timeout} s")
-        except BaseException:
-            slot.release()
-            raise
+        slot.wait(timeout)
         return slot
 
     def _grant(self, slot: Slot, now: float) -> None:
@@ -348,114 +355,6 @@ class Schedulers:
         return {name: s.snapshot() for name, s in self._by_name.items()}
 
 
-# --------------------------------------------------------------------------- pacing
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One point on a request's timeline: sleep until `at`, then emit `emit` visible tokens (maybe 0)."""
-
-    at: float
-    emit: int
-
-
-def _one() -> float:
-    return 1.0
-
-
-class Pacer:
-    """The absolute-deadline timeline of one request, as an iterator of Steps.
-
-    Streaming, n visible tokens after R hidden reasoning tokens:
-      first token at  t_start + TTFT (+ prefill) + sum of R reasoning gaps,
-      token i at      token i-1 + ITL_i x multiplier-when-the-gap-starts.
-    Hidden work (reasoning; for a non-streamed reply, the whole body) is paced
-    in HIDDEN_CHUNK-token chunks, with a zero-emit Step at each chunk's start so
-    the multiplier is re-read there. A non-streamed reply ends with one Step
-    emitting all n tokens at the moment its stream would have ended.
-
-    The pacer samples the RNG in a fixed order (TTFT, then one ITL per token),
-    so a per-request RNG makes a request's timeline independent of others'.
-    It never sleeps: `pace()` or a simulator consumes the steps.
-    """
-
-    def __init__(self, latency: LatencyProfile, rng: random.Random, *, t_start: float, output_tokens: int,
-                 prompt_tokens: int = 0, reasoning_tokens: int = 0, stream: bool = True,
-                 multiplier: Callable[[], float] = _one, ttft_ms: float | None = None,
-                 hidden_chunk: int = HIDDEN_CHUNK) -> None:
-        self.latency = latency
-        self.rng = rng
-        self.t_start = t_start
-        self.output_tokens = max(0, output_tokens)
-        self.prompt_tokens = prompt_tokens
-        self.reasoning_tokens = max(0, reasoning_tokens)
-        self.stream = stream
-        self.multiplier = multiplier
-        self.ttft_ms = latency.sample_ttft_ms(rng, prompt_tokens) if ttft_ms is None else ttft_ms
-        self.hidden_chunk = max(1, hidden_chunk)
-
-    def _hidden(self, t: float, tokens: int) -> Iterator[Step]:
-        itl = self.latency.sample_itl_ms
-        rng = self.rng
-        done = 0
-        while done < tokens:
-            yield Step(t, 0)
-            n = min(self.hidden_chunk, tokens - done)
-            ms = 0.0
-            for _ in range(n):
-                ms += itl(rng)
-            t += ms * self.multiplier() / 1000.0
-            done += n
-        self.t = t
-
-    def __iter__(self) -> Iterator[Step]:
-        t = self.t_start + self.ttft_ms / 1000.0
-        n = self.output_tokens
-        if not self.stream:
-            yield from self._hidden(t, self.reasoning_tokens + max(0, n - 1))
-            yield Step(self.t, n)
-            return
-        if self.reasoning_tokens:
-            yield from self._hidden(t, self.reasoning_tokens)
-            t = self.t
-        if n == 0:
-            yield Step(t, 0)
-            return
-        yield Step(t, 1)
-        itl = self.latency.sample_itl_ms
-        rng = self.rng
-        for _ in range(n - 1):
-            t += itl(rng) * self.multiplier() / 1000.0
-            yield Step(t, 1)
-
-
-def pace(steps: Iterable[Step], *, clock: Clock = time.monotonic,
-         sleep: Callable[[float], object] | None = None) -> Iterator[int]:
-    """Sleep until each step's deadline; yield the number of visible tokens due (zero-emit steps are not yielded).
-
-    Sleeping only for the time remaining keeps a stream on its absolute
-    timeline however late a wake-up is (no accumulated overshoot).
-    """
-    if sleep is None:
-        import gevent
-
-        sleep = gevent.sleep
-    for step in steps:
-        delay = step.at - clock()
-        if delay > 0:
-            sleep(delay)
-        if step.emit:
-            yield step.emit
-
-
-def request_rng(seed: int | None, index: int) -> random.Random:
-    """A per-request RNG: with a seed, request #index samples the same numbers every run,
-    whatever order concurrent requests happen to interleave in."""
-    if seed is None:
-        return random.Random()
-    return random.Random(f"llmsim:{seed}:{index}")
-
-
 # --------------------------------------------------------------------------- simulation
 
 
@@ -501,29 +400,45 @@ class SimResult:
         return [b - a for a, b in zip(tt, tt[1:])]
 
 
-class Simulation:
-    """A discrete-event run of the real Scheduler and Pacer on a virtual clock.
+def _sim_rng(seed: int | None, index: int) -> random.Random:
+    # The server's per-request RNG (cli.state.AppState.request_rng): seeded runs
+    # repeat by arrival order, whatever the interleaving.
+    return random.Random(f"{seed}:{index}") if seed is not None else random.Random()
 
-    Events at the same instant run in the order they were scheduled, so a run
-    is a pure function of its inputs and seed.
+
+class Simulation:
+    """A discrete-event run of the real Scheduler and stream.Pacer on a virtual clock.
+
+    Each granted request runs stream.Pacer in a raw greenlet; the pacer's
+    sleep() schedules a wake-up and switches back to the event loop. Events at
+    the same instant run in the order they were scheduled, so a run is a pure
+    function of its inputs and seed.
     """
 
     def __init__(self, latency: LatencyProfile, capacity: Capacity | None, *, seed: int | None = 0,
-                 hidden_chunk: int = HIDDEN_CHUNK) -> None:
+                 chunk_tokens: int = 1) -> None:
         self.latency = latency
         self.now = 0.0
         self.seed = seed
-        self.hidden_chunk = hidden_chunk
-        clock = lambda: self.now  # noqa: E731
+        self.chunk_tokens = max(1, chunk_tokens)
         self.scheduler: Scheduler | NullScheduler = (
-            Scheduler(capacity, clock=clock) if capacity is not None else NullScheduler(clock=clock))
-        self._events: list[tuple[float, int, Callable[[], None]]] = []
+            Scheduler(capacity, clock=self._clock) if capacity is not None else NullScheduler(clock=self._clock))
+        self._events: list[tuple[float, int, Callable[[], object]]] = []
         self._seq = 0
+        self._loop: greenlet | None = None
         self.results: list[SimResult] = []
         self.on_done: Callable[[SimResult], None] | None = None
-        self.max_active_seen = 0
 
-    def at(self, t: float, fn: Callable[[], None]) -> None:
+    def _clock(self) -> float:
+        return self.now
+
+    def _sleep(self, seconds: float) -> None:
+        self.at(self.now + seconds, getcurrent().switch)
+        assert self._loop is not None
+        self._loop.switch()
+
+    def at(self, t: float, fn: Callable[[], object]) -> None:
+        """Run fn at virtual time t (after everything already scheduled for t)."""
         self._seq += 1
         heapq.heappush(self._events, (t, self._seq, fn))
 
@@ -545,33 +460,40 @@ class Simulation:
         if slot.granted:
             self._start(req, res, slot)
 
-    def _start(self, req: SimRequest, res: SimResult, slot: Slot) -> None:
-        res.granted_s = self.now
-        self.max_active_seen = max(self.max_active_seen, self.scheduler.active)
-        pacer = Pacer(self.latency, request_rng(self.seed, res.index), t_start=self.now,
-                      output_tokens=req.output_tokens, prompt_tokens=req.prompt_tokens,
-                      reasoning_tokens=req.reasoning_tokens, stream=req.stream,
-                      multiplier=slot.multiplier, hidden_chunk=self.hidden_chunk)
-        self._advance(iter(pacer), res, slot)
+    def _plan(self, req: SimRequest):  # -> stream.TokenPlan
+        from .stream import TokenPlan
 
-    def _advance(self, steps: Iterator[Step], res: SimResult, slot: Slot) -> None:
-        step = next(steps, None)
-        if step is None:
+        k, n = self.chunk_tokens, max(0, req.output_tokens)
+        sizes = [k] * (n // k) + ([n % k] if n % k else [])
+        return TokenPlan(pieces=[""] * len(sizes), piece_tokens=sizes, reasoning_tokens=max(0, req.reasoning_tokens))
+
+    def _start(self, req: SimRequest, res: SimResult, slot: Slot) -> None:
+        from .stream import Pacer
+
+        res.granted_s = self.now
+        plan = self._plan(req)
+        pacer = Pacer(self.latency, _sim_rng(self.seed, res.index), prompt_tokens=req.prompt_tokens, slot=slot,
+                      clock=self._clock, sleep=self._sleep)
+
+        def run() -> None:
+            start = self.now
+            if req.stream:
+                for i, _piece in enumerate(pacer.paced(plan, start)):
+                    res.token_times.extend([self.now] * plan.piece_tokens[i])
+            else:
+                pacer.wait_all(plan, start)
+                res.token_times.extend([self.now] * plan.output_tokens)
             res.end_s = self.now
             slot.release()
             if self.on_done:
                 self.on_done(res)
-            return
 
-        def fire() -> None:
-            if step.emit:
-                res.token_times.extend([self.now] * step.emit)
-            self._advance(steps, res, slot)
-
-        self.at(max(step.at, self.now), fire)
+        assert self._loop is not None
+        self.at(self.now, greenlet(run, parent=self._loop).switch)
 
     def run(self, until: float = math.inf) -> list[SimResult]:
         """Process events up to `until` (virtual seconds); returns all results so far."""
+        self._loop = getcurrent()
         ev = self._events
         while ev and ev[0][0] <= until:
             t, _, fn = heapq.heappop(ev)
@@ -596,7 +518,7 @@ def simulate(profile: "ModelProfile | LatencyProfile", requests: Sequence[SimReq
     in input order: queue wait, TTFT, per-token times, or rejection.
     """
     lat, cap = _latency_capacity(profile, capacity)
-    sim = Simulation(lat, cap, seed=seed)
+    sim = Simulation(lat, cap, seed=seed, chunk_tokens=getattr(profile, "chunk_tokens", 1))
     for r in requests:
         sim.submit(r)
     return sim.run()
@@ -614,7 +536,7 @@ def simulate_closed_loop(profile: "ModelProfile | LatencyProfile", users: int, d
     max_concurrent + queue_limit) tries again after retry_backoff_s.
     """
     lat, cap = _latency_capacity(profile, capacity)
-    sim = Simulation(lat, cap, seed=seed)
+    sim = Simulation(lat, cap, seed=seed, chunk_tokens=getattr(profile, "chunk_tokens", 1))
 
     def send(t: float) -> None:
         if t < duration_s:

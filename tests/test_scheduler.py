@@ -15,21 +15,17 @@ import pytest
 from llmsim.latency import Distribution, LatencyProfile
 from llmsim.profiles import Capacity, ModelProfile
 from llmsim.scheduler import (
-    HIDDEN_CHUNK,
     NullScheduler,
-    Pacer,
     QueueFull,
     Scheduler,
     Schedulers,
     SimRequest,
-    Step,
     make_scheduler,
-    pace,
-    request_rng,
     simulate,
     simulate_closed_loop,
     slowdown_multiplier,
 )
+from llmsim.stream import Pacer, TokenPlan
 
 TTFT, ITL = 0.100, 0.020
 CAP = Capacity(max_concurrent=8, queue_limit=4, slowdown_at_full=2.0)
@@ -195,11 +191,11 @@ def test_reasoning_tokens_hold_the_slot_and_delay_the_first_token():
 
 
 def test_reasoning_is_decode_work_that_slows_the_batch():
-    # A thinks for 200 tokens while B streams: B's gaps see 2 active streams.
+    # A thinks for 200 tokens while B streams: B's gaps see 2 active streams,
+    # and A's reasoning runs at the batch's pace read when A starts (2 active).
     a, b = simulate(PROFILE, [SimRequest(0.0, output_tokens=1, reasoning_tokens=200), SimRequest(0.0, output_tokens=20)])
     assert all(g == pytest.approx(ITL * mult(2), abs=1e-12) for g in b.itls_s)
-    # and A's hidden reasoning is slowed by B while B decodes (chunks are re-timed at each start)
-    assert a.ttft_s > TTFT + 200 * ITL
+    assert a.ttft_s == pytest.approx(TTFT + 200 * ITL * mult(2), abs=1e-9)
 
 
 def test_non_streaming_takes_as_long_as_its_stream():
@@ -210,33 +206,6 @@ def test_non_streaming_takes_as_long_as_its_stream():
     for s, p in zip(streamed, plain):
         assert p.end_s == pytest.approx(s.end_s, abs=1e-9)
         assert p.token_times == [p.end_s] * 40  # the whole body at once
-
-
-def test_pacer_steps_are_absolute_deadlines():
-    steps = list(Pacer(LAT, random.Random(0), t_start=10.0, output_tokens=3))
-    assert steps == [Step(pytest.approx(10.1), 1), Step(pytest.approx(10.12), 1), Step(pytest.approx(10.14), 1)]
-    hidden = list(Pacer(LAT, random.Random(0), t_start=0.0, output_tokens=1, reasoning_tokens=HIDDEN_CHUNK * 2 + 1))
-    assert [s.emit for s in hidden] == [0, 0, 0, 1]
-    assert hidden[-1].at == pytest.approx(0.1 + (HIDDEN_CHUNK * 2 + 1) * ITL)
-    assert list(Pacer(LAT, random.Random(0), t_start=0.0, output_tokens=0)) == [Step(pytest.approx(0.1), 0)]
-
-
-def test_pace_sleeps_only_the_time_remaining():
-    clock = FakeClock()
-    slept: list[float] = []
-
-    def late_sleep(s: float) -> None:  # every wake-up is 5 ms late
-        slept.append(s)
-        clock.t += s + 0.005
-
-    emitted = list(pace(Pacer(LAT, random.Random(0), t_start=0.0, output_tokens=5), clock=clock, sleep=late_sleep))
-    assert emitted == [1] * 5
-    # lateness does not accumulate: each sleep is shortened by the previous overshoot
-    assert slept == pytest.approx([0.1, 0.015, 0.015, 0.015, 0.015])
-    assert clock.t == pytest.approx(0.1 + 4 * ITL + 0.005)
-
-
-# --------------------------------------------------------------------------- determinism and the no-capacity path
 
 
 def test_seeded_runs_repeat_and_seeds_differ():
@@ -250,7 +219,6 @@ def test_seeded_runs_repeat_and_seeds_differ():
 
     assert timeline(7) == timeline(7)
     assert timeline(7) != timeline(8)
-    assert request_rng(3, 5).random() == request_rng(3, 5).random()
 
 
 def test_no_capacity_behaves_as_before():
@@ -269,17 +237,35 @@ def test_no_capacity_behaves_as_before():
     assert s.active == 0 and s.snapshot()["completed"] == 3
 
 
-def test_no_capacity_pacer_matches_the_plain_formula():
-    # multiplier 1.0: deadline_i = t0 + ttft + sum(itl_1..i) with the same RNG draws in the same order
-    lat = LatencyProfile(ttft=Distribution("lognormal", 300, 80), itl=Distribution("normal", 20, 6))
-    steps = list(Pacer(lat, random.Random(42), t_start=5.0, output_tokens=20, multiplier=NullScheduler().multiplier))
-    rng = random.Random(42)
-    t = 5.0 + lat.sample_ttft_ms(rng) / 1000
-    expected = [t]
-    for _ in range(19):
-        t += lat.sample_itl_ms(rng) / 1000
-        expected.append(t)
-    assert [s.at for s in steps] == expected
+def test_null_scheduler_pacing_is_identical_to_full_speed():
+    # The no-capacity path: a NullScheduler slot gives exactly the old timeline (same draws, x1.0).
+    lat = LatencyProfile(ttft=Distribution("lognormal", 300, 80), itl=Distribution("normal", 20, 6),
+                         prefill_tokens_per_s=5000, reasoning_tokens_per_output_token=2)
+    plan = TokenPlan(pieces=["x"] * 30, piece_tokens=[1, 2, 3] * 10, reasoning_tokens=40)
+
+    def timeline(slot):
+        clock = FakeClock(5.0)
+        kwargs = {} if slot is None else {"slot": slot}
+        pacer = Pacer(lat, random.Random(42), prompt_tokens=1234, clock=clock, sleep=clock.sleep, **kwargs)
+        return [clock.t for _ in pacer.paced(plan)]
+
+    assert timeline(NullScheduler().acquire()) == timeline(None)
+
+
+def test_stream_pacer_reads_the_slot_multiplier_when_each_gap_starts():
+    clock = FakeClock()
+    s = Scheduler(CAP, clock=clock)
+    slot = s.submit()
+    others = [s.submit() for _ in range(3)]  # 4 active
+    times = []
+    pacer = Pacer(LAT, random.Random(0), slot=slot, clock=clock, sleep=clock.sleep)
+    plan = TokenPlan(pieces=["a"] * 4, piece_tokens=[1] * 4)
+    for i, _ in enumerate(pacer.paced(plan, 0.0)):
+        times.append(clock.t)
+        if i == 1:
+            for o in others:  # three streams leave: the next gap runs alone
+                o.release()
+    assert times == pytest.approx([0.1, 0.1 + ITL * mult(4), 0.1 + ITL * mult(4) + ITL, 0.1 + ITL * mult(4) + 2 * ITL])
 
 
 def test_schedulers_keeps_one_per_profile():
@@ -379,15 +365,6 @@ def test_gevent_killed_waiter_leaves_the_queue_and_disconnect_wakes_next():
         finally:
             held.release()
     assert s.waiting == 0 and s.active == 0
-
-
-def test_gevent_pace_real_time_loose():
-    lat = LatencyProfile.constant(20, 5)
-    t0 = time.monotonic()
-    n = sum(pace(Pacer(lat, random.Random(0), t_start=t0, output_tokens=10)))
-    elapsed = time.monotonic() - t0
-    assert n == 10
-    assert 0.060 <= elapsed < 2.0  # 20 ms + 9 x 5 ms = 65 ms, minus clock granularity
 
 
 # --------------------------------------------------------------------------- closed loop (capacity prediction)
