@@ -65,6 +65,7 @@ def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator
         completed = True
     finally:
         # Runs on normal end and on GeneratorExit when the client disconnects.
+        gen.slot.release()
         state.stats.stream_ended(disconnected=not completed)
         state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
 
@@ -97,21 +98,25 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
                 "model": req.model, "system_fingerprint": "fp_llmsim"}
         if not req.stream:
-            gen.pacer.wait_all(gen.plan)
+            with gen.slot:  # held for as long as the stream would take
+                gen.pacer.wait_all(gen.plan, gen.slot.wait())
             state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
             return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
         enc = ChatChunkEncoder(meta, req.include_usage)
 
         def chunks() -> Iterator[bytes]:
             yield enc.role()
-            for piece in gen.pacer.paced(gen.plan):
+            start = gen.slot.wait()  # queued behind a full batch: TTFT runs from the grant
+            for piece in gen.pacer.paced(gen.plan, start):
                 yield enc.content(piece)
             yield enc.finish(gen.plan.finish_reason)
             if req.include_usage:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        return sse_response(tracked_stream(state, gen, chunks))
+        resp = sse_response(tracked_stream(state, gen, chunks))
+        resp.call_on_close(gen.slot.release)  # also if the body is never iterated
+        return resp
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -250,11 +255,12 @@ def create_app(state: AppState) -> Flask:
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
-        return jsonify(state.stats.to_dict())
+        return jsonify({**state.stats.to_dict(), "schedulers": state.schedulers.snapshot()})
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(state.stats.to_prometheus(), mimetype="text/plain; version=0.0.4")
+        return Response(state.stats.to_prometheus() + state.schedulers.to_prometheus(),
+                        mimetype="text/plain; version=0.0.4")
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
