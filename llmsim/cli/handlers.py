@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..anthropic.messages import (MessageEventEncoder, bad, count_input_tokens, message_body, message_events,
+from ..anthropic.messages import (MessageEventEncoder, count_input_tokens, message_body, message_events,
                                   parse_count_tokens_request, parse_messages_request, prompt_messages)
 from ..anthropic.models import list_models as anthropic_models, retrieve_model as anthropic_model
 from ..errors import ApiError
@@ -149,7 +149,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         gen = state.generate(req.model, {"model": req.model, "messages": req.messages},
                              count_prompt=lambda enc: count_chat_tokens(req.messages, enc),
                              max_tokens=req.max_output_tokens, max_tokens_param="max_output_tokens",
-                             effort=req.effort)
+                             effort=req.effort, prompt_param="input")
         builder = ResponseBuilder(state.new_id("resp_"), req.model, gen.created, req.echo,
                                   reasoning=gen.plan.reasoning_tokens > 0, message_id=state.new_id("msg_"),
                                   reasoning_id=state.new_id("rs_"))
@@ -174,13 +174,9 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
 
     def create_message() -> Response:
         req = parse_messages_request(read_body())
-        profile = state.resolve_profile(req.model)
-        if req.max_tokens > profile.max_output_tokens:
-            raise bad("max_tokens", f"{req.max_tokens} > {profile.max_output_tokens}, which is the maximum allowed "
-                                    f"number of output tokens for {req.model}")
         gen = state.generate(req.model, {"model": req.model, "messages": prompt_messages(req)},
                              count_prompt=lambda enc: count_input_tokens(req, enc), max_tokens=req.max_tokens,
-                             stop=req.stop_sequences, profile=profile)
+                             stop=req.stop_sequences)
         meta = {"id": state.new_id("msg_"), "model": req.model}
         if not req.stream:
             wait_for(state, gen)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import tiktoken
 
-from ..errors import ApiError, invalid, model_overloaded
+from ..errors import ApiError, model_overloaded
 from ..generator import GenerationRequest, Generator, make_generator
 from ..latency import REASONING_EFFORT_FACTORS
 from ..profiles import ModelProfile, ProfileRegistry
@@ -105,22 +105,28 @@ class AppState:
 
     def generate(self, model: str, body: dict, *, count_prompt: Callable[[tiktoken.Encoding], int],
                  max_tokens: int | None, max_tokens_param: str = "max_tokens", stop: list[str] | None = None,
-                 effort: str | None = None, profile: ModelProfile | None = None) -> Generation:
+                 effort: str | None = None, profile: ModelProfile | None = None,
+                 prompt_param: str = "messages") -> Generation:
         """Validate limits, generate the text and plan its tokens; shared by every API."""
         profile = profile or self.resolve_profile(model)
         if self.config.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.config.chunk_tokens)
         if max_tokens is not None and max_tokens > profile.max_output_tokens:
-            raise invalid(f"{max_tokens_param} is too large: {max_tokens}. This model supports at most "
-                          f"{profile.max_output_tokens} completion tokens, whereas you provided {max_tokens}.",
-                          param=max_tokens_param, code="invalid_value")
+            raise ApiError("invalid_request", f"{max_tokens_param} is too large: {max_tokens}. This model supports "
+                           f"at most {profile.max_output_tokens} completion tokens, whereas you provided {max_tokens}.",
+                           param=max_tokens_param, code="invalid_value",
+                           anthropic_message=f"{max_tokens_param}: {max_tokens} > {profile.max_output_tokens}, which is "
+                                             f"the maximum allowed number of output tokens for {model}")
         enc = get_encoding(profile.encoding)
         prompt_tokens = count_prompt(enc)
         if prompt_tokens + (max_tokens or 0) > profile.context_window:
-            raise invalid(f"This model's maximum context length is {profile.context_window} tokens. However, you "
-                          f"requested {prompt_tokens + (max_tokens or 0)} tokens ({prompt_tokens} in the messages, "
-                          f"{max_tokens or 0} in the completion). Please reduce the length of the messages or "
-                          "completion.", param="messages", code="context_length_exceeded")
+            raise ApiError("invalid_request", f"This model's maximum context length is {profile.context_window} "
+                           f"tokens. However, you requested {prompt_tokens + (max_tokens or 0)} tokens ({prompt_tokens} "
+                           f"in the messages, {max_tokens or 0} in the completion). Please reduce the length of the "
+                           "messages or completion.", param=prompt_param, code="context_length_exceeded",
+                           anthropic_message=f"input length and `max_tokens` exceed context limit: {prompt_tokens} + "
+                                             f"{max_tokens or 0} > {profile.context_window}, decrease input length or "
+                                             "`max_tokens` and try again")
         text = self.generator.generate(
             GenerationRequest.from_body(body, seed=self.config.seed, encoding=profile.encoding))
         plan = self._plan(profile, enc, text, max_tokens, stop, effort)

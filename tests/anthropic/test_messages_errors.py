@@ -7,15 +7,31 @@ import pytest
 import requests
 
 from llmsim.testing import run_server
+from llmsim.tokens import get_encoding
 
 OK = {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
 
 
+TINY = """
+profiles:
+  - name: tiny-context
+    models: [claude-tiny]
+    provider: anthropic
+    encoding: cl100k_base
+    context_window: 100
+    max_output_tokens: 64
+    ttft: {distribution: constant, mean_ms: 0}
+    itl: {distribution: constant, mean_ms: 0}
+"""
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     # Real profiles (no forced latency profile) so the model's own output limit applies;
     # every request here fails before any token is generated.
-    with run_server(seed=1) as url:
+    path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    path.write_text(TINY)
+    with run_server(seed=1, profile_files=[path]) as url:
         yield url
 
 
@@ -76,6 +92,15 @@ def without(key: str) -> dict:
 @pytest.mark.parametrize("path", ["/v1/messages", "/anthropic/v1/messages"])
 def test_invalid_request_names_the_field(server, body, starts, path):
     assert_anthropic_error(post(server, body, path), 400, "invalid_request_error", starts)
+
+
+def test_context_window_in_anthropic_words(server):
+    text = "word " * 60
+    body = {**OK, "model": "claude-tiny", "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
+    enc = get_encoding("cl100k_base")
+    prompt = 3 + 3 + len(enc.encode("user")) + len(enc.encode(text))
+    assert_anthropic_error(post(server, body), 400, "invalid_request_error",
+                           f"input length and `max_tokens` exceed context limit: {prompt} + 64 > 100")
 
 
 def test_non_json_and_non_object_bodies(server):

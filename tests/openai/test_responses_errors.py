@@ -52,6 +52,14 @@ def test_invalid_request_names_the_field(server, body, param, code, path):
     assert param.split("[")[0].split(".")[0] in err["message"]
 
 
+def test_context_window_names_input(server):
+    r = requests.post(server + "/v1/responses", json={"model": "gpt-4", "input": "word " * 9000}, timeout=10)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["param"] == "input"
+    assert err["message"].startswith("This model's maximum context length is 8192 tokens.")
+
+
 def test_non_json_body_and_unknown_model(server):
     r = requests.post(server + "/v1/responses", data=b"{oops", headers={"content-type": "application/json"},
                       timeout=10)
