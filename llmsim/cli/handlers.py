@@ -56,6 +56,14 @@ def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None)
     return resp
 
 
+def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
+                    headers: dict[str, str] | None = None) -> Response:
+    """The SSE response of one generation; its slot is freed however the stream ends."""
+    resp = sse_response(tracked_stream(state, gen, body), headers)
+    resp.call_on_close(gen.slot.release)  # also if the body is never iterated
+    return resp
+
+
 def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
     """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes."""
     state.stats.stream_started()
@@ -112,25 +120,21 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
                 "model": req.model, "system_fingerprint": "fp_llmsim"}
         if not req.stream:
-            with gen.slot:  # held for as long as the stream would take
-                gen.pacer.wait_all(gen.plan, gen.slot.wait())
+            gen.wait_all()
             state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
             return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
         enc = ChatChunkEncoder(meta, req.include_usage)
 
         def chunks() -> Iterator[bytes]:
             yield enc.role()
-            start = gen.slot.wait()  # queued behind a full batch: TTFT runs from the grant
-            for piece in gen.pacer.paced(gen.plan, start):
+            for piece in gen.paced():
                 yield enc.content(piece)
             yield enc.finish(gen.plan.finish_reason)
             if req.include_usage:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        resp = sse_response(tracked_stream(state, gen, chunks))
-        resp.call_on_close(gen.slot.release)  # also if the body is never iterated
-        return resp
+        return stream_response(state, gen, chunks)
 
     @bp.get("/models")
     def list_models() -> Response:

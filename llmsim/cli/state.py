@@ -9,7 +9,7 @@ import time
 import uuid
 from functools import lru_cache
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import tiktoken
 
@@ -34,10 +34,19 @@ class Generation:
     prompt_tokens: int
     pacer: Pacer
     created: int
-    # The request's batch slot (already admitted, maybe still queued). Whoever
-    # serves the request calls slot.wait() before pacing and slot.release() at
-    # the end (idempotent; also on disconnect).
+    # The request's batch slot (already admitted, maybe still queued);
+    # released by wait_all(), or by stream_response() when the stream ends.
     slot: Slot = field(default_factory=lambda: NullScheduler().submit())
+
+    def paced(self) -> Iterator[str]:
+        """Chunk texts on their deadlines; a queued request's TTFT runs from its grant."""
+        start = self.slot.wait()
+        return self.pacer.paced(self.plan, start)
+
+    def wait_all(self) -> None:
+        """Take as long as the stream would, holding the slot as the stream would."""
+        with self.slot:
+            self.pacer.wait_all(self.plan, self.slot.wait())
 
 
 class AppState:
