@@ -20,6 +20,13 @@ profiles:
     ttft: {distribution: constant, mean_ms: 200}
     itl: {distribution: constant, mean_ms: 5}
     capacity: {max_concurrent: 1, queue_limit: 0, slowdown_at_full: 1.0}
+  - name: sim-queue
+    models: [sim-queue]
+    provider: any
+    encoding: o200k_base
+    ttft: {distribution: constant, mean_ms: 200}
+    itl: {distribution: constant, mean_ms: 20}
+    capacity: {max_concurrent: 1, queue_limit: 1, slowdown_at_full: 1.0}
 """
 MESSAGES = {"model": "sim-one-slot", "max_tokens": 40, "messages": [{"role": "user", "content": "hi"}]}
 RESPONSES = {"model": "sim-one-slot", "input": "hi", "max_output_tokens": 40}
@@ -77,3 +84,34 @@ def test_a_client_that_disconnects_frees_the_slot(server, path, body, first):
     assert scheduler(server).active == 1
     r.close()
     wait_active(server, 0)
+
+
+@pytest.mark.parametrize("path, body, opening, first", [
+    ("/v1/messages", {**MESSAGES, "model": "sim-queue"}, b"event: message_start", b"event: content_block_delta"),
+    ("/v1/responses", {**RESPONSES, "model": "sim-queue"}, b"event: response.created",
+     b"event: response.output_text.delta")])
+def test_a_queued_stream_opens_at_once_and_starts_after_the_grant(server, path, body, opening, first):
+    def timed() -> tuple[float, float, float]:
+        t_open = t_first = None
+        with requests.post(server.url + path, json={**body, "stream": True}, stream=True, timeout=30) as r:
+            for line in r.iter_lines():
+                if t_open is None and line.startswith(opening):
+                    t_open = time.monotonic()
+                if t_first is None and line.startswith(first):
+                    t_first = time.monotonic()
+        return t_open, t_first, time.monotonic()
+
+    ahead = gevent.spawn(timed)
+    deadline = time.monotonic() + 10
+    sched = server.state.schedulers.get(server.state.registry.get("sim-queue"))
+    while sched.active != 1:
+        assert time.monotonic() < deadline
+        gevent.sleep(0.005)
+    queued = gevent.spawn(timed)
+    _, a_first, a_end = ahead.get(timeout=30)
+    q_open, q_first, _ = queued.get(timeout=30)
+    # The request ahead streams for 39 x 20 ms after its first token; the queued one's opening
+    # events come out during that time, not after the grant.
+    assert q_open < a_end
+    # Its first token needs the slot (free only after the 40th token ahead) plus its own TTFT.
+    assert q_first >= a_first + 39 * 0.020 * 0.95 + 0.200 * 0.95

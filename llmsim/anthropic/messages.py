@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import tiktoken
 
@@ -319,16 +319,17 @@ class MessageEventEncoder:
         return MessageEventEncoder.event("error", err.anthropic_body())
 
 
-def message_events(enc: MessageEventEncoder, plan: TokenPlan, pieces: Iterable[str]) -> Iterator[bytes]:
+def message_events(enc: MessageEventEncoder, plan: TokenPlan, paced: Callable[[], Iterable[str]]) -> Iterator[bytes]:
     """The whole stream: message_start, content_block_start, ping, one delta per chunk, then the close.
 
     The three opening events go out at once (headers before the first token);
-    `pieces` is the paced chunk iterator, so the deltas carry the profile's timing.
+    `paced()` is called only then (it may wait for a batch slot) and yields the
+    chunk texts on their deadlines, so the deltas carry the profile's timing.
     """
     yield enc.message_start(min(1, plan.completion_tokens))
     yield enc.content_block_start()
     yield enc.ping()
-    for piece in pieces:
+    for piece in paced():
         yield enc.text(piece)
     yield enc.content_block_stop()
     yield enc.message_delta(plan)

@@ -79,23 +79,9 @@ def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator
 
 
 def wait_for(state: AppState, gen: Generation) -> None:
-    """A non-streaming answer: hold the batch slot as long as the stream would take, then count its tokens."""
-    with gen.slot:
-        gen.pacer.wait_all(gen.plan, gen.slot.wait())
+    """A non-streaming answer: as long as the stream would take, holding its slot; then count its tokens."""
+    gen.wait_all()
     state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
-
-
-def paced(gen: Generation) -> Iterator[str]:
-    """The plan's chunks on their deadlines. Lazy: the slot wait starts at the first next(), after the
-    opening events are out, and a request queued behind a full batch times its TTFT from the grant."""
-    yield from gen.pacer.paced(gen.plan, gen.slot.wait())
-
-
-def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Response:
-    """The SSE response for one generation: tracked, and its slot freed even if the body never runs."""
-    resp = sse_response(tracked_stream(state, gen, body))
-    resp.call_on_close(gen.slot.release)
-    return resp
 
 
 def read_body() -> dict:
@@ -161,7 +147,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
             wait_for(state, gen)
             return jsonify(builder.final(gen.plan, gen.prompt_tokens, output_text=True))
         enc = ResponseEventEncoder(builder)
-        return stream_response(state, gen, lambda: response_events(enc, gen.plan, paced(gen), gen.prompt_tokens))
+        return stream_response(state, gen, lambda: response_events(enc, gen.plan, gen.paced, gen.prompt_tokens))
 
     return bp
 
@@ -186,7 +172,7 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
             wait_for(state, gen)
             return jsonify(message_body(meta, gen.plan, gen.prompt_tokens))
         enc = MessageEventEncoder(meta, gen.prompt_tokens)
-        return stream_response(state, gen, lambda: message_events(enc, gen.plan, paced(gen)))
+        return stream_response(state, gen, lambda: message_events(enc, gen.plan, gen.paced))
 
     def count_tokens() -> Response:
         req = parse_count_tokens_request(read_body())

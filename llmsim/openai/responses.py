@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ApiError, invalid
 from ..fields import check_enum, get_bool, get_int, get_list, get_number, get_object, get_str, missing, wrong_type
@@ -280,13 +280,14 @@ class ResponseEventEncoder:
                 + self.event("response.failed", {"response": failed}))
 
 
-def response_events(enc: ResponseEventEncoder, plan: TokenPlan, pieces: Iterable[str],
+def response_events(enc: ResponseEventEncoder, plan: TokenPlan, paced: Callable[[], Iterable[str]],
                     input_tokens: int) -> Iterator[bytes]:
     """The whole stream, in the real API's order.
 
     created, in_progress (and the reasoning item being added) go out at once;
-    `pieces` is the paced chunk iterator, so the first chunk arrives after TTFT
-    plus the reasoning time. Just before it the reasoning item closes and the
+    `paced()` is called only then (it may wait for a batch slot) and yields the
+    chunk texts on their deadlines, so the first arrives after TTFT plus the
+    reasoning time. Just before it the reasoning item closes and the
     message item and its text part open; after the last chunk everything
     closes and the finished response goes out with its usage.
     """
@@ -296,7 +297,7 @@ def response_events(enc: ResponseEventEncoder, plan: TokenPlan, pieces: Iterable
     if b.reasoning_id:
         yield enc.reasoning_added()
     opened = False
-    for piece in pieces:
+    for piece in paced():
         if not opened:
             yield from _open_message(enc)
             opened = True
