@@ -1,0 +1,69 @@
+"""The `llmsim` command: `serve` and `profiles`."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+import yaml  # noqa: E402
+
+from ..profiles import ProfileError, ProfileRegistry  # noqa: E402
+from .config import add_server_flags, resolve_config  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmsim", description="LLM traffic simulator: OpenAI and Anthropic APIs "
+                                                                "with realistic token streaming.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the simulator server")
+    add_server_flags(serve)
+    prof = sub.add_parser("profiles", help="list the profiles, or show one")
+    prof.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    prof.add_argument("name", nargs="?", help="profile or model name (with show)")
+    prof.add_argument("--profiles-dir", default=None, help="directory of extra or overriding profile YAMLs")
+    return parser
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    import os
+
+    extra = args.profiles_dir or os.environ.get("LLMSIM_PROFILES_DIR")
+    registry = ProfileRegistry.load(extra_dirs=[extra] if extra else [])
+    if args.action == "show":
+        if not args.name:
+            print("llmsim profiles show: give a profile or model name", file=sys.stderr)
+            return 2
+        try:
+            profile = registry.resolve(args.name)
+        except KeyError:
+            print(f"llmsim: no profile covers {args.name!r} (see `llmsim profiles`)", file=sys.stderr)
+            return 2
+        print(yaml.safe_dump(profile.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    rows = [("PROFILE", "TTFT ms", "ITL ms", "ENCODING", "MODELS")]
+    for p in registry:
+        rows.append((p.name, f"{p.ttft.mean_ms:g}±{p.ttft.stddev_ms:g}", f"{p.itl.mean_ms:g}±{p.itl.stddev_ms:g}",
+                     p.encoding, ", ".join(p.models) or "(select with --latency-profile)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "profiles":
+            return _profiles(args)
+        from .server import serve
+
+        flags = {k: v for k, v in vars(args).items() if k != "command"}
+        return serve(resolve_config(flags))
+    except ProfileError as e:  # ConfigError too: one line, no traceback
+        print(f"llmsim: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"llmsim: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,192 @@
+"""Server configuration: one option table feeds the flags, LLMSIM_* variables and the YAML file.
+
+Precedence is flag, then environment, then config file, then default; a flag
+that is not given leaves the file's value alone. Every bad value stops start-up
+with one line naming the source (file, variable or flag), the key and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..profiles import ProfileError
+
+
+class ConfigError(ProfileError):
+    """A bad setting; str() is one line: source: key: reason."""
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a whole number, got {v!r}")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a whole number, got {v!r}") from None
+        if isinstance(v, float) and v != n:
+            raise ValueError(f"must be a whole number, got {v!r}")
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None else f"must be >= {lo}, got {n}")
+        return n
+    return conv
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    flag: bool = True  # False: file/env only
+
+    @property
+    def env(self) -> str:
+        return "LLMSIM_" + self.key.upper()
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", _str, "127.0.0.1", "address to bind"),
+    Option("port", _int(0, 65535), 8080, "port to bind; 0 picks a free one", "PORT"),
+    Option("latency_profile", _str, None, "force this profile for every model (default: each model's own)", "NAME"),
+    Option("generator", _str, "lorem", "response text: lorem, echo, fixed:TEXT, random, sequence, script:FILE",
+           "SPEC"),
+    Option("target_tokens", _int(1), 100, "response length in tokens when the request sets no limit", "N"),
+    Option("seed", _int(0), None, "seed for latencies and text: same seed and requests, same run", "N"),
+    Option("profiles_dir", _str, None, "directory of extra or overriding profile YAMLs", "DIR"),
+    Option("chunk_tokens", _int(1), None, "tokens per streamed chunk for every profile (default: profile's, 1)",
+           "K"),
+    Option("max_body_bytes", _int(1), 32 * 1024 * 1024, "largest accepted request body (413 beyond)", "BYTES"),
+    Option("access_log", _bool, False, "log one line per request", flag=False),
+)
+OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "admin_token")
+"""Nested config sections, validated by the modules that own them."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    latency_profile: str | None = None
+    generator: str = "lorem"
+    target_tokens: int = 100
+    seed: int | None = None
+    profiles_dir: str | None = None
+    chunk_tokens: int | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    access_log: bool = False
+    allow_unknown_models: bool = False
+    default_profile: str = "gpt-4o"
+    sections: dict[str, Any] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """The serve flags, all defaulting to 'not given' so lower layers show through."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML config file (env LLMSIM_CONFIG)")
+    for o in OPTIONS:
+        if not o.flag:
+            continue
+        parser.add_argument(o.cli, dest=o.key, metavar=o.metavar, default=argparse.SUPPRESS,
+                            help=f"{o.help} (env {o.env})")
+    parser.add_argument("--access-log", dest="access_log", action="store_true", default=argparse.SUPPRESS,
+                        help="log one line per request (env LLMSIM_ACCESS_LOG)")
+
+
+def _load_file(path: str) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(path, "file", f"cannot read ({e.strerror or e})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(path, f"line {mark.line + 1}" if mark else "yaml",
+                          f"invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    return {} if doc is None else doc
+
+
+def _check_keys(path: str, doc: Any) -> None:
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "(top level)", "must be a mapping of settings")
+    for key in doc:
+        if key not in OPTION_BY_KEY and key not in SECTION_KEYS:
+            known = ", ".join(sorted([*OPTION_BY_KEY, *SECTION_KEYS]))
+            raise ConfigError(path, str(key), f"unknown setting (known: {known})")
+
+
+def _apply(cfg: ServerConfig, key: str, value: Any, source: str, key_name: str) -> None:
+    try:
+        setattr(cfg, key, OPTION_BY_KEY[key].convert(value))
+    except ValueError as e:
+        raise ConfigError(source, key_name, str(e)) from None
+
+
+def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                   settings: dict[str, Any] | None = None) -> ServerConfig:
+    """Merge defaults < config file (or a `settings` dict) < environment < flags into a ServerConfig."""
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    cfg = ServerConfig()
+    path = flags.pop("config", None) or env.get("LLMSIM_CONFIG")
+    doc = _load_file(path) if path else settings
+    if doc is not None:
+        path = path or "<settings>"
+        _check_keys(path, doc)
+        cfg.source = path
+        for key, value in doc.items():
+            if key in OPTION_BY_KEY:
+                _apply(cfg, key, value, path, key)
+            else:
+                cfg.sections[key] = value
+        models = cfg.sections.get("models")
+        if models is not None:
+            if not isinstance(models, dict):
+                raise ConfigError(path, "models", "must be a mapping like {allow_unknown: true}")
+            for k, v in models.items():
+                if k == "allow_unknown":
+                    try:
+                        cfg.allow_unknown_models = _bool(v)
+                    except ValueError as e:
+                        raise ConfigError(path, "models.allow_unknown", str(e)) from None
+                elif k == "default_profile":
+                    if not isinstance(v, str) or not v:
+                        raise ConfigError(path, "models.default_profile", "must be a profile name")
+                    cfg.default_profile = v
+                else:
+                    raise ConfigError(path, f"models.{k}", "unknown setting (known: allow_unknown, default_profile)")
+    for o in OPTIONS:
+        if o.env in env and env[o.env] != "":
+            _apply(cfg, o.key, env[o.env], o.env, o.env)
+    for key, value in flags.items():
+        if key in OPTION_BY_KEY:
+            _apply(cfg, key, value, "command line", OPTION_BY_KEY[key].cli)
+    return cfg

@@ -1,0 +1,190 @@
+"""Flask routes: the HTTP face of the simulator.
+
+Routes only glue: parse with the API module, plan with AppState.generate, pace
+with the Pacer, encode with the API's chunk encoder. Every error, including
+Flask's own 404/405/413 and unexpected exceptions, leaves in the envelope of
+the API the path belongs to, never as an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Callable, Iterable, Iterator
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import ApiError
+from ..fields import parse_json_object
+from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
+from ..tokens import count_chat_tokens
+from .state import AppState, Generation
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+MODEL_CREATED = 1_700_000_000
+OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
+
+
+def provider_for_path(path: str) -> str:
+    """Which provider's envelope a path answers in."""
+    if path.startswith("/anthropic/") or path.rstrip("/") in ("/v1/messages", "/v1/messages/count_tokens"):
+        return "anthropic"
+    return "openai"
+
+
+def error_response(err: ApiError, provider: str | None = None) -> Response:
+    provider = provider or provider_for_path(request.path)
+    resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
+                    mimetype="application/json")
+    for k, v in err.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None) -> Response:
+    """A streamed response nothing buffers: no Content-Length, no compression."""
+    resp = Response(chunks, mimetype="text/event-stream", direct_passthrough=True)
+    resp.headers.update(SSE_HEADERS)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
+    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes."""
+    state.stats.stream_started()
+    completed = False
+    try:
+        yield from body()
+        completed = True
+    finally:
+        # Runs on normal end and on GeneratorExit when the client disconnects.
+        state.stats.stream_ended(disconnected=not completed)
+        state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
+
+
+def read_body() -> dict:
+    length = request.content_length
+    limit = request.max_content_length
+    if length is not None and limit is not None and length > limit:
+        raise ApiError("request_too_large", f"Request too large: the body is {length} bytes, the limit is "
+                                            f"{limit} bytes.")
+    return parse_json_object(request.get_data(cache=False))
+
+
+def openai_blueprint(state: AppState, name: str) -> Blueprint:
+    bp = Blueprint(name, __name__)
+
+    @bp.post("/chat/completions")
+    def chat_completions() -> Response:
+        req = parse_chat_request(read_body())
+        gen = state.generate(req.model, {"model": req.model, "messages": req.messages},
+                             count_prompt=lambda enc: count_chat_tokens(req.messages, enc),
+                             max_tokens=req.max_tokens, max_tokens_param=req.max_tokens_param, stop=req.stop,
+                             effort=req.reasoning_effort)
+        meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
+                "model": req.model, "system_fingerprint": "fp_llmsim"}
+        if not req.stream:
+            gen.pacer.wait_all(gen.plan)
+            state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
+            return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
+        enc = ChatChunkEncoder(meta, req.include_usage)
+
+        def chunks() -> Iterator[bytes]:
+            yield enc.role()
+            for piece in gen.pacer.paced(gen.plan):
+                yield enc.content(piece)
+            yield enc.finish(gen.plan.finish_reason)
+            if req.include_usage:
+                yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
+            yield DONE
+
+        return sse_response(tracked_stream(state, gen, chunks))
+
+    @bp.get("/models")
+    def list_models() -> Response:
+        return jsonify({"object": "list", "data": [model_object(state, m) for m in state.registry.model_names()]})
+
+    @bp.get("/models/<path:model_id>")
+    def get_model(model_id: str) -> Response:
+        if state.registry.match(model_id) is None:
+            raise ApiError("not_found", f"The model `{model_id}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+        return jsonify(model_object(state, model_id))
+
+    return bp
+
+
+def model_object(state: AppState, model_id: str) -> dict:
+    p = state.registry.match(model_id)
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED,
+            "owned_by": OWNERS.get(p.provider if p else "", "llmsim")}
+
+
+def create_app(state: AppState) -> Flask:
+    """The WSGI app for one server state."""
+    app = Flask("llmsim")
+    app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+    app.extensions["llmsim_state"] = state
+
+    app.register_blueprint(openai_blueprint(state, "openai_v1"), url_prefix="/v1")
+    app.register_blueprint(openai_blueprint(state, "openai_prefixed"), url_prefix="/openai/v1")
+
+    @app.before_request
+    def _start() -> None:
+        g.request_id = "req_" + state.new_id("")
+        g.t0 = time.monotonic()
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        resp.headers["x-request-id"] = g.get("request_id", "")
+        if provider_for_path(request.path) == "openai":
+            resp.headers["openai-processing-ms"] = str(int((time.monotonic() - g.get("t0", time.monotonic())) * 1000))
+            resp.headers["openai-version"] = "2020-10-01"
+        state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
+        return resp
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "ok", "profiles": len(state.registry)})
+
+    @app.get("/llmsim/stats")
+    def stats_json() -> Response:
+        return jsonify(state.stats.to_dict())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(state.stats.to_prometheus(), mimetype="text/plain; version=0.0.4")
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        if code == 404:
+            err = ApiError("not_found", f"Invalid URL ({request.method} {request.path})")
+        elif code == 405:
+            err = ApiError("method_not_allowed", f"Method {request.method} is not allowed for {request.path}; "
+                                                 f"allowed: {', '.join(sorted(exc.valid_methods or []))}.")
+        elif code == 413:
+            err = ApiError("request_too_large", f"Request too large: the limit is {state.config.max_body_bytes} bytes.")
+        else:
+            err = ApiError("invalid_request", exc.description or exc.name, status=code)
+        resp = error_response(err)
+        if code == 405 and getattr(exc, "valid_methods", None):
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        traceback.print_exception(exc, file=sys.stderr)
+        return error_response(ApiError("server_error", "The server had an error while processing your request. "
+                                                       "(llmsim logged the details.)"))
+
+    return app

@@ -1,0 +1,129 @@
+"""What a running server holds: config, profiles, generator, stats, and the
+shared step every API takes to turn a request into a paced token plan."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import tiktoken
+
+from ..errors import ApiError, invalid
+from ..generator import GenerationRequest, Generator, make_generator
+from ..latency import REASONING_EFFORT_FACTORS
+from ..profiles import ModelProfile, ProfileRegistry
+from ..stats import ServerStats
+from ..stream import Pacer, TokenPlan, TokenStreamBuilder
+from ..tokens import get_encoding
+from .config import ConfigError, ServerConfig
+
+
+@dataclass
+class Generation:
+    """One request's simulated answer: the profile, the plan, and the pacer that times it."""
+
+    model: str
+    profile: ModelProfile
+    plan: TokenPlan
+    prompt_tokens: int
+    pacer: Pacer
+    created: int
+
+
+class AppState:
+    def __init__(self, config: ServerConfig, registry: ProfileRegistry | None = None) -> None:
+        self.config = config
+        try:
+            self.registry = registry or ProfileRegistry.load(
+                extra_dirs=[config.profiles_dir] if config.profiles_dir else [])
+        except ConfigError:
+            raise
+        self.forced: ModelProfile | None = None
+        if config.latency_profile:
+            self.forced = self._named_profile(config.latency_profile, "latency_profile")
+        if config.allow_unknown_models:
+            self._named_profile(config.default_profile, "models.default_profile")
+        try:
+            self.generator: Generator = make_generator(config.generator, config.target_tokens)
+        except ValueError as e:
+            raise ConfigError(config.source, "generator", str(e)) from None
+        self.stats = ServerStats()
+        self._counter = itertools.count()
+
+    def _named_profile(self, name: str, key: str) -> ModelProfile:
+        try:
+            return self.registry.get(name)
+        except KeyError:
+            raise ConfigError(self.config.source, key,
+                              f"no profile named {name!r} (known: {', '.join(self.registry.names())})") from None
+
+    # ------------------------------------------------------------------ per request
+
+    def resolve_profile(self, model: str) -> ModelProfile:
+        """The profile a request's model runs with, or 404 model_not_found."""
+        own = self.registry.match(model)
+        if self.forced is not None:
+            # The forced profile sets timing; tokens still follow the model's own encoding.
+            return self.forced if own is None else self.forced.with_encoding(own.encoding)
+        if own is not None:
+            return own
+        if self.config.allow_unknown_models:
+            return self.registry.get(self.config.default_profile)
+        raise ApiError("not_found", f"The model `{model}` does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+
+    def request_rng(self) -> random.Random:
+        """Per-request RNG: seeded runs repeat by arrival order, whatever the interleaving."""
+        n = next(self._counter)
+        return random.Random(f"{self.config.seed}:{n}") if self.config.seed is not None else random.Random()
+
+    @staticmethod
+    def new_id(prefix: str) -> str:
+        return prefix + uuid.uuid4().hex[:24]
+
+    def generate(self, model: str, body: dict, *, count_prompt: Callable[[tiktoken.Encoding], int],
+                 max_tokens: int | None, max_tokens_param: str = "max_tokens", stop: list[str] | None = None,
+                 effort: str | None = None, profile: ModelProfile | None = None) -> Generation:
+        """Validate limits, generate the text and plan its tokens; shared by every API."""
+        profile = profile or self.resolve_profile(model)
+        if self.config.chunk_tokens:
+            profile = replace(profile, chunk_tokens=self.config.chunk_tokens)
+        if max_tokens is not None and max_tokens > profile.max_output_tokens:
+            raise invalid(f"{max_tokens_param} is too large: {max_tokens}. This model supports at most "
+                          f"{profile.max_output_tokens} completion tokens, whereas you provided {max_tokens}.",
+                          param=max_tokens_param, code="invalid_value")
+        enc = get_encoding(profile.encoding)
+        prompt_tokens = count_prompt(enc)
+        if prompt_tokens + (max_tokens or 0) > profile.context_window:
+            raise invalid(f"This model's maximum context length is {profile.context_window} tokens. However, you "
+                          f"requested {prompt_tokens + (max_tokens or 0)} tokens ({prompt_tokens} in the messages, "
+                          f"{max_tokens or 0} in the completion). Please reduce the length of the messages or "
+                          "completion.", param="messages", code="context_length_exceeded")
+        text = self.generator.generate(
+            GenerationRequest.from_body(body, seed=self.config.seed, encoding=profile.encoding))
+        plan = self._plan(profile, enc, text, max_tokens, stop, effort)
+        pacer = Pacer(profile.latency, self.request_rng(), prompt_tokens=prompt_tokens)
+        return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
+                          created=int(time.time()))
+
+    @staticmethod
+    def _plan(profile: ModelProfile, enc: tiktoken.Encoding, text: str, max_tokens: int | None,
+              stop: list[str] | None, effort: str | None) -> TokenPlan:
+        builder = TokenStreamBuilder(enc, profile.chunk_tokens)
+        plan = builder.build(text, max_tokens, stop)
+        latency = profile.latency
+        reasoning = latency.reasoning_tokens(plan.output_tokens, effort)
+        if max_tokens is not None and reasoning and reasoning + plan.output_tokens > max_tokens:
+            # Reasoning and visible tokens share the budget, as on the real APIs:
+            # keep their ratio, and the visible part ends with "length".
+            ratio = latency.reasoning_tokens_per_output_token * REASONING_EFFORT_FACTORS.get(effort or "medium", 1.0)
+            visible = max(1, int(max_tokens / (1 + ratio)))
+            plan = builder.build(text, visible, stop)
+            plan.finish_reason = "length"
+            reasoning = max_tokens - plan.output_tokens
+        plan.reasoning_tokens = reasoning
+        return plan

@@ -1,0 +1,75 @@
+"""Provider error envelopes.
+
+Every failure llmsim answers with is an ApiError of a provider-neutral kind;
+the API that serves the request renders it in its own envelope, so one
+validation or fault path serves OpenAI and Anthropic alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# kind -> (HTTP status, OpenAI error type, Anthropic error type), as documented
+# by each provider.
+KINDS: dict[str, tuple[int, str, str]] = {
+    "invalid_request": (400, "invalid_request_error", "invalid_request_error"),
+    "authentication": (401, "invalid_request_error", "authentication_error"),
+    "permission": (403, "invalid_request_error", "permission_error"),
+    "not_found": (404, "invalid_request_error", "not_found_error"),
+    "method_not_allowed": (405, "invalid_request_error", "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error", "request_too_large"),
+    "rate_limit": (429, "requests", "rate_limit_error"),
+    "server_error": (500, "server_error", "api_error"),
+    "unavailable": (503, "server_error", "api_error"),
+    "overloaded": (503, "server_error", "overloaded_error"),
+}
+ANTHROPIC_OVERLOADED_STATUS = 529
+
+
+@dataclass
+class ApiError(Exception):
+    """An error answer: kind picks status and type, message names the field at fault."""
+
+    kind: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    openai_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown error kind {self.kind!r}")
+        super().__init__(self.message)
+
+    def http_status(self, provider: str) -> int:
+        if self.status is not None:
+            return self.status
+        if provider == "anthropic" and self.kind == "overloaded":
+            return ANTHROPIC_OVERLOADED_STATUS
+        return KINDS[self.kind][0]
+
+    def openai_body(self) -> dict:
+        """OpenAI's envelope: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.openai_type or KINDS[self.kind][1],
+                          "param": self.param, "code": self.code}}
+
+    def anthropic_body(self, request_id: str | None = None) -> dict:
+        """Anthropic's envelope: {"type": "error", "error": {"type", "message"}}."""
+        body: dict = {"type": "error", "error": {"type": KINDS[self.kind][2], "message": self.message}}
+        if request_id:
+            body["request_id"] = request_id
+        return body
+
+    def body(self, provider: str, request_id: str | None = None) -> dict:
+        return self.anthropic_body(request_id) if provider == "anthropic" else self.openai_body()
+
+    def body_bytes(self, provider: str, request_id: str | None = None) -> bytes:
+        return json.dumps(self.body(provider, request_id), separators=(",", ":")).encode()
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    """The common 400: a request field is missing, mistyped or out of range."""
+    return ApiError("invalid_request", message, param=param, code=code)

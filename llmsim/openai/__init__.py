@@ -1,0 +1,1 @@
+"""The OpenAI HTTP APIs: request parsing and response/chunk building (no Flask here)."""

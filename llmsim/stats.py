@@ -1,0 +1,75 @@
+"""Server-side counters, exposed as JSON (/llmsim/stats) and Prometheus text (/metrics).
+
+Updated once per request and once per stream end, never per token, so the
+counters cost nothing on the streaming hot path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerStats:
+    started: float = field(default_factory=time.time)
+    requests: Counter = field(default_factory=Counter)  # (endpoint, status) -> n
+    active_streams: int = 0
+    active_requests: int = 0
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    disconnects: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_request(self, endpoint: str, status: int) -> None:
+        with self._lock:
+            self.requests[(endpoint, status)] += 1
+
+    def record_tokens(self, prompt: int, output: int) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.output_tokens += output
+
+    def stream_started(self) -> None:
+        with self._lock:
+            self.active_streams += 1
+
+    def stream_ended(self, disconnected: bool = False) -> None:
+        with self._lock:
+            self.active_streams -= 1
+            if disconnected:
+                self.disconnects += 1
+
+    def to_dict(self) -> dict:
+        with self._lock:
+            by_endpoint: dict[str, dict[str, int]] = {}
+            for (endpoint, status), n in sorted(self.requests.items()):
+                by_endpoint.setdefault(endpoint, {})[str(status)] = n
+            return {
+                "uptime_s": round(time.time() - self.started, 3),
+                "requests": by_endpoint,
+                "requests_total": sum(self.requests.values()),
+                "active_streams": self.active_streams,
+                "active_requests": self.active_requests,
+                "prompt_tokens_total": self.prompt_tokens,
+                "output_tokens_total": self.output_tokens,
+                "client_disconnects_total": self.disconnects,
+            }
+
+    def to_prometheus(self) -> str:
+        with self._lock:
+            lines = ["# HELP llmsim_requests_total Requests answered, by endpoint and status.",
+                     "# TYPE llmsim_requests_total counter"]
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(f'llmsim_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            for name, kind, value, help_ in (
+                ("llmsim_active_streams", "gauge", self.active_streams, "Streams being generated now."),
+                ("llmsim_active_requests", "gauge", self.active_requests, "Requests in progress now."),
+                ("llmsim_prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens received."),
+                ("llmsim_output_tokens_total", "counter", self.output_tokens, "Output tokens sent."),
+                ("llmsim_client_disconnects_total", "counter", self.disconnects, "Streams cut by the client."),
+            ):
+                lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+            return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""An in-process llmsim server for tests and embedded load tests.
+
+In a gevent-patched process the server runs as greenlets on the current hub.
+In an unpatched one (plain pytest, a script) it runs in its own OS thread with
+its own hub, so callers using ordinary blocking clients are served too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from .profiles import ProfileRegistry
+
+__all__ = ["RunningServer", "run_server", "start_server"]
+
+
+def _patched() -> bool:
+    from gevent import monkey
+
+    return monkey.is_module_patched("socket")
+
+
+@dataclass
+class RunningServer:
+    """A started server: `url` is its base URL (no trailing slash); call stop() when done."""
+
+    url: str
+    state: Any
+    _stop: Any = field(repr=False)
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def start_server(*, latency_profile: str | None = None, profile_files: Iterable[str | os.PathLike] = (),
+                 profiles_dir: str | None = None, generator: str = "lorem", target_tokens: int | None = None,
+                 seed: int | None = None, config: dict | str | None = None, host: str = "127.0.0.1",
+                 port: int = 0, **settings: Any) -> RunningServer:
+    """Start llmsim on an ephemeral port (by default) and return once it accepts connections.
+
+    `config` is a config-file path or a dict of its settings; keyword arguments
+    override it, as flags do. `profile_files` are extra profile YAMLs.
+    """
+    from .cli.config import resolve_config
+    from .cli.server import build_server, server_url
+    from .cli.state import AppState
+
+    flags: dict[str, Any] = {"host": host, "port": port, "generator": generator, **settings}
+    for key, value in (("latency_profile", latency_profile), ("target_tokens", target_tokens), ("seed", seed),
+                       ("profiles_dir", profiles_dir)):
+        if value is not None:
+            flags[key] = value
+    if isinstance(config, str):
+        flags["config"] = config
+    cfg = resolve_config(flags, env={}, settings=config if isinstance(config, dict) else None)
+    registry = ProfileRegistry.load(extra_dirs=[cfg.profiles_dir] if cfg.profiles_dir else [],
+                                    extra_files=list(profile_files))
+
+    if _patched():
+        server, state = build_server(cfg, AppState(cfg, registry))
+        server.start()
+        return RunningServer(server_url(server), state, lambda: server.stop(timeout=1))
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        import gevent
+
+        try:
+            server, state = build_server(cfg, AppState(cfg, registry))
+            server.start()
+        except BaseException as e:  # surfaced to the caller below
+            box["error"] = e
+            ready.set()
+            return
+        box.update(server=server, state=state, hub=gevent.get_hub())
+        ready.set()
+        server._stop_event.wait()
+
+    thread = threading.Thread(target=run, name="llmsim-server", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        raise box["error"]
+    server = box["server"]
+
+    def stop() -> None:
+        box["hub"].loop.run_callback_threadsafe(server.stop, 1)
+        thread.join(timeout=5)
+
+    return RunningServer(server_url(server), box["state"], stop)
+
+
+@contextmanager
+def run_server(**kwargs: Any) -> Iterator[str]:
+    """Context manager for pytest: yields the base URL of a fresh in-process server."""
+    server = start_server(**kwargs)
+    try:
+        yield server.url
+    finally:
+        server.stop()
