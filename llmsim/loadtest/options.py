@@ -53,11 +53,18 @@ def is_profile_file(value: str) -> bool:
 
 
 def _profile(text: str) -> str:
-    if is_profile_file(text):
-        try:
+    try:
+        if is_profile_file(text):
             load_profile_file(text)
-        except ProfileError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        else:
+            registry = ProfileRegistry.load()
+            try:
+                registry.resolve(text)
+            except KeyError:
+                raise argparse.ArgumentTypeError(
+                    f"no profile named {text!r} (known: {', '.join(registry.names())}; or give a FILE.yaml)") from None
+    except ProfileError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
