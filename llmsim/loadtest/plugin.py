@@ -132,7 +132,22 @@ def start_embedded_server(run: LoadTestRun) -> str:
     s = run.settings
     run.server = start_server(latency_profile=s.profile.name,
                               profile_files=[s.profile_file] if s.profile_file else ())
+    warm_up(run.server.url, s)
     return run.server.url
+
+
+def warm_up(url: str, settings: LoadTestSettings) -> None:
+    """One small request, so the server's one-time costs (loading the BPE ranks) stay out of the figures."""
+    from ..tokens import get_encoding
+    from .adapters import ChatCompletionsAdapter
+    from .client import LlmClient
+
+    enc = get_encoding(settings.profile.encoding)
+    client = LlmClient(url, ChatCompletionsAdapter(), model=settings.model, count_tokens=lambda t: len(enc.encode(t)))
+    try:
+        client.run(settings.prompts[0], max_tokens=1)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- listeners

@@ -74,6 +74,8 @@ class MiniServer:
                 self.requests += 1
                 if not self._respond(sock, json.loads(body or b"{}")):
                     return
+        except OSError:  # the client went away (Locust stops users mid-stream)
+            return
         finally:
             sock.close()
 
