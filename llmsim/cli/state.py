@@ -7,6 +7,7 @@ import itertools
 import random
 import time
 import uuid
+from functools import lru_cache
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -53,6 +54,10 @@ class AppState:
             raise ConfigError(config.source, "generator", str(e)) from None
         self.stats = ServerStats()
         self._counter = itertools.count()
+        # Load every encoding the profiles use now: a first request must not pay
+        # ~0.3 s of BPE loading inside its TTFT.
+        for name in sorted({p.encoding for p in self.registry}):
+            get_encoding(name)
 
     def _named_profile(self, name: str, key: str) -> ModelProfile:
         try:
@@ -67,14 +72,21 @@ class AppState:
         """The profile a request's model runs with, or 404 model_not_found."""
         own = self.registry.match(model)
         if self.forced is not None:
-            # The forced profile sets timing; tokens still follow the model's own encoding.
-            return self.forced if own is None else self.forced.with_encoding(own.encoding)
+            return self.forced if own is None else self._forced_over(own)
         if own is not None:
             return own
         if self.config.allow_unknown_models:
             return self.registry.get(self.config.default_profile)
         raise ApiError("not_found", f"The model `{model}` does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
+
+    @lru_cache(maxsize=1024)
+    def _forced_over(self, own: ModelProfile) -> ModelProfile:
+        # --latency-profile sets timing, load model and SLO; the model keeps its
+        # own encoding and limits, as a real deployment of it would.
+        f = self.forced
+        return replace(own, name=f.name, latency=f.latency, capacity=f.capacity, slo=f.slo,
+                       chunk_tokens=f.chunk_tokens)
 
     def request_rng(self) -> random.Random:
         """Per-request RNG: seeded runs repeat by arrival order, whatever the interleaving."""
