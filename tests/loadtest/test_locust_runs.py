@@ -118,3 +118,11 @@ def test_bad_options_give_one_line_errors(tmp_path, args, needle):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+def test_options_work_from_a_locust_config_file(tmp_path):
+    conf = tmp_path / "llm.conf"
+    conf.write_text("llm-model = model-from-conf\n")
+    proc, report = run_locust(tmp_path, "--config", str(conf), "-u", "1", "-t", "1s", timeout=30)
+    assert proc.returncode == 2
+    assert "no profile covers model 'model-from-conf'" in proc.stderr
