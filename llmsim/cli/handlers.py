@@ -52,6 +52,14 @@ def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None)
     return resp
 
 
+def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
+                    headers: dict[str, str] | None = None) -> Response:
+    """The SSE response of one generation; its slot is freed however the stream ends."""
+    resp = sse_response(tracked_stream(state, gen, body), headers)
+    resp.call_on_close(gen.slot.release)  # also if the body is never iterated
+    return resp
+
+
 def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
     """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes."""
     state.stats.stream_started()
@@ -61,6 +69,7 @@ def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator
         completed = True
     finally:
         # Runs on normal end and on GeneratorExit when the client disconnects.
+        gen.slot.release()
         state.stats.stream_ended(disconnected=not completed)
         state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
 
@@ -87,21 +96,21 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
                 "model": req.model, "system_fingerprint": "fp_llmsim"}
         if not req.stream:
-            gen.pacer.wait_all(gen.plan)
+            gen.wait_all()
             state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
             return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
         enc = ChatChunkEncoder(meta, req.include_usage)
 
         def chunks() -> Iterator[bytes]:
             yield enc.role()
-            for piece in gen.pacer.paced(gen.plan):
+            for piece in gen.paced():
                 yield enc.content(piece)
             yield enc.finish(gen.plan.finish_reason)
             if req.include_usage:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        return sse_response(tracked_stream(state, gen, chunks))
+        return stream_response(state, gen, chunks)
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -154,11 +163,12 @@ def create_app(state: AppState) -> Flask:
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
-        return jsonify(state.stats.to_dict())
+        return jsonify({**state.stats.to_dict(), "schedulers": state.schedulers.snapshot()})
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(state.stats.to_prometheus(), mimetype="text/plain; version=0.0.4")
+        return Response(state.stats.to_prometheus() + state.schedulers.to_prometheus(),
+                        mimetype="text/plain; version=0.0.4")
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:

@@ -8,15 +8,16 @@ import random
 import time
 import uuid
 from functools import lru_cache
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import tiktoken
 
-from ..errors import ApiError, invalid
+from ..errors import ApiError, invalid, model_overloaded
 from ..generator import GenerationRequest, Generator, make_generator
 from ..latency import REASONING_EFFORT_FACTORS
 from ..profiles import ModelProfile, ProfileRegistry
+from ..scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from ..stats import ServerStats
 from ..stream import Pacer, TokenPlan, TokenStreamBuilder
 from ..tokens import get_encoding
@@ -33,6 +34,19 @@ class Generation:
     prompt_tokens: int
     pacer: Pacer
     created: int
+    # The request's batch slot (already admitted, maybe still queued);
+    # released by wait_all(), or by stream_response() when the stream ends.
+    slot: Slot = field(default_factory=lambda: NullScheduler().submit())
+
+    def paced(self) -> Iterator[str]:
+        """Chunk texts on their deadlines; a queued request's TTFT runs from its grant."""
+        start = self.slot.wait()
+        return self.pacer.paced(self.plan, start)
+
+    def wait_all(self) -> None:
+        """Take as long as the stream would, holding the slot as the stream would."""
+        with self.slot:
+            self.pacer.wait_all(self.plan, self.slot.wait())
 
 
 class AppState:
@@ -53,6 +67,7 @@ class AppState:
         except ValueError as e:
             raise ConfigError(config.source, "generator", str(e)) from None
         self.stats = ServerStats()
+        self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
         # Load every encoding the profiles use now: a first request must not pay
         # ~0.3 s of BPE loading inside its TTFT.
@@ -118,9 +133,18 @@ class AppState:
         text = self.generator.generate(
             GenerationRequest.from_body(body, seed=self.config.seed, encoding=profile.encoding))
         plan = self._plan(profile, enc, text, max_tokens, stop, effort)
-        pacer = Pacer(profile.latency, self.request_rng(), prompt_tokens=prompt_tokens)
+        rng = self.request_rng()
+        slot = self.admit(profile)
+        pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot)
         return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()))
+                          created=int(time.time()), slot=slot)
+
+    def admit(self, profile: ModelProfile) -> Slot:
+        """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
+        try:
+            return self.schedulers.get(profile).submit()
+        except QueueFull as e:
+            raise model_overloaded(e.retry_after_header) from None
 
     @staticmethod
     def _plan(profile: ModelProfile, enc: tiktoken.Encoding, text: str, max_tokens: int | None,
