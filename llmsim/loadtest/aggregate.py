@@ -36,6 +36,8 @@ class RunStats:
         self.prompt_tokens = 0
         self.start = math.inf
         self.end = -math.inf
+        self.busy_ns = 0
+        """Sum of every request's E2E (ns): busy_ns / window is the mean number of requests in flight."""
         self.mix: Counter[MixKey] = Counter()
         """Token shape of successful requests, for the expected values (scoring.py)."""
 
@@ -48,6 +50,7 @@ class RunStats:
         self.prompt_tokens += rec.prompt_tokens
         self.start = min(self.start, rec.start_time)
         self.end = max(self.end, rec.end_time)
+        self.busy_ns += int(round(rec.e2e_ms * 1e6))
         if not rec.ok:
             self.errors[rec.error_kind or "unknown"] += 1
             return
@@ -75,6 +78,7 @@ class RunStats:
         self.prompt_tokens += other.prompt_tokens
         self.start = min(self.start, other.start)
         self.end = max(self.end, other.end)
+        self.busy_ns += other.busy_ns
         self.mix.update(other.mix)
 
     # ------------------------------------------------------------------ reading
@@ -87,6 +91,12 @@ class RunStats:
     def window_s(self) -> float:
         """From the first request's start to the last request's end, over all processes."""
         return max(0.0, self.end - self.start) if self.requests else 0.0
+
+    @property
+    def concurrency(self) -> float | None:
+        """Mean requests in flight over the window (Little's law), all processes together."""
+        w = self.window_s
+        return self.busy_ns / 1e9 / w if w > 0 else None
 
     def rate(self, n: float) -> float | None:
         w = self.window_s
@@ -112,6 +122,7 @@ class RunStats:
             "requests": self.requests, "ok": self.ok, "good": self.good,
             "errors": dict(self.errors),
             "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens,
+            "busy_ns": self.busy_ns,
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
         }
@@ -123,6 +134,7 @@ class RunStats:
         s.requests, s.ok, s.good = int(d["requests"]), int(d["ok"]), int(d["good"])
         s.errors = Counter({str(k): int(v) for k, v in d["errors"].items()})
         s.output_tokens, s.prompt_tokens = int(d["output_tokens"]), int(d["prompt_tokens"])
+        s.busy_ns = int(d["busy_ns"])
         if d["start"] is not None:
             s.start, s.end = float(d["start"]), float(d["end"])
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})

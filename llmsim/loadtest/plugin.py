@@ -85,9 +85,10 @@ class LoadTestRun:
     def report(self, *, fresh: bool = True) -> dict[str, Any]:
         """The full report of the figures so far. Live (web UI) reports reuse expected values per token shape."""
         s = self.settings
-        shape = tuple(sorted(self.stats.mix))
+        conc = self.stats.concurrency
+        shape = (tuple(sorted(self.stats.mix)), None if conc is None else round(conc, 1))
         if fresh or self._expected_cache is None or self._expected_cache[0] != shape:
-            self._expected_cache = (shape, expected_values(s.profile, self.stats.mix))
+            self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc))
         card = score(self.stats, s.profile, s.tolerance, stream=s.stream, expected=self._expected_cache[1])
         return build_report(self.stats, card, model=s.model, profile_source=s.profile.source,
                             host=self.environment.host, stream=s.stream, max_tokens=s.max_tokens,

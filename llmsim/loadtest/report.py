@@ -101,6 +101,12 @@ def verdict_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     share = "-" if g["share"] is None else f"{g['share'] * 100:.1f}%"
     rows.append({"check": "goodput", "measured": f"{g['good_requests']}/{g['requests']} ({share})",
                  "expected": "", "allowed": "", "verdict": f"{_rate(g['rate_per_s'])} good req/s"})
+    load = report.get("load") or {}
+    if load.get("itl_multiplier", 1.0) != 1.0:
+        rows.append({"check": "load model", "measured": f"{load['concurrency']:.1f} in flight", "expected": "",
+                     "allowed": "", "verdict": f"expected ITL x{load['itl_multiplier']:.3f}"})
+    for warning in report.get("warnings", []):
+        rows.append({"check": "warning", "measured": "", "expected": "", "allowed": "", "verdict": warning})
     for note in report["notes"]:
         rows.append({"check": "run", "measured": "", "expected": "", "allowed": "", "verdict": f"FAIL ({note})"})
     rows.append({"check": "RESULT", "measured": "", "expected": "", "allowed": "", "verdict": report["verdict"]})

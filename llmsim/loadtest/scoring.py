@@ -8,6 +8,9 @@ the simulator samples:
   same prompt length and no hidden reasoning; otherwise Monte Carlo;
 - TPOT and E2E: Monte Carlo over the token shape the run actually had (prompt,
   visible and reasoning tokens per request), so prefill and reasoning are in.
+When the profile has a load model (capacity), every ITL draw is multiplied by
+the slowdown the scheduler applies at the run's mean concurrency (requests in
+flight, from Little's law), using llmsim.scheduler's own formula.
 A metric passes when |measured - expected| <= max(abs_ms, rel * expected).
 """
 
@@ -21,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from ..latency import Distribution
 from ..profiles import ModelProfile, SloCheck
+from ..scheduler import slowdown_multiplier
 from .aggregate import METRICS, MixKey, RunStats, pct_label
 from .metrics import RequestRecord
 
@@ -106,6 +110,10 @@ class Scorecard:
     slo: list[SloResult]
     goodput: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    """Reasons the run fails as a whole."""
+    load: dict[str, Any] = field(default_factory=dict)
+    """Mean concurrency and the ITL multiplier the expected values include."""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -121,6 +129,8 @@ class Scorecard:
             "slo": [asdict(s) for s in self.slo],
             "goodput": self.goodput,
             "notes": self.notes,
+            "load": self.load,
+            "warnings": self.warnings,
             "verdict": PASS if self.passed else FAIL,
         }
 
@@ -156,11 +166,19 @@ def _closed_form(d: Distribution, shift: float = 0.0) -> dict[str, float]:
     return {"mean": d.mean_ms + shift, **{pct_label(p): d.quantile(p / 100.0) + shift for p in (50.0, 90.0, 99.0)}}
 
 
-def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, draws: int = MC_DRAWS,
-                    seed: int = MC_SEED) -> dict[str, dict[str, float]]:
-    """Expected mean/p50/p90/p99 (ms) of each metric for this profile and this run's token shape."""
+def load_multiplier(profile: ModelProfile, concurrency: float | None) -> float:
+    """The ITL multiplier the profile's load model applies with `concurrency` requests in flight."""
+    cap = profile.capacity
+    if cap is None or not concurrency:
+        return 1.0
+    return slowdown_multiplier(max(concurrency, 1.0), cap.max_concurrent, cap.slowdown_at_full)
+
+
+def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrency: float | None = None,
+                    draws: int = MC_DRAWS, seed: int = MC_SEED) -> dict[str, dict[str, float]]:
+    """Expected mean/p50/p90/p99 (ms) of each metric for this profile, this run's token shape and load."""
     lat = profile.latency
-    itl = lat.itl
+    itl = lat.itl.scaled(load_multiplier(profile, concurrency))
     out: dict[str, dict[str, float]] = {}
     k = profile.chunk_tokens
     rng = random.Random(seed)
@@ -259,7 +277,7 @@ def score(stats: RunStats, profile: ModelProfile, tol: Tolerance, *, stream: boo
           expected: dict[str, dict[str, float]] | None = None) -> Scorecard:
     """Verdicts for every metric × statistic, one check per SLO entry, and goodput."""
     if expected is None:
-        expected = expected_values(profile, stats.mix)
+        expected = expected_values(profile, stats.mix, concurrency=stats.concurrency)
     metrics: Iterable[str] = METRICS if stream else ("e2e",)
     verdicts = []
     for m in metrics:
@@ -288,4 +306,10 @@ def score(stats: RunStats, profile: ModelProfile, tol: Tolerance, *, stream: boo
     notes = []
     if stats.ok == 0:
         notes.append("no request succeeded")
-    return Scorecard(profile.name, tol, expected, verdicts, slo, goodput, notes)
+    load = {"concurrency": stats.concurrency, "itl_multiplier": load_multiplier(profile, stats.concurrency)}
+    card = Scorecard(profile.name, tol, expected, verdicts, slo, goodput, notes, load)
+    cap = profile.capacity
+    if cap is not None and stats.concurrency and stats.concurrency > cap.max_concurrent:
+        card.warnings.append(f"mean concurrency {stats.concurrency:.1f} exceeds capacity.max_concurrent "
+                             f"{cap.max_concurrent}: queue waits are not in the expected TTFT and E2E")
+    return card

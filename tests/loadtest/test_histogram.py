@@ -94,6 +94,8 @@ def test_runstats_merge_equals_single_process():
     assert merged.output_tokens == whole.output_tokens == 96
     assert merged.good == whole.good
     assert merged.window_s == whole.window_s == pytest.approx(39.5)
+    assert merged.busy_ns == whole.busy_ns
+    assert merged.concurrency == pytest.approx(sum(500.0 + i for i in range(40)) / 1000 / 39.5)
     assert merged.mix == whole.mix == {(8, 3, 3, -1): 32}
     for m in ("ttft", "itl", "tpot", "e2e"):
         assert merged.hist[m] == whole.hist[m]

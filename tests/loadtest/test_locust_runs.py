@@ -28,6 +28,9 @@ def test_default_command_embedded_server_passes(tmp_path):
     assert report["metrics"]["ttft"]["p50"] > 1000
     assert report["expected"]["ttft"]["p50"] > 1000
     assert any(v["metric"] == "ttft" and v["verdict"] == "PASS" for v in report["verdicts"])
+    # gpt-5's load model slows decoding with 20 streams in flight (64 slots, 1.5 at full): about x1.15.
+    assert 1.10 < report["load"]["itl_multiplier"] < 1.16
+    assert abs(report["metrics"]["itl"]["mean"] - report["expected"]["itl"]["mean"]) < 3.0
     # Console: the summary and the verdict table.
     out = proc.stdout
     for needle in ("TTFT", "ITL", "TPOT", "E2E", "p99.9", "tok/s", "req/s", "errors by kind: none",

@@ -135,3 +135,27 @@ def test_no_successful_request_fails():
     stats.add(rec(ok=False))
     card = score(stats, profile(), Tolerance())
     assert not card.passed and card.notes == ["no request succeeded"]
+
+
+def test_load_model_scales_itl_at_the_runs_concurrency():
+    from llmsim.profiles import Capacity
+
+    p = ModelProfile(name="t", latency=LatencyProfile(ttft=Distribution("constant", 200.0),
+                                                      itl=Distribution("constant", 20.0)),
+                     capacity=Capacity(max_concurrent=8, slowdown_at_full=2.0))
+    # docs/load-model.md: ITL 20 ms, 8 slots, 2.0 at full -> 28.57 ms with 4 streams active.
+    exp = expected_values(p, {(10, 5, 5, 0): 1}, concurrency=4.0)
+    assert exp["itl"]["p50"] == pytest.approx(20.0 * (1 + 3 / 7))
+    assert exp["ttft"]["p50"] == 200.0  # TTFT itself is not slowed
+    assert exp["e2e"]["p50"] == pytest.approx(200.0 + 4 * 20.0 * (1 + 3 / 7))
+    assert expected_values(p, {(10, 5, 5, 0): 1}, concurrency=1.0)["itl"]["p50"] == 20.0
+
+    stats = RunStats()
+    for _ in range(20):  # 20 requests of 380 ms, all in flight at once
+        r = rec()
+        r.start_time, r.end_time = 0.0, r.e2e_ms / 1000
+        stats.add(r)
+    assert stats.concurrency == pytest.approx(20.0)
+    card = score(stats, p, Tolerance())
+    assert card.load["itl_multiplier"] == pytest.approx(2.0)
+    assert card.warnings and "exceeds capacity.max_concurrent 8" in card.warnings[0]
