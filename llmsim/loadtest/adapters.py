@@ -165,3 +165,133 @@ class ChatCompletionsAdapter(ApiAdapter):
             text = msg.get("content") or ""
             reasoning = msg.get("reasoning_content") or msg.get("reasoning") or ""
         return text, reasoning, self._usage(body.get("usage"))
+
+
+def _object(data: str, load: Any) -> dict[str, Any]:
+    obj = load(data)
+    if not isinstance(obj, dict):
+        raise MalformedStream(f"event data is not a JSON object: {data[:80]!r}")
+    return obj
+
+
+def _error_text(err: Any) -> str:
+    return str(err.get("message", err) if isinstance(err, dict) else err)
+
+
+class MessagesAdapter(ApiAdapter):
+    """Anthropic `POST /v1/messages`: system messages become the top-level `system`, usage comes in two events."""
+
+    name = "messages"
+    path = "/v1/messages"
+    api_key_env = "ANTHROPIC_API_KEY"
+    anthropic_version = "2023-06-01"
+    default_max_tokens = 4096
+    """Messages requires max_tokens; sent when the run gives none."""
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"anthropic-version": self.anthropic_version}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
+        system = [m["content"] for m in prompt.messages if m.get("role") in ("system", "developer")]
+        messages = [m for m in prompt.messages if m.get("role") not in ("system", "developer")]
+        body: dict[str, Any] = {"model": model, "max_tokens": max_tokens or self.default_max_tokens,
+                                "messages": messages, "stream": stream}
+        if system:
+            body["system"] = "\n\n".join(s if isinstance(s, str) else json.dumps(s) for s in system)
+        return HttpRequest(self.path, body)
+
+    @staticmethod
+    def _usage(u: Any, *, output: bool = True) -> Usage | None:
+        if not isinstance(u, dict):
+            return None
+        # message_start's output_tokens is a placeholder (1); only message_delta's count is final.
+        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")) if output else None)
+
+    def read_event(self, event: SseEvent) -> StreamDelta:
+        obj = _object(event.data, self.load_json)
+        kind = obj.get("type") or event.event
+        if kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            text, thinking = delta.get("text") or "", delta.get("thinking") or ""
+            if not isinstance(text, str) or not isinstance(thinking, str):
+                raise MalformedStream("delta text is not a string")
+            return StreamDelta(text=text, reasoning=thinking) if text or thinking else NOTHING
+        if kind == "message_start":
+            usage = self._usage((obj.get("message") or {}).get("usage"), output=False)
+            return StreamDelta(usage=usage) if usage else NOTHING
+        if kind == "message_delta":
+            usage = self._usage(obj.get("usage"))
+            return StreamDelta(usage=usage) if usage else NOTHING
+        if kind == "message_stop":
+            return StreamDelta(done=True)
+        if kind == "error":
+            return StreamDelta(error=_error_text(obj.get("error")))
+        return NOTHING  # ping, content_block_start/stop, and event types added later
+
+    def read_body(self, body: Any) -> tuple[str, str, Usage | None]:
+        if not isinstance(body, dict) or not isinstance(body.get("content"), list):
+            raise MalformedStream("response body has no content")
+        blocks = [b for b in body["content"] if isinstance(b, dict)]
+        text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        thinking = "".join(b.get("thinking") or "" for b in blocks if b.get("type") == "thinking")
+        return text, thinking, self._usage(body.get("usage"))
+
+
+class ResponsesAdapter(ApiAdapter):
+    """OpenAI `POST /v1/responses`: typed events; the stream ends with response.completed or .incomplete."""
+
+    name = "responses"
+    path = "/v1/responses"
+    TEXT_DELTAS = ("response.output_text.delta",)
+    REASONING_DELTAS = ("response.reasoning_text.delta", "response.reasoning_summary_text.delta")
+    TERMINAL = ("response.completed", "response.incomplete")
+
+    def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
+        body: dict[str, Any] = {"model": model, "input": list(prompt.messages), "stream": stream}
+        if max_tokens is not None:
+            body["max_output_tokens"] = max_tokens
+        return HttpRequest(self.path, body)
+
+    @staticmethod
+    def _usage(u: Any) -> Usage | None:
+        if not isinstance(u, dict):
+            return None
+        details = u.get("output_tokens_details")
+        reasoning = _int_or_none(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")), reasoning)
+
+    def read_event(self, event: SseEvent) -> StreamDelta:
+        obj = _object(event.data, self.load_json)
+        kind = obj.get("type") or event.event
+        if kind in self.TEXT_DELTAS or kind in self.REASONING_DELTAS:
+            delta = obj.get("delta")
+            if not isinstance(delta, str):
+                raise MalformedStream(f"{kind} delta is not a string")
+            if not delta:
+                return NOTHING
+            return StreamDelta(text=delta) if kind in self.TEXT_DELTAS else StreamDelta(reasoning=delta)
+        if kind in self.TERMINAL:
+            return StreamDelta(done=True, usage=self._usage((obj.get("response") or {}).get("usage")))
+        if kind == "error":
+            return StreamDelta(error=_error_text(obj))
+        if kind == "response.failed":
+            return StreamDelta(error=_error_text((obj.get("response") or {}).get("error") or "response failed"))
+        return NOTHING
+
+    def read_body(self, body: Any) -> tuple[str, str, Usage | None]:
+        if not isinstance(body, dict) or not isinstance(body.get("output"), list):
+            raise MalformedStream("response body has no output")
+        text, reasoning = [], []
+        for item in body["output"]:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "message":
+                text += [c.get("text") or "" for c in item.get("content") or [] if isinstance(c, dict)
+                         and c.get("type") == "output_text"]
+            elif item.get("type") == "reasoning":
+                reasoning += [c.get("text") or "" for c in (item.get("content") or []) + (item.get("summary") or [])
+                              if isinstance(c, dict)]
+        return "".join(text), "".join(reasoning), self._usage(body.get("usage"))

@@ -80,8 +80,8 @@ def add_arguments(parser: Any) -> None:
     """Register the --llm-* options on Locust's parser (events.init_command_line_parser)."""
     group = parser.add_argument_group("llmsim", "LLM load test: what to send and how to score it")
     group.add_argument("--llm-model", default=DEFAULT_MODEL, metavar="MODEL",
-                       help=f"model name sent in each request; picks the profile to score against "
-                            f"(default {DEFAULT_MODEL})")
+                       help="model name sent in each request; picks the profile to score against "
+                            "(default %(default)s)")
     group.add_argument("--llm-profile", type=_profile, default=None, metavar="NAME|FILE.yaml",
                        help="score against this profile (a built-in name or a profile YAML; a YAML is also "
                             "loaded into the embedded server) instead of the model's own")

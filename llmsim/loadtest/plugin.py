@@ -111,6 +111,18 @@ class LoadTestRun:
             self.server = None
 
 
+def default_model(model: str) -> None:
+    """Make `model` the --llm-model default of the locustfile that calls this at import.
+
+    An Anthropic locustfile should default to a Claude model; the option and
+    everything that resolves it stay shared. (This module's own parser
+    listener is registered first, so the option exists when this one runs.)
+    """
+    @events.init_command_line_parser.add_listener
+    def _default_model(parser: Any, **_kw: Any) -> None:
+        parser.set_defaults(llm_model=model)
+
+
 def get_run(environment: Any) -> LoadTestRun:
     """The run state of this environment (set up by the init listener)."""
     run = getattr(environment, "llmsim", None)

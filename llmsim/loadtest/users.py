@@ -18,7 +18,7 @@ import gevent
 from locust import User, constant, task
 
 from ..tokens import get_encoding
-from .adapters import ApiAdapter, ChatCompletionsAdapter, Prompt
+from .adapters import ApiAdapter, ChatCompletionsAdapter, MessagesAdapter, Prompt, ResponsesAdapter
 from .client import LlmClient
 from .metrics import RequestRecord
 from .plugin import get_run
@@ -94,3 +94,17 @@ class ChatCompletionsUser(LlmUser):
 
     abstract = True
     adapter = ChatCompletionsAdapter()
+
+
+class MessagesUser(LlmUser):
+    """Anthropic Messages (`POST /v1/messages`; key from $ANTHROPIC_API_KEY)."""
+
+    abstract = True
+    adapter = MessagesAdapter()
+
+
+class ResponsesUser(LlmUser):
+    """OpenAI Responses (`POST /v1/responses`)."""
+
+    abstract = True
+    adapter = ResponsesAdapter()

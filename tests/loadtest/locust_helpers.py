@@ -13,13 +13,16 @@ import gevent
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = str(REPO / "locustfiles" / "chat.py")
+MESSAGES = str(REPO / "locustfiles" / "messages.py")
+RESPONSES = str(REPO / "locustfiles" / "responses.py")
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
 
-def run_locust(tmp_path: Path, *args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """`locust -f locustfiles/chat.py --headless ARGS --llm-report FILE`; returns the process and the report."""
+def run_locust(tmp_path: Path, *args: str, timeout: float = 90,
+               locustfile: str = CHAT) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`locust -f LOCUSTFILE --headless ARGS --llm-report FILE` (chat.py by default); the process and the report."""
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "locust", "-f", CHAT, "--headless", "--llm-report", str(report),
+    cmd = [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--llm-report", str(report),
            "--json-file", str(tmp_path / "locust"), *args]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
     data = json.loads(report.read_text()) if report.exists() else None
