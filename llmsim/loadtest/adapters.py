@@ -108,6 +108,15 @@ def _int_or_none(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def usage_from(u: Any, prompt: str, output: str, details: str) -> Usage | None:
+    """A usage object under the API's own names; reasoning tokens from `details`.reasoning_tokens."""
+    if not isinstance(u, dict):
+        return None
+    d = u.get(details)
+    reasoning = _int_or_none(d.get("reasoning_tokens")) if isinstance(d, dict) else None
+    return Usage(_int_or_none(u.get(prompt)), _int_or_none(u.get(output)), reasoning)
+
+
 class ChatCompletionsAdapter(ApiAdapter):
     """OpenAI `POST /v1/chat/completions` (and every server that copies it)."""
 
@@ -126,11 +135,7 @@ class ChatCompletionsAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        if not isinstance(u, dict):
-            return None
-        details = u.get("completion_tokens_details")
-        reasoning = _int_or_none(details.get("reasoning_tokens")) if isinstance(details, dict) else None
-        return Usage(_int_or_none(u.get("prompt_tokens")), _int_or_none(u.get("completion_tokens")), reasoning)
+        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details")
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         data = event.data
@@ -257,11 +262,7 @@ class ResponsesAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        if not isinstance(u, dict):
-            return None
-        details = u.get("output_tokens_details")
-        reasoning = _int_or_none(details.get("reasoning_tokens")) if isinstance(details, dict) else None
-        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")), reasoning)
+        return usage_from(u, "input_tokens", "output_tokens", "output_tokens_details")
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         obj = _object(event.data, self.load_json)
