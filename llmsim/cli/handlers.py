@@ -16,10 +16,12 @@ from typing import Callable, Iterable, Iterator
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ApiError
+from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
 from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
 from ..tokens import count_chat_tokens
+from .access import install_access
+from .admin import admin_blueprint
 from .state import AppState, Generation
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -38,7 +40,7 @@ def error_response(err: ApiError, provider: str | None = None) -> Response:
     provider = provider or provider_for_path(request.path)
     resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
                     mimetype="application/json")
-    for k, v in err.headers.items():
+    for k, v in err.headers_for(provider).items():
         resp.headers[k] = v
     return resp
 
@@ -52,17 +54,39 @@ def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None)
     return resp
 
 
-def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
-    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes."""
+def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
+                   error_event: Callable[[ApiError], bytes] | None = None) -> Iterator[bytes]:
+    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes,
+    and carries out an injected mid-stream cut, the same way for every API.
+
+    A cut either drops the connection with no terminator, or (midstream_mode: error)
+    sends the API's own in-band `error_event` and ends the body there.
+    """
     state.stats.stream_started()
+    completed = cut = False
+    try:
+        try:
+            yield from body()
+            completed = True
+        except StreamCut as e:
+            cut = True
+            if e.cut.error is None or error_event is None:
+                raise ConnectionDrop() from None
+            yield error_event(e.cut.error)
+    finally:
+        # Runs on normal end, on a cut, and on GeneratorExit when the client disconnects.
+        state.stats.stream_ended(disconnected=not (completed or cut))
+        state.finish(gen, completed)
+
+
+def wait_for(state: AppState, gen: Generation) -> None:
+    """A non-streaming answer: take as long as the stream would, then count its tokens."""
     completed = False
     try:
-        yield from body()
+        gen.pacer.wait_all(gen.plan)
         completed = True
     finally:
-        # Runs on normal end and on GeneratorExit when the client disconnects.
-        state.stats.stream_ended(disconnected=not completed)
-        state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
+        state.finish(gen, completed)
 
 
 def read_body() -> dict:
@@ -87,8 +111,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
                 "model": req.model, "system_fingerprint": "fp_llmsim"}
         if not req.stream:
-            gen.pacer.wait_all(gen.plan)
-            state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
+            wait_for(state, gen)
             return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
         enc = ChatChunkEncoder(meta, req.include_usage)
 
@@ -101,7 +124,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        return sse_response(tracked_stream(state, gen, chunks))
+        return sse_response(tracked_stream(state, gen, chunks, enc.error_event))
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -133,11 +156,14 @@ def create_app(state: AppState) -> Flask:
 
     app.register_blueprint(openai_blueprint(state, "openai_v1"), url_prefix="/v1")
     app.register_blueprint(openai_blueprint(state, "openai_prefixed"), url_prefix="/openai/v1")
+    app.register_blueprint(admin_blueprint(state))
 
     @app.before_request
     def _start() -> None:
         g.request_id = "req_" + state.new_id("")
         g.t0 = time.monotonic()
+
+    install_access(app, state)  # after _start: auth answers carry the request id
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -163,6 +189,13 @@ def create_app(state: AppState) -> Flask:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
         return error_response(err)
+
+    @app.errorhandler(StreamCut)
+    def _cut_before_answer(e: StreamCut) -> Response:
+        # An injected mid-stream fault on a non-streaming request: it fails before its answer.
+        if e.cut.error is None:
+            raise ConnectionDrop()
+        return error_response(server_error())
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

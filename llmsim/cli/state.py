@@ -1,5 +1,6 @@
-"""What a running server holds: config, profiles, generator, stats, and the
-shared step every API takes to turn a request into a paced token plan."""
+"""What a running server holds: config, profiles, generator, stats, faults and
+quotas, and the shared step every API takes to turn a request into a paced
+token plan (rate limits and injected faults are applied there, once, for all APIs)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import gevent
 import tiktoken
 
-from ..errors import ApiError, invalid
+from ..auth import AuthConfig
+from ..errors import ApiError, ConnectionDrop, Cut, FaultPlan, invalid
 from ..generator import GenerationRequest, Generator, make_generator
 from ..latency import REASONING_EFFORT_FACTORS
-from ..profiles import ModelProfile, ProfileRegistry
+from ..profiles import ModelProfile, ProfileError, ProfileRegistry
+from ..ratelimit import Charge, RateLimitConfig, RateLimiter
 from ..stats import ServerStats
 from ..stream import Pacer, TokenPlan, TokenStreamBuilder
 from ..tokens import get_encoding
@@ -32,6 +36,7 @@ class Generation:
     prompt_tokens: int
     pacer: Pacer
     created: int
+    charge: Charge | None = None  # the rate-limit charge finish() corrects
 
 
 class AppState:
@@ -53,6 +58,18 @@ class AppState:
             raise ConfigError(config.source, "generator", str(e)) from None
         self.stats = ServerStats()
         self._counter = itertools.count()
+        self._fault_counter = itertools.count()
+        self.sleep: Callable[[float], None] = gevent.sleep  # how a timeout fault holds the request
+        # Who is calling: set by the HTTP layer to read the current request's API key.
+        self.request_key: Callable[[], str | None] = lambda: None
+        self.auth: AuthConfig | None = None
+        self.faults = FaultPlan()
+        self.limiter: RateLimiter | None = None
+        try:
+            self.auth = AuthConfig.parse(config.source, config.sections.get("auth"))
+            self.apply(config.sections, config.source)
+        except ProfileError as e:
+            raise ConfigError(e.source, e.key, e.reason) from None
 
     def _named_profile(self, name: str, key: str) -> ModelProfile:
         try:
@@ -60,6 +77,39 @@ class AppState:
         except KeyError:
             raise ConfigError(self.config.source, key,
                               f"no profile named {name!r} (known: {', '.join(self.registry.names())})") from None
+
+    # ------------------------------------------------------------------ runtime control
+
+    def apply(self, changes: dict, source: str) -> None:
+        """Set `errors`, `rate_limits` and `latency_profile` from config-shaped values, all or nothing.
+
+        Each key present replaces that setting (null clears it); absent keys stay.
+        Everything is validated before anything changes, so a bad change leaves the
+        running config untouched (ProfileError names the key and the reason).
+        """
+        faults, limiter, forced = self.faults, self.limiter, self.forced
+        if "errors" in changes:
+            faults = FaultPlan.parse(source, changes["errors"])
+        if "rate_limits" in changes:
+            limits = RateLimitConfig.parse(source, changes["rate_limits"])
+            limiter = None if limits is None else RateLimiter(
+                limits, **({"clock": self.limiter.clock, "wall": self.limiter.wall} if self.limiter else {}))
+        if "latency_profile" in changes:
+            name = changes["latency_profile"]
+            if name is None:
+                forced = None
+            elif not isinstance(name, str) or name not in self.registry.names():
+                raise ProfileError(source, "latency_profile", f"no profile named {name!r} "
+                                                              f"(known: {', '.join(self.registry.names())})")
+            else:
+                forced = self.registry.get(name)
+        self.faults, self.limiter, self.forced = faults, limiter, forced
+
+    def runtime_config(self) -> dict:
+        """What apply() can change, as it is now (API keys masked)."""
+        return {"errors": self.faults.to_dict(),
+                "rate_limits": self.limiter.config.to_dict() if self.limiter else None,
+                "latency_profile": self.forced.name if self.forced else None}
 
     # ------------------------------------------------------------------ per request
 
@@ -76,6 +126,12 @@ class AppState:
         raise ApiError("not_found", f"The model `{model}` does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
 
+    def fault_rng(self) -> random.Random:
+        """Per-request RNG of the fault plan, its own sequence so faults repeat by arrival order
+        under a seed whatever the latency or text settings."""
+        n = next(self._fault_counter)
+        return random.Random(f"{self.config.seed}:faults:{n}") if self.config.seed is not None else random.Random()
+
     def request_rng(self) -> random.Random:
         """Per-request RNG: seeded runs repeat by arrival order, whatever the interleaving."""
         n = next(self._counter)
@@ -88,8 +144,14 @@ class AppState:
     def generate(self, model: str, body: dict, *, count_prompt: Callable[[tiktoken.Encoding], int],
                  max_tokens: int | None, max_tokens_param: str = "max_tokens", stop: list[str] | None = None,
                  effort: str | None = None, profile: ModelProfile | None = None) -> Generation:
-        """Validate limits, generate the text and plan its tokens; shared by every API."""
+        """Validate limits, generate the text and plan its tokens; shared by every API.
+
+        Then the caller's rate limits are charged (429 when exhausted) and the fault
+        plan is consulted: a status-code fault raises its ApiError, a timeout holds
+        the request and drops the connection, a mid-stream fault plans a Cut.
+        """
         profile = profile or self.resolve_profile(model)
+        fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.config.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.config.chunk_tokens)
         if max_tokens is not None and max_tokens > profile.max_output_tokens:
@@ -106,9 +168,43 @@ class AppState:
         text = self.generator.generate(
             GenerationRequest.from_body(body, seed=self.config.seed, encoding=profile.encoding))
         plan = self._plan(profile, enc, text, max_tokens, stop, effort)
-        pacer = Pacer(profile.latency, self.request_rng(), prompt_tokens=prompt_tokens)
+        charge = None
+        if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens
+            charge = self.limiter.admit(self.request_key(), model, prompt_tokens,
+                                        max_tokens if max_tokens is not None else plan.completion_tokens)
+        cut = self._inject_fault(model, profile, plan, fault_rng, charge)
+        pacer = Pacer(profile.latency, self.request_rng(), prompt_tokens=prompt_tokens, cut=cut)
         return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()))
+                          created=int(time.time()), charge=charge)
+
+    def _inject_fault(self, model: str, profile: ModelProfile, plan: TokenPlan, rng: random.Random,
+                      charge: Charge | None) -> Cut | None:
+        fault = self.faults.decide(model, profile.name, rng)
+        if fault is None:
+            return None
+        self.stats.record_fault(fault.kind)
+        if fault.kind == "midstream":
+            return fault.cut(len(plan.pieces))
+        if self.limiter is not None:
+            self.limiter.settle(charge, 0)  # failed before generating: only the prompt stays charged
+        if fault.kind == "timeout":
+            self.sleep(fault.settings.timeout_after_ms / 1000.0)
+            raise ConnectionDrop()
+        raise fault.error(model)
+
+    def finish(self, gen: Generation, completed: bool) -> None:
+        """A response ended: count its tokens and correct the rate-limit charge to them.
+
+        A stream cut short (client gone, injected cut) counts what it delivered.
+        """
+        if completed:
+            tokens = gen.plan.completion_tokens
+        else:
+            sent = gen.pacer.sent_tokens
+            tokens = sent + gen.plan.reasoning_tokens if sent else 0
+        self.stats.record_tokens(gen.prompt_tokens, tokens)
+        if self.limiter is not None:
+            self.limiter.settle(gen.charge, tokens)
 
     @staticmethod
     def _plan(profile: ModelProfile, enc: tiktoken.Encoding, text: str, max_tokens: int | None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..errors import invalid
+from ..errors import ApiError, invalid
 from ..fields import (check_enum, get_bool, get_int, get_list, get_number, get_object, get_stop, get_str,
                       wrong_type)
 from ..latency import REASONING_EFFORT_FACTORS
@@ -129,3 +129,8 @@ class ChatChunkEncoder:
 
     def usage(self, usage: dict) -> bytes:
         return self._meta_head + b'"choices":[],"usage":' + json.dumps(usage, separators=(",", ":")).encode() + b"}\n\n"
+
+    @staticmethod
+    def error_event(err: ApiError) -> bytes:
+        """An in-band failure after the 200: a `data: {"error": {...}}` chunk, which the SDK raises as APIError."""
+        return b"data: " + json.dumps(err.openai_body(), separators=(",", ":")).encode() + b"\n\n"
