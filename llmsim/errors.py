@@ -33,6 +33,9 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "server_error": (500, "server_error", "api_error"),
     "unavailable": (503, "server_error", "api_error"),
     "overloaded": (503, "server_error", "overloaded_error"),
+    # The batch queue is full (scheduler.QueueFull): OpenAI answers 429 with a
+    # server_error body, Anthropic 529 overloaded_error.
+    "model_overloaded": (429, "server_error", "overloaded_error"),
 }
 ANTHROPIC_OVERLOADED_STATUS = 529
 
@@ -59,7 +62,7 @@ class ApiError(Exception):
     def http_status(self, provider: str) -> int:
         if self.status is not None:
             return self.status
-        if provider == "anthropic" and self.kind == "overloaded":
+        if provider == "anthropic" and self.kind in ("overloaded", "model_overloaded"):
             return ANTHROPIC_OVERLOADED_STATUS
         return KINDS[self.kind][0]
 
@@ -87,6 +90,16 @@ class ApiError(Exception):
 
     def body_bytes(self, provider: str, request_id: str | None = None) -> bytes:
         return json.dumps(self.body(provider, request_id), separators=(",", ":")).encode()
+
+
+OPENAI_OVERLOADED_MESSAGE = ("That model is currently overloaded with other requests. You can retry your request, "
+                             "or contact us through our help center at help.openai.com if the error persists.")
+
+
+def model_overloaded(retry_after: str) -> ApiError:
+    """The batch queue is full: OpenAI's overloaded 429 (Anthropic: 529 "Overloaded"), with Retry-After."""
+    return ApiError("model_overloaded", OPENAI_OVERLOADED_MESSAGE, headers={"Retry-After": retry_after},
+                    anthropic_message="Overloaded")
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:

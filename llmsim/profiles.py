@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -84,9 +84,6 @@ class ModelProfile:
     @property
     def reasoning(self) -> bool:
         return self.latency.reasoning
-
-    def with_encoding(self, encoding: str) -> "ModelProfile":
-        return replace(self, encoding=encoding)
 
     def to_dict(self) -> dict:
         """The resolved profile in the YAML shape (what `llmsim profiles show` prints)."""

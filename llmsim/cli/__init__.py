@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     prof.add_argument("name", nargs="?", help="profile or model name (with show)")
     prof.add_argument("--profiles-dir", default=None, help="directory of extra or overriding profile YAMLs")
+    prof.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's table)")
     return parser
 
 
@@ -42,6 +43,9 @@ def _profiles(args: argparse.Namespace) -> int:
             return 2
         print(yaml.safe_dump(profile.to_dict(), sort_keys=False, allow_unicode=True), end="")
         return 0
+    if args.markdown:
+        print(markdown_table(registry), end="")
+        return 0
     rows = [("PROFILE", "TTFT ms", "ITL ms", "ENCODING", "MODELS")]
     for p in registry:
         rows.append((p.name, f"{p.ttft.mean_ms:g}±{p.ttft.stddev_ms:g}", f"{p.itl.mean_ms:g}±{p.itl.stddev_ms:g}",
@@ -50,6 +54,18 @@ def _profiles(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
     return 0
+
+
+def markdown_table(registry: ProfileRegistry) -> str:
+    """The README's model table, generated from profiles/*.yaml (a test keeps them equal)."""
+    out = ["| profile | models | TTFT ms (mean±sd) | ITL ms (mean±sd) | encoding | context | max output |",
+           "|---|---|---|---|---|---|---|"]
+    for p in registry:
+        models = ", ".join(f"`{m}`" for m in p.models) or "(select with `--latency-profile`)"
+        out.append(f"| `{p.name}` | {models} | {p.ttft.mean_ms:g}±{p.ttft.stddev_ms:g} ({p.ttft.kind}) | "
+                   f"{p.itl.mean_ms:g}±{p.itl.stddev_ms:g} ({p.itl.kind}) | {p.encoding} | {p.context_window} | "
+                   f"{p.max_output_tokens} |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,18 @@ def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None)
     return resp
 
 
+def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
+                    headers: dict[str, str] | None = None,
+                    error_event: Callable[[ApiError], bytes] | None = None) -> Response:
+    """The SSE response of one generation; its slot is freed however the stream ends.
+
+    `error_event` is the API's in-band error encoder, used by an injected mid-stream fault.
+    """
+    resp = sse_response(tracked_stream(state, gen, body, error_event), headers)
+    resp.call_on_close(gen.slot.release)  # also if the body is never iterated
+    return resp
+
+
 def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
                    error_event: Callable[[ApiError], bytes] | None = None) -> Iterator[bytes]:
     """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes,
@@ -75,15 +87,16 @@ def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator
             yield error_event(e.cut.error)
     finally:
         # Runs on normal end, on a cut, and on GeneratorExit when the client disconnects.
+        gen.slot.release()
         state.stats.stream_ended(disconnected=not (completed or cut))
         state.finish(gen, completed)
 
 
 def wait_for(state: AppState, gen: Generation) -> None:
-    """A non-streaming answer: take as long as the stream would, then count its tokens."""
+    """A non-streaming answer: take as long as the stream would (holding its slot), then count its tokens."""
     completed = False
     try:
-        gen.pacer.wait_all(gen.plan)
+        gen.wait_all()
         completed = True
     finally:
         state.finish(gen, completed)
@@ -117,14 +130,14 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
 
         def chunks() -> Iterator[bytes]:
             yield enc.role()
-            for piece in gen.pacer.paced(gen.plan):
+            for piece in gen.paced():
                 yield enc.content(piece)
             yield enc.finish(gen.plan.finish_reason)
             if req.include_usage:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        return sse_response(tracked_stream(state, gen, chunks, enc.error_event))
+        return stream_response(state, gen, chunks, error_event=enc.error_event)
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -180,11 +193,12 @@ def create_app(state: AppState) -> Flask:
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
-        return jsonify(state.stats.to_dict())
+        return jsonify({**state.stats.to_dict(), "schedulers": state.schedulers.snapshot()})
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(state.stats.to_prometheus(), mimetype="text/plain; version=0.0.4")
+        return Response(state.stats.to_prometheus() + state.schedulers.to_prometheus(),
+                        mimetype="text/plain; version=0.0.4")
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:

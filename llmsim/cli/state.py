@@ -8,18 +8,20 @@ import itertools
 import random
 import time
 import uuid
-from dataclasses import dataclass, replace
-from typing import Callable
+from functools import lru_cache
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import gevent
 import tiktoken
 
 from ..auth import AuthConfig
-from ..errors import ApiError, ConnectionDrop, Cut, FaultPlan, invalid
+from ..errors import ApiError, ConnectionDrop, Cut, FaultPlan, invalid, model_overloaded
 from ..generator import GenerationRequest, Generator, make_generator
 from ..latency import REASONING_EFFORT_FACTORS
 from ..profiles import ModelProfile, ProfileError, ProfileRegistry
 from ..ratelimit import Charge, RateLimitConfig, RateLimiter
+from ..scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from ..stats import ServerStats
 from ..stream import Pacer, TokenPlan, TokenStreamBuilder
 from ..tokens import get_encoding
@@ -36,7 +38,20 @@ class Generation:
     prompt_tokens: int
     pacer: Pacer
     created: int
-    charge: Charge | None = None  # the rate-limit charge finish() corrects
+    # The request's batch slot (already admitted, maybe still queued);
+    # released by wait_all(), or by stream_response() when the stream ends.
+    slot: Slot = field(default_factory=lambda: NullScheduler().submit())
+    charge: Charge | None = None  # the rate-limit charge AppState.finish() corrects
+
+    def paced(self) -> Iterator[str]:
+        """Chunk texts on their deadlines; a queued request's TTFT runs from its grant."""
+        start = self.slot.wait()
+        return self.pacer.paced(self.plan, start)
+
+    def wait_all(self) -> None:
+        """Take as long as the stream would, holding the slot as the stream would."""
+        with self.slot:
+            self.pacer.wait_all(self.plan, self.slot.wait())
 
 
 class AppState:
@@ -57,7 +72,12 @@ class AppState:
         except ValueError as e:
             raise ConfigError(config.source, "generator", str(e)) from None
         self.stats = ServerStats()
+        self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
+        # Load every encoding the profiles use now: a first request must not pay
+        # ~0.3 s of BPE loading inside its TTFT.
+        for name in sorted({p.encoding for p in self.registry}):
+            get_encoding(name)
         self._fault_counter = itertools.count()
         self.sleep: Callable[[float], None] = gevent.sleep  # how a timeout fault holds the request
         # Who is calling: set by the HTTP layer to read the current request's API key.
@@ -103,6 +123,8 @@ class AppState:
                                                               f"(known: {', '.join(self.registry.names())})")
             else:
                 forced = self.registry.get(name)
+        if forced is not self.forced:
+            AppState._forced_over.cache_clear()  # it derives from self.forced
         self.faults, self.limiter, self.forced = faults, limiter, forced
 
     def runtime_config(self) -> dict:
@@ -117,14 +139,21 @@ class AppState:
         """The profile a request's model runs with, or 404 model_not_found."""
         own = self.registry.match(model)
         if self.forced is not None:
-            # The forced profile sets timing; tokens still follow the model's own encoding.
-            return self.forced if own is None else self.forced.with_encoding(own.encoding)
+            return self.forced if own is None else self._forced_over(own)
         if own is not None:
             return own
         if self.config.allow_unknown_models:
             return self.registry.get(self.config.default_profile)
         raise ApiError("not_found", f"The model `{model}` does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
+
+    @lru_cache(maxsize=1024)
+    def _forced_over(self, own: ModelProfile) -> ModelProfile:
+        # --latency-profile sets timing, load model and SLO; the model keeps its
+        # own encoding and limits, as a real deployment of it would.
+        f = self.forced
+        return replace(own, name=f.name, latency=f.latency, capacity=f.capacity, slo=f.slo,
+                       chunk_tokens=f.chunk_tokens)
 
     def fault_rng(self) -> random.Random:
         """Per-request RNG of the fault plan, its own sequence so faults repeat by arrival order
@@ -172,21 +201,34 @@ class AppState:
         if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens
             charge = self.limiter.admit(self.request_key(), model, prompt_tokens,
                                         max_tokens if max_tokens is not None else plan.completion_tokens)
-        cut = self._inject_fault(model, profile, plan, fault_rng, charge)
-        pacer = Pacer(profile.latency, self.request_rng(), prompt_tokens=prompt_tokens, cut=cut)
+        rng = self.request_rng()
+        try:
+            # Faults before the batch slot: a request that fails up front never holds one.
+            cut = self._inject_fault(model, profile, plan, fault_rng)
+            slot = self.admit(profile)
+        except BaseException:  # failed before generating: only the prompt stays charged
+            if self.limiter is not None:
+                self.limiter.settle(charge, 0)
+            raise
+        pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot, cut=cut)
         return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()), charge=charge)
+                          created=int(time.time()), slot=slot, charge=charge)
 
-    def _inject_fault(self, model: str, profile: ModelProfile, plan: TokenPlan, rng: random.Random,
-                      charge: Charge | None) -> Cut | None:
+    def admit(self, profile: ModelProfile) -> Slot:
+        """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
+        try:
+            return self.schedulers.get(profile).submit()
+        except QueueFull as e:
+            raise model_overloaded(e.retry_after_header) from None
+
+    def _inject_fault(self, model: str, profile: ModelProfile, plan: TokenPlan, rng: random.Random) -> Cut | None:
+        """The fault plan's decision for this request: raise its error, hold and drop, or plan a cut."""
         fault = self.faults.decide(model, profile.name, rng)
         if fault is None:
             return None
         self.stats.record_fault(fault.kind)
         if fault.kind == "midstream":
             return fault.cut(len(plan.pieces))
-        if self.limiter is not None:
-            self.limiter.settle(charge, 0)  # failed before generating: only the prompt stays charged
         if fault.kind == "timeout":
             self.sleep(fault.settings.timeout_after_ms / 1000.0)
             raise ConnectionDrop()

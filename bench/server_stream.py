@@ -1,0 +1,105 @@
+"""How many streamed tokens/s one `llmsim serve` process sustains, and how true its ITL stays.
+
+Starts llmsim in a subprocess with a constant-latency profile, opens N concurrent
+streams from this (gevent) process with raw sockets, and stamps every SSE line
+as it arrives. Prints achieved tokens/s, server CPU, and the measured ITL
+percentiles against the profile's. Never fails: it reports.
+
+    python bench/server_stream.py --streams 50 100 200 --itl-ms 10 --tokens 300
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+
+
+def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen, str, int]:
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, "bench.yaml"), "w") as f:
+        f.write(f"profiles:\n  - name: bench\n    models: [bench]\n    ttft: {{mean_ms: {ttft_ms}}}\n"
+                f"    itl: {{mean_ms: {itl_ms}}}\n")
+    p = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d],
+                         stdout=subprocess.PIPE, text=True)
+    m = re.search(r"http://([\d.]+):(\d+)", p.stdout.readline())
+    return p, m.group(1), int(m.group(2))
+
+
+def one_stream(host: str, port: int, tokens: int, out: list) -> None:
+    body = ('{"model":"bench","stream":true,"max_tokens":%d,"messages":[{"role":"user","content":"go"}]}'
+            % tokens).encode()
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    stamps, buf = [], b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        now = time.perf_counter()
+        buf += data
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            if b'"content":"' in event and b'"content":""' not in event:
+                stamps.append(now)
+        if b"[DONE]" in data:
+            break
+    s.close()
+    out.append(stamps)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def run(streams: int, itl_ms: float, tokens: int) -> None:
+    proc, host, port = start_server(0, itl_ms)
+    try:
+        results: list = []
+        cpu0 = _cpu(proc.pid)
+        t0 = time.perf_counter()
+        gevent.joinall([gevent.spawn(one_stream, host, port, tokens, results) for _ in range(streams)])
+        wall = time.perf_counter() - t0
+        cpu = _cpu(proc.pid) - cpu0
+        gaps = [b - a for st in results for a, b in zip(st, st[1:])]
+        total = sum(len(st) for st in results)
+        print(f"streams={streams:4d}  tokens/s={total / wall:8.0f}  server CPU={100 * cpu / wall:5.1f}%  "
+              f"ITL p50={1000 * pct(gaps, 50):6.2f} ms  p99={1000 * pct(gaps, 99):6.2f} ms  "
+              f"(target {itl_ms} ms; p99 error {1000 * pct(gaps, 99) - itl_ms:+.2f} ms)")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, nargs="+", default=[50, 100, 200, 400])
+    ap.add_argument("--itl-ms", type=float, default=10.0)
+    ap.add_argument("--tokens", type=int, default=300)
+    args = ap.parse_args()
+    print(f"llmsim serve, one process, ITL {args.itl_ms} ms, {args.tokens} tokens per stream "
+          f"(client in this process on the same machine)")
+    for n in args.streams:
+        run(n, args.itl_ms, args.tokens)
+
+
+if __name__ == "__main__":
+    main()

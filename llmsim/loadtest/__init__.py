@@ -1,0 +1,1 @@
+"""What the locustfiles import: streaming client, metrics, users, scoring, shapes, report."""

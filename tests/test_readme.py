@@ -1,0 +1,25 @@
+"""The README's model table is generated from profiles/*.yaml and must stay equal to it."""
+
+from pathlib import Path
+
+from llmsim.cli import markdown_table
+from llmsim.profiles import default_registry
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_profiles_table_matches_yaml():
+    text = README.read_text(encoding="utf-8")
+    start = text.index("<!-- profiles-table:start -->\n") + len("<!-- profiles-table:start -->\n")
+    end = text.index("<!-- profiles-table:end -->")
+    assert text[start:end] == markdown_table(default_registry()), \
+        "README table is stale: paste the output of `llmsim profiles --markdown`"
+
+
+def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():
+    text = README.read_text(encoding="utf-8")
+    block = text.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert len(commands) == 2
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert commands[1].strip() in ci
