@@ -178,3 +178,36 @@ def test_faults_leave_other_endpoints_alone():
     with serve({"server_error": 1.0}) as url:
         assert requests.get(url + "/v1/models").status_code == 200
         assert requests.get(url + "/health").status_code == 200
+
+
+CAPACITY_YAML = """
+profiles:
+  - name: sim-one-slot
+    models: [sim-one-slot]
+    provider: openai
+    encoding: o200k_base
+    ttft: {distribution: constant, mean_ms: 5}
+    itl: {distribution: constant, mean_ms: 1}
+    capacity: {max_concurrent: 1, queue_limit: 1}
+"""
+
+
+def test_faults_never_leak_batch_slots(tmp_path):
+    # One slot and a one-place queue: a leaked slot would turn every later request into a 429.
+    path = tmp_path / "one.yaml"
+    path.write_text(CAPACITY_YAML)
+    errors = {"server_error": 0.2, "midstream": 0.3, "timeout": 0.1, "timeout_after_ms": 50}
+    from llmsim.testing import start_server
+
+    srv = start_server(profile_files=[path], seed=5, config={"errors": errors})
+    try:
+        outcomes = []
+        for i in range(60):
+            resp = raw_request(srv.url, "POST", CHAT, body(stream=i % 2 == 0, model="sim-one-slot", max_tokens=10))
+            outcomes.append(resp.status)
+        snap = requests.get(srv.url + "/llmsim/stats").json()["schedulers"]["sim-one-slot"]
+    finally:
+        srv.stop()
+    assert 429 not in outcomes
+    assert {200, 500, None} <= set(outcomes)  # served, failed, and held-then-dropped requests all happened
+    assert snap["active"] == 0 and snap["waiting"] == 0 and snap["rejected"] == 0
