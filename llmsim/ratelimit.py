@@ -54,8 +54,9 @@ def _parse_tier(src: str, key: str, name: str, raw: Any) -> Tier:
 
 
 def mask_key(api_key: str) -> str:
-    """A key as OpenAI prints it back: a short head, stars, the last four characters."""
-    if len(api_key) < 12:
+    """A key as OpenAI prints it back: a short head, stars, the last four characters
+    (all stars for a key under 16 characters, where that would show half of it)."""
+    if len(api_key) < 16:
         return "*" * len(api_key)
     return api_key[:3] + "*" * (len(api_key) - 7) + api_key[-4:]
 
