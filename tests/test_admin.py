@@ -76,3 +76,13 @@ def test_a_bad_change_leaves_the_running_config_untouched():
         r = requests.post(url + "/llmsim/config", headers=AUTH, data=b"[1, 2]")
         assert r.status_code == 400
         assert requests.get(url + "/llmsim/config", headers=AUTH).json() == before
+
+
+def test_non_json_numbers_cannot_break_the_running_config():
+    # Python's JSON parser accepts NaN and Infinity; neither may become a rate or a limit.
+    with run_server(latency_profile="instant", admin_token=TOKEN) as url:
+        for raw in (b'{"errors": {"rate_limit": NaN}}', b'{"rate_limits": {"rpm": Infinity}}',
+                    b'{"errors": {"timeout_after_ms": Infinity}}'):
+            r = requests.post(url + "/llmsim/config", headers={**AUTH, "Content-Type": "application/json"}, data=raw)
+            assert r.status_code == 400, raw
+        assert chat(url).status_code == 200

@@ -202,3 +202,11 @@ def test_retry_after_rounds_up_whole_seconds_and_keeps_exact_ms():
     assert retry_after_headers(0.2) == ({"retry-after": "1", "retry-after-ms": "200"}, {"retry-after": "1"})
     assert retry_after_headers(20) == ({"retry-after": "20", "retry-after-ms": "20000"}, {"retry-after": "20"})
     assert retry_after_headers(20.001)[0] == {"retry-after": "21", "retry-after-ms": "20001"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ProfileError, match="must be a number"):
+        FaultPlan.parse("f", {"rate_limit": value})
+    with pytest.raises(ProfileError, match="must be a number"):
+        FaultPlan.parse("f", {"timeout_after_ms": value})

@@ -211,3 +211,15 @@ def test_faults_never_leak_batch_slots(tmp_path):
     assert 429 not in outcomes
     assert {200, 500, None} <= set(outcomes)  # served, failed, and held-then-dropped requests all happened
     assert snap["active"] == 0 and snap["waiting"] == 0 and snap["rejected"] == 0
+
+
+def test_start_up_line_names_faults_and_quotas():
+    from llmsim.cli.config import resolve_config
+    from llmsim.cli.server import describe
+    from llmsim.cli.state import AppState
+
+    cfg = resolve_config({"error_rate": ["rate_limit=0.05"], "admin_token": "t"}, env={},
+                         settings={"rate_limits": {"rpm": 10}, "auth": {"api_keys": ["sk-a"]}})
+    line = describe(AppState(cfg))
+    assert line.endswith("; errors rate_limit=0.05; rate limits (tiers: default); auth (1 key); /llmsim/config enabled")
+    assert "sk-a" not in line

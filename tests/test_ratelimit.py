@@ -171,3 +171,8 @@ def test_idle_keys_are_forgotten_when_many(monkeypatch):
     clock.t = 61.0  # all full again
     rl.headers("new", "openai")
     assert len(rl._keys) == 1
+
+
+def test_non_finite_limits_are_refused():
+    with pytest.raises(ProfileError, match="rate_limits.rpm: must be a number"):
+        RateLimitConfig.parse("t", {"rpm": float("nan")})

@@ -8,7 +8,7 @@ on an API path carries the caller's current rate-limit headers, 429s included.
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
 
 from ..auth import request_api_key
 from ..errors import ApiError
@@ -31,7 +31,7 @@ def install_access(app: Flask, state: AppState) -> None:
     """Register the auth check and the rate-limit headers on the app."""
     from .handlers import error_response, provider_for_path  # handlers installs us: import at call time
 
-    state.request_key = lambda: g.get("api_key")
+    state.request_key = lambda: g.get("api_key") if has_request_context() else None
 
     @app.before_request
     def _authenticate() -> Response | None:

@@ -78,7 +78,18 @@ def server_url(server: WSGIServer) -> str:
 def describe(state: AppState) -> str:
     profiles = (f"profile {state.forced.name} for every model" if state.forced
                 else f"{len(state.registry)} profiles, per model")
-    return f"generator {state.config.generator}, {profiles}"
+    extras = []
+    if state.faults.active:
+        extras.append("errors " + ", ".join(f"{k}={r:g}" for k, r in state.faults.base.rates.items())
+                      if state.faults.base.rates else "errors per model/profile")
+    if state.limiter is not None:
+        extras.append(f"rate limits (tiers: {', '.join(state.limiter.config.tiers)})")
+    if state.auth is not None:
+        n = len(state.auth.api_keys)
+        extras.append(f"auth ({n} key{'' if n == 1 else 's'})")
+    if state.config.admin_token:
+        extras.append("/llmsim/config enabled")
+    return f"generator {state.config.generator}, {profiles}" + "".join(f"; {e}" for e in extras)
 
 
 def serve(config: ServerConfig) -> int:
