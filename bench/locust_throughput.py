@@ -1,0 +1,185 @@
+"""How many streamed tokens/s one Locust process measures while its ITL p99 error stays under 2 ms.
+
+A server process (this file with --serve) streams Chat Completions chunks at a
+constant ITL (10 ms) and names each content event with its send time. One
+Locust process runs the toolkit's chat user (bench/stamped_locustfile.py:
+ChatCompletionsUser plus a per-event probe) at growing user counts; each user
+streams 100 tokens per request, so N users ask for about N x 100 tokens/s.
+
+The ITL error charged to the client is, per ITL sample, the change of
+(arrival stamp - server send stamp) between consecutive events: the server's
+own timer jitter (gevent sleeps round up to whole milliseconds) is excluded,
+everything between the server's send() and the client's stamp is included.
+For each step it prints tokens/s, the client's ITL error p50/p99, measured vs
+sent ITL p99, and the Locust process's CPU time per token (rusage). The figure
+is the highest token rate whose ITL error p99 is below 2 ms. It never fails.
+
+    python bench/locust_throughput.py [--steps 20,50,100,200,300] [--seconds 6] [--itl-ms 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO / "bench" / "stamped_locustfile.py"
+ERROR_LIMIT_MS = 2.0
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_listening(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("llmsim serve did not start")
+
+
+def serve(port: int, itl_ms: float) -> None:
+    """The stamped server: raw gevent sockets, chunked SSE, one token per event on absolute deadlines."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    from gevent.server import StreamServer
+
+    def handle(sock, _addr):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")][0]
+                             .split(b":")[1])
+                while len(buf) < length:
+                    buf += sock.recv(65536)
+                req, buf = json.loads(buf[:length]), buf[length:]
+                n = int(req.get("max_tokens") or 100)
+                t0 = time.monotonic()
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                for i in range(n):
+                    wait = t0 + (50.0 + i * itl_ms) / 1000.0 - time.monotonic()
+                    if wait > 0:
+                        gevent.sleep(wait)
+                    ev = b'event: %.6f\ndata: {"choices":[{"index":0,"delta":{"content":" the"}}]}\n\n' % (
+                        time.monotonic())
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                tail = (b'data: {"choices":[],"usage":{"prompt_tokens":16,"completion_tokens":%d}}\n\n'
+                        b"data: [DONE]\n\n" % n)
+                sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    StreamServer(("127.0.0.1", port), handle, backlog=1024).serve_forever()
+
+
+def run_step(url: str, profile: Path, users: int, seconds: int, workdir: Path, itl_ms: float) -> dict:
+    from llmsim.loadtest.histogram import Histogram
+
+    # Streams of equal length keep the phase they started with. Spawning one user every
+    # itl*(1 + 1/users) ms spreads those phases evenly over one ITL, as unsynchronised
+    # real traffic would; a round rate like -r users would put every stream on the same
+    # phase, and all of them would arrive in one burst per ITL.
+    spawn_rate = 1000.0 / (itl_ms * (1.0 + 1.0 / users))
+
+    report = workdir / f"report-{users}.json"
+    probe = workdir / f"probe-{users}.json"
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
+           "--llm-profile", str(profile), "--max-tokens", "100", "--prompt-tokens", "16",
+           "-u", str(users), "-r", f"{spawn_rate:.6f}", "-t", f"{seconds + users * itl_ms / 1000.0:.0f}s", "--llm-report", str(report),
+           "--loglevel", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "LLMSIM_BENCH_OUT": str(probe)})
+    _, _, usage = os.wait4(proc.pid, 0)
+    data = json.loads(report.read_text())
+    wire = json.loads(probe.read_text())
+    error, sent = Histogram.from_wire(wire["error"]), Histogram.from_wire(wire["sent"])
+    cpu = usage.ru_utime + usage.ru_stime
+    tokens = data["tokens"]["output"]
+    return {
+        "users": users,
+        "tok_s": data["throughput"]["output_tokens_per_s"] or 0.0,
+        "err_p50": error.percentile(50), "err_p99": error.percentile(99),
+        "itl_p99": data["metrics"]["itl"]["p99"], "sent_p99": sent.percentile(99),
+        "cpu_us_per_token": 1e6 * cpu / tokens if tokens else float("nan"),
+        "cpu_share": cpu / max(data["window_s"], 1e-9),
+        "failed": data["requests"]["failed"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="20,50,100,200,300", help="user counts to try")
+    ap.add_argument("--seconds", type=int, default=6, help="run time per step")
+    ap.add_argument("--itl-ms", type=float, default=10.0, help="constant ITL the server streams at")
+    ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.itl_ms)
+        return
+    steps = [int(s) for s in args.steps.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="llmsim-bench-") as tmp:
+        workdir = Path(tmp)
+        profile = workdir / "bench.yaml"
+        profile.write_text("profiles:\n  - name: bench-constant\n    models: []\n    context_window: 1000000\n"
+                           "    ttft: {distribution: constant, mean_ms: 50}\n"
+                           f"    itl: {{distribution: constant, mean_ms: {args.itl_ms}}}\n")
+        port = free_port()
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--itl-ms", str(args.itl_ms)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port)
+            url = f"http://127.0.0.1:{port}"
+            print(f"stamped server at {url}, ITL {args.itl_ms:g} ms, one Locust process, {args.seconds}s per step, "
+                  f"{os.cpu_count()} CPUs")
+            print(f"{'users':>6} {'tok/s':>9} {'err p50':>8} {'err p99':>8} {'ITL p99':>8} {'sent p99':>8} "
+                  f"{'CPU us/tok':>10} {'CPU':>5} {'failed':>6}")
+            best = None
+            for users in steps:
+                r = run_step(url, profile, users, args.seconds, workdir, args.itl_ms)
+                ok = r["err_p99"] is not None and r["err_p99"] < ERROR_LIMIT_MS and r["failed"] == 0
+                if ok and (best is None or r["tok_s"] > best["tok_s"]):
+                    best = r
+                print(f"{users:>6} {r['tok_s']:>9.0f} {r['err_p50']:>8.3f} {r['err_p99']:>8.3f} {r['itl_p99']:>8.2f} "
+                      f"{r['sent_p99']:>8.2f} {r['cpu_us_per_token']:>10.1f} {r['cpu_share'] * 100:>4.0f}% "
+                      f"{r['failed']:>6}" + ("" if ok else "   <- client ITL error p99 >= 2 ms"))
+            if best:
+                print(f"\nOne Locust process measured {best['tok_s']:.0f} streamed tokens/s with a client ITL error "
+                      f"p99 of {best['err_p99']:.2f} ms (< {ERROR_LIMIT_MS:g} ms; {best['users']} users, "
+                      f"{best['cpu_us_per_token']:.0f} us CPU per token).")
+            else:
+                print(f"\nNo step kept the client ITL error p99 under {ERROR_LIMIT_MS:g} ms.")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The measuring client: one request in, one RequestRecord out, for any ApiAdapter.
+
+The loop stamps nothing itself: each SSE event carries the arrival time of
+its bytes (transport.py, sse.py), and JSON parsing and token counting happen
+after that stamp.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from time import perf_counter
+from typing import Callable
+
+from .adapters import ApiAdapter, Prompt, Usage
+from .metrics import (MALFORMED_SSE, NO_TERMINATOR, STREAM_ERROR, RequestRecord, build_body_record,
+                      build_stream_record, failed_record, http_error_kind)
+from .sse import MalformedStream, SseParser
+from .transport import HttpConnection, TransportError
+
+ERROR_BODY_LIMIT = 300
+
+
+class LlmClient:
+    """Sends requests built by an adapter over one keep-alive connection and measures them."""
+
+    def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
+                 api_key: str | None = None, timeout: float = 600.0, verify: bool = True) -> None:
+        self.adapter = adapter
+        self.model = model
+        self.count_tokens = count_tokens
+        self.conn = HttpConnection(base_url, timeout=timeout, verify=verify)
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
+                        "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True) -> RequestRecord:
+        """Send one request and measure it. Never raises for a failed request: the record says why."""
+        req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
+        body = json.dumps(req.body).encode()
+        headers = {**self.headers, **req.headers}
+        local_prompt_tokens = prompt.prompt_tokens or 0
+        start_time = time.time()
+        t0 = perf_counter()
+        try:
+            resp = self.conn.request("POST", req.path, headers, body)
+        except TransportError as e:
+            return failed_record(start_time=start_time, t_sent=t0, t_end=perf_counter(), kind=e.kind,
+                                 message=str(e), prompt_tokens_local=local_prompt_tokens)
+        t_sent = resp.t_sent
+        start_time += t_sent - t0
+        if resp.status >= 400:
+            try:
+                detail = resp.read()[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+            except TransportError:
+                detail = ""
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
+                                 kind=http_error_kind(resp.status), status=resp.status,
+                                 message=f"HTTP {resp.status} {resp.reason}: {detail}".strip(),
+                                 prompt_tokens_local=local_prompt_tokens)
+        if not stream:
+            return self._read_body(resp, start_time, t_sent, local_prompt_tokens)
+        return self._read_stream(resp, start_time, t_sent, local_prompt_tokens)
+
+    def _read_body(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
+        try:
+            raw = resp.read()
+            t_end = perf_counter()
+            text, reasoning, usage = self.adapter.read_body(json.loads(raw))
+        except TransportError as e:
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(), kind=e.kind,
+                                 message=str(e), status=resp.status, prompt_tokens_local=local_prompt_tokens)
+        except (ValueError, MalformedStream) as e:
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(), kind=MALFORMED_SSE,
+                                 message=f"unreadable response body: {e}", status=resp.status,
+                                 prompt_tokens_local=local_prompt_tokens)
+        return build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
+                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
+                                 count=self.count_tokens)
+
+    def _read_stream(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
+        adapter = self.adapter
+        parser = SseParser()
+        times: list[float] = []
+        texts: list[str] = []
+        usage = Usage()
+        error_kind = error_message = None
+        t_end = None
+        lines = resp.iter_lines()
+        try:
+            for line, t in lines:
+                ev = parser.feed(line, t)
+                if ev is None:
+                    continue
+                delta = adapter.read_event(ev)
+                if delta.text or delta.reasoning:
+                    times.append(ev.t)
+                    texts.append(delta.reasoning + delta.text)
+                if delta.usage is not None:
+                    usage.update(delta.usage)
+                if delta.error is not None:
+                    error_kind, error_message = STREAM_ERROR, delta.error
+                    t_end = ev.t
+                    break
+                if delta.done:
+                    t_end = ev.t
+                    break
+            else:
+                ev = parser.finish()
+                if ev is not None:
+                    delta = adapter.read_event(ev)
+                    if delta.done:
+                        t_end = ev.t
+                if t_end is None:
+                    if parser.junk_lines and not times:
+                        error_kind = MALFORMED_SSE
+                        error_message = "the response body is not an event stream"
+                    else:
+                        error_kind = NO_TERMINATOR
+                        error_message = "the stream ended without its terminator"
+        except MalformedStream as e:
+            error_kind, error_message = MALFORMED_SSE, str(e)
+        except TransportError as e:
+            error_kind, error_message = e.kind, str(e)
+        finally:
+            if t_end is not None and error_kind is None:
+                try:  # read the rest of the body (the last chunk) so the connection can be reused
+                    for _ in lines:
+                        pass
+                except TransportError:
+                    pass
+            lines.close()  # an unfinished body closes the connection
+        if t_end is None:
+            t_end = perf_counter()
+        return build_stream_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
+                                   event_times=times, event_texts=texts, usage=usage,
+                                   prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
+                                   error_kind=error_kind, error_message=error_message)

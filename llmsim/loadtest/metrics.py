@@ -1,0 +1,134 @@
+"""The per-request record and the metric definitions (DESIGN.md, "Metric definitions").
+
+TTFT   request write -> first event carrying generated content (text or reasoning).
+ITL    gap between consecutive content events; an event of k > 1 tokens gives k samples of gap/k.
+TPOT   (E2E - TTFT) / (output_tokens - 1), requests with >= 2 output tokens.
+E2E    request write -> end of stream (the terminator event).
+output_tokens  the server's usage when present, else tiktoken on the received text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .adapters import Usage
+
+# Error kinds (the keys of "errors by kind"). HTTP errors are "http_<status>".
+CONNECTION = "connection"
+TIMEOUT = "timeout"
+MALFORMED_SSE = "malformed_sse"
+NO_TERMINATOR = "no_terminator"
+EMPTY_OUTPUT = "empty_output"
+STREAM_ERROR = "stream_error"
+
+
+def http_error_kind(status: int) -> str:
+    return f"http_{status}"
+
+
+@dataclass
+class RequestRecord:
+    """Everything measured about one request. Times are in ms; None where a metric does not apply."""
+
+    start_time: float
+    """Wall-clock (time.time()) start, for the measured window across processes."""
+    end_time: float
+    e2e_ms: float
+    status: int | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+    ttft_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+    tpot_ms: float | None = None
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    reasoning_tokens: int | None = None
+    """Hidden reasoning tokens the server reported (usage details), if any."""
+    usage_reported: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+    @property
+    def visible_tokens(self) -> int:
+        """Output tokens minus reported hidden reasoning: the tokens that were streamed."""
+        return max(0, self.output_tokens - (self.reasoning_tokens or 0))
+
+
+def itl_samples(event_times: Sequence[float], event_tokens: Sequence[int]) -> list[float]:
+    """ITL samples (ms) from content-event arrival times (s) and their token counts.
+
+    One sample per gap; a gap ending in an event of k > 1 tokens is split into
+    k samples of gap/k.
+    """
+    out: list[float] = []
+    for i in range(1, len(event_times)):
+        gap = (event_times[i] - event_times[i - 1]) * 1000.0
+        k = event_tokens[i]
+        if k > 1:
+            out.extend([gap / k] * k)
+        else:
+            out.append(gap)
+    return out
+
+
+def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int) -> float | None:
+    if ttft_ms is None or output_tokens < 2:
+        return None
+    return (e2e_ms - ttft_ms) / (output_tokens - 1)
+
+
+def build_stream_record(*, start_time: float, t_sent: float, t_end: float, status: int,
+                        event_times: Sequence[float], event_texts: Sequence[str], usage: Usage,
+                        prompt_tokens_local: int, count: Callable[[str], int],
+                        error_kind: str | None = None, error_message: str | None = None) -> RequestRecord:
+    """Turn the raw observations of one streamed response into a record.
+
+    `event_times` are perf_counter() arrival stamps of the content events and
+    `event_texts` their text (visible plus reasoning); `count` counts tokens in
+    the model's encoding. Token counting happens here, after the stream, so it
+    never delays a timestamp.
+    """
+    e2e = (t_end - t_sent) * 1000.0
+    ttft = (event_times[0] - t_sent) * 1000.0 if event_times else None
+    event_tokens = [count(t) for t in event_texts]
+    if usage.output_tokens is not None:
+        output_tokens, reported = usage.output_tokens, True
+    else:
+        output_tokens, reported = count("".join(event_texts)), False
+    if error_kind is None and not event_times:
+        error_kind, error_message = EMPTY_OUTPUT, "the stream carried no generated content"
+    return RequestRecord(
+        start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
+        error_kind=error_kind, error_message=error_message, ttft_ms=ttft,
+        itl_ms=itl_samples(event_times, event_tokens), tpot_ms=tpot_ms(e2e, ttft, output_tokens),
+        output_tokens=output_tokens,
+        prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
+        reasoning_tokens=usage.reasoning_tokens, usage_reported=reported,
+    )
+
+
+def build_body_record(*, start_time: float, t_sent: float, t_end: float, status: int, text: str,
+                      usage: Usage | None, prompt_tokens_local: int, count: Callable[[str], int]) -> RequestRecord:
+    """A non-streamed response: only E2E and tokens apply."""
+    usage = usage or Usage()
+    e2e = (t_end - t_sent) * 1000.0
+    output_tokens = usage.output_tokens if usage.output_tokens is not None else count(text)
+    error_kind = error_message = None
+    if not text:
+        error_kind, error_message = EMPTY_OUTPUT, "the response carried no generated content"
+    return RequestRecord(
+        start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
+        error_kind=error_kind, error_message=error_message, output_tokens=output_tokens,
+        prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
+        reasoning_tokens=usage.reasoning_tokens, usage_reported=usage.output_tokens is not None,
+    )
+
+
+def failed_record(*, start_time: float, t_sent: float, t_end: float, kind: str, message: str,
+                  status: int | None = None, prompt_tokens_local: int = 0) -> RequestRecord:
+    e2e = (t_end - t_sent) * 1000.0
+    return RequestRecord(start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
+                         error_kind=kind, error_message=message, prompt_tokens=prompt_tokens_local)

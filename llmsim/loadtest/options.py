@@ -1,0 +1,183 @@
+"""The toolkit's command-line options (on Locust's own parser, so locust.conf works) and their resolution.
+
+Option values stay plain strings and numbers: Locust ships the parsed options
+to its workers with msgpack. Each value is checked when it is parsed, so a bad
+one stops Locust with argparse's one-line error before any process forks;
+LoadTestSettings.from_options() turns them into the objects a run uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..profiles import ModelProfile, ProfileError, ProfileRegistry, load_profile_file
+from ..tokens import get_encoding
+from .adapters import Prompt
+from .prompts import PromptError, load_prompts, make_prompts, synthetic_prompt
+from .scoring import Tolerance, ToleranceError
+
+DEFAULT_MODEL = "gpt-5"
+DEFAULT_PROMPT_TOKENS = 128
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_TOLERANCE = str(Tolerance())
+
+
+class OptionError(ValueError):
+    """An option (or a combination) is unusable; str() is one line naming the option."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _tolerance(text: str) -> str:
+    try:
+        Tolerance.parse(text)
+    except ToleranceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def is_profile_file(value: str) -> bool:
+    return value.endswith((".yaml", ".yml")) or os.sep in value or os.path.isfile(value)
+
+
+def _profile(text: str) -> str:
+    try:
+        if is_profile_file(text):
+            load_profile_file(text)
+        else:
+            registry = ProfileRegistry.load()
+            try:
+                registry.resolve(text)
+            except KeyError:
+                raise argparse.ArgumentTypeError(
+                    f"no profile named {text!r} (known: {', '.join(registry.names())}; or give a FILE.yaml)") from None
+    except ProfileError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _prompts_file(text: str) -> str:
+    try:
+        load_prompts(text)
+    except PromptError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_arguments(parser: Any) -> None:
+    """Register the --llm-* options on Locust's parser (events.init_command_line_parser)."""
+    group = parser.add_argument_group("llmsim", "LLM load test: what to send and how to score it")
+    group.add_argument("--llm-model", default=DEFAULT_MODEL, metavar="MODEL",
+                       help=f"model name sent in each request; picks the profile to score against "
+                            f"(default {DEFAULT_MODEL})")
+    group.add_argument("--llm-profile", type=_profile, default=None, metavar="NAME|FILE.yaml",
+                       help="score against this profile (a built-in name or a profile YAML; a YAML is also "
+                            "loaded into the embedded server) instead of the model's own")
+    group.add_argument("--llm-api-key", default=None, metavar="KEY",
+                       help="API key (default: $OPENAI_API_KEY, or the adapter's own variable)")
+    group.add_argument("--prompt-tokens", type=_positive_int, default=None, metavar="N",
+                       help=f"synthetic prompt of exactly N tokens in the model's encoding "
+                            f"(default {DEFAULT_PROMPT_TOKENS})")
+    group.add_argument("--prompts", type=_prompts_file, default=None, metavar="FILE.jsonl",
+                       help="prompts, one per line: a string, {\"prompt\": ...}, {\"messages\": [...]} or a "
+                            "message list")
+    group.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                       help=f"max_tokens of each request (default {DEFAULT_MAX_TOKENS})")
+    group.add_argument("--no-stream", action="store_true", default=False,
+                       help="send non-streaming requests (only E2E and tokens are measured)")
+    group.add_argument("--llm-tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="REL%,ABSms",
+                       help=f"a metric passes when |measured-expected| <= max(ABS, REL x expected) "
+                            f"(default {DEFAULT_TOLERANCE})")
+    group.add_argument("--llm-report", default=None, metavar="FILE",
+                       help="write the full report (figures, expected values, verdicts) as JSON")
+
+
+@dataclass
+class LoadTestSettings:
+    """The resolved options of a run, the same in every Locust process."""
+
+    model: str
+    profile: ModelProfile
+    profile_file: str | None
+    registry: ProfileRegistry
+    api_key: str | None
+    """--llm-api-key; when None each user falls back to its adapter's variable (OPENAI_API_KEY)."""
+    prompts: list[Prompt]
+    max_tokens: int
+    stream: bool
+    tolerance: Tolerance
+    report_path: str | None
+
+    @classmethod
+    def from_options(cls, opts: Any) -> "LoadTestSettings":
+        """Resolve parsed options; OptionError (one line) if they do not fit together."""
+        model = getattr(opts, "llm_model", None) or DEFAULT_MODEL
+        profile_arg = getattr(opts, "llm_profile", None)
+        profile_file = None
+        try:
+            if profile_arg and is_profile_file(profile_arg):
+                profile_file = str(Path(profile_arg))
+                registry = ProfileRegistry.load(extra_files=[profile_file])
+                profile = _pick_from_file(load_profile_file(profile_file), model, profile_file)
+            elif profile_arg:
+                registry = ProfileRegistry.load()
+                try:
+                    profile = registry.resolve(profile_arg)
+                except KeyError:
+                    raise OptionError(f"--llm-profile: no profile named {profile_arg!r} (known: "
+                                      f"{', '.join(registry.names())})") from None
+            else:
+                registry = ProfileRegistry.load()
+                try:
+                    profile = registry.resolve(model)
+                except KeyError:
+                    raise OptionError(f"--llm-model: no profile covers model {model!r}; pass --llm-profile "
+                                      "NAME|FILE.yaml to say what to score against") from None
+        except ProfileError as e:
+            raise OptionError(f"--llm-profile: {e}") from None
+
+        enc = get_encoding(profile.encoding)
+        if getattr(opts, "prompts", None):
+            if getattr(opts, "prompt_tokens", None):
+                raise OptionError("--prompt-tokens and --prompts exclude each other")
+            try:
+                prompts = make_prompts(load_prompts(opts.prompts), enc)
+            except PromptError as e:
+                raise OptionError(f"--prompts: {e}") from None
+        else:
+            n = getattr(opts, "prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
+            prompts = make_prompts([({"role": "user", "content": synthetic_prompt(n, enc)},)], enc)
+        try:
+            tolerance = Tolerance.parse(getattr(opts, "llm_tolerance", None) or DEFAULT_TOLERANCE)
+        except ToleranceError as e:
+            raise OptionError(f"--llm-tolerance: {e}") from None
+        return cls(
+            model=model, profile=profile, profile_file=profile_file, registry=registry,
+            api_key=getattr(opts, "llm_api_key", None),
+            prompts=prompts, max_tokens=getattr(opts, "max_tokens", None) or DEFAULT_MAX_TOKENS,
+            stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
+            report_path=getattr(opts, "llm_report", None),
+        )
+
+
+def _pick_from_file(profiles: list[ModelProfile], model: str, path: str) -> ModelProfile:
+    """The file's profile that covers the model, else its only profile."""
+    covering = ProfileRegistry(profiles).match(model)
+    if covering is not None:
+        return covering
+    if len(profiles) == 1:
+        return profiles[0]
+    raise OptionError(f"--llm-profile: {path} holds several profiles ({', '.join(p.name for p in profiles)}) "
+                      f"and none covers model {model!r}")

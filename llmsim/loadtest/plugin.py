@@ -1,0 +1,231 @@
+"""Locust wiring: options, per-process run state, worker->master merging, the embedded server, the verdict.
+
+Importing this module (users.py does) registers listeners on locust.events:
+- init_command_line_parser: the --llm-* options;
+- init: resolve options (a bad combination stops Locust with one line), start
+  the embedded llmsim server when no --host is given, add the web UI tab;
+- test_start: reset the figures (a web UI run may be restarted);
+- report_to_master / worker_report: ship and merge the RunStats delta;
+- quitting: print the summary and verdicts, write --llm-report, and set the
+  exit code to EXIT_VERDICT_FAIL when anything failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
+from .aggregate import RunStats
+from .metrics import RequestRecord
+from .options import LoadTestSettings, OptionError, add_arguments
+from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
+from .scoring import expected_values, request_meets_slo, score
+
+log = logging.getLogger("llmsim.loadtest")
+
+EXIT_VERDICT_FAIL = 3
+"""Process exit code when any verdict or SLO check fails (Locust itself uses 1 for failed requests)."""
+WIRE_KEY = "llmsim"
+
+
+class LoadTestRun:
+    """The toolkit's state in one Locust process (environment.llmsim)."""
+
+    def __init__(self, environment: Any, settings: LoadTestSettings) -> None:
+        self.environment = environment
+        self.settings = settings
+        self.stats = RunStats()
+        """Local run: everything; master: merged from workers; worker: unused."""
+        self.pending = RunStats()
+        """Worker: records not yet sent to the master."""
+        self.workers: dict[str, dict[str, int]] = {}
+        """Master: per-worker totals, to show that the merged counts are their sum."""
+        self.server: Any = None
+        self._expected_cache: tuple[Any, Any] | None = None
+
+    @property
+    def is_worker(self) -> bool:
+        return isinstance(self.environment.runner, WorkerRunner)
+
+    @property
+    def is_master(self) -> bool:
+        return isinstance(self.environment.runner, MasterRunner)
+
+    def record(self, rec: RequestRecord) -> None:
+        """Count one finished request in this process."""
+        good = request_meets_slo(rec, self.settings.profile.slo)
+        (self.pending if self.is_worker else self.stats).add(rec, good)
+
+    def reset(self) -> None:
+        self.stats = RunStats()
+        self.pending = RunStats()
+        self.workers = {}
+
+    # ------------------------------------------------------------------ distributed
+
+    def take_pending(self) -> dict[str, Any]:
+        wire, self.pending = self.pending.to_wire(), RunStats()
+        return wire
+
+    def merge_worker(self, client_id: str, wire: dict[str, Any]) -> None:
+        part = RunStats.from_wire(wire)
+        self.stats.merge(part)
+        w = self.workers.setdefault(client_id, {"requests": 0, "ok": 0, "output_tokens": 0, "prompt_tokens": 0})
+        w["requests"] += part.requests
+        w["ok"] += part.ok
+        w["output_tokens"] += part.output_tokens
+        w["prompt_tokens"] += part.prompt_tokens
+
+    # ------------------------------------------------------------------ report
+
+    def report(self, *, fresh: bool = True) -> dict[str, Any]:
+        """The full report of the figures so far. Live (web UI) reports reuse expected values per token shape."""
+        s = self.settings
+        conc = self.stats.concurrency
+        shape = (tuple(sorted(self.stats.mix)), None if conc is None else round(conc, 1))
+        if fresh or self._expected_cache is None or self._expected_cache[0] != shape:
+            self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc))
+        card = score(self.stats, s.profile, s.tolerance, stream=s.stream, expected=self._expected_cache[1])
+        return build_report(self.stats, card, model=s.model, profile_source=s.profile.source,
+                            host=self.environment.host, stream=s.stream, max_tokens=s.max_tokens,
+                            workers=self.workers if self.is_master else None)
+
+    def finish(self) -> dict[str, Any]:
+        """End of run (local or master): print, write JSON, set the exit code."""
+        report = self.report()
+        print(format_summary(report), flush=True)
+        print(format_verdicts(report), flush=True)
+        if self.settings.report_path:
+            write_json(report, self.settings.report_path)
+        if report["verdict"] != "PASS":
+            self.environment.process_exit_code = EXIT_VERDICT_FAIL
+        return report
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def get_run(environment: Any) -> LoadTestRun:
+    """The run state of this environment (set up by the init listener)."""
+    run = getattr(environment, "llmsim", None)
+    if run is None:
+        run = LoadTestRun(environment, LoadTestSettings.from_options(environment.parsed_options))
+        environment.llmsim = run
+    return run
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"locust: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def start_embedded_server(run: LoadTestRun) -> str:
+    """Start llmsim in this process serving the scored profile; returns its URL."""
+    from ..testing import start_server
+
+    s = run.settings
+    run.server = start_server(latency_profile=s.profile.name,
+                              profile_files=[s.profile_file] if s.profile_file else ())
+    warm_up(run.server.url, s)
+    return run.server.url
+
+
+def warm_up(url: str, settings: LoadTestSettings) -> None:
+    """One small request, so the server's one-time costs (loading the BPE ranks) stay out of the figures."""
+    from ..tokens import get_encoding
+    from .adapters import ChatCompletionsAdapter
+    from .client import LlmClient
+
+    enc = get_encoding(settings.profile.encoding)
+    client = LlmClient(url, ChatCompletionsAdapter(), model=settings.model, count_tokens=lambda t: len(enc.encode(t)))
+    try:
+        client.run(settings.prompts[0], max_tokens=1)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- listeners
+
+@events.init_command_line_parser.add_listener
+def _on_parser(parser: Any, **_kw: Any) -> None:
+    add_arguments(parser)
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_kw: Any) -> None:
+    try:
+        run = get_run(environment)
+    except OptionError as e:
+        if isinstance(environment.runner, WorkerRunner):
+            log.debug("options are resolved again when the master's arrive: %s", e)
+            return
+        _fail(str(e))
+        return
+    if run.is_worker:
+        return
+    user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
+    if not environment.host and not any(user_hosts):
+        environment.host = start_embedded_server(run)
+        log.info("No --host: started the embedded llmsim server at %s (profile %s)", environment.host,
+                 run.settings.profile.name)
+    if environment.web_ui is not None:
+        install_web_ui(environment.web_ui, lambda: run.report(fresh=False) if run.stats else None)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Any, **_kw: Any) -> None:
+    run = getattr(environment, "llmsim", None)
+    if run is not None and isinstance(environment.runner, WorkerRunner):
+        # A worker's options may have just arrived from the master.
+        run.settings = LoadTestSettings.from_options(environment.parsed_options)
+    elif run is None:
+        run = get_run(environment)
+    run.reset()
+
+
+@events.report_to_master.add_listener
+def _on_report_to_master(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+    env = _current_env()
+    run = getattr(env, "llmsim", None) if env is not None else None
+    if run is not None and run.pending:
+        data[WIRE_KEY] = run.take_pending()
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+    env = _current_env()
+    run = getattr(env, "llmsim", None) if env is not None else None
+    if run is not None and WIRE_KEY in data:
+        run.merge_worker(client_id, data[WIRE_KEY])
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Any, **_kw: Any) -> None:
+    run = getattr(environment, "llmsim", None)
+    if run is None:
+        return
+    try:
+        if not run.is_worker:
+            run.finish()
+    finally:
+        run.stop_server()
+
+
+# report_to_master/worker_report carry no environment; remember the one init saw.
+_ENV: list[Any] = []
+
+
+@events.init.add_listener
+def _remember_env(environment: Any, **_kw: Any) -> None:
+    _ENV[:] = [environment]
+
+
+def _current_env() -> Any:
+    return _ENV[0] if _ENV else None

@@ -1,0 +1,158 @@
+"""The run report: one dict with every figure, printed as tables, written as JSON, shown in the web UI."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
+from .scoring import Scorecard
+
+LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
+UI_TAB_KEY = "llmsim"
+
+
+def build_report(stats: RunStats, card: Scorecard, *, model: str, profile_source: str, host: str | None,
+                 stream: bool, max_tokens: int | None, workers: dict[str, dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """Every figure of the run, the expected values and the verdicts (the --llm-report JSON)."""
+    report: dict[str, Any] = {
+        "model": model,
+        "profile": card.profile,
+        "profile_source": profile_source,
+        "host": host,
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "window_s": stats.window_s,
+        "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
+                     "errors_by_kind": dict(sorted(stats.errors.items()))},
+        "tokens": {"output": stats.output_tokens, "prompt": stats.prompt_tokens},
+        "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
+                       "requests_per_s": stats.rate(stats.requests)},
+        "metrics": {m: stats.metric_summary(m) for m in METRICS},
+    }
+    report.update(card.to_dict())
+    if workers is not None:
+        report["workers"] = workers
+    return report
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    if d := os.path.dirname(path):
+        os.makedirs(d, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float):  # inf/nan never reach here, but keep json strict
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _ms(v: float | None, width: int = 10) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.2f}"
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """Per-metric count, mean and percentiles, throughput and errors by kind."""
+    req = report["requests"]
+    cols = ["mean"] + [pct_label(p) for p in SUMMARY_PCTS]
+    lines = [f"LLM load test: model {report['model']}, {req['total']} requests in {report['window_s']:.1f} s"
+             f" ({'streaming' if report['stream'] else 'non-streaming'})",
+             f"{'metric':<8}{'count':>9}" + "".join(f"{c:>10}" for c in cols) + "   (ms)"]
+    for m in METRICS:
+        s = report["metrics"][m]
+        lines.append(f"{LABELS[m]:<8}{s['count']:>9}" + "".join(_ms(s[c]) for c in cols))
+    tp = report["throughput"]
+    lines.append(f"output tokens: {report['tokens']['output']} ({_rate(tp['output_tokens_per_s'])} tok/s)   "
+                 f"requests: {req['ok']} ok, {req['failed']} failed ({_rate(tp['requests_per_s'])} req/s)")
+    errors = req["errors_by_kind"]
+    lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
+    return "\n".join(lines)
+
+
+def verdict_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """The verdict table as rows of strings: the console and the web UI tab show the same rows."""
+    rows = []
+    for v in report["verdicts"]:
+        rows.append({
+            "check": f"{LABELS[v['metric']]} {v['stat']}",
+            "measured": _ms(v["measured"], 0),
+            "expected": _ms(v["expected"], 0),
+            "allowed": "-" if v["allowed"] is None else f"±{v['allowed']:.2f}",
+            "verdict": v["verdict"] + (f" ({v['note']})" if v["note"] else ""),
+        })
+    for s in report["slo"]:
+        rows.append({
+            "check": f"SLO {s['key']}",
+            "measured": _ms(s["measured"], 0),
+            "expected": f"<= {s['limit_ms']:g}",
+            "allowed": "",
+            "verdict": s["verdict"],
+        })
+    g = report["goodput"]
+    share = "-" if g["share"] is None else f"{g['share'] * 100:.1f}%"
+    rows.append({"check": "goodput", "measured": f"{g['good_requests']}/{g['requests']} ({share})",
+                 "expected": "", "allowed": "", "verdict": f"{_rate(g['rate_per_s'])} good req/s"})
+    load = report.get("load") or {}
+    if load.get("itl_multiplier", 1.0) != 1.0:
+        rows.append({"check": "load model", "measured": f"{load['concurrency']:.1f} in flight", "expected": "",
+                     "allowed": "", "verdict": f"expected ITL x{load['itl_multiplier']:.3f}"})
+    for warning in report.get("warnings", []):
+        rows.append({"check": "warning", "measured": "", "expected": "", "allowed": "", "verdict": warning})
+    for note in report["notes"]:
+        rows.append({"check": "run", "measured": "", "expected": "", "allowed": "", "verdict": f"FAIL ({note})"})
+    rows.append({"check": "RESULT", "measured": "", "expected": "", "allowed": "", "verdict": report["verdict"]})
+    return rows
+
+
+VERDICT_COLUMNS = (("check", "check"), ("measured", "measured ms"), ("expected", "expected ms"),
+                   ("allowed", "allowed ms"), ("verdict", "verdict"))
+
+
+def format_verdicts(report: dict[str, Any]) -> str:
+    rows = verdict_rows(report)
+    widths = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in VERDICT_COLUMNS}
+    head = f"Scored against profile {report['profile']} ({report['profile_source']}), tolerance " \
+           f"{report['tolerance']['rel'] * 100:g}%,{report['tolerance']['abs_ms']:g}ms"
+    lines = [head, "  ".join(f"{title:<{widths[k]}}" for k, title in VERDICT_COLUMNS)]
+    for r in rows:
+        lines.append("  ".join(f"{r[k]:<{widths[k]}}" for k, _ in VERDICT_COLUMNS).rstrip())
+    return "\n".join(lines)
+
+
+def install_web_ui(web_ui: Any, current_report: Callable[[], dict[str, Any] | None]) -> None:
+    """Add an "LLM scores" tab to Locust's web UI with the verdict table, refreshed with the stats."""
+    from flask import request  # Locust's web UI is Flask; imported here so scoring stays Flask-free
+
+    web_ui.template_args["extendedTabs"] = [
+        *web_ui.template_args.get("extendedTabs", []), {"title": "LLM scores", "key": UI_TAB_KEY}]
+    web_ui.template_args["extendedTables"] = [
+        *web_ui.template_args.get("extendedTables", []),
+        {"key": UI_TAB_KEY, "structure": [{"key": k, "title": t} for k, t in VERDICT_COLUMNS]}]
+
+    @web_ui.app.after_request
+    def _add_scores(response):  # noqa: ANN001 - a Flask response
+        if request.path != "/stats/requests" or response.status_code != 200:
+            return response
+        report = current_report()
+        data = response.get_json(silent=True)
+        if data is None:
+            return response
+        rows = verdict_rows(report) if report else []
+        data["extended_stats"] = [*data.get("extended_stats", []), {"key": UI_TAB_KEY, "data": rows}]
+        response.set_data(json.dumps(data))
+        return response
+
+    @web_ui.app.route("/llmsim/report")
+    def _llm_report():  # the same report as JSON, for scripts polling a running test
+        from flask import jsonify
+
+        return jsonify(current_report() or {})

@@ -1,0 +1,283 @@
+"""A minimal HTTP/1.1 keep-alive client that hands the body over line by line as bytes arrive.
+
+Why not Locust's FastHttpSession (geventhttpclient) or requests: their
+iter_lines()/iter_content() read fixed-size blocks, which batches SSE events
+and skews TTFT and ITL. Here every recv() is stamped with perf_counter() the
+moment it returns, and each line carries the stamp of the recv that completed
+it. The socket is a plain (gevent-patched) socket, TCP_NODELAY is set, and
+https goes through the standard ssl module, so it works against any server.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from time import perf_counter
+from typing import Iterator
+from urllib.parse import urlsplit
+
+RECV_SIZE = 65536
+
+
+class TransportError(Exception):
+    """The connection failed, timed out or the server broke the HTTP framing."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind  # "connection" or "timeout"
+        super().__init__(message)
+
+
+def join_path(base_path: str, path: str) -> str:
+    """Base URL path + API path, without doubling a `/v1` the user already put in --host."""
+    base = base_path.rstrip("/")
+    if base.endswith("/v1") and path.startswith("/v1/"):
+        path = path[3:]
+    return base + path
+
+
+class HttpConnection:
+    """One keep-alive connection to one origin; requests run one at a time."""
+
+    def __init__(self, base_url: str, *, timeout: float = 600.0, connect_timeout: float = 30.0,
+                 verify: bool = True) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path
+        default_port = 443 if parts.scheme == "https" else 80
+        self.host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
+        if ":" in self.host and not self.host.startswith("["):  # IPv6 literal
+            self.host_header = f"[{self.host}]" if self.port == default_port else f"[{self.host}]:{self.port}"
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._ssl_context: ssl.SSLContext | None = None
+        if self.scheme == "https":
+            self._ssl_context = ssl.create_default_context()
+            if not verify:
+                self._ssl_context.check_hostname = False
+                self._ssl_context.verify_mode = ssl.CERT_NONE
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._buf_t = 0.0
+
+    # ------------------------------------------------------------------ socket
+
+    def _connect(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except socket.timeout:
+            raise TransportError("timeout", f"connect to {self.host}:{self.port} timed out") from None
+        except OSError as e:
+            raise TransportError("connection", f"connect to {self.host}:{self.port} failed: {e}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl_context is not None:
+            try:
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
+            except (OSError, ssl.SSLError) as e:
+                sock.close()
+                raise TransportError("connection", f"TLS handshake with {self.host} failed: {e}") from None
+        sock.settimeout(self.timeout)
+        self._sock = sock
+        self._buf = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:  # pragma: no cover
+                pass
+            self._sock = None
+        self._buf = b""
+
+    def _recv(self) -> bytes:
+        try:
+            data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
+        except socket.timeout:
+            self.close()
+            raise TransportError("timeout", f"no data from {self.host}:{self.port} for {self.timeout:g}s") from None
+        except OSError as e:
+            self.close()
+            raise TransportError("connection", f"connection to {self.host}:{self.port} broke: {e}") from None
+        self._buf_t = perf_counter()
+        return data
+
+    # ------------------------------------------------------------------ requests
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> "HttpResponse":
+        """Send a request and read the status line and headers; the body is read through the response.
+
+        A keep-alive connection the server closed while idle is retried once on
+        a fresh one. `response.t_sent` is perf_counter() just before the
+        request bytes were written (the start of TTFT and E2E).
+        """
+        lines = [f"{method} {join_path(self.base_path, path)} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        for attempt in (0, 1):
+            reused = self._sock is not None
+            if not reused:
+                self._connect()
+            t_sent = perf_counter()
+            try:
+                self._sock.sendall(raw)  # type: ignore[union-attr]
+                status, reason, resp_headers, version = self._read_head()
+            except TransportError:
+                if reused and attempt == 0:
+                    self.close()
+                    continue
+                raise
+            except OSError as e:
+                self.close()
+                if reused and attempt == 0:
+                    continue
+                raise TransportError("connection", f"request to {self.host}:{self.port} failed: {e}") from None
+            return HttpResponse(self, status, reason, resp_headers, version, t_sent, method)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_head(self) -> tuple[int, str, dict[str, str], str]:
+        while b"\r\n\r\n" not in self._buf:
+            data = self._recv()
+            if not data:
+                self.close()
+                raise TransportError("connection", "server closed the connection before responding")
+            self._buf += data
+            if len(self._buf) > 1 << 20:
+                self.close()
+                raise TransportError("connection", "response headers larger than 1 MiB")
+        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            version, code, *rest = lines[0].split(" ", 2)
+            status = int(code)
+        except ValueError:
+            self.close()
+            raise TransportError("connection", f"bad HTTP status line: {lines[0][:80]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            headers[k] = f"{headers[k]}, {v.strip()}" if k in headers else v.strip()
+        return status, rest[0] if rest else "", headers, version
+
+    def _body_pieces(self, headers: dict[str, str], version: str, method: str, status: int
+                     ) -> Iterator[tuple[bytes, float]]:
+        """Decoded body bytes as they arrive, each with the perf_counter() time of its recv."""
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            yield from self._chunked_pieces()
+        elif "content-length" in headers:
+            remaining = int(headers["content-length"])
+            while remaining > 0:
+                if not self._buf:
+                    self._buf = self._recv()
+                    if not self._buf:
+                        self.close()
+                        raise TransportError("connection", "connection closed in the middle of the body")
+                piece, self._buf = self._buf[:remaining], self._buf[remaining:]
+                remaining -= len(piece)
+                yield piece, self._buf_t
+        else:  # body runs until the server closes the connection
+            if self._buf:
+                piece, self._buf = self._buf, b""
+                yield piece, self._buf_t
+            while True:
+                data = self._recv()
+                if not data:
+                    self.close()
+                    return
+                yield data, self._buf_t
+
+    def _need(self, n: int) -> None:
+        while len(self._buf) < n:
+            data = self._recv()
+            if not data:
+                self.close()
+                raise TransportError("connection", "connection closed in the middle of a chunked body")
+            self._buf += data
+
+    def _chunked_pieces(self) -> Iterator[tuple[bytes, float]]:
+        while True:
+            while b"\r\n" not in self._buf:
+                self._need(len(self._buf) + 1)
+            line, self._buf = self._buf.split(b"\r\n", 1)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.close()
+                raise TransportError("connection", f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:  # last chunk: skip trailers up to the blank line
+                while True:
+                    while b"\r\n" not in self._buf:
+                        self._need(len(self._buf) + 1)
+                    trailer, self._buf = self._buf.split(b"\r\n", 1)
+                    if not trailer:
+                        return
+            remaining = size
+            while remaining:
+                if not self._buf:
+                    self._need(1)
+                piece, self._buf = self._buf[:remaining], self._buf[remaining:]
+                remaining -= len(piece)
+                yield piece, self._buf_t
+            self._need(2)
+            self._buf = self._buf[2:]
+
+
+class HttpResponse:
+    """Status and headers of a response whose body is still on the wire."""
+
+    def __init__(self, conn: HttpConnection, status: int, reason: str, headers: dict[str, str], version: str,
+                 t_sent: float, method: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.t_sent = t_sent
+        self._conn = conn
+        self._version = version
+        self._method = method
+        self._consumed = False
+
+    def _pieces(self) -> Iterator[tuple[bytes, float]]:
+        if self._consumed:
+            raise RuntimeError("response body already read")
+        self._consumed = True
+        done = False
+        try:
+            yield from self._conn._body_pieces(self.headers, self._version, self._method, self.status)
+            done = True
+        finally:
+            keep = self._version == "HTTP/1.1" and "close" not in self.headers.get("connection", "").lower()
+            if not (done and keep):
+                self._conn.close()  # an abandoned or unframed body leaves the connection unusable
+
+    def iter_lines(self) -> Iterator[tuple[bytes, float]]:
+        """Body lines without their line ending, each with the arrival time of the bytes that completed it.
+
+        A final line without a line ending is yielded at end of body.
+        """
+        pending = b""
+        for piece, t in self._pieces():
+            if b"\n" not in piece:
+                pending += piece
+                continue
+            parts = (pending + piece).split(b"\n")
+            pending = parts.pop()
+            for line in parts:
+                yield (line[:-1] if line.endswith(b"\r") else line), t
+        if pending:
+            yield (pending[:-1] if pending.endswith(b"\r") else pending), perf_counter()
+
+    def read(self) -> bytes:
+        """The whole body."""
+        return b"".join(p for p, _ in self._pieces())
+
+    def close(self) -> None:
+        """Drop the connection unless the body was read to its end."""
+        if not self._consumed:
+            self._consumed = True
+            self._conn.close()

@@ -1,0 +1,50 @@
+"""Issue 3's accuracy setup: llmsim (its own process) with constant TTFT 200 ms / ITL 20 ms, 20 users."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llmsim.loadtest.adapters import ChatCompletionsAdapter, Prompt
+from llmsim.loadtest.client import LlmClient
+
+from .locust_helpers import PROFILES, free_port, run_locust, wait_listening
+
+
+def warm_up(url: str) -> None:
+    """A first request pays the server's one-time costs (loading BPE ranks); keep them out of the figures."""
+    client = LlmClient(url, ChatCompletionsAdapter(), model="gpt-5", count_tokens=len)
+    assert client.run(Prompt.of_text("warm up"), max_tokens=1).ok
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def llmsim_200_20():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", str(port), "--profiles-dir",
+                             str(PROFILES), "--latency-profile", "lt-accuracy"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        warm_up(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_client_accuracy_against_llmsim(tmp_path, llmsim_200_20):
+    proc, report = run_locust(tmp_path, "--host", llmsim_200_20, "--llm-profile",
+                              str(PROFILES / "accuracy.yaml"), "--max-tokens", "24",
+                              "-u", "20", "-r", "20", "-t", "7s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = report["metrics"]
+    print({k: (m[k]["p50"], m[k]["p99"], m[k]["count"]) for k in m})
+    assert m["ttft"]["count"] >= 100 and m["itl"]["count"] >= 2000
+    assert abs(m["ttft"]["p50"] - 200.0) <= 3.0
+    assert abs(m["itl"]["p50"] - 20.0) <= 1.0
+    assert abs(m["itl"]["p99"] - 20.0) <= 5.0
+    assert report["verdict"] == "PASS"

@@ -1,0 +1,129 @@
+"""The measuring client against the minimal (non-llmsim) server: timings, tokens and every failure kind."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from llmsim.loadtest.adapters import ChatCompletionsAdapter, Prompt
+from llmsim.loadtest.client import LlmClient
+from llmsim.loadtest.metrics import itl_samples, tpot_ms
+
+PROMPT = Prompt.of_text("hello", prompt_tokens=5)
+
+
+def make_client(url: str, model: str, count_tokens) -> LlmClient:
+    return LlmClient(url, ChatCompletionsAdapter(), model=model, count_tokens=count_tokens, timeout=10)
+
+
+def test_stream_timings_and_tokens(mini_server, count_tokens):
+    client = make_client(mini_server.url, "any-model", count_tokens)
+    rec = client.run(PROMPT, max_tokens=20)
+    assert rec.ok, rec.error_message
+    assert rec.status == 200
+    # Server: TTFT 30 ms, ITL 4 ms, on absolute deadlines.
+    assert 29.0 <= rec.ttft_ms < 45.0
+    assert len(rec.itl_ms) == 19
+    assert sorted(rec.itl_ms)[9] == pytest.approx(4.0, abs=1.0)
+    assert rec.output_tokens == 20 and rec.usage_reported
+    assert rec.prompt_tokens == 7  # the server's usage wins over the local count
+    assert rec.tpot_ms == pytest.approx((rec.e2e_ms - rec.ttft_ms) / 19)
+    assert rec.e2e_ms >= rec.ttft_ms + 18 * 4.0 - 1.0
+
+
+def test_keep_alive_reuses_one_connection(mini_server, count_tokens):
+    before = mini_server.connections
+    client = make_client(mini_server.url, "any-model", count_tokens)
+    for _ in range(3):
+        assert client.run(PROMPT, max_tokens=3).ok
+    assert mini_server.connections - before == 1
+
+
+def test_body_until_close_and_reconnect(mini_server, count_tokens):
+    client = make_client(mini_server.url, "mode-close", count_tokens)
+    for _ in range(2):  # each response closes the connection; the next request reconnects
+        rec = client.run(PROMPT, max_tokens=5)
+        assert rec.ok, rec.error_message
+        assert rec.output_tokens == 5
+
+
+def test_multi_token_events_split_the_gap(mini_server, count_tokens):
+    rec = make_client(mini_server.url, "mode-chunky", count_tokens).run(PROMPT, max_tokens=9)
+    assert rec.ok, rec.error_message
+    # 3 events of 3 tokens: 2 gaps of ~12 ms, each recorded 3 times as ~4 ms.
+    assert len(rec.itl_ms) == 6
+    assert rec.itl_ms[0] == rec.itl_ms[1] == rec.itl_ms[2]
+    assert rec.itl_ms[0] == pytest.approx(4.0, abs=1.0)
+
+
+def test_non_streaming(mini_server, count_tokens):
+    rec = make_client(mini_server.url, "any-model", count_tokens).run(PROMPT, max_tokens=10, stream=False)
+    assert rec.ok
+    assert rec.ttft_ms is None and rec.itl_ms == [] and rec.tpot_ms is None
+    assert rec.output_tokens == 10
+    assert rec.e2e_ms >= 30 + 9 * 4 - 1
+
+
+@pytest.mark.parametrize("model, kind", [
+    ("mode-no-done", "no_terminator"),
+    ("mode-malformed", "malformed_sse"),
+    ("mode-empty", "empty_output"),
+    ("mode-error-event", "stream_error"),
+    ("mode-http-429", "http_429"),
+    ("mode-not-sse", "malformed_sse"),
+])
+def test_failure_kinds(mini_server, count_tokens, model, kind):
+    client = make_client(mini_server.url, model, count_tokens)
+    rec = client.run(PROMPT, max_tokens=6)
+    assert not rec.ok
+    assert rec.error_kind == kind, rec.error_message
+    assert rec.error_message
+    # The connection is still usable (or re-established) for the next request.
+    client.model = "any-model"
+    assert client.run(PROMPT, max_tokens=2).ok
+
+
+def test_http_error_message_carries_the_body(mini_server, count_tokens):
+    rec = make_client(mini_server.url, "mode-http-429", count_tokens).run(PROMPT, max_tokens=2)
+    assert rec.status == 429
+    assert "Rate limit reached" in rec.error_message
+
+
+def test_connection_refused(count_tokens):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rec = make_client(f"http://127.0.0.1:{port}", "m", count_tokens).run(PROMPT, max_tokens=2)
+    assert rec.error_kind == "connection"
+    assert rec.prompt_tokens == 5
+
+
+def test_read_timeout(count_tokens):
+    from gevent.server import StreamServer
+
+    def silent(sock, _addr):
+        sock.recv(65536)
+        import gevent
+
+        gevent.sleep(2)
+
+    srv = StreamServer(("127.0.0.1", 0), silent)
+    srv.start()
+    try:
+        client = LlmClient(f"http://127.0.0.1:{srv.server_port}", ChatCompletionsAdapter(), model="m",
+                           count_tokens=count_tokens, timeout=0.2)
+        rec = client.run(PROMPT, max_tokens=2)
+        assert rec.error_kind == "timeout"
+    finally:
+        srv.stop(timeout=0.1)
+
+
+def test_itl_and_tpot_definitions():
+    # Events at 0, 10 ms (1 token), 40 ms (3 tokens): gaps 10 and 30 -> [10, 10, 10, 10].
+    assert itl_samples([0.0, 0.010, 0.040], [1, 1, 3]) == pytest.approx([10.0, 10.0, 10.0, 10.0])
+    assert itl_samples([0.0], [5]) == []
+    assert tpot_ms(100.0, 20.0, 5) == pytest.approx(20.0)
+    assert tpot_ms(100.0, 20.0, 1) is None
+    assert tpot_ms(100.0, None, 5) is None

@@ -1,0 +1,102 @@
+"""Histogram resolution, percentile math and exact merging."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from llmsim.loadtest.aggregate import RunStats
+from llmsim.loadtest.histogram import Histogram, bucket_bounds, bucket_index
+from llmsim.loadtest.metrics import RequestRecord
+
+
+def exact_nearest_rank(values, pct):
+    s = sorted(values)
+    rank = max(1, round(pct * len(s) * 1000) // 100000 + (round(pct * len(s) * 1000) % 100000 > 0))  # exact ceil
+    return s[rank - 1]
+
+
+def test_resolution_below_and_above_100ms():
+    for v in (0.0, 0.004, 1.2345, 19.999, 20.0, 99.99):
+        lo, hi = bucket_bounds(bucket_index(v))
+        assert lo <= v + 1e-9 and v < hi + 1e-9
+        assert hi - lo <= 0.1  # the requirement: <= 0.1 ms below 100 ms
+    for v in (100.0, 250.0, 12345.6):
+        lo, hi = bucket_bounds(bucket_index(v))
+        assert lo <= v * (1 + 1e-12) and v < hi * (1 + 1e-12)
+        assert (hi - lo) / lo <= 0.0011
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_percentiles_match_exact_nearest_rank(seed):
+    rng = random.Random(seed)
+    values = [rng.lognormvariate(3.0, 1.0) for _ in range(5000)]  # spans 1 ms .. seconds
+    h = Histogram()
+    h.record_many(values)
+    for p in (50, 90, 95, 99, 99.9):
+        exact = exact_nearest_rank(values, p)
+        got = h.percentile(p)
+        assert abs(got - exact) <= (0.005 if exact < 100 else exact * 0.0006), (p, got, exact)
+    assert h.mean == pytest.approx(sum(values) / len(values), rel=1e-9)
+    assert h.percentiles([50, 99]) == {50: h.percentile(50), 99: h.percentile(99)}
+
+
+def test_constant_values_are_exact():
+    h = Histogram()
+    for _ in range(100):
+        h.record(20.0)
+    assert h.percentile(50) == 20.0 and h.percentile(99.9) == 20.0 and h.mean == pytest.approx(20.0)
+
+
+def test_empty_histogram():
+    h = Histogram()
+    assert h.percentile(50) is None and h.mean is None
+    assert Histogram.from_wire(h.to_wire()) == h
+
+
+def test_merge_is_exact_and_order_free():
+    rng = random.Random(7)
+    values = [rng.uniform(0, 3000) for _ in range(3000)]
+    whole = Histogram()
+    whole.record_many(values)
+    parts = [Histogram() for _ in range(3)]
+    for i, v in enumerate(values):
+        parts[i % 3].record(v)
+    merged = Histogram()
+    for p in reversed(parts):
+        merged.merge(Histogram.from_wire(p.to_wire()))  # through the wire form, as workers send it
+    assert merged == whole
+    assert merged.count == 3000 and merged.sum_ns == whole.sum_ns
+    for p in (50, 99, 99.9):
+        assert merged.percentile(p) == whole.percentile(p)
+
+
+def _rec(i: int, ok: bool = True) -> RequestRecord:
+    return RequestRecord(start_time=1000.0 + i, end_time=1000.5 + i, e2e_ms=500.0 + i, status=200,
+                         error_kind=None if ok else "http_500", ttft_ms=100.0 + i if ok else None,
+                         itl_ms=[10.0, 11.0] if ok else [], tpot_ms=10.5 if ok else None,
+                         output_tokens=3 if ok else 0, prompt_tokens=8, reasoning_tokens=None)
+
+
+def test_runstats_merge_equals_single_process():
+    records = [_rec(i, ok=i % 5 != 0) for i in range(40)]
+    whole = RunStats()
+    parts = [RunStats(), RunStats()]
+    for i, r in enumerate(records):
+        whole.add(r, good=i % 2 == 0)
+        parts[i % 2].add(r, good=i % 2 == 0)
+    merged = RunStats()
+    for p in parts:
+        merged.merge(RunStats.from_wire(p.to_wire()))
+    assert merged.requests == 40 and merged.ok == 32 and merged.errors == {"http_500": 8}
+    assert merged.output_tokens == whole.output_tokens == 96
+    assert merged.good == whole.good
+    assert merged.window_s == whole.window_s == pytest.approx(39.5)
+    assert merged.busy_ns == whole.busy_ns
+    assert merged.concurrency == pytest.approx(sum(500.0 + i for i in range(40)) / 1000 / 39.5)
+    assert merged.mix == whole.mix == {(8, 3, 3, -1): 32}
+    for m in ("ttft", "itl", "tpot", "e2e"):
+        assert merged.hist[m] == whole.hist[m]
+    assert merged.metric_summary("itl")["p50"] == pytest.approx(10.0, abs=0.01)

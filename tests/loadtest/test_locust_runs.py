@@ -1,0 +1,131 @@
+"""Real headless Locust runs of locustfiles/chat.py: verdicts, exit codes, any endpoint, --processes, options."""
+
+from __future__ import annotations
+
+import pytest
+
+from .locust_helpers import PROFILES, locust_rows, run_locust
+from .sse_server import MiniServer
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """The minimal non-llmsim server: TTFT 30 ms, ITL 4 ms (profiles/mini.yaml says the same)."""
+    srv = MiniServer(ttft_ms=30.0, itl_ms=4.0).start()
+    yield srv
+    srv.stop()
+
+
+def test_default_command_embedded_server_passes(tmp_path):
+    """The Quickstart line (shorter): no --host, default model gpt-5, embedded llmsim; exit 0 with a PASS."""
+    proc, report = run_locust(tmp_path, "-u", "20", "-r", "20", "-t", "8s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["verdict"] == "PASS"
+    assert report["model"] == "gpt-5" and report["profile"] == "gpt-5"
+    assert report["host"].startswith("http://127.0.0.1:")
+    assert report["requests"]["failed"] == 0 and report["requests"]["ok"] >= 20
+    # gpt-5 reasons before it answers: the server reports hidden reasoning, TTFT includes it.
+    assert report["metrics"]["ttft"]["p50"] > 1000
+    assert report["expected"]["ttft"]["p50"] > 1000
+    assert any(v["metric"] == "ttft" and v["verdict"] == "PASS" for v in report["verdicts"])
+    # gpt-5's load model slows decoding with 20 streams in flight (64 slots, 1.5 at full): about x1.15.
+    assert 1.10 < report["load"]["itl_multiplier"] < 1.16
+    assert abs(report["metrics"]["itl"]["mean"] - report["expected"]["itl"]["mean"]) < 3.0
+    # Console: the summary and the verdict table.
+    out = proc.stdout
+    for needle in ("TTFT", "ITL", "TPOT", "E2E", "p99.9", "tok/s", "req/s", "errors by kind: none",
+                   "Scored against profile gpt-5", "RESULT"):
+        assert needle in out, needle
+    # Locust rows: the request row carries E2E and output tokens; TTFT and ITL have their own rows.
+    rows = locust_rows(tmp_path)
+    req = rows["/v1/chat/completions"]
+    assert req["num_requests"] == report["requests"]["total"]
+    assert req["total_content_length"] == report["tokens"]["output"]
+    assert rows["TTFT"]["num_requests"] == report["metrics"]["ttft"]["count"]
+    assert rows["ITL"]["num_requests"] == report["metrics"]["itl"]["count"]
+
+
+def test_any_endpoint_matching_profile_passes(tmp_path, endpoint):
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "mini-model",
+                              "--llm-profile", str(PROFILES / "mini.yaml"), "--max-tokens", "20",
+                              "-u", "10", "-r", "10", "-t", "3s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = report["metrics"]
+    assert report["profile"] == "lt-mini"
+    assert abs(m["ttft"]["p50"] - 30.0) <= 3.0
+    assert abs(m["itl"]["p50"] - 4.0) <= 1.0
+    assert abs(m["tpot"]["p50"] - 4.0) <= 1.0
+    assert abs(m["e2e"]["p50"] - (30.0 + 19 * 4.0)) <= 5.0
+    assert report["tokens"]["output"] == 20 * report["requests"]["ok"]  # from the server's usage
+    assert report["verdict"] == "PASS"
+
+
+def test_different_profile_fails_with_nonzero_exit(tmp_path, endpoint):
+    # The endpoint does TTFT 30 / ITL 4; the profile `fast` says 10 / 1.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", "fast", "--max-tokens", "10",
+                              "-u", "5", "-r", "5", "-t", "2s")
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["verdict"] == "FAIL"
+    failed = {(v["metric"], v["stat"]) for v in report["verdicts"] if v["verdict"] == "FAIL"}
+    assert ("ttft", "p50") in failed
+    assert "FAIL" in proc.stdout
+
+
+def test_failures_are_counted_by_kind(tmp_path, endpoint):
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "mode-no-done",
+                              "--llm-profile", str(PROFILES / "mini.yaml"), "--max-tokens", "5",
+                              "-u", "2", "-r", "2", "-t", "1s")
+    assert proc.returncode != 0
+    assert report["requests"]["ok"] == 0
+    assert report["requests"]["errors_by_kind"] == {"no_terminator": report["requests"]["total"]}
+    assert "no request succeeded" in report["notes"]
+    rows = locust_rows(tmp_path)
+    assert rows["/v1/chat/completions"]["num_failures"] == report["requests"]["total"]
+    assert "no_terminator: 1" in proc.stdout or "no_terminator:" in proc.stdout
+
+
+def test_processes_merge_exactly(tmp_path):
+    """--processes 2 with the embedded server (a profile YAML loaded into it): merged = sum over workers."""
+    proc, report = run_locust(tmp_path, "--processes", "2", "--llm-profile", str(PROFILES / "steady.yaml"),
+                              "--max-tokens", "10", "-u", "8", "-r", "8", "-t", "4s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    workers = report["workers"]
+    assert len(workers) == 2 and all(w["requests"] > 0 for w in workers.values())
+    for key in ("requests", "ok", "output_tokens", "prompt_tokens"):
+        merged = report["tokens"]["output"] if key == "output_tokens" else (
+            report["tokens"]["prompt"] if key == "prompt_tokens" else report["requests"]["total" if key ==
+                                                                                          "requests" else "ok"])
+        assert merged == sum(w[key] for w in workers.values()), key
+    # Locust's own aggregation of the same rows agrees.
+    rows = locust_rows(tmp_path)
+    assert rows["/v1/chat/completions"]["num_requests"] == report["requests"]["total"]
+    assert rows["/v1/chat/completions"]["total_content_length"] == report["tokens"]["output"]
+    assert rows["ITL"]["num_requests"] == report["metrics"]["itl"]["count"]
+    assert report["profile"] == "lt-steady"
+    assert abs(report["metrics"]["ttft"]["p50"] - 50.0) <= 5.0
+    assert report["verdict"] == "PASS"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--llm-tolerance", "abc"], "--llm-tolerance"),
+    (["--max-tokens", "0"], "--max-tokens"),
+    (["--llm-profile", "no-such-profile"], "no profile named 'no-such-profile'"),
+    (["--llm-profile", "missing.yaml"], "missing.yaml: file: cannot read"),
+    (["--prompts", "missing.jsonl"], "missing.jsonl: cannot read"),
+    (["--llm-model", "llama-3-8b"], "no profile covers model 'llama-3-8b'"),
+])
+def test_bad_options_give_one_line_errors(tmp_path, args, needle):
+    proc, report = run_locust(tmp_path, *args, "-u", "1", "-t", "1s", timeout=30)
+    assert proc.returncode == 2
+    assert report is None
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+def test_options_work_from_a_locust_config_file(tmp_path):
+    conf = tmp_path / "llm.conf"
+    conf.write_text("llm-model = model-from-conf\n")
+    proc, report = run_locust(tmp_path, "--config", str(conf), "-u", "1", "-t", "1s", timeout=30)
+    assert proc.returncode == 2
+    assert "no profile covers model 'model-from-conf'" in proc.stderr

@@ -1,0 +1,62 @@
+"""The "LLM scores" tab in Locust's web UI, in-process with Environment(events=locust.events)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import gevent
+import locust
+from locust.env import Environment
+
+from llmsim.loadtest import plugin  # noqa: F401 - registers the listeners
+from llmsim.loadtest.users import ChatCompletionsUser
+
+from .locust_helpers import PROFILES
+
+
+class _User(ChatCompletionsUser):
+    pass
+
+
+def _options(**kw):
+    from locust.argument_parser import parse_options
+
+    # Locust's full parser; the plugin adds the --llm-* options through init_command_line_parser.
+    return parse_options([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()])
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read()
+
+
+def test_web_ui_tab_shows_the_verdict_table(mini_server, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["locust"])  # the web UI re-reads Locust's own arguments from argv
+    opts = _options(llm_model="mini-model", llm_profile=str(PROFILES / "mini.yaml"), max_tokens=8)
+    env = Environment(user_classes=[_User], events=locust.events, host=mini_server.url, parsed_options=opts)
+    runner = env.create_local_runner()
+    web_ui = env.create_web_ui("127.0.0.1", 0)
+    locust.events.init.fire(environment=env, runner=runner, web_ui=web_ui)
+    try:
+        gevent.sleep(0.2)
+        port = web_ui.server.server_port
+        page = _get(f"http://127.0.0.1:{port}/").decode()
+        assert "LLM scores" in page  # the tab is declared in the template args
+        runner.start(4, spawn_rate=4)
+        gevent.sleep(1.5)
+        stats = json.loads(_get(f"http://127.0.0.1:{port}/stats/requests"))
+        tables = {t["key"]: t["data"] for t in stats["extended_stats"]}
+        rows = {r["check"]: r for r in tables["llmsim"]}
+        assert rows["TTFT p50"]["verdict"] == "PASS"
+        assert abs(float(rows["TTFT p50"]["measured"]) - 30.0) < 5
+        assert rows["RESULT"]["verdict"] == "PASS"
+        report = json.loads(_get(f"http://127.0.0.1:{port}/llmsim/report"))
+        assert report["profile"] == "lt-mini" and report["requests"]["ok"] > 0
+        # Locust's own rows exist next to the toolkit's table.
+        names = {s["name"] for s in stats["stats"]}
+        assert {"/v1/chat/completions", "TTFT", "ITL"} <= names
+    finally:
+        runner.quit()
+        web_ui.stop()
+        env.llmsim.stop_server()
