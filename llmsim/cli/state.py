@@ -37,16 +37,18 @@ class Generation:
     # The request's batch slot (already admitted, maybe still queued);
     # released by wait_all(), or by stream_response() when the stream ends.
     slot: Slot = field(default_factory=lambda: NullScheduler().submit())
+    arrival: float | None = None  # monotonic time the request reached generate()
 
     def paced(self) -> Iterator[str]:
         """Chunk texts on their deadlines; a queued request's TTFT runs from its grant."""
         start = self.slot.wait()
-        return self.pacer.paced(self.plan, start)
+        return self.pacer.paced(self.plan, self.arrival if start is None else start)
 
     def wait_all(self) -> None:
         """Take as long as the stream would, holding the slot as the stream would."""
         with self.slot:
-            self.pacer.wait_all(self.plan, self.slot.wait())
+            start = self.slot.wait()
+            self.pacer.wait_all(self.plan, self.arrival if start is None else start)
 
 
 class AppState:
@@ -116,6 +118,7 @@ class AppState:
                  max_tokens: int | None, max_tokens_param: str = "max_tokens", stop: list[str] | None = None,
                  effort: str | None = None, profile: ModelProfile | None = None) -> Generation:
         """Validate limits, generate the text and plan its tokens; shared by every API."""
+        arrival = time.monotonic()  # TTFT includes our own work (counting, planning), as a real server's does
         profile = profile or self.resolve_profile(model)
         if self.config.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.config.chunk_tokens)
@@ -137,7 +140,7 @@ class AppState:
         slot = self.admit(profile)
         pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot)
         return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()), slot=slot)
+                          created=int(time.time()), slot=slot, arrival=arrival)
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
