@@ -41,17 +41,19 @@ class Generation:
     # The request's batch slot (already admitted, maybe still queued);
     # released by wait_all(), or by stream_response() when the stream ends.
     slot: Slot = field(default_factory=lambda: NullScheduler().submit())
+    arrival: float | None = None  # monotonic time the request reached generate()
     charge: Charge | None = None  # the rate-limit charge AppState.finish() corrects
 
     def paced(self) -> Iterator[str]:
         """Chunk texts on their deadlines; a queued request's TTFT runs from its grant."""
         start = self.slot.wait()
-        return self.pacer.paced(self.plan, start)
+        return self.pacer.paced(self.plan, self.arrival if start is None else start)
 
     def wait_all(self) -> None:
         """Take as long as the stream would, holding the slot as the stream would."""
         with self.slot:
-            self.pacer.wait_all(self.plan, self.slot.wait())
+            start = self.slot.wait()
+            self.pacer.wait_all(self.plan, self.arrival if start is None else start)
 
 
 class AppState:
@@ -179,6 +181,7 @@ class AppState:
         plan is consulted: a status-code fault raises its ApiError, a timeout holds
         the request and drops the connection, a mid-stream fault plans a Cut.
         """
+        arrival = time.monotonic()  # TTFT includes our own work (counting, planning), as a real server's does
         profile = profile or self.resolve_profile(model)
         fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.config.chunk_tokens:
@@ -212,7 +215,7 @@ class AppState:
             raise
         pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot, cut=cut)
         return Generation(model=model, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()), slot=slot, charge=charge)
+                          created=int(time.time()), slot=slot, arrival=arrival, charge=charge)
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
