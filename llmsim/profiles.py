@@ -8,6 +8,7 @@ whose message names the file, the key and the reason in one line.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_ou
 
 def _number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
             strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ProfileError(src, key, f"must be a number, got {value!r}")
     if integer and value != int(value):
         raise ProfileError(src, key, f"must be a whole number, got {value!r}")

@@ -21,6 +21,7 @@ class ServerStats:
     output_tokens: int = 0
     prompt_tokens: int = 0
     disconnects: int = 0
+    faults: Counter = field(default_factory=Counter)  # injected fault kind -> n
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_request(self, endpoint: str, status: int) -> None:
@@ -31,6 +32,10 @@ class ServerStats:
         with self._lock:
             self.prompt_tokens += prompt
             self.output_tokens += output
+
+    def record_fault(self, kind: str) -> None:
+        with self._lock:
+            self.faults[kind] += 1
 
     def stream_started(self) -> None:
         with self._lock:
@@ -56,6 +61,7 @@ class ServerStats:
                 "prompt_tokens_total": self.prompt_tokens,
                 "output_tokens_total": self.output_tokens,
                 "client_disconnects_total": self.disconnects,
+                "faults_injected": dict(sorted(self.faults.items())),
             }
 
     def to_prometheus(self) -> str:
@@ -64,6 +70,10 @@ class ServerStats:
                      "# TYPE llmsim_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
                 lines.append(f'llmsim_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            lines += ["# HELP llmsim_faults_injected_total Faults injected (config errors:), by kind.",
+                      "# TYPE llmsim_faults_injected_total counter"]
+            for kind, n in sorted(self.faults.items()):
+                lines.append(f'llmsim_faults_injected_total{{kind="{kind}"}} {n}')
             for name, kind, value, help_ in (
                 ("llmsim_active_streams", "gauge", self.active_streams, "Streams being generated now."),
                 ("llmsim_active_requests", "gauge", self.active_requests, "Requests in progress now."),

@@ -4,7 +4,8 @@ Two steps, so each can be tested alone:
 - TokenStreamBuilder.build() cuts the text (stop sequences, max_tokens) and
   splits it into chunk texts of k tokens, never splitting a UTF-8 character;
 - Pacer.paced() releases those chunks at t0 + ttft + Σ itl·slowdown, sleeping
-  only for the time remaining, so overshoot never accumulates.
+  only for the time remaining, so overshoot never accumulates. A planned Cut
+  (an injected mid-stream failure) ends it with StreamCut at the next deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import tiktoken
 
+from .errors import Cut, StreamCut
 from .latency import LatencyProfile
 from .tokens import encode
 
@@ -116,13 +118,15 @@ class Pacer:
 
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = _gevent_sleep) -> None:
+                 sleep: Callable[[float], None] = _gevent_sleep, cut: Cut | None = None) -> None:
         self.latency = latency
         self.rng = rng
         self.prompt_tokens = prompt_tokens
         self.slot = slot
         self.clock = clock
         self.sleep = sleep
+        self.cut = cut
+        self.sent_tokens = 0  # visible tokens released so far (what a cut stream really delivered)
 
     def _itl_s(self) -> float:
         return self.latency.sample_itl_ms(self.rng) * self.slot.multiplier() / 1000.0
@@ -135,7 +139,12 @@ class Pacer:
         return t
 
     def paced(self, plan: TokenPlan, start: float | None = None) -> Iterator[str]:
-        """Yield each chunk text at its deadline; a k-token chunk waits for its k-th token."""
+        """Yield each chunk text at its deadline; a k-token chunk waits for its k-th token.
+
+        With a cut planned after n chunks, raise StreamCut at the deadline of chunk n+1
+        (or right after the last one): the model "fails" while generating.
+        """
+        cut = self.cut
         now = self.clock()
         deadline = self.first_deadline(now if start is None else start, plan.reasoning_tokens)
         for i, (piece, ntok) in enumerate(zip(plan.pieces, plan.piece_tokens)):
@@ -145,7 +154,12 @@ class Pacer:
             wait = deadline - self.clock()
             if wait > 0:
                 self.sleep(wait)
+            if cut is not None and i >= cut.after_pieces:
+                raise StreamCut(cut)
+            self.sent_tokens += ntok
             yield piece
+        if cut is not None:
+            raise StreamCut(cut)
 
     def wait_all(self, plan: TokenPlan, start: float | None = None) -> None:
         """Take exactly as long as the stream would (non-streaming responses)."""

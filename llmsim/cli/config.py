@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..errors import FAULT_KINDS
 from ..profiles import ProfileError
 
 
@@ -83,9 +84,11 @@ OPTIONS: tuple[Option, ...] = (
            "K"),
     Option("max_body_bytes", _int(1), 32 * 1024 * 1024, "largest accepted request body (413 beyond)", "BYTES"),
     Option("access_log", _bool, False, "log one line per request", flag=False),
+    Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
+           "TOKEN"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
-SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "admin_token")
+SECTION_KEYS = ("models", "errors", "rate_limits", "auth")
 """Nested config sections, validated by the modules that own them."""
 
 
@@ -101,6 +104,7 @@ class ServerConfig:
     chunk_tokens: int | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     access_log: bool = False
+    admin_token: str | None = None
     allow_unknown_models: bool = False
     default_profile: str = "gpt-4o"
     sections: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +122,29 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"{o.help} (env {o.env})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=argparse.SUPPRESS,
                         help="log one line per request (env LLMSIM_ACCESS_LOG)")
+    parser.add_argument("--error-rate", dest="error_rate", action="append", metavar="KIND=RATE",
+                        default=argparse.SUPPRESS,
+                        help=f"inject a fault into this share of requests; repeatable; kinds: {', '.join(FAULT_KINDS)} "
+                             "(env LLMSIM_ERROR_RATE, comma-separated; overrides the config file's errors: rates)")
+
+
+def _error_rates(specs: list[str], source: str, key: str) -> dict[str, float]:
+    """`KIND=RATE` shortcuts for the global `errors:` rates."""
+    rates: dict[str, float] = {}
+    for spec in specs:
+        kind, sep, value = spec.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in FAULT_KINDS:
+            raise ConfigError(source, key, f"expected KIND=RATE with KIND one of {', '.join(FAULT_KINDS)}, "
+                                           f"got {spec!r}")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ConfigError(source, key, f"{kind}: rate must be a number between 0 and 1, got {value!r}") from None
+        if not 0 <= rate <= 1:
+            raise ConfigError(source, key, f"{kind}: rate must be between 0 and 1, got {value!r}")
+        rates[kind] = rate
+    return rates
 
 
 def _load_file(path: str) -> dict:
@@ -189,4 +216,13 @@ def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | No
     for key, value in flags.items():
         if key in OPTION_BY_KEY:
             _apply(cfg, key, value, "command line", OPTION_BY_KEY[key].cli)
+    shortcuts: dict[str, float] = {}
+    if env.get("LLMSIM_ERROR_RATE"):
+        shortcuts.update(_error_rates(env["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE", "LLMSIM_ERROR_RATE"))
+    if flags.get("error_rate"):
+        shortcuts.update(_error_rates(flags["error_rate"], "command line", "--error-rate"))
+    if shortcuts:
+        errors = cfg.sections.get("errors")
+        if errors is None or isinstance(errors, dict):  # anything else is reported when the section is read
+            cfg.sections["errors"] = {**(errors or {}), **shortcuts}
     return cfg

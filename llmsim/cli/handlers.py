@@ -19,11 +19,13 @@ from werkzeug.exceptions import HTTPException
 from ..anthropic.messages import (MessageEventEncoder, count_input_tokens, message_body, message_events,
                                   parse_count_tokens_request, parse_messages_request, prompt_messages)
 from ..anthropic.models import list_models as anthropic_models, retrieve_model as anthropic_model
-from ..errors import ApiError
+from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
 from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
 from ..openai.responses import ResponseBuilder, ResponseEventEncoder, parse_responses_request, response_events
 from ..tokens import count_chat_tokens, get_encoding
+from .access import install_access
+from .admin import admin_blueprint
 from .state import AppState, Generation
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -42,7 +44,7 @@ def error_response(err: ApiError, provider: str | None = None) -> Response:
     provider = provider or provider_for_path(request.path)
     resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
                     mimetype="application/json")
-    for k, v in err.headers.items():
+    for k, v in err.headers_for(provider).items():
         resp.headers[k] = v
     return resp
 
@@ -57,31 +59,51 @@ def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None)
 
 
 def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
-                    headers: dict[str, str] | None = None) -> Response:
-    """The SSE response of one generation; its slot is freed however the stream ends."""
-    resp = sse_response(tracked_stream(state, gen, body), headers)
+                    headers: dict[str, str] | None = None,
+                    error_event: Callable[[ApiError], bytes] | None = None) -> Response:
+    """The SSE response of one generation; its slot is freed however the stream ends.
+
+    `error_event` is the API's in-band error encoder, used by an injected mid-stream fault.
+    """
+    resp = sse_response(tracked_stream(state, gen, body, error_event), headers)
     resp.call_on_close(gen.slot.release)  # also if the body is never iterated
     return resp
 
 
-def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
-    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes."""
+def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
+                   error_event: Callable[[ApiError], bytes] | None = None) -> Iterator[bytes]:
+    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes,
+    and carries out an injected mid-stream cut, the same way for every API.
+
+    A cut either drops the connection with no terminator, or (midstream_mode: error)
+    sends the API's own in-band `error_event` and ends the body there.
+    """
     state.stats.stream_started()
-    completed = False
+    completed = cut = False
     try:
-        yield from body()
-        completed = True
+        try:
+            yield from body()
+            completed = True
+        except StreamCut as e:
+            cut = True
+            if e.cut.error is None or error_event is None:
+                raise ConnectionDrop() from None
+            yield error_event(e.cut.error)
     finally:
-        # Runs on normal end and on GeneratorExit when the client disconnects.
+        # Runs on normal end, on a cut, and on GeneratorExit when the client disconnects.
         gen.slot.release()
-        state.stats.stream_ended(disconnected=not completed)
-        state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens if completed else 0)
+        state.stats.stream_ended(disconnected=not (completed or cut))
+        state.finish(gen, completed)
 
 
 def wait_for(state: AppState, gen: Generation) -> None:
-    """A non-streaming answer: as long as the stream would take, holding its slot; then count its tokens."""
-    gen.wait_all()
-    state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
+    """A non-streaming answer: take as long as the stream would (holding its slot), then count its tokens."""
+    completed = False
+    try:
+        gen.wait_all()
+        completed = True
+    finally:
+        state.finish(gen, completed)
 
 
 def read_body() -> dict:
@@ -106,8 +128,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
         meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
                 "model": req.model, "system_fingerprint": "fp_llmsim"}
         if not req.stream:
-            gen.wait_all()
-            state.stats.record_tokens(gen.prompt_tokens, gen.plan.completion_tokens)
+            wait_for(state, gen)
             return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
         enc = ChatChunkEncoder(meta, req.include_usage)
 
@@ -120,7 +141,7 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
                 yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
             yield DONE
 
-        return stream_response(state, gen, chunks)
+        return stream_response(state, gen, chunks, error_event=enc.error_event)
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -147,7 +168,8 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
             wait_for(state, gen)
             return jsonify(builder.final(gen.plan, gen.prompt_tokens, output_text=True))
         enc = ResponseEventEncoder(builder)
-        return stream_response(state, gen, lambda: response_events(enc, gen.plan, gen.paced, gen.prompt_tokens))
+        return stream_response(state, gen, lambda: response_events(enc, gen.plan, gen.paced, gen.prompt_tokens),
+                               error_event=enc.error_event)
 
     return bp
 
@@ -172,7 +194,8 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
             wait_for(state, gen)
             return jsonify(message_body(meta, gen.plan, gen.prompt_tokens))
         enc = MessageEventEncoder(meta, gen.prompt_tokens)
-        return stream_response(state, gen, lambda: message_events(enc, gen.plan, gen.paced))
+        return stream_response(state, gen, lambda: message_events(enc, gen.plan, gen.paced),
+                               error_event=enc.error_event)
 
     def count_tokens() -> Response:
         req = parse_count_tokens_request(read_body())
@@ -232,11 +255,14 @@ def create_app(state: AppState) -> Flask:
     app.register_blueprint(openai_blueprint(state, "openai_v1"), url_prefix="/v1")
     app.register_blueprint(openai_blueprint(state, "openai_prefixed"), url_prefix="/openai/v1")
     app.register_blueprint(anthropic_blueprint(state))
+    app.register_blueprint(admin_blueprint(state))
 
     @app.before_request
     def _start() -> None:
         g.request_id = "req_" + state.new_id("")
         g.t0 = time.monotonic()
+
+    install_access(app, state)  # after _start: auth answers carry the request id
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -263,6 +289,13 @@ def create_app(state: AppState) -> Flask:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
         return error_response(err)
+
+    @app.errorhandler(StreamCut)
+    def _cut_before_answer(e: StreamCut) -> Response:
+        # An injected mid-stream fault on a non-streaming request: it fails before its answer.
+        if e.cut.error is None:
+            raise ConnectionDrop()
+        return error_response(server_error())
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -14,13 +14,24 @@ from typing import Any
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from ..errors import ConnectionDrop
 from .config import ServerConfig
 from .handlers import create_app
 from .state import AppState
 
 
 class _QuietHandler(WSGIHandler):
-    """Client disconnects are normal under load tests: no traceback for them."""
+    """Client disconnects are normal under load tests: no traceback for them.
+
+    An injected ConnectionDrop closes the socket as is: no 500 before the
+    response, no terminating chunk in the middle of one.
+    """
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        if isinstance(t, type) and issubclass(t, ConnectionDrop):
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
 
     def log_error(self, msg: str, *args: Any) -> None:  # pragma: no cover - pywsgi's error path
         if args and isinstance(args[-1], (BrokenPipeError, ConnectionResetError)):
@@ -67,7 +78,18 @@ def server_url(server: WSGIServer) -> str:
 def describe(state: AppState) -> str:
     profiles = (f"profile {state.forced.name} for every model" if state.forced
                 else f"{len(state.registry)} profiles, per model")
-    return f"generator {state.config.generator}, {profiles}"
+    extras = []
+    if state.faults.active:
+        extras.append("errors " + ", ".join(f"{k}={r:g}" for k, r in state.faults.base.rates.items())
+                      if state.faults.base.rates else "errors per model/profile")
+    if state.limiter is not None:
+        extras.append(f"rate limits (tiers: {', '.join(state.limiter.config.tiers)})")
+    if state.auth is not None:
+        n = len(state.auth.api_keys)
+        extras.append(f"auth ({n} key{'' if n == 1 else 's'})")
+    if state.config.admin_token:
+        extras.append("/llmsim/config enabled")
+    return f"generator {state.config.generator}, {profiles}" + "".join(f"; {e}" for e in extras)
 
 
 def serve(config: ServerConfig) -> int:

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from .histogram import Histogram
-from .metrics import RequestRecord
+from .metrics import FAILURE_CLASSES, RequestRecord, failure_class
 
 METRICS = ("ttft", "itl", "tpot", "e2e")
 SUMMARY_PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -40,6 +40,9 @@ class RunStats:
         """Sum of every request's E2E (ns): busy_ns / window is the mean number of requests in flight."""
         self.mix: Counter[MixKey] = Counter()
         """Token shape of successful requests, for the expected values (scoring.py)."""
+        self.retries_429 = 0
+        """429 answers that --retry-429 retried (each one is counted here, never hidden)."""
+        self.retry_wait_ms = 0
 
     # ------------------------------------------------------------------ building
 
@@ -67,6 +70,11 @@ class RunStats:
         if rec.tpot_ms is not None:
             self.hist["tpot"].record(rec.tpot_ms)
 
+    def add_retry(self, wait_s: float) -> None:
+        """Count one 429 that is retried after waiting `wait_s`."""
+        self.retries_429 += 1
+        self.retry_wait_ms += int(round(wait_s * 1000))
+
     def merge(self, other: "RunStats") -> None:
         for m in METRICS:
             self.hist[m].merge(other.hist[m])
@@ -80,8 +88,18 @@ class RunStats:
         self.end = max(self.end, other.end)
         self.busy_ns += other.busy_ns
         self.mix.update(other.mix)
+        self.retries_429 += other.retries_429
+        self.retry_wait_ms += other.retry_wait_ms
 
     # ------------------------------------------------------------------ reading
+
+    @property
+    def failures_by_class(self) -> dict[str, int]:
+        """Failed requests by class (429, 4xx, 5xx, timeout, connection, midstream_cut, malformed_stream)."""
+        out = dict.fromkeys(FAILURE_CLASSES, 0)
+        for kind, n in self.errors.items():
+            out[failure_class(kind)] += n
+        return out
 
     @property
     def failed(self) -> int:
@@ -125,6 +143,7 @@ class RunStats:
             "busy_ns": self.busy_ns,
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
+            "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
         }
 
     @classmethod
@@ -138,10 +157,11 @@ class RunStats:
         if d["start"] is not None:
             s.start, s.end = float(d["start"]), float(d["end"])
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})
+        s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
         return s
 
     def __bool__(self) -> bool:
-        return self.requests > 0
+        return self.requests > 0 or self.retries_429 > 0
 
 
 def pct_label(p: float) -> str:

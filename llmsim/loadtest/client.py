@@ -7,18 +7,45 @@ after that stamp.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 from time import perf_counter
-from typing import Callable
+from typing import Callable, Mapping
 
 from .adapters import ApiAdapter, Prompt, Usage
-from .metrics import (MALFORMED_SSE, NO_TERMINATOR, STREAM_ERROR, RequestRecord, build_body_record,
-                      build_stream_record, failed_record, http_error_kind)
+from .metrics import (CONNECTION, MALFORMED_SSE, MIDSTREAM_CUT, NO_TERMINATOR, STREAM_ERROR, RequestRecord,
+                      build_body_record, build_stream_record, failed_record, http_error_kind)
 from .sse import MalformedStream, SseParser
 from .transport import HttpConnection, TransportError
 
 ERROR_BODY_LIMIT = 300
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """The server's retry hint, read as the official SDKs read it: retry-after-ms first, then
+    retry-after in seconds or as an HTTP date. None when there is no usable hint."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        if seconds == seconds and seconds >= 0 and seconds != float("inf"):
+            return seconds
+    value = headers.get("retry-after")
+    if value:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is not None:
+            return max(0.0, email.utils.mktime_tz(parsed) - now())
+    return None
+
+
+def _after_start(kind: str) -> str:
+    """A connection that breaks once the response has begun cuts the response short."""
+    return MIDSTREAM_CUT if kind == CONNECTION else kind
 
 
 class LlmClient:
@@ -56,10 +83,12 @@ class LlmClient:
                 detail = resp.read()[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
             except TransportError:
                 detail = ""
-            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
-                                 kind=http_error_kind(resp.status), status=resp.status,
-                                 message=f"HTTP {resp.status} {resp.reason}: {detail}".strip(),
-                                 prompt_tokens_local=local_prompt_tokens)
+            rec = failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
+                                kind=http_error_kind(resp.status), status=resp.status,
+                                message=f"HTTP {resp.status} {resp.reason}: {detail}".strip(),
+                                prompt_tokens_local=local_prompt_tokens)
+            rec.retry_after_s = retry_after_seconds(resp.headers)
+            return rec
         if not stream:
             return self._read_body(resp, start_time, t_sent, local_prompt_tokens)
         return self._read_stream(resp, start_time, t_sent, local_prompt_tokens)
@@ -70,8 +99,9 @@ class LlmClient:
             t_end = perf_counter()
             text, reasoning, usage = self.adapter.read_body(json.loads(raw))
         except TransportError as e:
-            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(), kind=e.kind,
-                                 message=str(e), status=resp.status, prompt_tokens_local=local_prompt_tokens)
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
+                                 kind=_after_start(e.kind), message=str(e), status=resp.status,
+                                 prompt_tokens_local=local_prompt_tokens)
         except (ValueError, MalformedStream) as e:
             return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(), kind=MALFORMED_SSE,
                                  message=f"unreadable response body: {e}", status=resp.status,
@@ -123,7 +153,7 @@ class LlmClient:
         except MalformedStream as e:
             error_kind, error_message = MALFORMED_SSE, str(e)
         except TransportError as e:
-            error_kind, error_message = e.kind, str(e)
+            error_kind, error_message = _after_start(e.kind), str(e)
         finally:
             if t_end is not None and error_kind is None:
                 try:  # read the rest of the body (the last chunk) so the connection can be reused

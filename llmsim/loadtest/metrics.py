@@ -21,10 +21,27 @@ MALFORMED_SSE = "malformed_sse"
 NO_TERMINATOR = "no_terminator"
 EMPTY_OUTPUT = "empty_output"
 STREAM_ERROR = "stream_error"
+MIDSTREAM_CUT = "midstream_cut"
+"""The connection broke after the response had begun (a cut stream, a truncated body)."""
+
+FAILURE_CLASSES = ("429", "4xx", "5xx", "timeout", "connection", "midstream_cut", "malformed_stream")
+"""What the summary counts failures by; each error kind falls in exactly one."""
+_CLASS_OF_KIND = {TIMEOUT: "timeout", CONNECTION: "connection", MIDSTREAM_CUT: "midstream_cut",
+                  NO_TERMINATOR: "midstream_cut", STREAM_ERROR: "midstream_cut",
+                  MALFORMED_SSE: "malformed_stream", EMPTY_OUTPUT: "malformed_stream"}
 
 
 def http_error_kind(status: int) -> str:
     return f"http_{status}"
+
+
+def failure_class(kind: str) -> str:
+    """The summary's class of an error kind: a stream that ended without its terminator, broke off
+    or reported an error inside is a mid-stream cut, whatever had arrived before it."""
+    if kind.startswith("http_"):
+        status = kind[5:]
+        return "429" if status == "429" else "5xx" if status.startswith("5") else "4xx"
+    return _CLASS_OF_KIND.get(kind, "connection")
 
 
 @dataclass
@@ -46,6 +63,8 @@ class RequestRecord:
     reasoning_tokens: int | None = None
     """Hidden reasoning tokens the server reported (usage details), if any."""
     usage_reported: bool = False
+    retry_after_s: float | None = None
+    """An HTTP error's retry hint (retry-after-ms / retry-after), for --retry-429."""
 
     @property
     def ok(self) -> bool:

@@ -24,6 +24,7 @@ DEFAULT_MODEL = "gpt-5"
 DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_TOLERANCE = str(Tolerance())
+DEFAULT_RETRY_429 = 3
 
 
 class OptionError(ValueError):
@@ -102,6 +103,11 @@ def add_arguments(parser: Any) -> None:
                             f"(default {DEFAULT_TOLERANCE})")
     group.add_argument("--llm-report", default=None, metavar="FILE",
                        help="write the full report (figures, expected values, verdicts) as JSON")
+    group.add_argument("--retry-429", type=_positive_int, nargs="?", const=DEFAULT_RETRY_429, default=0,
+                       metavar="N",
+                       help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
+                            "what retry-after-ms/retry-after says; every retry is counted in the summary. "
+                            "Off by default: nothing is retried")
 
 
 @dataclass
@@ -119,6 +125,8 @@ class LoadTestSettings:
     stream: bool
     tolerance: Tolerance
     report_path: str | None
+    retry_429: int = 0
+    """--retry-429: how many times a 429 is retried (0: never)."""
 
     @classmethod
     def from_options(cls, opts: Any) -> "LoadTestSettings":
@@ -169,6 +177,7 @@ class LoadTestSettings:
             prompts=prompts, max_tokens=getattr(opts, "max_tokens", None) or DEFAULT_MAX_TOKENS,
             stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
             report_path=getattr(opts, "llm_report", None),
+            retry_429=getattr(opts, "retry_429", None) or 0,
         )
 
 

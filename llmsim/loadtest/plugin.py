@@ -60,6 +60,10 @@ class LoadTestRun:
         good = request_meets_slo(rec, self.settings.profile.slo)
         (self.pending if self.is_worker else self.stats).add(rec, good)
 
+    def record_retry(self, wait_s: float) -> None:
+        """Count one retried 429 in this process."""
+        (self.pending if self.is_worker else self.stats).add_retry(wait_s)
+
     def reset(self) -> None:
         self.stats = RunStats()
         self.pending = RunStats()

@@ -10,6 +10,8 @@ from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
 from .scoring import Scorecard
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
+FAILURE_LABELS = {"429": "429", "4xx": "other 4xx", "5xx": "5xx", "timeout": "timeout", "connection": "connection",
+                  "midstream_cut": "mid-stream cut", "malformed_stream": "malformed stream"}
 UI_TAB_KEY = "llmsim"
 
 
@@ -26,7 +28,9 @@ def build_report(stats: RunStats, card: Scorecard, *, model: str, profile_source
         "max_tokens": max_tokens,
         "window_s": stats.window_s,
         "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
-                     "errors_by_kind": dict(sorted(stats.errors.items()))},
+                     "failures": stats.failures_by_class,
+                     "errors_by_kind": dict(sorted(stats.errors.items())),
+                     "retries_429": stats.retries_429, "retry_wait_s": stats.retry_wait_ms / 1000},
         "tokens": {"output": stats.output_tokens, "prompt": stats.prompt_tokens},
         "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
                        "requests_per_s": stats.rate(stats.requests)},
@@ -73,8 +77,13 @@ def format_summary(report: dict[str, Any]) -> str:
     tp = report["throughput"]
     lines.append(f"output tokens: {report['tokens']['output']} ({_rate(tp['output_tokens_per_s'])} tok/s)   "
                  f"requests: {req['ok']} ok, {req['failed']} failed ({_rate(tp['requests_per_s'])} req/s)")
+    failures = {k: n for k, n in req["failures"].items() if n}
+    lines.append("failures: " + (", ".join(f"{FAILURE_LABELS[k]} {n}" for k, n in failures.items())
+                                 if failures else "none"))
     errors = req["errors_by_kind"]
     lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
+    if req["retries_429"]:
+        lines.append(f"429 retries (--retry-429): {req['retries_429']}, {req['retry_wait_s']:.1f} s waited in all")
     return "\n".join(lines)
 
 

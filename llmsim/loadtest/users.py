@@ -24,6 +24,11 @@ from .metrics import RequestRecord
 from .plugin import get_run
 
 METRIC_ROW_TYPE = "LLM"
+RETRY_ROW = "429 retry"
+NO_HINT_WAIT_S = 1.0
+"""--retry-429 without a retry-after hint: wait 1 s, then 2 s, 4 s, ..."""
+MAX_RETRY_WAIT_S = 120.0
+"""A longer hint is not retried (the 429 stands), as the official SDKs do."""
 YIELD_EVERY = 16
 """Locust rows fired between two yields to the event loop (about 0.1 ms of work)."""
 
@@ -65,9 +70,30 @@ class LlmUser(User):
         s = self.settings
         if prompt is None:
             prompt = s.prompts[0] if len(s.prompts) == 1 else self._rng.choice(s.prompts)
-        rec = self.llm.run(prompt, max_tokens=max_tokens or s.max_tokens, stream=s.stream if stream is None else stream)
+        for attempt in range(s.retry_429 + 1):
+            rec = self.llm.run(prompt, max_tokens=max_tokens or s.max_tokens,
+                               stream=s.stream if stream is None else stream)
+            wait = self.retry_wait(rec, attempt)
+            if wait is None:
+                break
+            self.report_retry(wait)
+            gevent.sleep(wait)
         self.report(rec)
         return rec
+
+    def retry_wait(self, rec: RequestRecord, attempt: int) -> float | None:
+        """How long to wait before retrying this answer, or None to keep it (--retry-429)."""
+        if rec.status != 429 or attempt >= self.settings.retry_429:
+            return None
+        wait = rec.retry_after_s if rec.retry_after_s is not None else NO_HINT_WAIT_S * 2 ** attempt
+        return wait if wait <= MAX_RETRY_WAIT_S else None
+
+    def report_retry(self, wait_s: float) -> None:
+        """A retried 429 is never silent: a Locust row (its wait as response time) and the summary count."""
+        self.environment.events.request.fire(request_type=METRIC_ROW_TYPE, name=RETRY_ROW,
+                                             response_time=wait_s * 1000, response_length=0, exception=None,
+                                             context={})
+        self._run.record_retry(wait_s)
 
     def report(self, rec: RequestRecord) -> None:
         """Fire the Locust rows and count the record in the toolkit's own figures."""

@@ -1,0 +1,85 @@
+"""A bare HTTP/1.1 client for tests that must see the wire: a missing chunk terminator,
+a connection closed before any status line, exact header bytes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class RawResponse:
+    raw: bytes  # everything received
+    closed: bool  # the server closed the connection
+    elapsed: float
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""  # de-chunked
+    terminated: bool = False  # a complete body: the zero-length chunk, or Content-Length bytes
+
+    @property
+    def events(self) -> list[str]:
+        """SSE `data:` payloads in order."""
+        return [line[6:] for line in self.body.decode().split("\n") if line.startswith("data: ")]
+
+
+def _parse(resp: RawResponse) -> None:
+    head, sep, rest = resp.raw.partition(b"\r\n\r\n")
+    if not sep:
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    resp.status = int(lines[0].split()[1])
+    resp.headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    if resp.headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                resp.terminated = rest.startswith(b"\r\n")
+                break
+            if len(rest) < size + 2:
+                body += rest[:size]
+                break
+            body += rest[:size]
+            rest = rest[size + 2:]
+        resp.body = body
+    else:
+        resp.body = rest
+        resp.terminated = len(rest) >= int(resp.headers.get("content-length", "-1"))
+
+
+def raw_request(base_url: str, method: str, path: str, body: dict | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 20.0) -> RawResponse:
+    """Send one keep-alive request and read until the response is complete or the server closes."""
+    url = urlsplit(base_url)
+    payload = b"" if body is None else json.dumps(body).encode()
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: keep-alive",
+             f"Content-Length: {len(payload)}"]
+    if body is not None:
+        lines.append("Content-Type: application/json")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    t0 = time.monotonic()
+    sock = socket.create_connection((url.hostname, url.port), timeout=timeout)
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        resp = RawResponse(b"", False, 0.0)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                resp.closed = True
+                break
+            resp.raw += data
+            _parse(resp)
+            if resp.terminated:
+                break
+    finally:
+        sock.close()
+    resp.elapsed = time.monotonic() - t0
+    _parse(resp)
+    return resp
