@@ -191,14 +191,15 @@ class AppState:
             raise ApiError("invalid_request", f"{max_tokens_param} is too large: {max_tokens}. This model supports "
                            f"at most {profile.max_output_tokens} completion tokens, whereas you provided {max_tokens}.",
                            param=max_tokens_param, code="invalid_value",
-                           anthropic_message=f"{max_tokens_param}: {max_tokens} > {profile.max_output_tokens}, which is "
-                                             f"the maximum allowed number of output tokens for {model}")
+                           anthropic_message=f"{max_tokens_param}: {max_tokens} > {profile.max_output_tokens}, "
+                                             f"which is the maximum allowed number of output tokens for {model}")
         enc = get_encoding(profile.encoding)
         prompt_tokens = count_prompt(enc)
         if prompt_tokens + (max_tokens or 0) > profile.context_window:
             raise ApiError("invalid_request", f"This model's maximum context length is {profile.context_window} "
-                           f"tokens. However, you requested {prompt_tokens + (max_tokens or 0)} tokens ({prompt_tokens} "
-                           f"in the messages, {max_tokens or 0} in the completion). Please reduce the length of the "
+                           f"tokens. However, you requested {prompt_tokens + (max_tokens or 0)} tokens "
+                           f"({prompt_tokens} in the messages, {max_tokens or 0} in the completion). Please reduce the "
+                           "length of the "
                            "messages or completion.", param=prompt_param, code="context_length_exceeded",
                            anthropic_message=f"input length and `max_tokens` exceed context limit: {prompt_tokens} + "
                                              f"{max_tokens or 0} > {profile.context_window}, decrease input length or "
