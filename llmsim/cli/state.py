@@ -199,8 +199,7 @@ class AppState:
             raise ApiError("invalid_request", f"This model's maximum context length is {profile.context_window} "
                            f"tokens. However, you requested {prompt_tokens + (max_tokens or 0)} tokens "
                            f"({prompt_tokens} in the messages, {max_tokens or 0} in the completion). Please reduce the "
-                           "length of the "
-                           "messages or completion.", param=prompt_param, code="context_length_exceeded",
+                           "length of the messages or completion.", param=prompt_param, code="context_length_exceeded",
                            anthropic_message=f"input length and `max_tokens` exceed context limit: {prompt_tokens} + "
                                              f"{max_tokens or 0} > {profile.context_window}, decrease input length or "
                                              "`max_tokens` and try again")
