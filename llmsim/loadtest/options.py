@@ -100,7 +100,7 @@ def add_arguments(parser: Any) -> None:
                        help="send non-streaming requests (only E2E and tokens are measured)")
     group.add_argument("--llm-tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="REL%,ABSms",
                        help=f"a metric passes when |measured-expected| <= max(ABS, REL x expected) "
-                            f"(default {DEFAULT_TOLERANCE})")
+                            f"(default {DEFAULT_TOLERANCE})".replace("%", "%%"))  # argparse %-formats help
     group.add_argument("--llm-report", default=None, metavar="FILE",
                        help="write the full report (figures, expected values, verdicts) as JSON")
     group.add_argument("--retry-429", type=_positive_int, nargs="?", const=DEFAULT_RETRY_429, default=0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .locust_helpers import PROFILES, locust_rows, run_locust
+from .locust_helpers import free_port, PROFILES, locust_rows, run_locust
 from .sse_server import MiniServer
 
 
@@ -86,7 +86,9 @@ def test_failures_are_counted_by_kind(tmp_path, endpoint):
 
 def test_processes_merge_exactly(tmp_path):
     """--processes 2 with the embedded server (a profile YAML loaded into it): merged = sum over workers."""
-    proc, report = run_locust(tmp_path, "--processes", "2", "--llm-profile", str(PROFILES / "steady.yaml"),
+    port = str(free_port())  # not Locust's fixed 5557: another run on the machine may hold it
+    proc, report = run_locust(tmp_path, "--processes", "2", "--master-bind-port", port, "--master-port", port,
+                              "--llm-profile", str(PROFILES / "steady.yaml"),
                               "--max-tokens", "10", "-u", "8", "-r", "8", "-t", "4s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = report["workers"]

@@ -95,3 +95,15 @@ def test_no_stream_and_tolerance():
     s = LoadTestSettings.from_options(parse("--no-stream", "--llm-tolerance", "3%,1ms", "--max-tokens", "9"))
     assert not s.stream and s.max_tokens == 9 and (s.tolerance.rel, s.tolerance.abs_ms) == (0.03, 1.0)
     assert json.dumps(vars(parse("--llm-tolerance", "3%")))  # option values stay msgpack/JSON-safe
+
+
+
+def test_help_text_formats():
+    import argparse
+
+    from llmsim.loadtest.options import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()  # argparse %-formats every help string: a bare % would raise here
+    assert "--llm-tolerance" in text and "10%,5ms" in text
