@@ -65,16 +65,18 @@ def chart_panels(result: dict[str, Any]) -> tuple[list[Panel], float | None]:
     return panels, (float(cap["users"]) if cap else None)
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, n: int = 5, *, integer: bool = False) -> list[float]:
+    """About n round tick values covering [lo, hi] (whole numbers only when `integer`, e.g. users)."""
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1.0, math.ceil(step))
     first = math.floor(lo / step) * step
     ticks, t = [], first
-    while t <= hi + step * 1e-9:
+    while not ticks or ticks[-1] < hi - step * 1e-9:  # the last tick is at or above hi
         ticks.append(round(t, 10))
         t += step
     return ticks
@@ -97,7 +99,7 @@ def render_svg(result: dict[str, Any]) -> str:
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
-    xticks = nice_ticks(x0, x1)
+    xticks = nice_ticks(x0, x1, integer=True)
     x0, x1 = min(x0, xticks[0]), max(x1, xticks[-1])
     height = TOP + len(panels) * (PANEL_H + GAP) + 10
     plot_w = W - LEFT - RIGHT
@@ -171,6 +173,7 @@ def write_png(result: dict[str, Any], path: str) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     panels, capacity = chart_panels(result)
@@ -193,6 +196,7 @@ def write_png(result: dict[str, Any], path: str) -> bool:
         ax.grid(True, color="#eee")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
     axes[-1].set_xlabel("users")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(_title(result))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
