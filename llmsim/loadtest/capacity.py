@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from locust import events, task
-from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, WorkerRunner
 from locust.util.timespan import parse_timespan
 
 from .capacity_report import build_result, format_table, step_line, write_outputs
-from .options import OptionError
+from .options import OptionError, _positive_int
 from .openloop import OpenLoopSource
 from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run
 from .prediction import TokenShape, predict_step
@@ -47,18 +47,27 @@ DEFAULT_MAX_ERROR_RATE = 1.0
 DEFAULT_MAX_IN_FLIGHT = 100
 DRAIN_LIMIT_MIN_S = 30.0
 """A step is judged at the latest max(--step-time, this) after its window ends, finished or not."""
+PREDICT_WINDOW_MIN_S = 60.0
+"""Simulated window of a predicted step, at least: long enough that whole requests per user do not bias req/s."""
 
 
 # --------------------------------------------------------------------------- options
 
-def _positive_int(text: str) -> int:
+def _number(text: str, what: str, parse: Any = float) -> float:
     try:
-        v = int(text)
+        return float(parse(text))
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _positive(v: float, text: str) -> float:
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text!r}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    return _positive(_number(text, "a number"), text)
 
 
 def _seconds(text: str) -> float:
@@ -66,23 +75,8 @@ def _seconds(text: str) -> float:
     try:
         v = float(text)
     except (TypeError, ValueError):
-        try:
-            v = float(parse_timespan(str(text)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds or a time span like 30s or 2m, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-    return v
+        v = _number(text, "seconds or a time span like 30s or 2m", parse_timespan)
+    return _positive(v, text)
 
 
 def _percent(text: str) -> float:
@@ -196,11 +190,11 @@ class CapacityRun:
 
     @property
     def is_worker(self) -> bool:
-        return isinstance(self.environment.runner, WorkerRunner)
+        return get_run(self.environment).is_worker
 
     @property
     def is_master(self) -> bool:
-        return isinstance(self.environment.runner, MasterRunner)
+        return get_run(self.environment).is_master
 
     @property
     def profile(self) -> Any:
@@ -285,9 +279,10 @@ class CapacityRun:
             mix = self.stats[index].run.mix if index in self.stats else {}
             shape = TokenShape.from_mix(mix, self.profile, default_visible=run.settings.max_tokens,
                                         default_prompt=run.settings.prompts[0].prompt_tokens or 0)
-            stats = predict_step(self.profile, row["users"], s.plan.step_time_s, shape,
-                                 arrival_rate=s.arrival_rate, stream=run.settings.stream)
-            out[index] = summarize(stats, window_s=s.plan.step_time_s, slo=self.profile.slo,
+            window = max(s.plan.step_time_s, PREDICT_WINDOW_MIN_S)
+            stats = predict_step(self.profile, row["users"], window, shape, arrival_rate=s.arrival_rate,
+                                 stream=run.settings.stream)
+            out[index] = summarize(stats, window_s=window, slo=self.profile.slo,
                                    max_error_rate=s.max_error_rate, open_loop=s.open_loop)
         return out
 
@@ -405,27 +400,27 @@ def _on_test_stop(environment: Any, **_kw: Any) -> None:
         cap.finish()  # the shape has finished; in the web UI the process lives on
 
 
+def _current_capacity() -> CapacityRun | None:
+    """These events carry no environment: the capacity state of the one init saw."""
+    return getattr(_current_env(), "llmsim_capacity", None)
+
+
 @events.spawning_complete.add_listener
 def _on_spawning_complete(user_count: int, **_kw: Any) -> None:
-    env = _current_env()
-    cap = getattr(env, "llmsim_capacity", None) if env is not None else None
+    cap = _current_capacity()
     if cap is not None and not cap.is_worker:
         cap.users_running(user_count)
 
 
 @events.report_to_master.add_listener
 def _on_report_to_master(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
-    env = _current_env()
-    cap = getattr(env, "llmsim_capacity", None) if env is not None else None
-    if cap is not None:
+    if (cap := _current_capacity()) is not None:
         data[WIRE_KEY] = cap.take_wire()
 
 
 @events.worker_report.add_listener
 def _on_worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
-    env = _current_env()
-    cap = getattr(env, "llmsim_capacity", None) if env is not None else None
-    if cap is not None and WIRE_KEY in data:
+    if (cap := _current_capacity()) is not None and WIRE_KEY in data:
         cap.merge_worker(client_id, data[WIRE_KEY])
 
 
@@ -438,8 +433,7 @@ def _on_quitting(environment: Any, **_kw: Any) -> None:
 
 @events.quit.add_listener
 def _on_quit(**_kw: Any) -> None:
-    env = _current_env()
-    cap = getattr(env, "llmsim_capacity", None) if env is not None else None
+    cap = _current_capacity()
     if cap is not None and cap.result is not None:
         print(format_table(cap.result), flush=True)
 

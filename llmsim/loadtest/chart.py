@@ -89,7 +89,7 @@ def _title(result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- SVG
 
-W, PANEL_H, LEFT, RIGHT, TOP, GAP = 760, 190, 70, 170, 40, 50
+W, PANEL_H, LEFT, RIGHT, TOP, GAP = 760, 190, 70, 170, 56, 50
 
 
 def render_svg(result: dict[str, Any]) -> str:

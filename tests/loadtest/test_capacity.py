@@ -164,7 +164,8 @@ def test_window_is_trimmed_inward_to_whole_slices():
 
 def fake_environment(slo: tuple[SloCheck, ...]) -> SimpleNamespace:
     profile = SimpleNamespace(slo=slo, name="p", source="x")
-    return SimpleNamespace(runner=None, llmsim=SimpleNamespace(settings=SimpleNamespace(profile=profile)))
+    return SimpleNamespace(runner=None, llmsim=SimpleNamespace(settings=SimpleNamespace(profile=profile),
+                                                               is_worker=False, is_master=False))
 
 
 def capacity_settings(**kw) -> CapacitySettings:
