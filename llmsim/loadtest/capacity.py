@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from locust import events, task
+from locust import events
 from locust.runners import STATE_MISSING, WorkerRunner
 from locust.util.timespan import parse_timespan
 
@@ -335,8 +335,8 @@ class CapacityUser(LlmUser):
             self.source.stop()
         super().on_stop()
 
-    @task
-    def complete(self) -> None:
+    def run_requests(self) -> None:
+        """The user's one task (see below): one tracked request, or the open-loop source until stopped."""
         if self.source is not None:
             self.source.run()  # returns only when the user is stopped
             return
@@ -349,6 +349,11 @@ class CapacityUser(LlmUser):
         rec = super().send(prompt, max_tokens=max_tokens, stream=stream, client=client)
         self.capacity.record(rec, intended)
         return rec
+
+
+# Locust always adds a base class's tasks to a subclass's, so an overriding @task would run
+# alongside LlmUser.complete (untracked). Replace the list instead; subclasses inherit this one.
+CapacityUser.tasks = [CapacityUser.run_requests]
 
 
 class CapacityShape(StepShape):

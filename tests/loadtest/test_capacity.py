@@ -332,6 +332,16 @@ def test_open_loop_source_sends_every_arrival_and_queues_beyond_max_in_flight():
     assert closed == [1]
 
 
+def test_capacity_user_runs_only_its_tracked_task():
+    from llmsim.loadtest.capacity import CapacityUser
+
+    class Sub(CapacityUser):
+        pass
+
+    # Not LlmUser.complete as well: every request must be tracked in flight and filed by step.
+    assert CapacityUser.tasks == [CapacityUser.run_requests] and Sub.tasks == [CapacityUser.run_requests]
+
+
 # --------------------------------------------------------------------------- prediction
 
 @pytest.fixture(scope="module")
