@@ -451,6 +451,46 @@ def test_nice_ticks():
     assert nice_ticks(1, 3, integer=True) == [1, 2, 3]  # users
 
 
+# --------------------------------------------------------------------------- docs
+
+DOCS = REPO / "docs" / "capacity.md"
+
+
+def test_docs_option_table_matches_the_parser():
+    import argparse
+
+    from llmsim.loadtest.capacity import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    rows = [line.split("|")[1:3] for line in DOCS.read_text().splitlines() if line.startswith("| `--")]
+    documented = {}
+    for cell, default in rows:
+        documented[cell.strip().strip("`").split()[0]] = default.strip()
+    assert set(documented) == set(actions)
+    for name, default in documented.items():
+        value = actions[name].default
+        if value is None:
+            assert default == "—" or name == "--capacity-report", name
+        elif name == "--step-time":
+            assert default == "30s" and value == 30.0
+        else:
+            assert default == f"{value:g}", name
+
+
+def test_docs_example_profile_predicts_what_the_docs_show():
+    """docs/capacity-example.yaml: 8 slots; the table and chart in docs/capacity.md show capacity 8."""
+    example = load_profile_file(str(REPO / "docs" / "capacity-example.yaml"))[0]
+    shape = TokenShape(prompt_tokens=140, visible_tokens=64, reasoning_tokens=0)
+    met = {users: summarize(predict_step(example, users, 60.0, shape), window_s=60.0, slo=example.slo,
+                            max_error_rate=0.01, open_loop=False)["meets_slo"] for users in (2, 4, 6, 8, 10, 12)}
+    assert met == {2: True, 4: True, 6: True, 8: True, 10: False, 12: False}
+    text = DOCS.read_text()
+    assert "capacity: 8 users" in text and "profile my-deployment predicts: 8 users" in text
+    assert (REPO / "docs" / "capacity-example.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 # --------------------------------------------------------------------------- real headless runs
 
 def run_capacity(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict | None]:
