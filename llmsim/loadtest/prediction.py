@@ -10,16 +10,15 @@ profile needs tuning (docs/capacity.md).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
-
 from ..profiles import ModelProfile
 from ..scheduler import SimRequest, SimResult, simulate, simulate_closed_loop
 from .aggregate import MixKey
 from .metrics import RequestRecord, failed_record, http_error_kind, tpot_ms
 from .openloop import poisson_arrivals
-from .steps import StepStats
+from .steps import SliceBook, StepStats, window_slices
 
 DRAIN_MIN_S = 10.0
 """Simulated time after a window so that the window's last requests finish."""
@@ -67,7 +66,8 @@ def predict_step(profile: ModelProfile, users: int, window_s: float, shape: Toke
 
     Closed loop: `users` send back to back from t=0 (simulate_closed_loop).
     Open loop: Poisson arrivals at users × arrival_rate (simulate), sent on
-    time. Requests that start in [0, window_s) count, as in a measured window.
+    time. The window is [0, window_s), filed and trimmed to slices exactly as
+    a measured window is.
     """
     stats = StepStats()
     horizon = window_s + max(window_s, DRAIN_MIN_S)
@@ -84,16 +84,15 @@ def predict_step(profile: ModelProfile, users: int, window_s: float, shape: Toke
             times.append(t)
         results = simulate(profile, [SimRequest(t, shape.visible_tokens, shape.prompt_tokens,
                                                 shape.reasoning_tokens, stream) for t in times], seed=seed)
+    book = SliceBook()
     for res in results:
-        if res.arrival_s >= window_s:
-            continue
         rec = record_from_sim(res, shape.reasoning_tokens, shape.prompt_tokens)
         if rec is not None:
-            stats.add(rec, profile.slo, None if arrival_rate is None else res.arrival_s)
+            book.add(rec, profile.slo, None if arrival_rate is None else res.arrival_s)
+    window = window_slices(0.0, window_s)
+    for key, part in book.pop_past(math.inf):
+        if key in window:
+            stats.merge(part)
     return stats
 
 
-def predicted_users(verdicts: Sequence[tuple[int, bool]]) -> int | None:
-    """The largest user count whose predicted step met the SLO."""
-    met = [users for users, ok in verdicts if ok]
-    return max(met) if met else None

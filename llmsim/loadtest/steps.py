@@ -8,6 +8,14 @@ the step whose measurement window contains it, once that slice lies in the
 past (by then every window boundary up to it is known). A window therefore
 counts the requests that started in it, trimmed inward to whole slices.
 
+Throughput is measured as activity, not as whole requests: each request also
+adds, to every slice it overlaps, the time it spent in flight there and the
+output tokens it generated there. A window's tokens/s and mean requests in
+flight are then exact whatever the requests' phase, and req/s follows from
+Little's law (in flight / mean E2E). Counting whole requests that start in a
+window would round every user to a whole number of requests, which matters
+when a window holds only a few per user and the users started together.
+
 `InFlight` tells when a step is complete: once no request that started before
 the window's end is still running anywhere, every one of them has been filed.
 """
@@ -45,6 +53,10 @@ class StepStats:
         self.run = RunStats()
         self.intended: dict[str, Histogram] = {m: Histogram() for m in INTENDED_METRICS}
         self.delay = Histogram()
+        self.active_ns = 0
+        """Time requests spent in flight inside this slice (or window), summed over requests."""
+        self.token_micros = 0
+        """Output tokens generated inside it, in millionths of a token (integers merge exactly)."""
 
     def add(self, rec: RequestRecord, slo: Sequence[SloCheck], intended: float | None = None) -> None:
         seen = rec if intended is None else from_intended(rec, intended)
@@ -62,6 +74,8 @@ class StepStats:
         for m in INTENDED_METRICS:
             self.intended[m].merge(other.intended[m])
         self.delay.merge(other.delay)
+        self.active_ns += other.active_ns
+        self.token_micros += other.token_micros
 
     def hist(self, metric: str, *, open_loop: bool) -> Histogram:
         """The histogram a step is judged on: from the intended send time in open loop where that differs."""
@@ -71,7 +85,7 @@ class StepStats:
 
     def to_wire(self) -> dict[str, Any]:
         return {"run": self.run.to_wire(), "intended": {m: h.to_wire() for m, h in self.intended.items()},
-                "delay": self.delay.to_wire()}
+                "delay": self.delay.to_wire(), "active_ns": self.active_ns, "token_micros": self.token_micros}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "StepStats":
@@ -79,6 +93,7 @@ class StepStats:
         s.run = RunStats.from_wire(d["run"])
         s.intended = {m: Histogram.from_wire(d["intended"][m]) for m in INTENDED_METRICS}
         s.delay = Histogram.from_wire(d["delay"])
+        s.active_ns, s.token_micros = int(d["active_ns"]), int(d["token_micros"])
         return s
 
 
@@ -91,6 +106,31 @@ def slice_bounds(key: int) -> tuple[float, float]:
     return key * SLICE_S, (key + 1) * SLICE_S
 
 
+def activity(rec: RequestRecord) -> Iterator[tuple[int, int, int]]:
+    """(slice, ns in flight, output tokens in millionths) for every slice the request overlaps.
+
+    In flight: from the request's write to its end. Its output tokens are
+    spread evenly over its decode (first token to end), or put in its last
+    slice when it had no decode time.
+    """
+    start, end = rec.start_time, rec.end_time
+    first = start + rec.ttft_ms / 1000.0 if rec.ttft_ms is not None else start
+    tokens = rec.output_tokens * 1_000_000
+    decode = end - first
+    given = 0
+    last = slice_of(end) if end > start else slice_of(start)
+    for key in range(slice_of(start), last + 1):
+        lo, hi = slice_bounds(key)
+        active = max(0.0, min(end, hi) - max(start, lo))
+        if decode > 0:
+            share = tokens * max(0.0, min(end, hi) - max(first, lo)) / decode
+            micros = tokens - given if key == last else int(round(share))
+        else:
+            micros = tokens if key == last else 0
+        given += micros
+        yield key, int(round(active * 1e9)), micros
+
+
 class SliceBook:
     """Requests filed by the slice they started in, not yet placed in a step (or sent to the master)."""
 
@@ -98,8 +138,13 @@ class SliceBook:
         self.slices: dict[int, StepStats] = {}
 
     def add(self, rec: RequestRecord, slo: Sequence[SloCheck], intended: float | None = None) -> None:
+        """File the request's latency under the slice it started in, and its activity where it happened."""
         key = slice_of(rec.start_time if intended is None else intended)
         self.slices.setdefault(key, StepStats()).add(rec, slo, intended)
+        for key, active_ns, token_micros in activity(rec):
+            part = self.slices.setdefault(key, StepStats())
+            part.active_ns += active_ns
+            part.token_micros += token_micros
 
     def merge(self, key: int, stats: StepStats) -> None:
         mine = self.slices.get(key)
@@ -158,6 +203,8 @@ def summarize(stats: StepStats, *, window_s: float, slo: Sequence[SloCheck], max
               open_loop: bool) -> dict[str, Any]:
     """One step's row: rates over its window, latency percentiles, errors, goodput and the SLO verdict.
 
+    Rates use the window's activity: tokens/s is the tokens generated inside it,
+    req/s is the mean number in flight divided by the mean E2E (Little's law).
     The step meets the SLO when at least one request succeeded, its error rate
     is at most `max_error_rate` (a fraction) and every `slo:` percentile,
     computed over all of the step's samples, is within its limit. In open loop
@@ -167,6 +214,10 @@ def summarize(stats: StepStats, *, window_s: float, slo: Sequence[SloCheck], max
 
     def rate(n: float) -> float | None:
         return n / window_s if window_s > 0 else None
+
+    in_flight = rate(stats.active_ns / 1e9)
+    mean_e2e_s = run.busy_ns / 1e9 / run.requests if run.requests else None
+    rps = in_flight / mean_e2e_s if in_flight is not None and mean_e2e_s else None  # Little's law
 
     def pct(h: Histogram, p: float) -> float | None:
         return h.percentile(p)
@@ -188,14 +239,14 @@ def summarize(stats: StepStats, *, window_s: float, slo: Sequence[SloCheck], max
         "requests": run.requests, "ok": run.ok, "failed": run.failed,
         "errors_by_kind": dict(sorted(run.errors.items())),
         "error_rate": error_rate,
-        "rps": rate(run.requests),
-        "output_tok_s": rate(run.output_tokens),
-        "in_flight": rate(run.busy_ns / 1e9),
+        "rps": rps,
+        "output_tok_s": rate(stats.token_micros / 1e6),
+        "in_flight": in_flight,
         "ttft_p50": pct(h["ttft"], 50), "ttft_p99": pct(h["ttft"], 99),
         "itl_p50": pct(h["itl"], 50), "itl_p99": pct(h["itl"], 99),
         "e2e_p50": pct(h["e2e"], 50), "e2e_p99": pct(h["e2e"], 99),
         "goodput": run.good / run.requests if run.requests else None,
-        "goodput_rps": rate(run.good),
+        "goodput_rps": None if rps is None or not run.requests else rps * run.good / run.requests,
     }
     if open_loop:
         row.update({

@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import gevent
 import pytest
 
-from llmsim.loadtest.aggregate import RunStats
 from llmsim.loadtest.capacity import CapacityRun, CapacitySettings
 from llmsim.loadtest.capacity_report import build_result, format_table, write_outputs
 from llmsim.loadtest.chart import nice_ticks, render_svg
@@ -31,7 +30,7 @@ from llmsim.loadtest.metrics import RequestRecord
 from llmsim.loadtest.openloop import OpenLoopSource, from_intended, poisson_arrivals, scheduled_delay_ms
 from llmsim.loadtest.prediction import TokenShape, predict_step
 from llmsim.loadtest.shapes import StepPlan, StepSchedule, capacity_step, spawn_rate
-from llmsim.loadtest.steps import SLICE_S, InFlight, SliceBook, StepStats, summarize, window_slices
+from llmsim.loadtest.steps import SLICE_S, InFlight, SliceBook, StepStats, activity, summarize, window_slices
 from llmsim.profiles import SloCheck, load_profile_file
 from llmsim.scheduler import simulate_closed_loop, slowdown_multiplier
 
@@ -189,8 +188,41 @@ def test_only_requests_that_start_inside_the_window_count():
     assert cap.judge(cap.schedule.current, True) is True
     r = cap.rows[1]
     assert r["requests"] == 4 and r["window_s"] == pytest.approx(2.0)
-    assert r["rps"] == pytest.approx(2.0) and r["output_tok_s"] == pytest.approx(6.0)
     assert r["itl_p99"] == pytest.approx(5.0, abs=0.01) and r["meets_slo"] and r["goodput"] == 1.0
+
+
+def test_activity_spreads_time_in_flight_and_tokens_over_slices():
+    r = rec(10.05, ttft=50.0, itl=(50.0,) * 5, output_tokens=5)  # in flight 10.05-10.35, decoding from 10.10
+    got = {key: (ns / 1e9, micros / 1e6) for key, ns, micros in activity(r)}
+    assert sorted(got) == [100, 101, 102, 103]
+    assert [got[k][0] for k in sorted(got)] == pytest.approx([0.05, 0.1, 0.1, 0.05])
+    assert [got[k][1] for k in sorted(got)] == pytest.approx([0.0, 2.0, 2.0, 1.0])
+    assert sum(micros for _, _, micros in activity(r)) == 5_000_000  # exactly the request's tokens
+    failed = rec(20.0, ok=False)
+    assert [(k, m) for k, _, m in activity(failed)] == [(200, 0)]
+
+
+def test_throughput_is_exact_whatever_the_users_phase():
+    """Users that all start just before the window: counting whole requests gives each 2 in 2 s, not 2.857."""
+    book = SliceBook()
+    users, period, window = (3, 0.7, (100.0, 102.0))
+    for _ in range(users):
+        t = 99.99
+        while t < 103.0:
+            book.add(rec(t, ttft=100.0, itl=(100.0,) * 6, output_tokens=7), ())  # E2E 0.7 s
+            t += period
+    stats = StepStats()
+    slices = window_slices(*window)
+    for key, part in book.pop_past(200.0):
+        if key in slices:
+            stats.merge(part)
+    assert stats.run.requests == users * 2  # each user started 2 inside: at 100.69 and 101.39
+    row = summarize(stats, window_s=2.0, slo=(), max_error_rate=0.01, open_loop=False)
+    assert row["in_flight"] == pytest.approx(users)
+    assert row["rps"] == pytest.approx(users / period)
+    # Tokens actually generated in the window: decodes 100.09-100.69 and 100.79-101.39, and 0.51 s of 101.49-102.09.
+    assert row["output_tok_s"] == pytest.approx(users * (7 + 7 + 7 * 0.51 / 0.6) / 2.0, rel=1e-6)
+    assert stats.run.requests / 2.0 == pytest.approx(0.7 * users / period)  # what counting would have said
 
 
 def test_a_slice_is_placed_only_once_it_lies_in_the_past():
@@ -385,8 +417,9 @@ def test_predict_step_judges_the_simulation_like_a_measured_step(profile):
         assert rows[users]["ttft_p99"] == pytest.approx(50.0, abs=0.01)
     assert [rows[u]["meets_slo"] for u in (1, 2, 3, 6)] == [True, True, False, False]
     assert rows[6]["ttft_p99"] > 500  # 6 users on 4 slots: the queue wait is in TTFT
-    # One user: back to back requests of 50 + 63 * 5 ms.
-    assert rows[1]["rps"] == pytest.approx(math.ceil(3.0 / 0.365) / 3.0)
+    # One user: back to back requests of 50 + 63 * 5 ms, always one in flight.
+    assert rows[1]["in_flight"] == pytest.approx(1.0) and rows[1]["rps"] == pytest.approx(1 / 0.365)
+    assert rows[1]["output_tok_s"] == pytest.approx(64 / 0.365, rel=0.02)  # the window cuts one decode
     open_stats = predict_step(profile, 2, 3.0, shape, arrival_rate=1.0)
     assert open_stats.intended["ttft"].count == open_stats.run.ok > 0
 
@@ -534,7 +567,9 @@ def check_knee(report: dict, profile) -> None:
     for s in report["steps"]:
         assert s["complete"] and 2.8 <= s["window_s"] <= 3.0 + 1e-9
         assert s["requests"] > 0 and s["failed"] == 0
-        assert s["rps"] == pytest.approx(s["requests"] / s["window_s"])
+        # Closed loop: every user is in flight but for the moments between two requests; Little's law.
+        assert 0.85 * s["users"] <= s["in_flight"] <= s["users"] + 1e-6
+        assert s["rps"] == pytest.approx(s["in_flight"] / (s["metrics"]["e2e"]["mean"] / 1000))
         if s["users"] > 2:
             assert "itl_p99_ms" in s["broken"]
         assert s["itl_p50"] == pytest.approx(formula_itl_ms(profile, s["users"]), rel=0.25)
