@@ -364,6 +364,11 @@ class CapacityShape(StepShape):
 
 # --------------------------------------------------------------------------- listeners
 
+def is_capacity_test(environment: Any) -> bool:
+    """Whether this environment runs capacity users: importing this module must not change other Locust runs."""
+    return any(isinstance(u, type) and issubclass(u, CapacityUser) for u in environment.user_classes or ())
+
+
 @events.init_command_line_parser.add_listener
 def _on_parser(parser: Any, **_kw: Any) -> None:
     add_arguments(parser)
@@ -372,8 +377,8 @@ def _on_parser(parser: Any, **_kw: Any) -> None:
 @events.init.add_listener
 def _on_init(environment: Any, **_kw: Any) -> None:
     toolkit = getattr(environment, "llmsim", None)
-    if toolkit is None:  # the toolkit rejected its own options (worker: they arrive later)
-        return
+    if toolkit is None or not is_capacity_test(environment):
+        return  # the toolkit rejected its own options (worker: they arrive later), or another locustfile
     toolkit.scored = False
     if isinstance(environment.runner, WorkerRunner):
         return
@@ -389,7 +394,7 @@ def _on_init(environment: Any, **_kw: Any) -> None:
 
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_kw: Any) -> None:
-    if isinstance(environment.runner, WorkerRunner):
+    if isinstance(environment.runner, WorkerRunner) and is_capacity_test(environment):
         # The master's options have just arrived: the users read them from here.
         environment.llmsim_capacity = CapacityRun(environment,
                                                   CapacitySettings.from_options(environment.parsed_options))

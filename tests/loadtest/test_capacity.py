@@ -374,6 +374,20 @@ def test_capacity_user_runs_only_its_tracked_task():
     assert CapacityUser.tasks == [CapacityUser.run_requests] and Sub.tasks == [CapacityUser.run_requests]
 
 
+def test_importing_the_capacity_module_leaves_other_locust_runs_alone():
+    from llmsim.loadtest.capacity import CapacityUser, is_capacity_test
+    from llmsim.loadtest.users import ChatCompletionsUser
+
+    class Chat(ChatCompletionsUser):
+        pass
+
+    class Cap(CapacityUser):
+        pass
+
+    assert not is_capacity_test(SimpleNamespace(user_classes=[Chat]))
+    assert is_capacity_test(SimpleNamespace(user_classes=[Chat, Cap]))
+
+
 # --------------------------------------------------------------------------- prediction
 
 @pytest.fixture(scope="module")
