@@ -122,14 +122,7 @@ class RunStats:
 
     def metric_summary(self, metric: str) -> dict[str, Any]:
         """count, mean, p50, p90, p95, p99, p99.9, min and max of one metric (ms)."""
-        h = self.hist[metric]
-        pcts = h.percentiles(SUMMARY_PCTS)
-        out: dict[str, Any] = {"count": h.count, "mean": h.mean}
-        for p in SUMMARY_PCTS:
-            out[pct_label(p)] = pcts[p]
-        out["min"] = h.min if h.count else None
-        out["max"] = h.max if h.count else None
-        return out
+        return histogram_summary(self.hist[metric])
 
     # ------------------------------------------------------------------ wire
 
@@ -162,6 +155,17 @@ class RunStats:
 
     def __bool__(self) -> bool:
         return self.requests > 0 or self.retries_429 > 0
+
+
+def histogram_summary(h: Histogram) -> dict[str, Any]:
+    """count, mean, p50, p90, p95, p99, p99.9, min and max of one histogram (ms)."""
+    pcts = h.percentiles(SUMMARY_PCTS)
+    out: dict[str, Any] = {"count": h.count, "mean": h.mean}
+    for p in SUMMARY_PCTS:
+        out[pct_label(p)] = pcts[p]
+    out["min"] = h.min if h.count else None
+    out["max"] = h.max if h.count else None
+    return out
 
 
 def pct_label(p: float) -> str:

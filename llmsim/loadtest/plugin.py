@@ -45,6 +45,8 @@ class LoadTestRun:
         self.workers: dict[str, dict[str, int]] = {}
         """Master: per-worker totals, to show that the merged counts are their sum."""
         self.server: Any = None
+        self.scored = True
+        """False when the whole run's verdict must not decide the exit code (capacity.py judges each step)."""
         self._expected_cache: tuple[Any, Any] | None = None
 
     @property
@@ -102,10 +104,11 @@ class LoadTestRun:
         """End of run (local or master): print, write JSON, set the exit code."""
         report = self.report()
         print(format_summary(report), flush=True)
-        print(format_verdicts(report), flush=True)
+        if self.scored:
+            print(format_verdicts(report), flush=True)
         if self.settings.report_path:
             write_json(report, self.settings.report_path)
-        if report["verdict"] != "PASS":
+        if self.scored and report["verdict"] != "PASS":
             self.environment.process_exit_code = EXIT_VERDICT_FAIL
         return report
 

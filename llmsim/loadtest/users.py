@@ -48,12 +48,20 @@ class LlmUser(User):
         run = get_run(self.environment)
         self.settings = run.settings
         self._run = run
-        enc = get_encoding(self.settings.profile.encoding)
-        encode = enc.encode_ordinary
-        api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
-        self.llm = LlmClient(self.host, self.adapter, model=self.settings.model, api_key=api_key,
-                             count_tokens=lambda text: len(encode(text)))
+        self.llm = self.new_client()
         self._rng = random.Random()
+
+    def new_client(self) -> LlmClient:
+        """A client (one keep-alive connection) for this user; a user with several requests in flight needs one each."""
+        encode = get_encoding(self.settings.profile.encoding).encode_ordinary
+        api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
+        return LlmClient(self.host, self.adapter, model=self.settings.model, api_key=api_key,
+                         count_tokens=lambda text: len(encode(text)))
+
+    def next_prompt(self) -> Prompt:
+        """The prompt of the next request: the only one, or one at random from --prompts."""
+        prompts = self.settings.prompts
+        return prompts[0] if len(prompts) == 1 else self._rng.choice(prompts)
 
     def on_stop(self) -> None:
         llm = getattr(self, "llm", None)
@@ -65,14 +73,16 @@ class LlmUser(User):
         self.send()
 
     def send(self, prompt: Prompt | None = None, *, max_tokens: int | None = None,
-             stream: bool | None = None) -> RequestRecord:
-        """Send one request (a prompt from --prompts/--prompt-tokens by default), report and return its record."""
+             stream: bool | None = None, client: LlmClient | None = None) -> RequestRecord:
+        """Send one request (a prompt from --prompts/--prompt-tokens by default), report and return its record.
+
+        `client` defaults to the user's own connection.
+        """
         s = self.settings
-        if prompt is None:
-            prompt = s.prompts[0] if len(s.prompts) == 1 else self._rng.choice(s.prompts)
+        prompt = prompt or self.next_prompt()
         for attempt in range(s.retry_429 + 1):
-            rec = self.llm.run(prompt, max_tokens=max_tokens or s.max_tokens,
-                               stream=s.stream if stream is None else stream)
+            rec = (client or self.llm).run(prompt, max_tokens=max_tokens or s.max_tokens,
+                                           stream=s.stream if stream is None else stream)
             wait = self.retry_wait(rec, attempt)
             if wait is None:
                 break
