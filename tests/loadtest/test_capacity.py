@@ -500,7 +500,11 @@ def test_nice_ticks():
 
 # --------------------------------------------------------------------------- docs
 
-DOCS = REPO / "docs" / "capacity.md"
+def capacity_docs() -> str:
+    """The README's section "Tuning a profile for a capacity test"."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Tuning a profile for a capacity test")
+    return text[start:text.index("\n## ", start + 1)]
 
 
 def test_docs_option_table_matches_the_parser():
@@ -511,7 +515,7 @@ def test_docs_option_table_matches_the_parser():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
-    rows = [line.split("|")[1:3] for line in DOCS.read_text().splitlines() if line.startswith("| `--")]
+    rows = [line.split("|")[1:3] for line in capacity_docs().splitlines() if line.startswith("| `--")]
     documented = {}
     for cell, default in rows:
         documented[cell.strip().strip("`").split()[0]] = default.strip()
@@ -527,13 +531,13 @@ def test_docs_option_table_matches_the_parser():
 
 
 def test_docs_example_profile_predicts_what_the_docs_show():
-    """docs/capacity-example.yaml: 8 slots; the table and chart in docs/capacity.md show capacity 8."""
+    """docs/capacity-example.yaml: 8 slots; the table and chart in README, "Tuning a profile for a capacity test" show capacity 8."""
     example = load_profile_file(str(REPO / "docs" / "capacity-example.yaml"))[0]
     shape = TokenShape(prompt_tokens=140, visible_tokens=64, reasoning_tokens=0)
     met = {users: summarize(predict_step(example, users, 60.0, shape), window_s=60.0, slo=example.slo,
                             max_error_rate=0.01, open_loop=False)["meets_slo"] for users in (2, 4, 6, 8, 10, 12)}
     assert met == {2: True, 4: True, 6: True, 8: True, 10: False, 12: False}
-    text = DOCS.read_text()
+    text = capacity_docs()
     assert "capacity: 8 users" in text and "profile my-deployment predicts: 8 users" in text
     assert (REPO / "docs" / "capacity-example.png").read_bytes().startswith(PNG_SIGNATURE)
 
