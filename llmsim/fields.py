@@ -81,13 +81,18 @@ def get_int(body: dict, key: str, *, minimum: int | None = None, maximum: int | 
             value = int(value)
         else:
             raise wrong_type(param, "an integer", value)
-    if minimum is not None and value < minimum:
-        raise invalid(f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, but got "
-                      f"{value} instead.", param=param, code="integer_below_min_value")
-    if maximum is not None and value > maximum:
-        raise invalid(f"Invalid '{param}': integer above maximum value. Expected a value <= {maximum}, but got "
-                      f"{value} instead.", param=param, code="integer_above_max_value")
+    _check_range(param, value, minimum, maximum, "integer", "integer")
     return value
+
+
+def _check_range(param: str, value: float, minimum: float | None, maximum: float | None, noun: str,
+                 code_prefix: str) -> None:
+    if minimum is not None and value < minimum:
+        raise invalid(f"Invalid '{param}': {noun} below minimum value. Expected a value >= {minimum}, but got "
+                      f"{value} instead.", param=param, code=f"{code_prefix}_below_min_value")
+    if maximum is not None and value > maximum:
+        raise invalid(f"Invalid '{param}': {noun} above maximum value. Expected a value <= {maximum}, but got "
+                      f"{value} instead.", param=param, code=f"{code_prefix}_above_max_value")
 
 
 def get_number(body: dict, key: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -98,12 +103,7 @@ def get_number(body: dict, key: str, *, minimum: float | None = None, maximum: f
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise wrong_type(param, "a number", value)
-    if minimum is not None and value < minimum:
-        raise invalid(f"Invalid '{param}': number below minimum value. Expected a value >= {minimum}, but got "
-                      f"{value} instead.", param=param, code="decimal_below_min_value")
-    if maximum is not None and value > maximum:
-        raise invalid(f"Invalid '{param}': number above maximum value. Expected a value <= {maximum}, but got "
-                      f"{value} instead.", param=param, code="decimal_above_max_value")
+    _check_range(param, value, minimum, maximum, "number", "decimal")
     return float(value)
 
 
