@@ -17,7 +17,6 @@ class ServerStats:
     started: float = field(default_factory=time.time)
     requests: Counter = field(default_factory=Counter)  # (endpoint, status) -> n
     active_streams: int = 0
-    active_requests: int = 0
     output_tokens: int = 0
     prompt_tokens: int = 0
     disconnects: int = 0
@@ -57,7 +56,6 @@ class ServerStats:
                 "requests": by_endpoint,
                 "requests_total": sum(self.requests.values()),
                 "active_streams": self.active_streams,
-                "active_requests": self.active_requests,
                 "prompt_tokens_total": self.prompt_tokens,
                 "output_tokens_total": self.output_tokens,
                 "client_disconnects_total": self.disconnects,
@@ -76,7 +74,6 @@ class ServerStats:
                 lines.append(f'llmsim_faults_injected_total{{kind="{kind}"}} {n}')
             for name, kind, value, help_ in (
                 ("llmsim_active_streams", "gauge", self.active_streams, "Streams being generated now."),
-                ("llmsim_active_requests", "gauge", self.active_requests, "Requests in progress now."),
                 ("llmsim_prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens received."),
                 ("llmsim_output_tokens_total", "counter", self.output_tokens, "Output tokens sent."),
                 ("llmsim_client_disconnects_total", "counter", self.disconnects, "Streams cut by the client."),

