@@ -102,6 +102,17 @@ def model_overloaded(retry_after: str) -> ApiError:
                     anthropic_message="Overloaded")
 
 
+_STATUS_KINDS = {400: "invalid_request", 401: "authentication", 403: "permission", 404: "not_found",
+                 405: "method_not_allowed", 413: "request_too_large", 429: "rate_limit", 500: "server_error",
+                 503: "unavailable", 529: "overloaded"}
+
+
+def scripted_error(status: int, message: str) -> ApiError:
+    """An error answer with a given status, typed as the provider types that status."""
+    kind = _STATUS_KINDS.get(status, "invalid_request" if status < 500 else "server_error")
+    return ApiError(kind, message, status=status)
+
+
 def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     """The common 400: a request field is missing, mistyped or out of range."""
     return ApiError("invalid_request", message, param=param, code=code)

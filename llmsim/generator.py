@@ -9,7 +9,9 @@ non-streamed answer to the same request are identical.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ class GenerationRequest:
     model: str = "gpt-5"
     seed: int | None = None
     encoding: str | None = None
+    conversation: str | None = None
+    """Which conversation the request continues (a scripted cursor per conversation keys on it)."""
 
     @classmethod
     def from_body(cls, body: dict, seed: int | None = None, encoding: str | None = None) -> "GenerationRequest":
@@ -100,6 +104,10 @@ class Generator:
 
     def _text(self, request: GenerationRequest) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def turn(self, request: GenerationRequest) -> ScriptTurn | None:
+        """A scripted turn (text, tool calls, an error), or None to let the engine decide the answer."""
+        return None
 
     def _words(self, vocabulary: list[str], request: GenerationRequest, sentence: bool) -> str:
         # About one token a word: 1.2x the target is always enough to cut from.
@@ -166,26 +174,157 @@ class SequenceGenerator(Generator):
         return " ".join(str(i) for i in range(1, self.target_tokens + 1))
 
 
+@dataclass(frozen=True)
+class ScriptTurn:
+    """One scripted reply: text, tool calls (name, JSON arguments, id or None), or an error.
+
+    `fault` is an injected fault kind (errors.FAULT_KINDS); `status`/`message`
+    make a plain error answer instead.
+    """
+
+    text: str = ""
+    tool_calls: tuple[tuple[str, str, str | None], ...] = ()
+    fault: str | None = None
+    status: int | None = None
+    message: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.fault is not None or self.status is not None
+
+
+ON_EXHAUSTED = ("loop", "repeat_last", "error")
+CURSORS = ("global", "conversation")
+MAX_CONVERSATIONS = 10_000
+"""Per-conversation cursors kept at most (least recently used forgotten first)."""
+
+
+class ScriptError(ValueError):
+    """A script file is wrong; str() names the file, the turn and the reason."""
+
+
+def _parse_turn(path: str, i: int, raw: Any) -> ScriptTurn:
+    from .errors import FAULT_KINDS
+
+    where = f"{path}: turns[{i}]"
+    if isinstance(raw, str):
+        return ScriptTurn(text=raw)
+    if not isinstance(raw, dict):
+        raise ScriptError(f"{where}: must be a string or a mapping (text, tool_calls, error)")
+    unknown = set(raw) - {"text", "tool_calls", "error", "kind"}
+    if unknown:
+        raise ScriptError(f"{where}.{sorted(unknown)[0]}: unknown key (expected text, tool_calls, error)")
+    text = raw.get("text", "")
+    if not isinstance(text, str):
+        raise ScriptError(f"{where}.text: must be a string")
+    calls = []
+    for j, call in enumerate(raw.get("tool_calls") or []):
+        cw = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise ScriptError(f"{cw}.name: every tool call needs a name")
+        args = call.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                json.loads(args)
+            except ValueError:
+                raise ScriptError(f"{cw}.arguments: a string must hold JSON") from None
+        elif isinstance(args, dict):
+            args = json.dumps(args, ensure_ascii=False)
+        else:
+            raise ScriptError(f"{cw}.arguments: must be a mapping or a JSON string")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise ScriptError(f"{cw}.id: must be a string")
+        calls.append((call["name"], args, call_id))
+    if "tool_calls" in raw and not calls:
+        raise ScriptError(f"{where}.tool_calls: must be a non-empty list")
+    error = raw.get("error")
+    fault = status = message = None
+    if error is not None:
+        if text or calls:
+            raise ScriptError(f"{where}.error: an error turn has no text or tool calls")
+        if isinstance(error, str):
+            if error not in FAULT_KINDS:
+                raise ScriptError(f"{where}.error: unknown fault kind {error!r} (known: {', '.join(FAULT_KINDS)})")
+            fault = error
+        elif isinstance(error, dict) and isinstance(error.get("status"), int) and 400 <= error["status"] <= 599:
+            status, message = error["status"], str(error.get("message") or f"scripted error {error['status']}")
+        else:
+            raise ScriptError(f"{where}.error: must be a fault kind or {{status: 4xx/5xx, message: ...}}")
+    kind = raw.get("kind")
+    actual = "error" if error is not None else "mixed" if text and calls else "tool_calls" if calls else "text"
+    if kind is not None and kind != actual:
+        raise ScriptError(f"{where}.kind: says {kind!r} but the turn is {actual!r}")
+    return ScriptTurn(text=text, tool_calls=tuple(calls), fault=fault, status=status, message=message)
+
+
 class ScriptGenerator(Generator):
-    """Replies from a YAML/JSON list of strings, in turn (cycling): scripted conversations."""
+    """Replies from a YAML/JSON script, in turn: scripted conversations and deterministic agent tests.
+
+    The file is a list of turns, or a mapping `{turns: [...], on_exhausted:
+    loop|repeat_last|error, cursor: global|conversation}`. A turn is a string
+    (text), or a mapping with `text`, `tool_calls` ([{name, arguments, id}])
+    or both (a mixed turn), or `error` (a fault kind, or {status, message}).
+    With `cursor: conversation` every conversation (the `x-llmsim-conversation`
+    header, else its first user message) walks the script from the start.
+    """
 
     name = "script"
 
     def __init__(self, path: str, target_tokens: int = 1_000_000) -> None:
         super().__init__(target_tokens)
         try:
-            replies = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read the script ({e})") from None
-        if not isinstance(replies, list) or not replies or not all(isinstance(r, str) for r in replies):
-            raise ValueError(f"{path}: a script must be a non-empty list of strings")
-        self.replies = replies
+            raise ScriptError(f"{path}: cannot read the script ({e})") from None
+        options: dict[str, Any] = {}
+        if isinstance(doc, dict):
+            options = {k: v for k, v in doc.items() if k != "turns"}
+            unknown = set(options) - {"on_exhausted", "cursor"}
+            if unknown:
+                raise ScriptError(f"{path}: {sorted(unknown)[0]}: unknown key (expected turns, on_exhausted, cursor)")
+            doc = doc.get("turns")
+        if not isinstance(doc, list) or not doc:
+            raise ScriptError(f"{path}: a script must be a non-empty list of turns (or {{turns: [...]}})")
+        self.turns = [_parse_turn(path, i, t) for i, t in enumerate(doc)]
+        self.on_exhausted = options.get("on_exhausted", "loop")
+        if self.on_exhausted not in ON_EXHAUSTED:
+            raise ScriptError(f"{path}: on_exhausted: must be one of {', '.join(ON_EXHAUSTED)}")
+        self.cursor = options.get("cursor", "global")
+        if self.cursor not in CURSORS:
+            raise ScriptError(f"{path}: cursor: must be one of {', '.join(CURSORS)}")
         self._next = 0
+        self._conversations: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def replies(self) -> list[str]:
+        return [t.text for t in self.turns]
+
+    def _advance(self, conversation: str | None) -> int:
+        if self.cursor == "conversation":
+            key = conversation or ""
+            i = self._conversations.pop(key, 0)
+            self._conversations[key] = i + 1
+            while len(self._conversations) > MAX_CONVERSATIONS:
+                self._conversations.popitem(last=False)
+            return i
+        i = self._next
+        self._next += 1
+        return i
+
+    def turn(self, request: GenerationRequest) -> ScriptTurn:
+        i = self._advance(request.conversation)
+        n = len(self.turns)
+        if i < n:
+            return self.turns[i]
+        if self.on_exhausted == "repeat_last":
+            return self.turns[-1]
+        if self.on_exhausted == "error":
+            return ScriptTurn(status=500, message=f"llmsim script exhausted: all {n} turns were used")
+        return self.turns[i % n]
 
     def _text(self, request: GenerationRequest) -> str:
-        reply = self.replies[self._next % len(self.replies)]
-        self._next += 1
-        return reply
+        return self.turn(request).text
 
 
 GENERATOR_NAMES = ("lorem", "echo", "fixed:TEXT", "random", "sequence", "script:FILE")

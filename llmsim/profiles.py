@@ -72,6 +72,8 @@ class ModelProfile:
     capacity: Capacity | None = None
     slo: tuple[SloCheck, ...] = ()
     chunk_tokens: int = 1
+    tool_call_probability: float | None = None
+    """How often a model with tools and tool_choice auto calls one (None: the server's setting)."""
     source: str = "<built-in>"
 
     @property
@@ -103,13 +105,15 @@ class ModelProfile:
             d["capacity"] = self.capacity.to_dict()
         if self.slo:
             d["slo"] = {c.key: c.limit_ms for c in self.slo}
+        if self.tool_call_probability is not None:
+            d["tools"] = {"call_probability": self.tool_call_probability}
         return d
 
 
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_output_tokens", "ttft", "itl",
-             "prefill", "reasoning", "capacity", "slo", "chunk_tokens"}
+             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools"}
 
 
 def _number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
@@ -209,12 +213,19 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     max_out = _number(src, f"{where}.max_output_tokens", value.get("max_output_tokens", 16384), minimum=1,
                       integer=True)
     chunk = _number(src, f"{where}.chunk_tokens", value.get("chunk_tokens", 1), minimum=1, integer=True)
+    call_probability = None
+    if value.get("tools") is not None:
+        t = _mapping(src, f"{where}.tools", value["tools"], {"call_probability"})
+        if "call_probability" in t:
+            call_probability = _number(src, f"{where}.tools.call_probability", t["call_probability"])
+            if call_probability > 1:
+                raise ProfileError(src, f"{where}.tools.call_probability", f"must be <= 1, got {call_probability!r}")
     return ModelProfile(
         name=name, models=tuple(models), provider=provider, encoding=encoding,
         context_window=context_window, max_output_tokens=max_out,
         latency=LatencyProfile(ttft=ttft, itl=itl, prefill_tokens_per_s=prefill,
                                reasoning_tokens_per_output_token=ratio),
-        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, source=src,
+        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability, source=src,
     )
 
 

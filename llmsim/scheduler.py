@@ -30,7 +30,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from greenlet import getcurrent, greenlet
 
@@ -125,14 +125,15 @@ class Slot:
         """The ITL multiplier of the batch right now (read it when a gap starts)."""
         return self._scheduler.multiplier()
 
-    def wait(self, timeout: float | None = None) -> float | None:
+    def wait(self, timeout: float | None = None, watch: Any = None) -> float | None:
         """Block this greenlet until the slot is granted (gevent adapter).
 
         Returns the grant time if the request had to queue, so the pacer starts
         its TTFT from the moment decoding could begin rather than from the
         wake-up; None if it was admitted at once (start "now", as without a
         scheduler). If the wait is interrupted (timeout -> TimeoutError, a
-        killed greenlet), the request leaves the queue before the error goes on.
+        killed greenlet, the client hanging up seen by `watch`: a hangup.SocketWatch),
+        the request leaves the queue before the error goes on.
         """
         if self.granted_at is None:
             if self.released_at is not None:
@@ -142,7 +143,7 @@ class Slot:
             event = Event()
             self._on_grant = lambda _s: event.set()
             try:
-                if not event.wait(timeout):
+                if not (event.wait(timeout) if watch is None else watch.wait(event, timeout)):
                     raise TimeoutError(f"no batch slot within {timeout} s")
             except BaseException:
                 self.release()

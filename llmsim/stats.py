@@ -46,6 +46,11 @@ class ServerStats:
             if disconnected:
                 self.disconnects += 1
 
+    def record_disconnect(self) -> None:
+        """A non-streaming client that left before its answer."""
+        with self._lock:
+            self.disconnects += 1
+
     def to_dict(self) -> dict:
         with self._lock:
             by_endpoint: dict[str, dict[str, int]] = {}

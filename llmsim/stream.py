@@ -1,8 +1,9 @@
-"""Text -> BPE tokens -> timed chunks, paced on absolute deadlines.
+"""Output blocks -> BPE tokens -> timed chunks, paced on absolute deadlines.
 
 Two steps, so each can be tested alone:
-- TokenStreamBuilder.build() cuts the text (stop sequences, max_tokens) and
-  splits it into chunk texts of k tokens, never splitting a UTF-8 character;
+- TokenStreamBuilder.build()/build_blocks() cut the output (stop sequences,
+  max_tokens) and split every block (text, reasoning, tool call) into chunk
+  texts of k tokens, never splitting a UTF-8 character, on one flat timeline;
 - Pacer.paced() releases those chunks at t0 + ttft + Σ itl·slowdown, sleeping
   only for the time remaining, so overshoot never accumulates. A planned Cut
   (an injected mid-stream failure) ends it with StreamCut at the next deadline.
@@ -13,8 +14,9 @@ from __future__ import annotations
 import codecs
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import tiktoken
 
@@ -22,34 +24,91 @@ from .errors import Cut, StreamCut
 from .latency import LatencyProfile
 from .tokens import encode
 
+BLOCK_KINDS = ("text", "reasoning", "tool_call")
+
+
+@dataclass
+class Block:
+    """One typed part of an answer: text, visible reasoning, or a tool call.
+
+    `text` is what the block says (for a tool call: its JSON arguments). Once
+    planned, the block's tokens are the plan's chunks `start` to `end`.
+    """
+
+    kind: str = "text"
+    text: str = ""
+    call_id: str | None = None
+    name: str | None = None
+    start: int = 0
+    end: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, not {self.kind!r}")
+
 
 @dataclass
 class TokenPlan:
-    """What one response will stream: chunk texts and their token counts."""
+    """What one response will stream: chunk texts and their token counts, on one timeline.
+
+    `blocks` say which chunks belong to which block (empty for a plain text
+    plan, whose text is all its chunks).
+    """
 
     pieces: list[str] = field(default_factory=list)
     piece_tokens: list[int] = field(default_factory=list)
-    finish_reason: str = "stop"  # "stop" | "length"
+    finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
     stop_sequence: str | None = None
     reasoning_tokens: int = 0
+    """Hidden reasoning: spent before the first chunk, never streamed."""
+    blocks: list[Block] = field(default_factory=list)
+
+    def block_text(self, block: Block) -> str:
+        return "".join(self.pieces[block.start:block.end])
+
+    def block_tokens(self, block: Block) -> int:
+        return sum(self.piece_tokens[block.start:block.end])
 
     @property
     def text(self) -> str:
-        return "".join(self.pieces)
+        """The visible answer text (text blocks only)."""
+        if not self.blocks:
+            return "".join(self.pieces)
+        return "".join(self.block_text(b) for b in self.blocks if b.kind == "text")
+
+    @property
+    def tool_calls(self) -> list[Block]:
+        return [b for b in self.blocks if b.kind == "tool_call"]
+
+    @property
+    def visible_reasoning_tokens(self) -> int:
+        return sum(self.block_tokens(b) for b in self.blocks if b.kind == "reasoning")
 
     @property
     def output_tokens(self) -> int:
-        """Visible tokens generated."""
+        """Tokens streamed (text, visible reasoning and tool-call arguments)."""
         return sum(self.piece_tokens)
 
     @property
     def completion_tokens(self) -> int:
-        """Visible plus hidden reasoning tokens: what the providers bill and report."""
+        """Streamed plus hidden reasoning tokens: what the providers bill and report."""
         return self.output_tokens + self.reasoning_tokens
+
+    @property
+    def all_reasoning_tokens(self) -> int:
+        """Hidden and visible reasoning: what usage reports as reasoning tokens."""
+        return self.reasoning_tokens + self.visible_reasoning_tokens
+
+    def piece_blocks(self) -> list[int]:
+        """The block index of every chunk (all 0 for a plain text plan)."""
+        owner = [0] * len(self.pieces)
+        for i, b in enumerate(self.blocks):
+            owner[b.start:b.end] = [i] * (b.end - b.start)
+        return owner
 
 
 class TokenStreamBuilder:
-    """Splits generated text into the token chunks a real model would stream."""
+    """Splits generated output into the token chunks a real model would stream."""
 
     def __init__(self, encoding: tiktoken.Encoding, chunk_tokens: int = 1) -> None:
         if chunk_tokens < 1:
@@ -59,16 +118,42 @@ class TokenStreamBuilder:
 
     def build(self, text: str, max_tokens: int | None = None, stop: Sequence[str] | None = None) -> TokenPlan:
         """Apply stop sequences, then max_tokens (which wins with "length"), then chunk."""
-        finish, stop_hit = "stop", None
-        if stop:
-            cut = min(((text.find(s), s) for s in stop if s and s in text), default=None)
-            if cut is not None:
-                text, stop_hit = text[:cut[0]], cut[1]
-        ids = encode(text, self.encoding)
-        if max_tokens is not None and len(ids) > max_tokens:
-            ids, finish, stop_hit = ids[:max_tokens], "length", None
-        plan = TokenPlan(finish_reason=finish, stop_sequence=stop_hit)
-        self._chunk(ids, plan)
+        plan = self.build_blocks([Block("text", text)], max_tokens, stop)
+        plan.blocks = []
+        return plan
+
+    def build_blocks(self, blocks: Sequence[Block], max_tokens: int | None = None,
+                     stop: Sequence[str] | None = None) -> TokenPlan:
+        """Plan every block in order on one timeline; max_tokens counts across them all.
+
+        Stop sequences cut text blocks (and end the answer there); max_tokens
+        cuts wherever the budget runs out, even inside a tool call's arguments
+        (as a real model's would, leaving invalid JSON), and wins with "length".
+        """
+        plan = TokenPlan()
+        budget = max_tokens
+        for spec in blocks:
+            text, stopped = spec.text, False
+            if stop and spec.kind == "text":
+                cut = min(((text.find(s), s) for s in stop if s and s in text), default=None)
+                if cut is not None:
+                    text, plan.stop_sequence, stopped = text[:cut[0]], cut[1], True
+            ids = encode(text, self.encoding)
+            if budget is not None and len(ids) > budget:
+                ids, plan.finish_reason, plan.stop_sequence, stopped = ids[:budget], "length", None, True
+            start = len(plan.pieces)
+            self._chunk(ids, plan)
+            if budget is not None:
+                budget -= len(ids)
+            plan.blocks.append(Block(spec.kind, "", spec.call_id, spec.name, start, len(plan.pieces)))
+            if stopped:
+                break
+        if len(plan.blocks) > 1:  # an empty text block says nothing beside other blocks
+            plan.blocks = [b for b in plan.blocks if b.end > b.start or b.kind != "text"]
+        for b in plan.blocks:
+            b.text = plan.block_text(b)
+        if plan.finish_reason != "length" and plan.tool_calls:
+            plan.finish_reason = "tool_calls"
         return plan
 
     def _chunk(self, ids: list[int], plan: TokenPlan) -> None:
@@ -107,25 +192,25 @@ class _FullSpeed:
 FULL_SPEED: Slot = _FullSpeed()
 
 
-def _gevent_sleep(seconds: float) -> None:
-    import gevent
-
-    gevent.sleep(seconds)
-
-
 class Pacer:
     """Releases chunks on absolute deadlines derived from a latency profile."""
 
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = _gevent_sleep, cut: Cut | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None, cut: Cut | None = None,
+                 first_sleep: Callable[[float], None] | None = None) -> None:
         self.latency = latency
         self.rng = rng
         self.prompt_tokens = prompt_tokens
         self.slot = slot
         self.clock = clock
+        if sleep is None:
+            import gevent  # here, not per token: the default sleep is gevent's
+
+            sleep = gevent.sleep
         self.sleep = sleep
         self.cut = cut
+        self.first_sleep = first_sleep
         self.sent_tokens = 0  # visible tokens released so far (what a cut stream really delivered)
 
     def _itl_s(self) -> float:
@@ -139,29 +224,39 @@ class Pacer:
         return t
 
     def paced(self, plan: TokenPlan, start: float | None = None) -> Iterator[str]:
-        """Yield each chunk text at its deadline; a k-token chunk waits for its k-th token.
+        """Yield each chunk text at its deadline (see paced_indices)."""
+        pieces = plan.pieces
+        for i in self.paced_indices(plan.piece_tokens, plan.reasoning_tokens, start):
+            yield pieces[i]
 
-        With a cut planned after n chunks, raise StreamCut at the deadline of chunk n+1
-        (or right after the last one): the model "fails" while generating.
+    def paced_indices(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0,
+                      start: float | None = None) -> Iterator[int]:
+        """Yield each chunk's index at its deadline; a k-token chunk waits for its k-th token.
+
+        The first wait (TTFT) goes through `first_sleep` when given: it may
+        notice that the client left. With a cut planned after n chunks, raise
+        StreamCut at the deadline of chunk n+1 (or right after the last one):
+        the model "fails" while generating.
         """
         cut = self.cut
-        now = self.clock()
-        deadline = self.first_deadline(now if start is None else start, plan.reasoning_tokens)
-        for i, (piece, ntok) in enumerate(zip(plan.pieces, plan.piece_tokens)):
-            extra = ntok - 1 if i == 0 else ntok
-            for _ in range(extra):
-                deadline += self._itl_s()
-            wait = deadline - self.clock()
+        clock, itl = self.clock, self._itl_s
+        deadline = self.first_deadline(clock() if start is None else start, reasoning_tokens)
+        sleep = self.first_sleep or self.sleep
+        for i, ntok in enumerate(piece_tokens):
+            for _ in range(ntok - 1 if i == 0 else ntok):
+                deadline += itl()
+            wait = deadline - clock()
             if wait > 0:
-                self.sleep(wait)
+                sleep(wait)
+            sleep = self.sleep
             if cut is not None and i >= cut.after_pieces:
                 raise StreamCut(cut)
             self.sent_tokens += ntok
-            yield piece
+            yield i
         if cut is not None:
             raise StreamCut(cut)
 
     def wait_all(self, plan: TokenPlan, start: float | None = None) -> None:
         """Take exactly as long as the stream would (non-streaming responses)."""
-        for _ in self.paced(plan, start):
+        for _ in self.paced_indices(plan.piece_tokens, plan.reasoning_tokens, start):
             pass

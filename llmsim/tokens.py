@@ -15,7 +15,7 @@ import tempfile
 import threading
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import tiktoken
 from tiktoken_ext import openai_public
@@ -130,6 +130,84 @@ def message_text(content: Any) -> str:
                 parts.append(part)
         return "".join(parts)
     return str(content)
+
+
+@lru_cache(maxsize=None)
+def max_token_bytes(encoding: tiktoken.Encoding) -> int:
+    """The longest token's length in bytes (128 for o200k_base and cl100k_base): a token-count floor."""
+    longest = 1
+    for i in range(encoding.n_vocab):
+        try:
+            longest = max(longest, len(encoding.decode_single_token_bytes(i)))
+        except KeyError:  # gaps in the id space
+            continue
+    return longest
+
+
+SLICE_CHARS = 16_384
+"""Long texts are counted in slices cut where a token boundary is certain: in
+the threadpool, stopping early past a limit, and never feeding tiktoken one
+enormous piece (its cost grows faster than linearly with a piece's length)."""
+
+
+def _slices(text: str) -> Iterator[str]:
+    start, n = 0, len(text)
+    while n - start > SLICE_CHARS:
+        end = start + SLICE_CHARS
+        # A single space between two non-spaces always starts a new pre-token in
+        # both encodings, so cutting before it changes no count.
+        cut = text.rfind(" ", end - 2048, end)
+        while cut > start and (text[cut - 1].isspace() or cut + 1 >= n or text[cut + 1].isspace()):
+            cut = text.rfind(" ", end - 2048, cut)
+        if cut <= start:
+            cut = end  # a 2 KB run with no such space: approximate, and never quadratic
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def count_text_bounded(text: str, encoding: tiktoken.Encoding, limit: int | None = None) -> tuple[int, bool]:
+    """(tokens of `text`, complete?): once the count passes `limit` a long text may stop early
+    (complete False: the count is then a floor above the limit)."""
+    if len(text) <= OFFLOAD_CHARS:
+        return len(encoding.encode_ordinary(text)), True
+    if _in_gevent_loop():  # one hop to the threadpool: tiktoken releases the GIL there
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(_count_slices, (text, encoding, limit))
+    return _count_slices(text, encoding, limit)
+
+
+def _count_slices(text: str, encoding: tiktoken.Encoding, limit: int | None) -> tuple[int, bool]:
+    total, done = 0, 0
+    for piece in _slices(text):
+        total += len(encoding.encode_ordinary(piece))
+        done += len(piece)
+        if limit is not None and total > limit:
+            return total, done == len(text)
+    return total, True
+
+
+def count_prompt_bounded(messages: Sequence[dict], encoding: tiktoken.Encoding, *, limit: int | None = None,
+                         extra_text: str = "") -> tuple[int, bool]:
+    """(prompt tokens as count_chat_tokens counts them plus `extra_text`'s, exact?).
+
+    May stop once the total passes `limit`: the count is then only a floor (exact False).
+    """
+    texts: list[tuple[str, int]] = [(extra_text, 0)] if extra_text else []
+    for msg in messages:
+        for key, value in msg.items():
+            if key == "content":
+                texts.append((message_text(value), 0))
+            elif isinstance(value, str):
+                texts.append((value, TOKENS_PER_NAME if key == "name" else 0))
+    total = REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages)
+    for i, (text, extra) in enumerate(texts):
+        n, complete = count_text_bounded(text, encoding, None if limit is None else limit - total)
+        total += n + extra
+        if limit is not None and total > limit and (not complete or i < len(texts) - 1):
+            return total, False
+    return total, True
 
 
 def count_chat_tokens(messages: Iterable[dict], encoding: tiktoken.Encoding) -> int:

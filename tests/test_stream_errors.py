@@ -1,8 +1,8 @@
 """In-band stream errors: every encoder's error_event() is what its official SDK understands as a failure.
 
 The fault injector cuts a stream by sending error_event(err) after some
-chunks; here each encoder's opening events, a token, then the error are
-served verbatim and read back with the provider's SDK.
+chunks; here each API's opening events, a token, then the error are served
+verbatim and read back with the provider's SDK.
 """
 
 import warnings
@@ -11,22 +11,38 @@ import anthropic
 import openai
 import pytest
 
-from llmsim.anthropic.messages import MessageEventEncoder
+from llmsim.anthropic.messages import Messages
+from llmsim.engine import Engine, Request
 from llmsim.errors import ApiError
-from llmsim.openai.chat import ChatChunkEncoder
-from llmsim.openai.responses import ResponseBuilder, ResponseEventEncoder
+from llmsim.openai.chat import ChatCompletions
+from llmsim.openai.responses import Responses
 from tests.sse import canned_stream, parse_sse
 
 OVERLOADED = ApiError("overloaded", "Overloaded")
 SERVER_ERROR = ApiError("server_error", "The server had an error while processing your request.")
+ENGINE = Engine(generator="fixed:Hel")
+
+
+def opening_and_first_token(api, model):
+    """An API's encoder for a one-token answer: its opening events and the first token's bytes."""
+    gen = ENGINE.generate(Request(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
+    enc = api.encoder(gen)
+    first = gen.plan.blocks[0]
+    events = list(enc.opening())
+    if enc.early_open:
+        events.append(enc.block_start(0, first))
+        events.append(enc.delta(0, first, "Hel"))
+    else:
+        events.append(enc.block_start(0, first) + enc.delta(0, first, "Hel"))
+    return enc, [e for e in events if e]
 
 
 def test_chat_error_chunk_raises_in_the_openai_sdk():
-    enc = ChatChunkEncoder({"id": "chatcmpl-1", "created": 1, "model": "gpt-4o"}, include_usage=False)
+    enc, events = opening_and_first_token(ChatCompletions(), "gpt-4o")
     chunk = enc.error_event(SERVER_ERROR)
     assert parse_sse(chunk.decode()) == [(None, {"error": {"message": SERVER_ERROR.message, "type": "server_error",
                                                            "param": None, "code": None}})]
-    with canned_stream([enc.role(), enc.content("Hel"), chunk]) as url:
+    with canned_stream(events + [chunk]) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         stream = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
                                                 stream=True)
@@ -38,11 +54,13 @@ def test_chat_error_chunk_raises_in_the_openai_sdk():
 
 
 def test_anthropic_error_event_raises_in_the_anthropic_sdk():
-    enc = MessageEventEncoder({"id": "msg_1", "model": "claude-haiku-4-5"}, input_tokens=5)
+    enc, events = opening_and_first_token(Messages(), "claude-haiku-4-5")
     event = enc.error_event(OVERLOADED)
     assert parse_sse(event.decode()) == [("error", {"type": "error", "error": {"type": "overloaded_error",
                                                                                "message": "Overloaded"}})]
-    with canned_stream([enc.message_start(), enc.content_block_start(), enc.ping(), enc.text("Hel"), event]) as url:
+    assert [name for name, _ in parse_sse(b"".join(events).decode())] == [
+        "message_start", "content_block_start", "ping", "content_block_delta"]
+    with canned_stream(events + [event]) as url:
         client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
         got = []
         with warnings.catch_warnings():
@@ -56,9 +74,7 @@ def test_anthropic_error_event_raises_in_the_anthropic_sdk():
 
 
 def test_responses_error_then_failed_parse_in_the_openai_sdk():
-    builder = ResponseBuilder("resp_1", "gpt-4o", 1, {}, reasoning=False, message_id="msg_1", reasoning_id="rs_1")
-    enc = ResponseEventEncoder(builder)
-    opening = [enc.created(), enc.in_progress(), enc.message_added(), enc.part_added(), enc.delta("Hel")]
+    enc, events = opening_and_first_token(Responses(), "gpt-4o")
     failure = enc.error_event(SERVER_ERROR)
     (n1, err), (n2, failed) = parse_sse(failure.decode())
     assert (n1, n2) == ("error", "response.failed")
@@ -66,7 +82,7 @@ def test_responses_error_then_failed_parse_in_the_openai_sdk():
                    "sequence_number": 5}
     assert failed["sequence_number"] == 6 and failed["response"]["status"] == "failed"
     assert failed["response"]["error"] == {"code": "server_error", "message": SERVER_ERROR.message}
-    with canned_stream(opening + [failure]) as url:
+    with canned_stream(events + [failure]) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         events = list(client.responses.create(model="gpt-4o", input="x", stream=True))
     assert [e.type for e in events][-3:] == ["response.output_text.delta", "error", "response.failed"]
@@ -75,6 +91,6 @@ def test_responses_error_then_failed_parse_in_the_openai_sdk():
 
 
 def test_responses_rate_limit_code():
-    builder = ResponseBuilder("resp_1", "gpt-4o", 1, {}, reasoning=False, message_id="msg_1", reasoning_id="rs_1")
-    failure = ResponseEventEncoder(builder).error_event(ApiError("rate_limit", "Slow down"))
+    enc, _ = opening_and_first_token(Responses(), "gpt-4o")
+    failure = enc.error_event(ApiError("rate_limit", "Slow down"))
     assert parse_sse(failure.decode())[0][1]["code"] == "rate_limit_exceeded"

@@ -10,18 +10,21 @@ token costs one json.dumps of its text.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+import re
+from collections.abc import Iterable
+from typing import Any
 
-import tiktoken
-
+from ..api import Api, StreamEncoder
+from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import json_type
-from ..stream import TokenPlan
-from ..tokens import count_chat_tokens, message_text
+from ..stream import Block, TokenPlan
+from ..tokens import message_text
+from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
 
 ROLES = ("user", "assistant")
 TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
@@ -33,16 +36,6 @@ def _dumps(obj: Any) -> str:
 def bad(path: str, reason: str) -> ApiError:
     """A 400 in Anthropic's wording: the field path, then what is wrong with it."""
     return invalid(f"{path}: {reason}", param=path)
-
-
-@dataclass
-class MessagesRequest:
-    model: str
-    messages: list[dict]
-    system: str | list | None = None
-    max_tokens: int | None = None
-    stop_sequences: list[str] = field(default_factory=list)
-    stream: bool = False
 
 
 # ---------------------------------------------------------------- typed readers (Anthropic wording)
@@ -147,21 +140,55 @@ def _system(body: dict) -> str | list | None:
     return system
 
 
-def _tools(body: dict) -> None:
-    tools = body.get("tools")
-    if tools is not None:
-        for i, tool in enumerate(_list(tools, "tools")):
-            _object(tool, f"tools.{i}")
-            if not isinstance(tool.get("name"), str):
-                raise bad(f"tools.{i}.name", "Field required")
+def _tools(body: dict) -> tuple[list[Tool], ToolChoice]:
+    """Custom tools (name + input_schema) become callable; server tools are accepted, never called."""
+    tools: list[Tool] = []
+    raw = body.get("tools")
+    for i, tool in enumerate(_list(raw, "tools") if raw is not None else []):
+        where = f"tools.{i}"
+        _object(tool, where)
+        if not isinstance(tool.get("name"), str):
+            raise bad(f"{where}.name", "Field required")
+        kind = tool.get("type", "custom")
+        if kind not in (None, "custom"):
+            continue  # a server tool (web_search_..., bash_..., text_editor_...)
+        name = tool["name"]
+        if not TOOL_NAME.match(name):
+            raise bad(f"{where}.custom.name", "String should match pattern '^[a-zA-Z0-9_-]{1,128}$'")
+        schema = tool.get("input_schema")
+        if schema is None:
+            raise bad(f"{where}.custom.input_schema", "Field required")
+        _object(schema, f"{where}.custom.input_schema")
+        if schema.get("type") != "object":
+            raise bad(f"{where}.custom.input_schema.type", "Input should be 'object'")
+        problem = schema_problem(schema)
+        if problem:
+            raise bad(f"{where}.custom.input_schema", f"JSON schema {problem}")
+        description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise bad(f"{where}.custom.description", "Input should be a valid string")
+        tools.append(Tool(name, schema, description or "", bool(tool.get("strict"))))
     choice = body.get("tool_choice")
-    if choice is not None:
-        _object(choice, "tool_choice")
-        if choice.get("type") not in TOOL_CHOICE_TYPES:
-            allowed = ", ".join(f"'{t}'" for t in TOOL_CHOICE_TYPES)
-            raise bad("tool_choice.type", f"Input should be one of {allowed}")
-        if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
+    if choice is None:
+        return tools, ToolChoice("auto")
+    _object(choice, "tool_choice")
+    kind = choice.get("type")
+    if kind not in TOOL_CHOICE_TYPES:
+        allowed = ", ".join(f"'{t}'" for t in TOOL_CHOICE_TYPES)
+        raise bad("tool_choice.type", f"Input should be one of {allowed}")
+    parallel = choice.get("disable_parallel_tool_use")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise bad("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str):
             raise bad("tool_choice.name", "Field required")
+        if all(t.name != name for t in tools):
+            raise bad("tool_choice.name", f"Tool '{name}' not found in provided tools")
+        return tools, ToolChoice("tool", name)
+    if kind == "any" and not tools:
+        raise bad("tool_choice", "tool_choice.type 'any' requires tools to be provided")
+    return tools, ToolChoice({"any": "required"}.get(kind, kind))
 
 
 def _stop_sequences(body: dict) -> list[str]:
@@ -185,20 +212,26 @@ def _model(body: dict) -> str:
     return model
 
 
-def parse_count_tokens_request(body: dict) -> MessagesRequest:
+def parse_count_tokens_request(body: dict) -> Request:
     """The prompt half of a Messages request (what /v1/messages/count_tokens takes)."""
     model = _model(body)
     messages = _messages(body)
     system = _system(body)
-    _tools(body)
-    return MessagesRequest(model=model, messages=messages, system=system)
+    tools, choice = _tools(body)
+    last = messages[-1]
+    answers = last["role"] == "user" and isinstance(last["content"], list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
+    parallel = not (body.get("tool_choice") or {}).get("disable_parallel_tool_use", False) \
+        if isinstance(body.get("tool_choice"), dict) else True
+    return Request(model=model, messages=prompt_messages(messages, system), tools=tools, tool_choice=choice,
+                   parallel_tool_calls=parallel, answers_tool_result=answers, call_id_prefix="toolu_")
 
 
-def parse_messages_request(body: dict) -> MessagesRequest:
+def parse_messages_request(body: dict) -> Request:
     """Validate a Messages body by Anthropic's rules; 400 `invalid_request_error` naming the field otherwise."""
     req = parse_count_tokens_request(body)
     req.max_tokens = _integer(body, "max_tokens", required=True, minimum=1)
-    req.stop_sequences = _stop_sequences(body)
+    req.stop = _stop_sequences(body)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad("stream", "Input should be a valid boolean")
@@ -214,37 +247,74 @@ def parse_messages_request(body: dict) -> MessagesRequest:
     thinking = body.get("thinking")
     if thinking is not None:
         _object(thinking, "thinking")
+    req.output_format = _output_format(body)
     return req
+
+
+def _output_format(body: dict) -> OutputFormat | None:
+    """Structured outputs: `output_config.format` (or the beta's top-level `output_format`)."""
+    config = body.get("output_config")
+    fmt, where = None, "output_config.format"
+    if config is not None:
+        fmt = _object(config, "output_config").get("format")
+    if fmt is None and body.get("output_format") is not None:
+        fmt, where = body["output_format"], "output_format"
+    if fmt is None:
+        return None
+    _object(fmt, where)
+    if fmt.get("type") != "json_schema":
+        raise bad(f"{where}.type", "Input should be 'json_schema'")
+    schema = fmt.get("schema")
+    if schema is None:
+        raise bad(f"{where}.schema", "Field required")
+    problem = schema_problem(schema)
+    if problem:
+        raise bad(f"{where}.schema", f"JSON schema {problem}")
+    return OutputFormat("json_schema", schema)
 
 
 # ---------------------------------------------------------------- token accounting
 
-def prompt_messages(req: MessagesRequest) -> list[dict]:
-    """The prompt as chat-shaped messages, the system prompt first: what is counted and generated from."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in req.messages]
-    if req.system:
-        messages.insert(0, {"role": "system", "content": message_text(req.system)})
-    return messages
+def _block_text(block: Any) -> str:
+    """What a content block adds to the prompt: text, tool inputs and tool results."""
+    if not isinstance(block, dict):
+        return ""
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "tool_use":
+        return str(block.get("name", "")) + json.dumps(block.get("input", {}), ensure_ascii=False)
+    if kind == "tool_result":
+        return message_text(block.get("content"))
+    if kind == "thinking":
+        return str(block.get("thinking", ""))
+    return ""
 
 
-def count_input_tokens(req: MessagesRequest, encoding: tiktoken.Encoding) -> int:
-    """`usage.input_tokens`: OpenAI's chat accounting over [system] + messages, text only.
+def prompt_messages(messages: list[dict], system: str | list | None) -> list[dict]:
+    """The prompt as chat-shaped messages, the system prompt first: what is counted and generated from.
 
     Claude's tokenizer is not public; the profile's encoding (cl100k_base for
-    Claude) approximates it, and the same per-message framing as Chat keeps
-    one accounting rule across the simulator.
+    Claude) approximates it, and OpenAI's per-message framing keeps one
+    accounting rule across the simulator.
     """
-    return count_chat_tokens(prompt_messages(req), encoding)
+    out = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+            else "".join(_block_text(b) for b in m["content"])} for m in messages]
+    if system:
+        out.insert(0, {"role": "system", "content": message_text(system)})
+    return out
 
 
 # ---------------------------------------------------------------- response bodies
 
 def stop_reason(plan: TokenPlan) -> str:
-    """Anthropic's stop_reason for a plan: max_tokens, stop_sequence or end_turn."""
+    """Anthropic's stop_reason for a plan: max_tokens, stop_sequence, tool_use or end_turn."""
     if plan.finish_reason == "length":
         return "max_tokens"
     if plan.stop_sequence is not None:
         return "stop_sequence"
+    if plan.finish_reason == "tool_calls":
+        return "tool_use"
     return "end_turn"
 
 
@@ -253,29 +323,52 @@ def message_usage(input_tokens: int, output_tokens: int) -> dict:
             "output_tokens": output_tokens, "service_tier": "standard"}
 
 
-def message_body(meta: dict, plan: TokenPlan, input_tokens: int) -> dict:
+def tool_input(block: Block) -> Any:
+    """A tool_use block's `input`: its arguments parsed (an object cut by max_tokens gives {})."""
+    try:
+        value = json.loads(block.text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def content_block(block: Block, signature: str) -> dict:
+    if block.kind == "tool_call":
+        return {"type": "tool_use", "id": block.call_id, "name": block.name, "input": tool_input(block)}
+    if block.kind == "reasoning":
+        return {"type": "thinking", "thinking": block.text, "signature": signature}
+    return {"type": "text", "text": block.text}
+
+
+def message_body(meta: dict, gen: Generation) -> dict:
     """The non-streaming `message` object. meta: {"id", "model"}."""
+    plan = gen.plan
     return {
         "id": meta["id"],
         "type": "message",
         "role": "assistant",
         "model": meta["model"],
-        "content": [{"type": "text", "text": plan.text}],
+        "content": [content_block(b, meta.get("signature", "")) for b in plan.blocks],
         "stop_reason": stop_reason(plan),
         "stop_sequence": plan.stop_sequence,
-        "usage": message_usage(input_tokens, plan.completion_tokens),
+        "usage": message_usage(gen.prompt_tokens, plan.completion_tokens),
     }
 
 
-class MessageEventEncoder:
-    """SSE bytes (`event:` + `data:` lines) for one streamed message."""
+class MessageEventEncoder(StreamEncoder):
+    """SSE bytes (`event:` + `data:` lines) for one streamed message.
 
-    def __init__(self, meta: dict, input_tokens: int) -> None:
+    A delta is built from a precomputed prefix and suffix, so a token costs
+    one json.dumps of its text.
+    """
+
+    early_open = True
+
+    def __init__(self, meta: dict, gen: Generation) -> None:
+        super().__init__(gen)
         self.meta = meta
-        self.input_tokens = input_tokens
-        self._delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
-                           b'"delta":{"type":"text_delta","text":'
-        self._delta_tail = b"}}\n\n"
+        self.input_tokens = gen.prompt_tokens
+        self._heads: dict[int, bytes] = {}
 
     @staticmethod
     def event(name: str, data: dict) -> bytes:
@@ -287,19 +380,34 @@ class MessageEventEncoder:
                    "usage": message_usage(self.input_tokens, output_tokens)}
         return self.event("message_start", {"type": "message_start", "message": message})
 
-    def content_block_start(self) -> bytes:
-        return self.event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                  "content_block": {"type": "text", "text": ""}})
+    def opening(self) -> Iterable[bytes]:
+        yield self.message_start(min(1, self.gen.plan.completion_tokens))
 
-    @staticmethod
-    def ping() -> bytes:
-        return PING
+    def block_start(self, index: int, block: Block) -> bytes:
+        if block.kind == "tool_call":
+            start: dict = {"type": "tool_use", "id": block.call_id, "name": block.name, "input": {}}
+            kind, field_ = "input_json_delta", "partial_json"
+        elif block.kind == "reasoning":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            kind, field_ = "thinking_delta", "thinking"
+        else:
+            start = {"type": "text", "text": ""}
+            kind, field_ = "text_delta", "text"
+        self._heads[index] = (f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index},'
+                              f'"delta":{{"type":"{kind}","{field_}":').encode()
+        out = self.event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": start})
+        return out + PING if index == 0 else out
 
-    def text(self, piece: str) -> bytes:
-        return self._delta_head + json.dumps(piece).encode() + self._delta_tail
+    def delta(self, index: int, block: Block, text: str) -> bytes:
+        return self._heads[index] + json.dumps(text).encode() + b"}}\n\n"
 
-    def content_block_stop(self) -> bytes:
-        return self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    def block_stop(self, index: int, block: Block) -> bytes:
+        out = b""
+        if block.kind == "reasoning":
+            out = self.event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                "type": "signature_delta", "signature": self.meta.get("signature", "")}})
+        return out + self.event("content_block_stop", {"type": "content_block_stop", "index": index})
 
     def message_delta(self, plan: TokenPlan) -> bytes:
         usage = {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
@@ -309,28 +417,31 @@ class MessageEventEncoder:
                                                       "stop_sequence": plan.stop_sequence},
                                             "usage": usage})
 
-    @staticmethod
-    def message_stop() -> bytes:
-        return MESSAGE_STOP
+    def closing(self) -> Iterable[bytes]:
+        yield self.message_delta(self.gen.plan)
+        yield MESSAGE_STOP
 
-    @staticmethod
-    def error_event(err: ApiError) -> bytes:
+    def error_event(self, err: ApiError) -> bytes:
         """An in-band failure after the 200: `event: error` with Anthropic's error object."""
-        return MessageEventEncoder.event("error", err.anthropic_body())
+        return self.event("error", err.anthropic_body())
 
 
-def message_events(enc: MessageEventEncoder, plan: TokenPlan, paced: Callable[[], Iterable[str]]) -> Iterator[bytes]:
-    """The whole stream: message_start, content_block_start, ping, one delta per chunk, then the close.
+class Messages(Api):
+    """POST /v1/messages (also under /anthropic)."""
 
-    The three opening events go out at once (headers before the first token);
-    `paced()` is called only then (it may wait for a batch slot) and yields the
-    chunk texts on their deadlines, so the deltas carry the profile's timing.
-    """
-    yield enc.message_start(min(1, plan.completion_tokens))
-    yield enc.content_block_start()
-    yield enc.ping()
-    for piece in paced():
-        yield enc.text(piece)
-    yield enc.content_block_stop()
-    yield enc.message_delta(plan)
-    yield enc.message_stop()
+    name = "messages"
+    provider = "anthropic"
+    paths = ("/v1/messages", "/anthropic/v1/messages")
+
+    def parse(self, body: dict) -> Request:
+        return parse_messages_request(body)
+
+    @staticmethod
+    def _meta(gen: Generation) -> dict:
+        return {"id": new_id("msg_"), "model": gen.request.model}
+
+    def body(self, gen: Generation) -> dict:
+        return message_body(self._meta(gen), gen)
+
+    def encoder(self, gen: Generation) -> StreamEncoder:
+        return MessageEventEncoder(self._meta(gen), gen)

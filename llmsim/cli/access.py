@@ -31,7 +31,6 @@ def install_access(app: Flask, state: AppState) -> None:
     """Register the auth check and the rate-limit headers on the app."""
     from .handlers import error_response, provider_for_path  # handlers installs us: import at call time
 
-    state.request_key = lambda: g.get("api_key") if has_request_context() else None
 
     @app.before_request
     def _authenticate() -> Response | None:

@@ -88,7 +88,7 @@ OPTIONS: tuple[Option, ...] = (
            "TOKEN"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
-SECTION_KEYS = ("models", "errors", "rate_limits", "auth")
+SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "tools")
 """Nested config sections, validated by the modules that own them."""
 
 

@@ -1,7 +1,7 @@
 """Flask routes: the HTTP face of the simulator.
 
-Routes only glue: parse with the API module, plan with AppState.generate, pace
-with the Pacer, encode with the API's chunk encoder. Every error, including
+Routes only glue: one generic route serves every API (parse with the API
+module, generate with the engine, answer with the API's body or stream). Every error, including
 Flask's own 404/405/413 and unexpected exceptions, leaves in the envelope of
 the API the path belongs to, never as an HTML page or a traceback.
 """
@@ -11,23 +11,28 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..anthropic.messages import (MessageEventEncoder, count_input_tokens, message_body, message_events,
-                                  parse_count_tokens_request, parse_messages_request, prompt_messages)
-from ..anthropic.models import list_models as anthropic_models, retrieve_model as anthropic_model
+from ..anthropic.messages import Messages, parse_count_tokens_request
+from ..anthropic.models import list_models as anthropic_models
+from ..anthropic.models import retrieve_model as anthropic_model
+from ..api import Api, StreamEncoder, stream_bytes
+from ..engine import new_id
 from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
-from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
-from ..openai.responses import ResponseBuilder, ResponseEventEncoder, parse_responses_request, response_events
-from ..tokens import count_chat_tokens, get_encoding
+from ..hangup import ClientGone, SocketWatch
+from ..openai.chat import ChatCompletions
+from ..openai.responses import Responses
+from ..tokens import get_encoding
 from .access import install_access
 from .admin import admin_blueprint
 from .state import AppState, Generation
 
+SOCKET_KEY = "llmsim.socket"
+"""The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 MODEL_CREATED = 1_700_000_000
 OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
@@ -49,51 +54,62 @@ def error_response(err: ApiError, provider: str | None = None) -> Response:
     return resp
 
 
-def sse_response(chunks: Iterable[bytes], headers: dict[str, str] | None = None) -> Response:
-    """A streamed response nothing buffers: no Content-Length, no compression."""
-    resp = Response(chunks, mimetype="text/event-stream", direct_passthrough=True)
-    resp.headers.update(SSE_HEADERS)
-    if headers:
-        resp.headers.update(headers)
-    return resp
+class StreamBody:
+    """The SSE body of one generation: counts the stream while it runs, and frees its slot
+    however it ends, even when the server closes it before the first chunk.
 
-
-def stream_response(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
-                    headers: dict[str, str] | None = None,
-                    error_event: Callable[[ApiError], bytes] | None = None) -> Response:
-    """The SSE response of one generation; its slot is freed however the stream ends.
-
-    `error_event` is the API's in-band error encoder, used by an injected mid-stream fault.
+    Iterating gives the API's bytes; an injected mid-stream cut either drops
+    the connection with no terminator, or (midstream_mode: error) sends the
+    API's in-band error event and ends there. The WSGI server always calls
+    close(), which is where an unstarted or abandoned stream is settled.
     """
-    resp = sse_response(tracked_stream(state, gen, body, error_event), headers)
-    resp.call_on_close(gen.slot.release)  # also if the body is never iterated
-    return resp
 
+    def __init__(self, state: AppState, gen: Generation, enc: StreamEncoder) -> None:
+        self.state, self.gen, self.enc = state, gen, enc
+        self._it: Iterator[bytes] | None = None
+        self._ended = False
+        state.stats.stream_started()
 
-def tracked_stream(state: AppState, gen: Generation, body: Callable[[], Iterator[bytes]],
-                   error_event: Callable[[ApiError], bytes] | None = None) -> Iterator[bytes]:
-    """Wrap a chunk generator: counts the stream while it runs, frees it when the client goes,
-    and carries out an injected mid-stream cut, the same way for every API.
+    def __iter__(self) -> Iterator[bytes]:
+        self._it = self._run()
+        return self._it
 
-    A cut either drops the connection with no terminator, or (midstream_mode: error)
-    sends the API's own in-band `error_event` and ends the body there.
-    """
-    state.stats.stream_started()
-    completed = cut = False
-    try:
+    def _run(self) -> Iterator[bytes]:
         try:
-            yield from body()
-            completed = True
+            yield from stream_bytes(self.gen, self.enc)
         except StreamCut as e:
-            cut = True
-            if e.cut.error is None or error_event is None:
+            if e.cut.error is None:
+                self._end(cut=True)
                 raise ConnectionDrop() from None
-            yield error_event(e.cut.error)
-    finally:
-        # Runs on normal end, on a cut, and on GeneratorExit when the client disconnects.
-        gen.slot.release()
-        state.stats.stream_ended(disconnected=not (completed or cut))
-        state.finish(gen, completed)
+            yield self.enc.error_event(e.cut.error)
+            self._end(cut=True)
+            return
+        except ClientGone:
+            self._end()
+            raise ConnectionDrop() from None
+        self._end(completed=True)
+
+    def _end(self, completed: bool = False, cut: bool = False) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.gen.slot.release()
+        self.state.stats.stream_ended(disconnected=not (completed or cut))
+        self.state.finish(self.gen, completed)
+
+    def close(self) -> None:
+        if self._it is not None:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+        self._end()
+
+
+def stream_response(state: AppState, gen: Generation, enc: StreamEncoder) -> Response:
+    """A streamed response nothing buffers: no Content-Length, no compression."""
+    resp = Response(StreamBody(state, gen, enc), mimetype="text/event-stream", direct_passthrough=True)
+    resp.headers.update(SSE_HEADERS)
+    return resp
 
 
 def wait_for(state: AppState, gen: Generation) -> None:
@@ -102,6 +118,9 @@ def wait_for(state: AppState, gen: Generation) -> None:
     try:
         gen.wait_all()
         completed = True
+    except ClientGone:
+        state.stats.record_disconnect()
+        raise ConnectionDrop() from None
     finally:
         state.finish(gen, completed)
 
@@ -115,33 +134,31 @@ def read_body() -> dict:
     return parse_json_object(request.get_data(cache=False))
 
 
-def openai_blueprint(state: AppState, name: str) -> Blueprint:
-    bp = Blueprint(name, __name__)
+APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages())
+"""Every generation API; each is served by the one generic route below."""
 
-    @bp.post("/chat/completions")
-    def chat_completions() -> Response:
-        req = parse_chat_request(read_body())
-        gen = state.generate(req.model, {"model": req.model, "messages": req.messages},
-                             count_prompt=lambda enc: count_chat_tokens(req.messages, enc),
-                             max_tokens=req.max_tokens, max_tokens_param=req.max_tokens_param, stop=req.stop,
-                             effort=req.reasoning_effort)
-        meta = {"id": state.new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
-                "model": req.model, "system_fingerprint": "fp_llmsim"}
+
+def api_route(state: AppState, api: Api) -> Callable[[], Response]:
+    """The one route every API shares: parse, generate, then answer at once or stream."""
+
+    def view() -> Response:
+        req = api.parse(read_body())
+        req.api_key = g.get("api_key")
+        req.arrival = g.get("t0")
+        req.conversation = request.headers.get("x-llmsim-conversation")
+        gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
         if not req.stream:
             wait_for(state, gen)
-            return jsonify(chat_completion(meta, gen.plan, gen.prompt_tokens))
-        enc = ChatChunkEncoder(meta, req.include_usage)
+            return jsonify(api.body(gen))
+        return stream_response(state, gen, api.encoder(gen))
 
-        def chunks() -> Iterator[bytes]:
-            yield enc.role()
-            for piece in gen.paced():
-                yield enc.content(piece)
-            yield enc.finish(gen.plan.finish_reason)
-            if req.include_usage:
-                yield enc.usage(chat_usage(gen.prompt_tokens, gen.plan))
-            yield DONE
+    view.__name__ = api.name.replace(".", "_")
+    return view
 
-        return stream_response(state, gen, chunks, error_event=enc.error_event)
+
+def openai_blueprint(state: AppState, name: str) -> Blueprint:
+    """OpenAI's Models API (the generation APIs are registered from APIS)."""
+    bp = Blueprint(name, __name__)
 
     @bp.get("/models")
     def list_models() -> Response:
@@ -154,23 +171,6 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
                            param="model", code="model_not_found")
         return jsonify(model_object(state, model_id))
 
-    @bp.post("/responses")
-    def create_response() -> Response:
-        req = parse_responses_request(read_body())
-        gen = state.generate(req.model, {"model": req.model, "messages": req.messages},
-                             count_prompt=lambda enc: count_chat_tokens(req.messages, enc),
-                             max_tokens=req.max_output_tokens, max_tokens_param="max_output_tokens",
-                             effort=req.effort, prompt_param="input")
-        builder = ResponseBuilder(state.new_id("resp_"), req.model, gen.created, req.echo,
-                                  reasoning=gen.plan.reasoning_tokens > 0, message_id=state.new_id("msg_"),
-                                  reasoning_id=state.new_id("rs_"))
-        if not req.stream:
-            wait_for(state, gen)
-            return jsonify(builder.final(gen.plan, gen.prompt_tokens, output_text=True))
-        enc = ResponseEventEncoder(builder)
-        return stream_response(state, gen, lambda: response_events(enc, gen.plan, gen.paced, gen.prompt_tokens),
-                               error_event=enc.error_event)
-
     return bp
 
 
@@ -180,30 +180,17 @@ ANTHROPIC_PREFIXES = ("/v1", "/anthropic/v1")
 
 
 def anthropic_blueprint(state: AppState) -> Blueprint:
-    """Anthropic's Messages, token counting and Models APIs. `x-api-key`, `anthropic-version`
+    """Anthropic's token counting and Models APIs. `x-api-key`, `anthropic-version`
     and `anthropic-beta` are accepted and not required."""
     bp = Blueprint("anthropic", __name__)
 
-    def create_message() -> Response:
-        req = parse_messages_request(read_body())
-        gen = state.generate(req.model, {"model": req.model, "messages": prompt_messages(req)},
-                             count_prompt=lambda enc: count_input_tokens(req, enc), max_tokens=req.max_tokens,
-                             stop=req.stop_sequences)
-        meta = {"id": state.new_id("msg_"), "model": req.model}
-        if not req.stream:
-            wait_for(state, gen)
-            return jsonify(message_body(meta, gen.plan, gen.prompt_tokens))
-        enc = MessageEventEncoder(meta, gen.prompt_tokens)
-        return stream_response(state, gen, lambda: message_events(enc, gen.plan, gen.paced),
-                               error_event=enc.error_event)
-
     def count_tokens() -> Response:
         req = parse_count_tokens_request(read_body())
-        enc = get_encoding(state.resolve_profile(req.model).encoding)
-        return jsonify({"input_tokens": count_input_tokens(req, enc)})
+        profile = state.resolve_profile(req.model)
+        return jsonify({"input_tokens": state.count_prompt(req, profile, get_encoding(profile.encoding),
+                                                           check=False)})
 
     for prefix in ANTHROPIC_PREFIXES:
-        bp.add_url_rule(f"{prefix}/messages", "messages", create_message, methods=["POST"])
         bp.add_url_rule(f"{prefix}/messages/count_tokens", "count_tokens", count_tokens, methods=["POST"])
 
     @bp.get("/anthropic/v1/models")
@@ -256,10 +243,13 @@ def create_app(state: AppState) -> Flask:
     app.register_blueprint(openai_blueprint(state, "openai_prefixed"), url_prefix="/openai/v1")
     app.register_blueprint(anthropic_blueprint(state))
     app.register_blueprint(admin_blueprint(state))
+    for api in APIS:
+        for path in api.paths:
+            app.add_url_rule(path, f"{api.name}:{path}", api_route(state, api), methods=["POST"])
 
     @app.before_request
     def _start() -> None:
-        g.request_id = "req_" + state.new_id("")
+        g.request_id = "req_" + new_id("")
         g.t0 = time.monotonic()
 
     install_access(app, state)  # after _start: auth answers carry the request id

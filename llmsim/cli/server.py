@@ -27,6 +27,11 @@ class _QuietHandler(WSGIHandler):
     response, no terminating chunk in the middle of one.
     """
 
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
+        return environ
+
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
         if isinstance(t, type) and issubclass(t, ConnectionDrop):
             self.close_connection = True

@@ -1,60 +1,36 @@
 """OpenAI Chat Completions: validate a request, build the body and the SSE chunks.
 
-Chunk bytes are built from a per-response prefix and suffix computed once, so a
-streamed token costs one json.dumps of its text, not a dict and a re-encode.
+Text streams as `content` deltas, visible reasoning as `reasoning_content`
+(as DeepSeek and vLLM send it), tool calls as `tool_calls` deltas: index, id,
+type and name first, then argument fragments at the profile's ITL.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from typing import Any
 
+from ..api import Api, StreamEncoder
+from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
-from ..fields import (check_enum, get_bool, get_int, get_list, get_number, get_object, get_stop, get_str,
+from ..fields import (check_enum, get_bool, get_int, get_list, get_number, get_object, get_stop, get_str, missing,
                       wrong_type)
 from ..latency import REASONING_EFFORT_FACTORS
-from ..stream import TokenPlan
+from ..stream import Block, TokenPlan
+from ..tokens import message_text
+from ..toolcalls import OutputFormat
+from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 DONE = b"data: [DONE]\n\n"
 
 
-@dataclass
-class ChatRequest:
-    model: str
-    messages: list[dict]
-    stream: bool = False
-    include_usage: bool = False
-    max_tokens: int | None = None
-    max_tokens_param: str = "max_tokens"
-    stop: list[str] = field(default_factory=list)
-    reasoning_effort: str | None = None
-
-
-def parse_chat_request(body: dict) -> ChatRequest:
+def parse_chat_request(body: dict) -> Request:
     """Validate a Chat Completions body as OpenAI does; 400 naming the field otherwise."""
     model = get_str(body, "model", required=True, nonempty=True)
-    messages = get_list(body, "messages", required=True, nonempty=True)
-    for i, msg in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise wrong_type(param, "an object", msg)
-        if "role" not in msg:
-            raise invalid(f"Missing required parameter: '{param}.role'.", param=f"{param}.role",
-                          code="missing_required_parameter")
-        check_enum(msg["role"], ROLES, f"{param}.role")
-        content = msg.get("content")
-        if content is None:
-            if msg["role"] != "assistant":
-                raise invalid(f"Missing required parameter: '{param}.content'.", param=f"{param}.content",
-                              code="missing_required_parameter")
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise invalid(f"Invalid '{param}.content[{j}]': expected an object with a 'type'.",
-                                  param=f"{param}.content[{j}]", code="invalid_type")
-        elif not isinstance(content, str):
-            raise wrong_type(f"{param}.content", "a string or an array of content parts", content)
+    raw_messages = get_list(body, "messages", required=True, nonempty=True) or []
+    messages = [_message(msg, f"messages[{i}]") for i, msg in enumerate(raw_messages)]
     stream = get_bool(body, "stream")
     options = get_object(body, "stream_options")
     if options is not None and not stream:
@@ -74,9 +50,74 @@ def parse_chat_request(body: dict) -> ChatRequest:
     effort = get_str(body, "reasoning_effort")
     if effort is not None:
         check_enum(effort, tuple(REASONING_EFFORT_FACTORS), "reasoning_effort")
-    return ChatRequest(model=model, messages=messages, stream=stream, include_usage=include_usage,
-                       max_tokens=max_tokens, max_tokens_param=max_tokens_param, stop=get_stop(body, "stop", 4),
-                       reasoning_effort=effort)
+    tools = []
+    for i, tool in enumerate(get_list(body, "tools") or []):
+        param = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise wrong_type(param, "an object", tool)
+        check_enum(tool.get("type"), ("function",), f"{param}.type")
+        fn = get_object(tool, "function", param=f"{param}.function")
+        if fn is None:
+            raise missing(f"{param}.function")
+        tools.append(parse_function(fn, f"{param}.function"))
+    return Request(model=model, messages=messages, stream=stream, max_tokens=max_tokens,
+                   max_tokens_param=max_tokens_param, stop=get_stop(body, "stop", 4), effort=effort,
+                   tools=tools, tool_choice=parse_tool_choice(body.get("tool_choice"), tools),
+                   parallel_tool_calls=get_bool(body, "parallel_tool_calls", default=True),
+                   output_format=_response_format(body),
+                   answers_tool_result=raw_messages[-1].get("role") in ("tool", "function"),
+                   include_usage=include_usage)
+
+
+def _message(msg: Any, param: str) -> dict:
+    """One message validated; returned chat-shaped for counting (tool-call arguments are prompt text)."""
+    if not isinstance(msg, dict):
+        raise wrong_type(param, "an object", msg)
+    if "role" not in msg:
+        raise missing(f"{param}.role")
+    role = check_enum(msg["role"], ROLES, f"{param}.role")
+    content = msg.get("content")
+    calls = msg.get("tool_calls")
+    if content is None:
+        if role != "assistant":
+            raise missing(f"{param}.content")
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise invalid(f"Invalid '{param}.content[{j}]': expected an object with a 'type'.",
+                              param=f"{param}.content[{j}]", code="invalid_type")
+    elif not isinstance(content, str):
+        raise wrong_type(f"{param}.content", "a string or an array of content parts", content)
+    if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
+        raise missing(f"{param}.tool_call_id")
+    text = message_text(content)
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            raise wrong_type(f"{param}.tool_calls", "an array of tool calls on an assistant message", calls)
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise missing(f"{param}.tool_calls[{j}].function.name")
+            text += fn["name"] + str(fn.get("arguments") or "")
+    out = {"role": role, "content": text}
+    if isinstance(msg.get("name"), str):
+        out["name"] = msg["name"]
+    return out
+
+
+def _response_format(body: dict) -> OutputFormat | None:
+    fmt = get_object(body, "response_format")
+    if fmt is None:
+        return None
+    kind = check_enum(fmt.get("type"), ("text", "json_object", "json_schema"), "response_format.type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    spec = get_object(fmt, "json_schema", param="response_format.json_schema")
+    if spec is None:
+        raise missing("response_format.json_schema")
+    return parse_json_schema_format(spec, "response_format.json_schema")
 
 
 def chat_usage(prompt_tokens: int, plan: TokenPlan) -> dict:
@@ -85,43 +126,84 @@ def chat_usage(prompt_tokens: int, plan: TokenPlan) -> dict:
         "completion_tokens": plan.completion_tokens,
         "total_tokens": prompt_tokens + plan.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": plan.reasoning_tokens, "audio_tokens": 0,
+        "completion_tokens_details": {"reasoning_tokens": plan.all_reasoning_tokens, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
 
 
-def chat_completion(meta: dict, plan: TokenPlan, prompt_tokens: int) -> dict:
+def finish_reason(gen: Generation) -> str:
+    """stop | length | tool_calls; a call forced by naming the tool finishes with "stop", as OpenAI's does."""
+    reason = gen.plan.finish_reason
+    if reason == "tool_calls" and gen.request.tool_choice.mode == "tool":
+        return "stop"
+    return reason
+
+
+def tool_call_object(block: Block) -> dict:
+    return {"id": block.call_id, "type": "function", "function": {"name": block.name, "arguments": block.text}}
+
+
+def chat_completion(meta: dict, gen: Generation) -> dict:
     """The non-streaming `chat.completion` object."""
+    plan = gen.plan
+    calls = plan.tool_calls
+    message: dict[str, Any] = {"role": "assistant", "content": plan.text if plan.text or not calls else None,
+                               "refusal": None, "annotations": []}
+    if calls:
+        message["tool_calls"] = [tool_call_object(b) for b in calls]
     return {
         **meta,
         "object": "chat.completion",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": plan.text, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": plan.finish_reason,
-        }],
-        "usage": chat_usage(prompt_tokens, plan),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(gen)}],
+        "usage": chat_usage(gen.prompt_tokens, plan),
         "service_tier": "default",
     }
 
 
-class ChatChunkEncoder:
-    """SSE bytes for one streamed `chat.completion.chunk` sequence."""
+class ChatChunkEncoder(StreamEncoder):
+    """SSE bytes for one streamed `chat.completion.chunk` sequence.
 
-    def __init__(self, meta: dict, include_usage: bool) -> None:
+    Chunk bytes are built from a prefix and suffix computed once, so a streamed
+    token costs one json.dumps of its text, not a dict and a re-encode.
+    """
+
+    def __init__(self, meta: dict, include_usage: bool, gen: Generation | None = None) -> None:
+        super().__init__(gen)  # type: ignore[arg-type]
         head = json.dumps({**meta, "object": "chat.completion.chunk"}, separators=(",", ":"))[:-1]
         self._head = f'data: {head},"service_tier":"default","choices":[{{"index":0,"delta":'.encode()
         tail = ',"usage":null' if include_usage else ""
         self._content_tail = f'}},"logprobs":null,"finish_reason":null}}]{tail}}}\n\n'.encode()
         self._tail_usage = tail
         self._meta_head = f'data: {head},"service_tier":"default",'.encode()
+        self.include_usage = include_usage
+        self._call_index: dict[int, int] = {}
 
-    def role(self) -> bytes:
-        return self._head + b'{"role":"assistant","content":"","refusal":null' + self._content_tail
+    def opening(self) -> Iterable[bytes]:
+        first = self.gen.plan.blocks[0] if self.gen is not None and self.gen.plan.blocks else None
+        yield self.role(content=None if first is not None and first.kind == "tool_call" else "")
+
+    def role(self, content: str | None = "") -> bytes:
+        return (self._head + b'{"role":"assistant","content":' + json.dumps(content).encode() + b',"refusal":null'
+                + self._content_tail)
 
     def content(self, text: str) -> bytes:
         return self._head + b'{"content":' + json.dumps(text).encode() + self._content_tail
+
+    def block_start(self, index: int, block: Block) -> bytes:
+        if block.kind != "tool_call":
+            return b""
+        k = self._call_index.setdefault(index, len(self._call_index))
+        call = {"index": k, "id": block.call_id, "type": "function", "function": {"name": block.name,
+                                                                                 "arguments": ""}}
+        return self._head + b'{"tool_calls":[' + _dumps(call).encode() + b"]" + self._content_tail
+
+    def delta(self, index: int, block: Block, text: str) -> bytes:
+        if block.kind == "text":
+            return self._head + b'{"content":' + json.dumps(text).encode() + self._content_tail
+        if block.kind == "reasoning":
+            return self._head + b'{"reasoning_content":' + json.dumps(text).encode() + self._content_tail
+        return (self._head + b'{"tool_calls":[{"index":' + str(self._call_index[index]).encode()
+                + b',"function":{"arguments":' + json.dumps(text).encode() + b"}}]" + self._content_tail)
 
     def finish(self, reason: str) -> bytes:
         return (self._head + b'{},"logprobs":null,"finish_reason":' + json.dumps(reason).encode()
@@ -130,7 +212,39 @@ class ChatChunkEncoder:
     def usage(self, usage: dict) -> bytes:
         return self._meta_head + b'"choices":[],"usage":' + json.dumps(usage, separators=(",", ":")).encode() + b"}\n\n"
 
-    @staticmethod
-    def error_event(err: ApiError) -> bytes:
+    def closing(self) -> Iterable[bytes]:
+        gen = self.gen
+        yield self.finish(finish_reason(gen))
+        if self.include_usage:
+            yield self.usage(chat_usage(gen.prompt_tokens, gen.plan))
+        yield DONE
+
+    def error_event(self, err: ApiError) -> bytes:
         """An in-band failure after the 200: a `data: {"error": {...}}` chunk, which the SDK raises as APIError."""
         return b"data: " + json.dumps(err.openai_body(), separators=(",", ":")).encode() + b"\n\n"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class ChatCompletions(Api):
+    """POST /v1/chat/completions."""
+
+    name = "chat.completions"
+    provider = "openai"
+    paths = ("/v1/chat/completions", "/openai/v1/chat/completions")
+
+    def parse(self, body: dict) -> Request:
+        return parse_chat_request(body)
+
+    @staticmethod
+    def _meta(gen: Generation) -> dict:
+        return {"id": new_id("chatcmpl-"), "object": "chat.completion", "created": gen.created,
+                "model": gen.request.model, "system_fingerprint": "fp_llmsim"}
+
+    def body(self, gen: Generation) -> dict:
+        return chat_completion(self._meta(gen), gen)
+
+    def encoder(self, gen: Generation) -> StreamEncoder:
+        return ChatChunkEncoder(self._meta(gen), gen.request.include_usage, gen)

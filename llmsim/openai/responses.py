@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Iterable
+from typing import Any
 
+from ..api import Api, StreamEncoder
+from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import check_enum, get_bool, get_int, get_list, get_number, get_object, get_str, missing, wrong_type
 from ..latency import REASONING_EFFORT_FACTORS
-from ..stream import TokenPlan
+from ..stream import Block, TokenPlan
+from ..toolcalls import OutputFormat, ToolChoice
+from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
 INPUT_ROLES = ("user", "assistant", "system", "developer")
 SUMMARY_MODES = ("auto", "concise", "detailed")
@@ -28,18 +32,6 @@ ITEM_TEXT_FIELDS = ("output", "arguments", "text")
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
-
-
-@dataclass
-class ResponsesRequest:
-    model: str
-    messages: list[dict]
-    """The input as chat-shaped messages (instructions first): what is counted and generated from."""
-    stream: bool = False
-    max_output_tokens: int | None = None
-    effort: str | None = None
-    echo: dict = field(default_factory=dict)
-    """Request settings the response object repeats back."""
 
 
 def _content(content: Any, param: str) -> None:
@@ -80,15 +72,20 @@ def _input_messages(body: dict) -> list[dict]:
             messages.append({"role": item["role"], "content": item["content"]})
         else:  # tool calls, their outputs, reasoning items: only their text is counted
             text = next((item[k] for k in ITEM_TEXT_FIELDS if isinstance(item.get(k), (str, list))), None)
-            if text is not None:
-                messages.append({"role": "tool", "content": text})
+            if kind == "function_call_output" and not isinstance(item.get("call_id"), str):
+                raise missing(f"{param}.call_id")
+            messages.append({"role": "tool" if kind.endswith("_output") else "assistant",
+                             "content": text if text is not None else ""})
     return messages
 
 
-def parse_responses_request(body: dict) -> ResponsesRequest:
+def parse_responses_request(body: dict) -> Request:
     """Validate a Responses body as OpenAI does; 400 naming the field otherwise."""
     model = get_str(body, "model", required=True, nonempty=True)
     messages = _input_messages(body)
+    items = body.get("input") if isinstance(body.get("input"), list) else []
+    answers_tool_result = bool(items) and isinstance(items[-1], dict) and \
+        str(items[-1].get("type", "")).endswith("_call_output")
     instructions = get_str(body, "instructions")
     if instructions:
         messages.insert(0, {"role": "system", "content": instructions})
@@ -105,9 +102,21 @@ def parse_responses_request(body: dict) -> ResponsesRequest:
     top_p = get_number(body, "top_p", minimum=0, maximum=1)
     truncation = get_str(body, "truncation", default="disabled")
     check_enum(truncation, TRUNCATION_MODES, "truncation")
-    tool_choice = body.get("tool_choice", "auto")
-    if not isinstance(tool_choice, (str, dict)):
-        raise wrong_type("tool_choice", "a string or an object", tool_choice)
+    raw_tools = get_list(body, "tools") or []
+    tools = []
+    for i, tool in enumerate(raw_tools):
+        if not isinstance(tool, dict):
+            raise wrong_type(f"tools[{i}]", "an object", tool)
+        kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise missing(f"tools[{i}].type")
+        if kind == "function":  # built-in tools (web_search, file_search, ...) are accepted, never called
+            tools.append(parse_function(tool, f"tools[{i}]"))
+    raw_choice = body.get("tool_choice")
+    if isinstance(raw_choice, dict) and raw_choice.get("type") != "function":
+        raw_choice = "auto"  # a built-in tool or an allowed-tools list: the model answers in text
+    choice = parse_tool_choice(raw_choice, tools) if tools or raw_choice not in (None, "auto") else ToolChoice("none")
+    text = get_object(body, "text") or {"format": {"type": "text"}}
     echo = {
         "instructions": instructions,
         "max_output_tokens": max_output,
@@ -117,16 +126,30 @@ def parse_responses_request(body: dict) -> ResponsesRequest:
         "reasoning": {"effort": effort, "summary": summary},
         "store": get_bool(body, "store", default=True),
         "temperature": 1.0 if temperature is None else temperature,
-        "text": get_object(body, "text") or {"format": {"type": "text"}},
-        "tool_choice": tool_choice,
-        "tools": get_list(body, "tools") or [],
+        "text": text,
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": raw_tools,
         "top_p": 1.0 if top_p is None else top_p,
         "truncation": truncation,
         "user": get_str(body, "user"),
     }
     get_list(body, "include")
-    return ResponsesRequest(model=model, messages=messages, stream=stream, max_output_tokens=max_output,
-                            effort=effort, echo=echo)
+    return Request(model=model, messages=messages, stream=stream, max_tokens=max_output,
+                   max_tokens_param="max_output_tokens", prompt_param="input", effort=effort, tools=tools,
+                   tool_choice=choice, parallel_tool_calls=echo["parallel_tool_calls"],
+                   output_format=_text_format(text), answers_tool_result=answers_tool_result, echo=echo)
+
+
+def _text_format(text: dict) -> OutputFormat | None:
+    fmt = get_object(text, "format", param="text.format")
+    if fmt is None:
+        return None
+    kind = check_enum(fmt.get("type"), ("text", "json_object", "json_schema"), "text.format.type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    return parse_json_schema_format(fmt, "text.format")
 
 
 def response_usage(input_tokens: int, plan: TokenPlan) -> dict:
@@ -135,7 +158,7 @@ def response_usage(input_tokens: int, plan: TokenPlan) -> dict:
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": plan.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": plan.reasoning_tokens},
+        "output_tokens_details": {"reasoning_tokens": plan.all_reasoning_tokens},
         "total_tokens": input_tokens + plan.completion_tokens,
     }
 
@@ -150,31 +173,36 @@ def error_code(err: ApiError) -> str:
 
 
 class ResponseBuilder:
-    """The `response` object of one request in each of its states, and its output items."""
+    """The `response` object of one request in each of its states, and its output items.
 
-    def __init__(self, response_id: str, model: str, created_at: int, echo: dict, *, reasoning: bool,
-                 message_id: str, reasoning_id: str) -> None:
-        self.message_id = message_id
-        self.reasoning_id = reasoning_id if reasoning else None
+    Output items: a reasoning item first when the model reasons, then one item
+    per answer block (a `message` for text, a `function_call` for a tool call).
+    """
+
+    def __init__(self, gen: Generation) -> None:
+        self.gen = gen
+        self.reasoning_id = new_id("rs_") if gen.plan.reasoning_tokens > 0 else None
+        self.offset = 1 if self.reasoning_id else 0
+        self.item_ids = [new_id("msg_" if b.kind == "text" else "fc_" if b.kind == "tool_call" else "rs_")
+                         for b in gen.plan.blocks]
         self._base = {
-            "id": response_id, "object": "response", "created_at": created_at, "status": "in_progress",
+            "id": new_id("resp_"), "object": "response", "created_at": gen.created, "status": "in_progress",
             "background": False, "error": None, "incomplete_details": None, "instructions": None,
-            "max_output_tokens": None, "max_tool_calls": None, "model": model, "output": [],
+            "max_output_tokens": None, "max_tool_calls": None, "model": gen.request.model, "output": [],
             "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None,
                                                                                     "summary": None},
             "service_tier": "default", "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
             "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled",
             "usage": None, "user": None, "metadata": {},
         }
-        self._base.update(echo)
-        if reasoning and self._base["reasoning"].get("effort") is None:
+        self._base.update(gen.request.echo)
+        if self.reasoning_id and self._base["reasoning"].get("effort") is None:
             # A reasoning model reasons at medium effort unless told otherwise, and says so.
             self._base["reasoning"] = {**self._base["reasoning"], "effort": "medium"}
 
     @property
-    def message_index(self) -> int:
-        """The message follows the reasoning item when there is one."""
-        return 1 if self.reasoning_id else 0
+    def status(self) -> str:
+        return "incomplete" if self.gen.plan.finish_reason == "length" else "completed"
 
     def snapshot(self, status: str = "in_progress", **extra: Any) -> dict:
         return {**self._base, "status": status, **extra}
@@ -186,91 +214,108 @@ class ResponseBuilder:
     def text_part(text: str) -> dict:
         return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
-    def message_item(self, text: str | None, status: str) -> dict:
-        """The assistant message item; text None means just opened (no content part yet)."""
-        content = [] if text is None else [self.text_part(text)]
-        return {"id": self.message_id, "type": "message", "status": status, "role": "assistant",
-                "content": content}
+    def item(self, index: int, status: str, done: bool) -> dict:
+        """Block `index` as an output item: just opened (done False) or finished."""
+        block = self.gen.plan.blocks[index]
+        item_id = self.item_ids[index]
+        if block.kind == "tool_call":
+            return {"id": item_id, "type": "function_call", "status": status,
+                    "arguments": block.text if done else "", "call_id": block.call_id, "name": block.name}
+        content = [self.text_part(block.text)] if done else []
+        return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
-    def final(self, plan: TokenPlan, input_tokens: int, *, output_text: bool = False) -> dict:
+    def final(self, *, output_text: bool = False) -> dict:
         """The finished response: `completed`, or `incomplete` when max_output_tokens cut it."""
-        cut = plan.finish_reason == "length"
-        status = "incomplete" if cut else "completed"
+        plan = self.gen.plan
+        status = self.status
+        cut = status == "incomplete"
         output = [self.reasoning_item()] if self.reasoning_id else []
-        output.append(self.message_item(plan.text, status))
+        output += [self.item(i, status, True) for i in range(len(plan.blocks))]
         body = self.snapshot(status, completed_at=None if cut else int(time.time()),
                              incomplete_details={"reason": "max_output_tokens"} if cut else None,
-                             output=output, usage=response_usage(input_tokens, plan))
+                             output=output, usage=response_usage(self.gen.prompt_tokens, plan))
         if output_text:
             body["output_text"] = plan.text
         return body
 
 
-class ResponseEventEncoder:
-    """Typed SSE events (`event:` + `data:` lines) for one streamed response, numbered from 0."""
+class ResponseEventEncoder(StreamEncoder):
+    """Typed SSE events (`event:` + `data:` lines) for one streamed response, numbered from 0.
+
+    A text delta is built from a precomputed prefix and suffix, so a token
+    costs one json.dumps of its text and one int formatting.
+    """
 
     def __init__(self, builder: ResponseBuilder) -> None:
+        super().__init__(builder.gen)
         self.builder = builder
         self.seq = 0
-        ids = f'"item_id":{_dumps(builder.message_id)},"output_index":{builder.message_index},"content_index":0'
-        self._ids = ids
-        self._delta_head = ('event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                            f'{ids},"delta":').encode()
-        self._delta_mid = b',"logprobs":[],"sequence_number":'
+        self._heads: dict[int, tuple[bytes, bytes]] = {}
+
+    def _head(self, index: int, block: Block) -> bytes:
+        b = self.builder
+        ids = f'"item_id":{_dumps(b.item_ids[index])},"output_index":{b.offset + index}'
+        if block.kind == "tool_call":
+            return ('event: response.function_call_arguments.delta\ndata: {"type":'
+                    f'"response.function_call_arguments.delta",{ids},"delta":').encode()
+        return ('event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                f'{ids},"content_index":0,"delta":').encode()
 
     def event(self, name: str, data: dict) -> bytes:
         body = _dumps({"type": name, **data, "sequence_number": self.seq})
         self.seq += 1
         return f"event: {name}\ndata: {body}\n\n".encode()
 
-    def _item(self, name: str, index: int, item: dict) -> bytes:
-        return self.event(name, {"output_index": index, "item": item})
+    def _ids(self, index: int) -> dict:
+        return {"item_id": self.builder.item_ids[index], "output_index": self.builder.offset + index}
 
-    def _part(self, name: str, text: str) -> bytes:
+    def opening(self) -> Iterable[bytes]:
         b = self.builder
-        return self.event(name, {"item_id": b.message_id, "output_index": b.message_index, "content_index": 0,
-                                 "part": b.text_part(text)})
+        yield self.event("response.created", {"response": b.snapshot()})
+        yield self.event("response.in_progress", {"response": b.snapshot()})
+        if b.reasoning_id:
+            yield self.event("response.output_item.added", {"output_index": 0, "item": b.reasoning_item()})
 
-    def created(self) -> bytes:
-        return self.event("response.created", {"response": self.builder.snapshot()})
+    def block_start(self, index: int, block: Block) -> bytes:
+        b = self.builder
+        out = b""
+        if index == 0 and b.reasoning_id:
+            out += self.event("response.output_item.done", {"output_index": 0, "item": b.reasoning_item()})
+        out += self.event("response.output_item.added", {"output_index": b.offset + index,
+                                                         "item": b.item(index, "in_progress", False)})
+        if block.kind == "text":
+            out += self.event("response.content_part.added", {**self._ids(index), "content_index": 0,
+                                                              "part": b.text_part("")})
+        self._heads[index] = (self._head(index, block), b',"logprobs":[],"sequence_number":'
+                              if block.kind == "text" else b',"sequence_number":')
+        return out
 
-    def in_progress(self) -> bytes:
-        return self.event("response.in_progress", {"response": self.builder.snapshot()})
-
-    def reasoning_added(self) -> bytes:
-        return self._item("response.output_item.added", 0, self.builder.reasoning_item())
-
-    def reasoning_done(self) -> bytes:
-        return self._item("response.output_item.done", 0, self.builder.reasoning_item())
-
-    def message_added(self) -> bytes:
-        return self._item("response.output_item.added", self.builder.message_index,
-                          self.builder.message_item(None, "in_progress"))
-
-    def part_added(self) -> bytes:
-        return self._part("response.content_part.added", "")
-
-    def delta(self, text: str) -> bytes:
+    def delta(self, index: int, block: Block, text: str) -> bytes:
+        head, mid = self._heads[index]
         seq = self.seq
         self.seq += 1
-        return self._delta_head + json.dumps(text).encode() + self._delta_mid + str(seq).encode() + b"}\n\n"
+        return head + json.dumps(text).encode() + mid + str(seq).encode() + b"}\n\n"
 
-    def text_done(self, text: str) -> bytes:
+    def block_stop(self, index: int, block: Block) -> bytes:
         b = self.builder
-        return self.event("response.output_text.done", {"item_id": b.message_id, "output_index": b.message_index,
-                                                        "content_index": 0, "text": text, "logprobs": []})
+        status = b.status
+        ids = self._ids(index)
+        if block.kind == "tool_call":
+            out = self.event("response.function_call_arguments.done", {**ids, "name": block.name,
+                                                                         "arguments": block.text})
+        else:
+            out = self.event("response.output_text.done", {**ids, "content_index": 0, "text": block.text,
+                                                           "logprobs": []})
+            out += self.event("response.content_part.done", {**ids, "content_index": 0,
+                                                             "part": b.text_part(block.text)})
+        return out + self.event("response.output_item.done", {"output_index": b.offset + index,
+                                                              "item": b.item(index, status, True)})
 
-    def part_done(self, text: str) -> bytes:
-        return self._part("response.content_part.done", text)
-
-    def message_done(self, text: str, status: str) -> bytes:
-        return self._item("response.output_item.done", self.builder.message_index,
-                          self.builder.message_item(text, status))
-
-    def finished(self, response: dict) -> bytes:
+    def closing(self) -> Iterable[bytes]:
         """`response.completed`, or `response.incomplete` when the response was cut short."""
-        name = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-        return self.event(name, {"response": response})
+        final = self.builder.final()
+        name = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield self.event(name, {"response": final})
 
     def error_event(self, err: ApiError) -> bytes:
         """An in-band failure after the 200: an `error` event, then `response.failed` with the error."""
@@ -280,41 +325,18 @@ class ResponseEventEncoder:
                 + self.event("response.failed", {"response": failed}))
 
 
-def response_events(enc: ResponseEventEncoder, plan: TokenPlan, paced: Callable[[], Iterable[str]],
-                    input_tokens: int) -> Iterator[bytes]:
-    """The whole stream, in the real API's order.
+class Responses(Api):
+    """POST /v1/responses."""
 
-    created, in_progress (and the reasoning item being added) go out at once;
-    `paced()` is called only then (it may wait for a batch slot) and yields the
-    chunk texts on their deadlines, so the first arrives after TTFT plus the
-    reasoning time. Just before it the reasoning item closes and the
-    message item and its text part open; after the last chunk everything
-    closes and the finished response goes out with its usage.
-    """
-    b = enc.builder
-    yield enc.created()
-    yield enc.in_progress()
-    if b.reasoning_id:
-        yield enc.reasoning_added()
-    opened = False
-    for piece in paced():
-        if not opened:
-            yield from _open_message(enc)
-            opened = True
-        yield enc.delta(piece)
-    if not opened:
-        yield from _open_message(enc)
-    final = b.final(plan, input_tokens)
-    text = plan.text
-    yield enc.text_done(text)
-    yield enc.part_done(text)
-    yield enc.message_done(text, final["status"])
-    yield enc.finished(final)
+    name = "responses"
+    provider = "openai"
+    paths = ("/v1/responses", "/openai/v1/responses")
 
+    def parse(self, body: dict) -> Request:
+        return parse_responses_request(body)
 
-def _open_message(enc: ResponseEventEncoder) -> Iterator[bytes]:
-    if enc.builder.reasoning_id:
-        yield enc.reasoning_done()
-    yield enc.message_added()
-    yield enc.part_added()
+    def body(self, gen: Generation) -> dict:
+        return ResponseBuilder(gen).final(output_text=True)
 
+    def encoder(self, gen: Generation) -> StreamEncoder:
+        return ResponseEventEncoder(ResponseBuilder(gen))

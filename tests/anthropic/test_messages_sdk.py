@@ -139,12 +139,13 @@ def test_system_blocks_content_blocks_and_optional_fields_are_accepted(client):
         # this SDK version has no sampling keywords; the API still takes them
         extra_body={"temperature": 0.5, "top_p": 0.9, "top_k": 40}, metadata={"user_id": "u-1"},
         tools=[{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}],
-        tool_choice={"type": "auto"})
+        tool_choice={"type": "none"})
     assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 3
     # text only is counted: the image adds nothing, the empty assistant turn adds its framing
     expected = 3 + (3 + n_tokens("system") + n_tokens(SYSTEM)) + (3 + n_tokens("user") + n_tokens("Hi")) + (
         3 + n_tokens("assistant") + n_tokens("Hello.")) + (3 + n_tokens("user") + n_tokens("Again")) + (
-        3 + n_tokens("assistant"))
+        3 + n_tokens("assistant")) + n_tokens(  # tool definitions count too, as compact JSON
+        '[{"name":"get_weather","description":"Weather","parameters":{"type":"object"}}]')
     assert m.usage.input_tokens == expected
 
 

@@ -163,6 +163,8 @@ def test_input_items_and_optional_fields(client):
     assert len(r.tools) == 1 and r.tool_choice == "auto"
     expected = 3 + sum(3 + n_tokens(role) + n_tokens(text) for role, text in [
         ("developer", "Be brief."), ("user", "Hello"), ("assistant", "Hi."), ("tool", "72F"), ("user", "Again")])
+    # Tool definitions are prompt tokens too: their compact JSON (name, description, parameters).
+    expected += n_tokens('[{"name":"f","description":"","parameters":{}}]')
     assert r.usage.input_tokens == expected
 
 

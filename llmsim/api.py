@@ -1,0 +1,105 @@
+"""The API protocol: what one provider API (Chat Completions, Responses, Messages) implements.
+
+An API parses its body into the engine's neutral `Request`, builds its
+non-streaming body from a Generation, and encodes the Generation's block
+events (start, delta, stop) as its own stream. `stream_bytes()` drives any
+encoder over the paced timeline, so every API streams text, reasoning and
+tool calls the same way, and adding an API is one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from .engine import Generation, Request
+from .errors import ApiError
+from .stream import Block
+
+
+class StreamEncoder:
+    """One response's SSE bytes, event by event. Subclasses override what their API sends."""
+
+    early_open: ClassVar[bool] = False
+    """Open the first block with the opening events (before any token), as Anthropic does."""
+
+    def __init__(self, gen: Generation) -> None:
+        self.gen = gen
+
+    def opening(self) -> Iterable[bytes]:
+        """Events sent at once, before the first token (they also flush the headers)."""
+        return ()
+
+    def block_start(self, index: int, block: Block) -> bytes:
+        return b""
+
+    def delta(self, index: int, block: Block, text: str) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def block_stop(self, index: int, block: Block) -> bytes:
+        return b""
+
+    def closing(self) -> Iterable[bytes]:
+        """Events after the last token: stop reasons, usage, the terminator."""
+        return ()
+
+    def error_event(self, err: ApiError) -> bytes:  # pragma: no cover - abstract
+        """An in-band failure after the 200 (an injected mid-stream fault)."""
+        raise NotImplementedError
+
+
+class Api:
+    """One provider API: its paths, its parser, its bodies and its stream encoder."""
+
+    name: ClassVar[str]
+    provider: ClassVar[str]  # whose error envelope: "openai" | "anthropic"
+    paths: ClassVar[tuple[str, ...]]
+    sse: ClassVar[bool] = True
+
+    def parse(self, body: dict) -> Request:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def body(self, gen: Generation) -> dict:  # pragma: no cover - abstract
+        """The non-streaming answer."""
+        raise NotImplementedError
+
+    def encoder(self, gen: Generation) -> StreamEncoder:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
+    """The whole stream: opening events at once, block events on the paced timeline, then closing.
+
+    A block opens with its first token (the start event and the first delta
+    go out together), and closes when the next block begins or the answer
+    ends; blocks with no tokens still open and close, in order.
+    """
+    blocks = gen.plan.blocks or [Block("text", gen.plan.text, start=0, end=len(gen.plan.pieces))]
+    yield from enc.opening()
+    current = -1
+    if enc.early_open and blocks:
+        yield enc.block_start(0, blocks[0])
+        current = 0
+    delta = enc.delta
+    for index, text in gen.paced():
+        if index != current:
+            yield _advance(enc, blocks, current, index) + delta(index, blocks[index], text)
+            current = index
+        else:
+            yield delta(index, blocks[index], text)
+    tail = _advance(enc, blocks, current, len(blocks))
+    if tail:
+        yield tail
+    yield from enc.closing()
+
+
+def _advance(enc: StreamEncoder, blocks: list[Block], current: int, target: int) -> bytes:
+    """Close block `current`, open and close any empty ones before `target`, open `target`."""
+    out = b""
+    if current >= 0:
+        out += enc.block_stop(current, blocks[current])
+    for i in range(current + 1, target):
+        out += enc.block_start(i, blocks[i]) + enc.block_stop(i, blocks[i])
+    if target < len(blocks):
+        out += enc.block_start(target, blocks[target])
+    return out

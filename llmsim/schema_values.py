@@ -1,0 +1,226 @@
+"""Plausible JSON values that validate against a JSON schema: tool arguments and structured outputs.
+
+Covers what the providers accept in strict mode and what pydantic emits:
+types (and type lists), enum, const, objects with properties / required /
+additionalProperties, arrays with items / prefixItems / min/maxItems /
+uniqueItems, anyOf / oneOf / allOf, $ref into $defs or definitions, numeric
+bounds (minimum, maximum, exclusive bounds, multipleOf), string lengths and
+the common formats. Strings are words, and a few property names get values
+of their kind (a city for `location`, an address for `email`), so arguments
+read like a model's. `pattern` is honoured only for the patterns the
+providers' docs show (digits, letters); others get a plain word.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+from typing import Any
+
+_WORDS = ("alpha", "river", "stone", "lumen", "orbit", "cedar", "delta", "ember", "frost", "harbor", "indigo",
+          "juniper", "kestrel", "lattice", "meadow", "nimbus", "onyx", "prism", "quartz", "summit", "tundra",
+          "velvet", "willow", "zephyr", "beacon", "canyon", "falcon", "garnet", "horizon", "island")
+_CITIES = ("Paris, France", "Tokyo, Japan", "Boston, MA", "Lisbon, Portugal", "Nairobi, Kenya", "Toronto, Canada")
+_NAMES = ("Ada Lovelace", "Alan Turing", "Grace Hopper", "Katherine Johnson", "Edsger Dijkstra", "Barbara Liskov")
+_HINTS: dict[str, tuple[str, ...]] = {
+    "location": _CITIES, "city": _CITIES, "place": _CITIES, "address": ("221B Baker Street, London",
+                                                                     "1600 Amphitheatre Parkway, Mountain View"),
+    "name": _NAMES, "full_name": _NAMES, "author": _NAMES, "user": _NAMES,
+    "unit": ("celsius", "fahrenheit"), "units": ("metric", "imperial"),
+    "query": ("latest results", "weather forecast", "open issues"), "country": ("France", "Japan", "Kenya"),
+    "language": ("English", "French", "Japanese"), "currency": ("USD", "EUR", "JPY"),
+    "title": ("Quarterly report", "Release notes", "Meeting summary"),
+}
+_FORMATS = {
+    "date-time": lambda r: f"2026-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}T{r.randint(0, 23):02d}:"
+                           f"{r.randint(0, 59):02d}:{r.randint(0, 59):02d}Z",
+    "date": lambda r: f"2026-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}",
+    "time": lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}Z",
+    "duration": lambda r: f"PT{r.randint(1, 59)}M",
+    "email": lambda r: f"{r.choice(_WORDS)}.{r.choice(_WORDS)}@example.com",
+    "hostname": lambda r: f"{r.choice(_WORDS)}.example.com",
+    "ipv4": lambda r: ".".join(str(r.randint(1, 254)) for _ in range(4)),
+    "ipv6": lambda r: ":".join(f"{r.randint(0, 65535):x}" for _ in range(8)),
+    "uuid": lambda r: "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}".format(
+        r.getrandbits(32), r.getrandbits(16), r.getrandbits(12), 0x8000 | r.getrandbits(14), r.getrandbits(48)),
+    "uri": lambda r: f"https://example.com/{r.choice(_WORDS)}",
+    "url": lambda r: f"https://example.com/{r.choice(_WORDS)}",
+}
+_FORMATS["uri-reference"] = _FORMATS["uri"]
+_SIMPLE_PATTERNS = {r"^\d+$": string.digits, r"^[0-9]+$": string.digits, r"^[a-z]+$": string.ascii_lowercase,
+                    r"^[A-Z]+$": string.ascii_uppercase, r"^[a-zA-Z]+$": string.ascii_letters}
+MAX_DEPTH = 8
+
+
+class SchemaValues:
+    """Generates values for one schema document (its $defs resolve against the root)."""
+
+    def __init__(self, root: dict, rng: random.Random, *, optional_probability: float = 0.5) -> None:
+        self.root = root
+        self.rng = rng
+        self.optional_probability = optional_probability
+
+    def value(self, schema: Any = None, name: str | None = None, depth: int = 0) -> Any:
+        schema = self.root if schema is None else schema
+        if schema is True or not isinstance(schema, dict):
+            return self.rng.choice(_WORDS)
+        schema = self._resolve(schema)
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return self.rng.choice(schema["enum"])
+        if "allOf" in schema and isinstance(schema["allOf"], list):
+            merged = {k: v for k, v in schema.items() if k != "allOf"}
+            for part in schema["allOf"]:
+                part = self._resolve(part) if isinstance(part, dict) else {}
+                for k, v in part.items():
+                    if k in ("properties", "$defs", "definitions") and isinstance(v, dict):
+                        merged[k] = {**merged.get(k, {}), **v}
+                    elif k == "required" and isinstance(v, list):
+                        merged[k] = list(dict.fromkeys([*merged.get(k, []), *v]))
+                    else:
+                        merged.setdefault(k, v)
+            return self.value(merged, name, depth)
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                # Prefer a non-null branch: a model fills optional fields more often than not.
+                real = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+                pick = self.rng.choice(real or options) if depth < MAX_DEPTH else options[-1]
+                return self.value(pick, name, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            real = [k for k in kind if k != "null"]
+            kind = self.rng.choice(real) if real else "null"
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+        return getattr(self, f"_{kind}", self._string)(schema, name, depth)
+
+    def _resolve(self, schema: dict) -> dict:
+        seen = 0
+        while isinstance(schema.get("$ref"), str) and seen < 32:
+            ref = schema["$ref"]
+            target: Any = self.root
+            if ref != "#":
+                for part in ref.lstrip("#/").split("/"):
+                    part = part.replace("~1", "/").replace("~0", "~")
+                    target = target.get(part) if isinstance(target, dict) else None
+            if not isinstance(target, dict):
+                return {k: v for k, v in schema.items() if k != "$ref"}
+            schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+            seen += 1
+        return schema
+
+    def _object(self, schema: dict, name: str | None, depth: int) -> dict:
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = set(schema.get("required") or []) if isinstance(schema.get("required"), list) else set()
+        out: dict[str, Any] = {}
+        for key, sub in props.items():
+            if key in required or (depth < MAX_DEPTH and self.rng.random() < self.optional_probability):
+                out[key] = self.value(sub, key, depth + 1)
+        for key in required - set(out):  # required but not described: any word
+            out[key] = self.rng.choice(_WORDS)
+        minimum = schema.get("minProperties")
+        extra = schema.get("additionalProperties", True)
+        while isinstance(minimum, int) and len(out) < minimum and extra is not False:
+            out[f"{self.rng.choice(_WORDS)}_{len(out)}"] = self.value(extra if isinstance(extra, dict) else {},
+                                                                     None, depth + 1)
+        return out
+
+    def _array(self, schema: dict, name: str | None, depth: int) -> list:
+        prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        lo = schema.get("minItems", 1 if depth < MAX_DEPTH else 0)
+        hi = schema.get("maxItems", max(lo, 3))
+        lo, hi = int(lo), int(max(lo, hi))
+        if depth >= MAX_DEPTH:
+            hi = lo
+        n = max(len(prefix), self.rng.randint(lo, min(hi, lo + 3))) if hi >= lo else lo
+        items = schema.get("items", {})
+        out: list = [self.value(p, name, depth + 1) for p in prefix[:n]]
+        unique = bool(schema.get("uniqueItems"))
+        tries = 0
+        while len(out) < n and tries < 50 * (n + 1):
+            tries += 1
+            v = self.value(items if items is not False else {}, _singular(name), depth + 1)
+            if unique and v in out:
+                continue
+            out.append(v)
+        return out
+
+    def _string(self, schema: dict, name: str | None, depth: int) -> str:
+        rng = self.rng
+        fmt = schema.get("format")
+        pattern = schema.get("pattern")
+        lo = int(schema.get("minLength", 0))
+        hi = int(schema.get("maxLength", max(lo, 60)))
+        if isinstance(pattern, str) and pattern in _SIMPLE_PATTERNS:
+            return "".join(rng.choice(_SIMPLE_PATTERNS[pattern]) for _ in range(max(1, lo, min(hi, 6))))
+        if isinstance(fmt, str) and fmt in _FORMATS:
+            text = _FORMATS[fmt](rng)
+        else:
+            hint = _HINTS.get((name or "").lower())
+            text = rng.choice(hint) if hint else " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
+        while len(text) < lo:
+            text += " " + rng.choice(_WORDS)
+        return text[:hi] if len(text) > hi else text
+
+    def _number(self, schema: dict, name: str | None, depth: int, integer: bool = False) -> float | int:
+        lo = schema.get("minimum", -math.inf)
+        hi = schema.get("maximum", math.inf)
+        if "exclusiveMinimum" in schema and isinstance(schema["exclusiveMinimum"], (int, float)):
+            lo = max(lo, schema["exclusiveMinimum"] + (1 if integer else 1e-6))
+        if "exclusiveMaximum" in schema and isinstance(schema["exclusiveMaximum"], (int, float)):
+            hi = min(hi, schema["exclusiveMaximum"] - (1 if integer else 1e-6))
+        if math.isinf(lo) and math.isinf(hi):
+            lo, hi = 0, 100
+        elif math.isinf(lo):
+            lo = hi - 100
+        elif math.isinf(hi):
+            hi = lo + 100
+        step = schema.get("multipleOf")
+        if isinstance(step, (int, float)) and step > 0:
+            k_lo, k_hi = math.ceil(lo / step), math.floor(hi / step)
+            k = self.rng.randint(k_lo, k_hi) if k_hi >= k_lo else k_lo
+            value = k * step
+            return int(value) if integer or float(value).is_integer() and isinstance(step, int) else value
+        if integer:
+            return self.rng.randint(math.ceil(lo), math.floor(hi)) if math.floor(hi) >= math.ceil(lo) else math.ceil(lo)
+        return round(self.rng.uniform(lo, hi), 2) if hi - lo >= 0.01 else lo
+
+    def _integer(self, schema: dict, name: str | None, depth: int) -> int:
+        return int(self._number(schema, name, depth, integer=True))
+
+    def _boolean(self, schema: dict, name: str | None, depth: int) -> bool:
+        return self.rng.random() < 0.5
+
+    def _null(self, schema: dict, name: str | None, depth: int) -> None:
+        return None
+
+
+def _singular(name: str | None) -> str | None:
+    if name and name.endswith("s") and len(name) > 3:
+        return name[:-1]
+    return name
+
+
+def value_for_schema(schema: dict, rng: random.Random, *, optional_probability: float = 0.5) -> Any:
+    """One plausible value valid against `schema` (strict schemas: every property is required)."""
+    return SchemaValues(schema, rng, optional_probability=optional_probability).value()
+
+
+def small_object(rng: random.Random) -> dict:
+    """A plausible small JSON object, for `json_object` mode with no schema."""
+    keys = rng.sample(("answer", "summary", "status", "items", "score", "confidence"), 3)
+    out: dict[str, Any] = {}
+    for k in keys:
+        if k == "items":
+            out[k] = [rng.choice(_WORDS) for _ in range(rng.randint(1, 3))]
+        elif k in ("score", "confidence"):
+            out[k] = round(rng.random(), 2)
+        else:
+            out[k] = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6)))
+    return out
+
+
