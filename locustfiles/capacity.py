@@ -8,7 +8,7 @@
 Each step's window opens once its users are all running and lasts --step-time;
 the step is judged after its requests have drained. The run stops after
 --stop-after consecutive broken steps or at --max-users, prints the step table
-and writes capacity.csv/.json/.svg/.png (see README, "Tuning a profile for a capacity test"). All of
+and writes capacity.csv/.json/.svg/.png (see docs/capacity.md). All of
 chat.py's --llm-* options apply. The exit code is 0 unless --min-capacity
 was given and not reached (3).
 """

@@ -4,7 +4,7 @@
     locust -f locustfiles/chat.py --host https://api.example.com --llm-model my-model --llm-profile my.yaml
 
 Options: --llm-model, --llm-profile, --llm-api-key, --prompt-tokens, --prompts,
---max-tokens, --no-stream, --llm-tolerance, --llm-report, --retry-429 (see README, "Load testing with Locust").
+--max-tokens, --no-stream, --llm-tolerance, --llm-report, --retry-429 (see docs/locust.md).
 """
 
 from llmsim.loadtest.users import ChatCompletionsUser

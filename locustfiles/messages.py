@@ -5,7 +5,7 @@
         --llm-model claude-haiku-4-5
 
 TTFT is the first text (or thinking) delta; the stream ends at message_stop.
-Options as for chat.py (see README, "Load testing with Locust"); the key comes from --llm-api-key
+Options as for chat.py (see docs/locust.md); the key comes from --llm-api-key
 or $ANTHROPIC_API_KEY.
 """
 

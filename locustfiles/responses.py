@@ -5,7 +5,7 @@
 
 TTFT is the first output-text (or reasoning-text) delta; the stream ends at
 response.completed, or response.incomplete when max_output_tokens cut it.
-Options as for chat.py (see README, "Load testing with Locust"); --max-tokens is sent as
+Options as for chat.py (see docs/locust.md); --max-tokens is sent as
 max_output_tokens (OpenAI's minimum is 16).
 """
 

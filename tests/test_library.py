@@ -1,4 +1,4 @@
-"""The public library API works as the README shows, in a plain (unpatched) process too."""
+"""The public library API works as docs/library.md shows, in a plain (unpatched) process too."""
 
 import subprocess
 import sys

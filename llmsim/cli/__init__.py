@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     prof.add_argument("name", nargs="?", help="profile or model name (with show)")
     prof.add_argument("--profiles-dir", default=None, help="directory of extra or overriding profile YAMLs")
-    prof.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's table)")
+    prof.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/profiles.md)")
     return parser
 
 
@@ -57,7 +57,7 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 def markdown_table(registry: ProfileRegistry) -> str:
-    """The README's model table, generated from profiles/*.yaml (a test keeps them equal)."""
+    """The model table of docs/profiles.md, generated from profiles/*.yaml (a test keeps them equal)."""
     out = ["| profile | models | TTFT ms (mean±sd) | ITL ms (mean±sd) | encoding | context | max output |",
            "|---|---|---|---|---|---|---|"]
     for p in registry:

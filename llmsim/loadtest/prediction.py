@@ -5,7 +5,7 @@ every measured step through `llmsim.scheduler` (the server's own load model,
 with no real time passing) and judging the result with the same histograms
 and the same SLO rule gives the capacity the profile claims. When the two
 agree, the profile is right for this deployment; when they differ, the
-profile needs tuning (README, "Tuning a profile for a capacity test").
+profile needs tuning (docs/capacity.md).
 """
 
 from __future__ import annotations

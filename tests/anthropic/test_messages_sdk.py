@@ -19,7 +19,7 @@ def n_tokens(text: str) -> int:
     return len(CL100K.encode(text))
 
 
-# Input accounting (README, "Anthropic Messages and OpenAI Responses"): 3 reply-priming tokens, then per message 3
+# Input accounting (docs/endpoints.md, "Token accounting"): 3 reply-priming tokens, then per message 3
 # framing tokens + its role + its text; the system prompt is the first message.
 EXPECTED_INPUT = 3 + (3 + n_tokens("system") + n_tokens(SYSTEM)) + sum(
     3 + n_tokens(m["role"]) + n_tokens(m["content"]) for m in MESSAGES)

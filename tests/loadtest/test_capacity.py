@@ -501,10 +501,8 @@ def test_nice_ticks():
 # --------------------------------------------------------------------------- docs
 
 def capacity_docs() -> str:
-    """The README's section "Tuning a profile for a capacity test"."""
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Tuning a profile for a capacity test")
-    return text[start:text.index("\n## ", start + 1)]
+    """The docs page on capacity tests (docs/capacity.md)."""
+    return (REPO / "docs" / "capacity.md").read_text(encoding="utf-8")
 
 
 def test_docs_option_table_matches_the_parser():
@@ -531,7 +529,7 @@ def test_docs_option_table_matches_the_parser():
 
 
 def test_docs_example_profile_predicts_what_the_docs_show():
-    """docs/capacity-example.yaml: 8 slots; the table and chart in README, "Tuning a profile for a capacity test" show capacity 8."""
+    """docs/capacity-example.yaml: 8 slots; the table and chart in docs/capacity.md show capacity 8."""
     example = load_profile_file(str(REPO / "docs" / "capacity-example.yaml"))[0]
     shape = TokenShape(prompt_tokens=140, visible_tokens=64, reasoning_tokens=0)
     met = {users: summarize(predict_step(example, users, 60.0, shape), window_s=60.0, slo=example.slo,

@@ -143,7 +143,7 @@ def test_load_model_scales_itl_at_the_runs_concurrency():
     p = ModelProfile(name="t", latency=LatencyProfile(ttft=Distribution("constant", 200.0),
                                                       itl=Distribution("constant", 20.0)),
                      capacity=Capacity(max_concurrent=8, slowdown_at_full=2.0))
-    # README, "The load model": ITL 20 ms, 8 slots, 2.0 at full -> 28.57 ms with 4 streams active.
+    # docs/load-model.md, "Decode slowdown": ITL 20 ms, 8 slots, 2.0 at full -> 28.57 ms with 4 streams active.
     exp = expected_values(p, {(10, 5, 5, 0): 1}, concurrency=4.0)
     assert exp["itl"]["p50"] == pytest.approx(20.0 * (1 + 3 / 7))
     assert exp["ttft"]["p50"] == 200.0  # TTFT itself is not slowed

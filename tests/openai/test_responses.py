@@ -20,7 +20,7 @@ def n_tokens(text: str) -> int:
     return len(O200K.encode(text))
 
 
-# Input accounting (README, "Anthropic Messages and OpenAI Responses"): 3 reply-priming tokens, then per message 3
+# Input accounting (docs/endpoints.md, "Token accounting"): 3 reply-priming tokens, then per message 3
 # framing tokens + its role + its text; instructions are a leading system message.
 EXPECTED_INPUT = 3 + (3 + n_tokens("system") + n_tokens(INSTRUCTIONS)) + (3 + n_tokens("user") + n_tokens(INPUT))
 
