@@ -51,3 +51,20 @@ def canned_stream(chunks: Iterable[bytes]) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.stop(timeout=1)
+
+
+def opening_and_first_token(api, model: str, text: str = "Hi"):
+    """An API's stream encoder for a one-token answer, and its opening events plus that token's bytes,
+    exactly as the server would write them (for canned streams that then fail in band)."""
+    from llmsim.engine import Engine, Request
+
+    gen = Engine(generator=f"fixed:{text}").generate(
+        Request(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
+    enc = api.encoder(gen)
+    first = gen.plan.blocks[0]
+    events = list(enc.opening())
+    if enc.early_open:
+        events += [enc.block_start(0, first), enc.delta(0, first, text)]
+    else:
+        events.append(enc.block_start(0, first) + enc.delta(0, first, text))
+    return enc, [e for e in events if e]

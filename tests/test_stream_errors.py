@@ -12,33 +12,17 @@ import openai
 import pytest
 
 from llmsim.anthropic.messages import Messages
-from llmsim.engine import Engine, Request
 from llmsim.errors import ApiError
 from llmsim.openai.chat import ChatCompletions
 from llmsim.openai.responses import Responses
-from tests.sse import canned_stream, parse_sse
+from tests.sse import canned_stream, opening_and_first_token, parse_sse
 
 OVERLOADED = ApiError("overloaded", "Overloaded")
 SERVER_ERROR = ApiError("server_error", "The server had an error while processing your request.")
-ENGINE = Engine(generator="fixed:Hel")
-
-
-def opening_and_first_token(api, model):
-    """An API's encoder for a one-token answer: its opening events and the first token's bytes."""
-    gen = ENGINE.generate(Request(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
-    enc = api.encoder(gen)
-    first = gen.plan.blocks[0]
-    events = list(enc.opening())
-    if enc.early_open:
-        events.append(enc.block_start(0, first))
-        events.append(enc.delta(0, first, "Hel"))
-    else:
-        events.append(enc.block_start(0, first) + enc.delta(0, first, "Hel"))
-    return enc, [e for e in events if e]
 
 
 def test_chat_error_chunk_raises_in_the_openai_sdk():
-    enc, events = opening_and_first_token(ChatCompletions(), "gpt-4o")
+    enc, events = opening_and_first_token(ChatCompletions(), "gpt-4o", "Hel")
     chunk = enc.error_event(SERVER_ERROR)
     assert parse_sse(chunk.decode()) == [(None, {"error": {"message": SERVER_ERROR.message, "type": "server_error",
                                                            "param": None, "code": None}})]
@@ -54,7 +38,7 @@ def test_chat_error_chunk_raises_in_the_openai_sdk():
 
 
 def test_anthropic_error_event_raises_in_the_anthropic_sdk():
-    enc, events = opening_and_first_token(Messages(), "claude-haiku-4-5")
+    enc, events = opening_and_first_token(Messages(), "claude-haiku-4-5", "Hel")
     event = enc.error_event(OVERLOADED)
     assert parse_sse(event.decode()) == [("error", {"type": "error", "error": {"type": "overloaded_error",
                                                                                "message": "Overloaded"}})]
@@ -74,7 +58,7 @@ def test_anthropic_error_event_raises_in_the_anthropic_sdk():
 
 
 def test_responses_error_then_failed_parse_in_the_openai_sdk():
-    enc, events = opening_and_first_token(Responses(), "gpt-4o")
+    enc, events = opening_and_first_token(Responses(), "gpt-4o", "Hel")
     failure = enc.error_event(SERVER_ERROR)
     (n1, err), (n2, failed) = parse_sse(failure.decode())
     assert (n1, n2) == ("error", "response.failed")

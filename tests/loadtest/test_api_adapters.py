@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from llmsim.anthropic.messages import MessageEventEncoder
+from llmsim.anthropic.messages import Messages
 from llmsim.errors import ApiError
 from llmsim.loadtest.adapters import MessagesAdapter, Prompt, ResponsesAdapter, StreamDelta, Usage
 from llmsim.loadtest.client import LlmClient
 from llmsim.loadtest.metrics import STREAM_ERROR
 from llmsim.loadtest.sse import SseEvent
-from llmsim.openai.responses import ResponseBuilder, ResponseEventEncoder
+from llmsim.openai.responses import Responses
 from llmsim.testing import run_server
 from llmsim.tokens import count_tokens
-from tests.sse import canned_stream
+from tests.sse import canned_stream, opening_and_first_token
 
 PROMPT = Prompt(({"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}), 12)
 CONSTANT = """
@@ -132,16 +132,13 @@ def test_client_measures_llmsim(server, adapter, model, stream):
 
 
 def messages_cut_stream() -> list[bytes]:
-    e = MessageEventEncoder({"id": "msg_1", "model": "m"}, 3)
-    return [e.message_start(), e.content_block_start(), e.ping(), e.text("Hi"),
-            e.error_event(ApiError("overloaded", "Overloaded"))]
+    e, events = opening_and_first_token(Messages(), "claude-haiku-4-5")
+    return events + [e.error_event(ApiError("overloaded", "Overloaded"))]
 
 
 def responses_cut_stream() -> list[bytes]:
-    e = ResponseEventEncoder(ResponseBuilder("resp_1", "m", 1, {}, reasoning=False, message_id="msg_1",
-                                             reasoning_id="rs_1"))
-    return [e.created(), e.in_progress(), e.message_added(), e.part_added(), e.delta("Hi"),
-            e.error_event(ApiError("server_error", "boom"))]
+    e, events = opening_and_first_token(Responses(), "gpt-4o")
+    return events + [e.error_event(ApiError("server_error", "boom"))]
 
 
 @pytest.mark.parametrize("adapter, chunks, message", [(MessagesAdapter(), messages_cut_stream, "Overloaded"),

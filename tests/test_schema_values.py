@@ -1,0 +1,97 @@
+"""Generated tool arguments and structured outputs validate against their JSON schemas."""
+
+import random
+
+import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+from pydantic import BaseModel, Field
+
+from llmsim.schema_values import small_object, value_for_schema
+from llmsim.toolcalls import schema_problem, strict_problem
+
+
+class Address(BaseModel):
+    street: str
+    zip_code: str = Field(pattern=r"^\d+$", min_length=5, max_length=5)
+
+
+class Order(BaseModel):
+    id: int = Field(ge=1, le=999)
+    price: float = Field(gt=0, lt=10)
+    quantity: int = Field(multiple_of=5, ge=5, le=50)
+    status: str = Field(json_schema_extra={"enum": ["open", "closed"]})
+    tags: list[str] = Field(min_length=2, max_length=4)
+    address: Address
+    note: str | None = None
+    history: list[Address] = []
+
+
+SCHEMAS = [
+    {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+     "required": ["city", "unit"], "additionalProperties": False},
+    {"type": "object", "properties": {
+        "when": {"type": "string", "format": "date-time"}, "day": {"type": "string", "format": "date"},
+        "mail": {"type": "string", "format": "email"}, "id": {"type": "string", "format": "uuid"},
+        "ip": {"type": "string", "format": "ipv4"}, "link": {"type": "string", "format": "uri"},
+        "code": {"type": "string", "minLength": 8, "maxLength": 10},
+        "n": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3},
+        "ratio": {"type": "number", "minimum": 0.5, "maximum": 0.75},
+        "flags": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 2},
+        "ids": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 3}, "uniqueItems": True,
+                "minItems": 3},
+        "pair": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "minItems": 2},
+        "maybe": {"type": ["string", "null"]}, "fixed": {"const": 42},
+        "choice": {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "integer", "minimum": 7}]},
+        "both": {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                           {"properties": {"b": {"type": "string"}}, "required": ["b"]}]}},
+     "required": ["when", "day", "mail", "id", "ip", "link", "code", "n", "ratio", "flags", "ids", "pair", "maybe",
+                  "fixed", "choice", "both"]},
+    {"$defs": {"node": {"type": "object", "properties": {"name": {"type": "string"},
+                                                         "children": {"type": "array",
+                                                                      "items": {"$ref": "#/$defs/node"}}},
+                        "required": ["name", "children"]}},
+     "$ref": "#/$defs/node"},
+    Order.model_json_schema(),
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["enum", "formats-and-bounds", "recursive-ref", "pydantic"])
+def test_values_validate_across_seeds(schema):
+    validator = Draft202012Validator(schema, format_checker=FormatChecker())
+    for seed in range(200):
+        value = value_for_schema(schema, random.Random(seed))
+        errors = [e.message for e in validator.iter_errors(value)]
+        assert not errors, (seed, value, errors)
+
+
+def test_pydantic_model_parses_the_value():
+    for seed in range(50):
+        order = Order.model_validate(value_for_schema(Order.model_json_schema(), random.Random(seed),
+                                                      optional_probability=1.0))
+        assert 1 <= order.id <= 999 and order.quantity % 5 == 0 and len(order.address.zip_code) == 5
+
+
+def test_values_are_plausible_and_seeded():
+    schema = SCHEMAS[0]
+    values = [value_for_schema(schema, random.Random(s)) for s in range(30)]
+    assert all(", " in v["city"] for v in values)  # a city for `city`, not random letters
+    assert {v["unit"] for v in values} == {"c", "f"}
+    assert value_for_schema(schema, random.Random(7)) == value_for_schema(schema, random.Random(7))
+
+
+def test_small_object_is_an_object_of_three_keys():
+    obj = small_object(random.Random(1))
+    assert isinstance(obj, dict) and len(obj) == 3
+
+
+def test_schema_and_strict_problems_are_named():
+    assert schema_problem({"type": "objekt"}) is not None
+    assert schema_problem([]) == "must be a JSON schema object"
+    assert schema_problem(SCHEMAS[1]) is None
+    assert "additionalProperties" in strict_problem({"type": "object", "properties": {"a": {"type": "string"}},
+                                                     "required": ["a"]})
+    assert "Missing 'b'" in strict_problem({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"],
+                                            "additionalProperties": False})
+    nested = {"type": "object", "properties": {"x": {"type": "object", "properties": {}}}, "required": ["x"],
+              "additionalProperties": False}
+    assert "properties/x" in strict_problem(nested)
