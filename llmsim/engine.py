@@ -23,7 +23,7 @@ import tiktoken
 
 from .auth import AuthConfig
 from .errors import ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded, scripted_error
-from .generator import GenerationRequest, Generator, make_generator
+from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, make_generator
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
@@ -367,9 +367,10 @@ class Engine:
                 blocks.append(Block("tool_call", arguments, call_id=call_id or new_id(req.call_id_prefix),
                                     name=name))
             blocks = blocks or [Block("text", "")]
-        else:  # the engine decides; a scripted fault still answers (a mid-stream cut needs tokens)
-            if turn is not None and turn.fault is not None:
-                fault = Fault(turn.fault, FaultSettings(midstream_mode="error"), 0.5)
+        elif turn is not None:  # a scripted fault: lorem to cut (the script's cursor must not move again)
+            fault = Fault(turn.fault, FaultSettings(midstream_mode="error"), 0.5)
+            blocks = [Block("text", LoremGenerator(DEFAULT_TARGET_TOKENS).generate(gen_req))]
+        else:
             blocks = self._answer_blocks(req, profile, gen_req, rng)
         builder = TokenStreamBuilder(enc, profile.chunk_tokens)
         plan = builder.build_blocks(blocks, req.max_tokens, req.stop)
