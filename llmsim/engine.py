@@ -31,8 +31,16 @@ from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
 from .tokens import count_prompt_bounded, get_encoding, max_token_bytes, message_text
-from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
-                        tools_prompt_text, tools_to_call)
+from .toolcalls import (
+    OutputFormat,
+    Tool,
+    ToolChoice,
+    ToolSettings,
+    structured_json,
+    tool_call_blocks,
+    tools_prompt_text,
+    tools_to_call,
+)
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
@@ -367,7 +375,7 @@ class Engine:
                 blocks.append(Block("tool_call", arguments, call_id=call_id or new_id(req.call_id_prefix),
                                     name=name))
             blocks = blocks or [Block("text", "")]
-        elif turn is not None:  # a scripted fault: lorem to cut (the script's cursor must not move again)
+        elif turn is not None and turn.fault is not None:  # lorem to cut; the script cursor stays
             fault = Fault(turn.fault, FaultSettings(midstream_mode="error"), 0.5)
             blocks = [Block("text", LoremGenerator(DEFAULT_TARGET_TOKENS).generate(gen_req))]
         else:

@@ -53,12 +53,13 @@ class GenerationRequest:
     """Which conversation the request continues (a scripted cursor per conversation keys on it)."""
 
     @classmethod
-    def from_body(cls, body: dict, seed: int | None = None, encoding: str | None = None) -> "GenerationRequest":
+    def from_body(cls, body: dict, seed: int | None = None, encoding: str | None = None) -> GenerationRequest:
         """From a Chat Completions / Messages / Responses request body: the last user text is the prompt."""
         prompt = ""
         messages = body.get("messages")
         if messages is None and "input" in body:
-            messages = body["input"] if isinstance(body["input"], list) else [{"role": "user", "content": body["input"]}]
+            value = body["input"]
+            messages = value if isinstance(value, list) else [{"role": "user", "content": value}]
         for msg in reversed(messages or []):
             if isinstance(msg, dict) and msg.get("role") == "user":
                 prompt = message_text(msg.get("content"))

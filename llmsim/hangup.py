@@ -24,6 +24,10 @@ class ClientGone(Exception):
 _READABLE, _TIMEOUT, _EVENT = "readable", "timeout", "event"
 
 
+def _switcher(waiter: Waiter) -> Any:
+    return lambda _event: waiter.switch(_EVENT)
+
+
 class SocketWatch:
     """Sleeps and event waits that end early when the client hangs up."""
 
@@ -67,7 +71,7 @@ class SocketWatch:
                 if timer is not None:
                     timer.start(waiter.switch, _TIMEOUT)
                 if event is not None:
-                    link = lambda _e: waiter.switch(_EVENT)  # noqa: E731
+                    link = _switcher(waiter)
                     event.rawlink(link)
                 why = waiter.get()
             finally:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import string
+import uuid
 from typing import Any
 
 _WORDS = ("alpha", "river", "stone", "lumen", "orbit", "cedar", "delta", "ember", "frost", "harbor", "indigo",
@@ -43,8 +43,7 @@ _FORMATS = {
     "hostname": lambda r: f"{r.choice(_WORDS)}.example.com",
     "ipv4": lambda r: ".".join(str(r.randint(1, 254)) for _ in range(4)),
     "ipv6": lambda r: ":".join(f"{r.randint(0, 65535):x}" for _ in range(8)),
-    "uuid": lambda r: "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}".format(
-        r.getrandbits(32), r.getrandbits(16), r.getrandbits(12), 0x8000 | r.getrandbits(14), r.getrandbits(48)),
+    "uuid": lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)),
     "uri": lambda r: f"https://example.com/{r.choice(_WORDS)}",
     "url": lambda r: f"https://example.com/{r.choice(_WORDS)}",
 }
@@ -114,7 +113,8 @@ class SchemaValues:
         return schema
 
     def _object(self, schema: dict, name: str | None, depth: int) -> dict:
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        raw_props = schema.get("properties")
+        props: dict = raw_props if isinstance(raw_props, dict) else {}
         required = set(schema.get("required") or []) if isinstance(schema.get("required"), list) else set()
         out: dict[str, Any] = {}
         for key, sub in props.items():
@@ -130,7 +130,8 @@ class SchemaValues:
         return out
 
     def _array(self, schema: dict, name: str | None, depth: int) -> list:
-        prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        raw_prefix = schema.get("prefixItems")
+        prefix: list = raw_prefix if isinstance(raw_prefix, list) else []
         lo = schema.get("minItems", 1 if depth < MAX_DEPTH else 0)
         hi = schema.get("maxItems", max(lo, 3))
         lo, hi = int(lo), int(max(lo, hi))

@@ -9,7 +9,7 @@ so profiles/*.yaml stays the only table of model names.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import ApiError
 from ..fields import MISSING

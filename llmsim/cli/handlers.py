@@ -235,8 +235,8 @@ def create_app(state: AppState) -> Flask:
     """The WSGI app for one server state."""
     app = Flask("llmsim")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
-    app.json.sort_keys = False
-    app.json.compact = True
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's settings
+    app.json.compact = True  # type: ignore[attr-defined]
     app.extensions["llmsim_state"] = state
 
     app.register_blueprint(openai_blueprint(state, "openai_v1"), url_prefix="/v1")
@@ -290,18 +290,19 @@ def create_app(state: AppState) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
+        allowed: list[str] = list(getattr(exc, "valid_methods", None) or [])
         if code == 404:
             err = ApiError("not_found", f"Invalid URL ({request.method} {request.path})")
         elif code == 405:
             err = ApiError("method_not_allowed", f"Method {request.method} is not allowed for {request.path}; "
-                                                 f"allowed: {', '.join(sorted(exc.valid_methods or []))}.")
+                                                 f"allowed: {', '.join(sorted(allowed))}.")
         elif code == 413:
             err = ApiError("request_too_large", f"Request too large: the limit is {state.config.max_body_bytes} bytes.")
         else:
             err = ApiError("invalid_request", exc.description or exc.name, status=code)
         resp = error_response(err)
-        if code == 405 and getattr(exc, "valid_methods", None):
-            resp.headers["Allow"] = ", ".join(exc.valid_methods)
+        if code == 405 and allowed:
+            resp.headers["Allow"] = ", ".join(allowed)
         return resp
 
     @app.errorhandler(Exception)

@@ -14,8 +14,18 @@ from typing import Any
 from ..api import Api, StreamEncoder
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
-from ..fields import (check_enum, get_bool, get_int, get_list, get_number, get_object, get_stop, get_str, missing,
-                      wrong_type)
+from ..fields import (
+    check_enum,
+    get_bool,
+    get_int,
+    get_list,
+    get_number,
+    get_object,
+    get_stop,
+    get_str,
+    missing,
+    wrong_type,
+)
 from ..latency import REASONING_EFFORT_FACTORS
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
@@ -28,7 +38,7 @@ DONE = b"data: [DONE]\n\n"
 
 def parse_chat_request(body: dict) -> Request:
     """Validate a Chat Completions body as OpenAI does; 400 naming the field otherwise."""
-    model = get_str(body, "model", required=True, nonempty=True)
+    model = get_str(body, "model", required=True, nonempty=True) or ""
     raw_messages = get_list(body, "messages", required=True, nonempty=True) or []
     messages = [_message(msg, f"messages[{i}]") for i, msg in enumerate(raw_messages)]
     stream = get_bool(body, "stream")

@@ -81,9 +81,10 @@ def _input_messages(body: dict) -> list[dict]:
 
 def parse_responses_request(body: dict) -> Request:
     """Validate a Responses body as OpenAI does; 400 naming the field otherwise."""
-    model = get_str(body, "model", required=True, nonempty=True)
+    model = get_str(body, "model", required=True, nonempty=True) or ""
     messages = _input_messages(body)
-    items = body.get("input") if isinstance(body.get("input"), list) else []
+    raw_input = body.get("input")
+    items: list = raw_input if isinstance(raw_input, list) else []
     answers_tool_result = bool(items) and isinstance(items[-1], dict) and \
         str(items[-1].get("type", "")).endswith("_call_output")
     instructions = get_str(body, "instructions")
@@ -185,7 +186,7 @@ class ResponseBuilder:
         self.offset = 1 if self.reasoning_id else 0
         self.item_ids = [new_id("msg_" if b.kind == "text" else "fc_" if b.kind == "tool_call" else "rs_")
                          for b in gen.plan.blocks]
-        self._base = {
+        self._base: dict[str, Any] = {
             "id": new_id("resp_"), "object": "response", "created_at": gen.created, "status": "in_progress",
             "background": False, "error": None, "incomplete_details": None, "instructions": None,
             "max_output_tokens": None, "max_tool_calls": None, "model": gen.request.model, "output": [],

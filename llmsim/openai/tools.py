@@ -52,7 +52,8 @@ def parse_tool_choice(value: Any, tools: list[Tool], param: str = "tool_choice")
         if kind != "function":
             raise invalid(f"Invalid value for '{param}.type': {kind!r}. Supported values are: 'function'.",
                           param=f"{param}.type", code="invalid_value")
-        inner = value.get("function") if isinstance(value.get("function"), dict) else value
+        nested = value.get("function")
+        inner: dict = nested if isinstance(nested, dict) else value
         where = f"{param}.function.name" if inner is not value else f"{param}.name"
         name = inner.get("name")
         if not isinstance(name, str) or not name:
