@@ -44,6 +44,8 @@ from .toolcalls import (
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
+UNSEEDED = random.Random()
+"""Unseeded runs share one RNG: seeding a new one from the OS costs every request ~10 µs."""
 EXACT_COUNT_CHARS = 100_000
 """Below this many characters a prompt is always counted exactly (a few ms at most),
 so even a refusal names its exact size; above, cheap bounds may refuse it first."""
@@ -241,12 +243,12 @@ class Engine:
         """Per-request RNG of the fault plan, its own sequence so faults repeat by arrival order
         under a seed whatever the latency or text settings."""
         n = next(self._fault_counter)
-        return random.Random(f"{self.seed}:faults:{n}") if self.seed is not None else random.Random()
+        return random.Random(f"{self.seed}:faults:{n}") if self.seed is not None else UNSEEDED
 
     def request_rng(self) -> random.Random:
         """Per-request RNG: seeded runs repeat by arrival order, whatever the interleaving."""
         n = next(self._counter)
-        return random.Random(f"{self.seed}:{n}") if self.seed is not None else random.Random()
+        return random.Random(f"{self.seed}:{n}") if self.seed is not None else UNSEEDED
 
     def count_prompt(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding, *,
                      check: bool = True) -> int:

@@ -41,6 +41,9 @@ _RANDOM_WORDS = (
 ).split()
 
 
+_UNSEEDED = random.Random()
+
+
 @dataclass
 class GenerationRequest:
     """What a generator may look at: the prompt text, the model, the seed."""
@@ -69,7 +72,7 @@ class GenerationRequest:
     def rng(self) -> random.Random:
         """Seeded from (seed, model, prompt) when a seed is set; fresh otherwise."""
         if self.seed is None:
-            return random.Random()
+            return _UNSEEDED
         digest = hashlib.blake2b(f"{self.seed}\x00{self.model}\x00{self.prompt}".encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 
@@ -114,14 +117,13 @@ class Generator:
         # About one token a word: 1.2x the target is always enough to cut from.
         rng = request.rng()
         n = int(self.target_tokens * 1.2) + 8
-        words = [rng.choice(vocabulary) for _ in range(n)]
+        words = rng.choices(vocabulary, k=n)  # one call: this runs for every request, on the event loop
         if not sentence:
             return " ".join(words)
         out, i = [], 0
         while i < n:
             k = rng.randint(6, 14)
-            chunk = words[i:i + k]
-            out.append(" ".join(chunk).capitalize() + ".")
+            out.append(" ".join(words[i:i + k]).capitalize() + ".")
             i += k
         return " ".join(out)
 

@@ -44,22 +44,26 @@ class Distribution:
             raise ValueError("stddev_ms must be >= 0")
         if self.kind == "lognormal" and self.mean_ms == 0 and self.stddev_ms > 0:
             raise ValueError("a lognormal with mean_ms 0 cannot have a spread")
+        # Sampled once per token on the hot path: derive the parameters once.
+        object.__setattr__(self, "_point", self._is_point)
+        if self.kind == "lognormal" and not self._point:
+            sigma2 = math.log1p((self.stddev_ms / self.mean_ms) ** 2)
+            object.__setattr__(self, "_params", (math.log(self.mean_ms) - sigma2 / 2, math.sqrt(sigma2)))
 
     @property
     def _is_point(self) -> bool:
         return self.kind == "constant" or self.stddev_ms == 0 or self.mean_ms == 0 and self.kind == "lognormal"
 
     def _lognormal_params(self) -> tuple[float, float]:
-        sigma2 = math.log1p((self.stddev_ms / self.mean_ms) ** 2)
-        return math.log(self.mean_ms) - sigma2 / 2, math.sqrt(sigma2)
+        return self._params  # type: ignore[attr-defined,no-any-return]
 
     def sample(self, rng: random.Random) -> float:
         """One draw in ms, never negative."""
-        if self._is_point:
+        if self._point:  # type: ignore[attr-defined]
             return self.mean_ms
         if self.kind == "normal":
             return max(0.0, rng.gauss(self.mean_ms, self.stddev_ms))
-        mu, sigma = self._lognormal_params()
+        mu, sigma = self._params  # type: ignore[attr-defined]
         return rng.lognormvariate(mu, sigma)
 
     def quantile(self, p: float) -> float:

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import tiktoken
 
@@ -159,23 +159,50 @@ class TokenStreamBuilder:
     def _chunk(self, ids: list[int], plan: TokenPlan) -> None:
         # A token may end inside a multi-byte character: the incremental decoder
         # holds those bytes back, and the token rides along with the next chunk.
+        # Most tokens are whole characters: their text comes from a table, decoded once.
+        texts = token_texts(self.encoding)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         token_bytes = self.encoding.decode_single_token_bytes
         k = self.chunk_tokens
-        buf, pending = "", 0
+        pieces, counts = plan.pieces, plan.piece_tokens
+        buf, pending, partial = "", 0, False
         for tok in ids:
             pending += 1
-            buf += decoder.decode(token_bytes(tok))
+            text = None
+            if not partial:
+                text = texts.get(tok, _MISSING)
+                if text is _MISSING:
+                    text = texts[tok] = _whole(token_bytes(tok))
+            if text is None:
+                text = decoder.decode(token_bytes(tok))
+                partial = bool(decoder.getstate()[0])
+            buf += text
             if buf and pending >= k:
-                plan.pieces.append(buf)
-                plan.piece_tokens.append(pending)
+                pieces.append(buf)
+                counts.append(pending)
                 buf, pending = "", 0
         buf += decoder.decode(b"", final=True)
         if buf:
-            plan.pieces.append(buf)
-            plan.piece_tokens.append(pending)
-        elif pending and plan.pieces:
-            plan.piece_tokens[-1] += pending
+            pieces.append(buf)
+            counts.append(pending)
+        elif pending and pieces:
+            counts[-1] += pending
+
+
+_TOKEN_TEXTS: dict[str, dict[int, str | None]] = {}
+_MISSING: Any = object()
+
+
+def token_texts(encoding: tiktoken.Encoding) -> dict[int, str | None]:
+    """Token id -> its text when the token is whole UTF-8 (None when it splits a character); filled as used."""
+    return _TOKEN_TEXTS.setdefault(encoding.name, {})
+
+
+def _whole(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class Slot(Protocol):
