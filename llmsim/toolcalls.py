@@ -81,15 +81,29 @@ class ToolSettings:
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` is not a usable JSON schema for arguments or output, or None."""
+    """Why `schema` is not a usable JSON schema for arguments or output, or None.
+
+    Agents send the same tools with every request: verdicts are remembered by
+    the schema's JSON text, so only a new schema pays for the meta-schema check.
+    """
     if not isinstance(schema, dict):
         return "must be a JSON schema object"
+    key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    if key in _SCHEMA_VERDICTS:
+        return _SCHEMA_VERDICTS[key]
     try:
         Draft202012Validator.check_schema(schema)
+        problem = None
     except SchemaError as e:
         where = "/".join(str(p) for p in e.path)
-        return f"is not a valid JSON schema: {e.message}" + (f" (at {where})" if where else "")
-    return None
+        problem = f"is not a valid JSON schema: {e.message}" + (f" (at {where})" if where else "")
+    if len(_SCHEMA_VERDICTS) >= 4096:
+        _SCHEMA_VERDICTS.pop(next(iter(_SCHEMA_VERDICTS)))
+    _SCHEMA_VERDICTS[key] = problem
+    return problem
+
+
+_SCHEMA_VERDICTS: dict[str, str | None] = {}
 
 
 def new_call_id(prefix: str) -> str:
