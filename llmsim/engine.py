@@ -22,7 +22,8 @@ from typing import Any
 import tiktoken
 
 from .auth import AuthConfig
-from .errors import ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded, scripted_error
+from .errors import (ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded,
+                     parse_fault_header, scripted_error)
 from .generator import GenerationRequest, Generator, make_generator
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
@@ -30,7 +31,7 @@ from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
-from .tokens import count_prompt_bounded, get_encoding, max_token_bytes, message_text
+from .tokens import count_prompt_bounded, decode_ids, get_encoding, max_token_bytes, message_text
 from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
                         tools_prompt_text, tools_to_call)
 
@@ -74,6 +75,12 @@ class Request:
     call_id_prefix: str = "call_"
     echo: dict = field(default_factory=dict)
     """Request settings the response repeats back (Responses)."""
+    forced_fault: str | None = None
+    """The x-llmsim-fault header: force this fault (`KIND` or `midstream:MODE`) unless config turns it off."""
+    prompt_framing: bool = True
+    """Count the prompt as chat messages (framing and reply priming); False: its text alone (legacy Completions)."""
+    prompt_ids: list[int] | None = None
+    """A prompt given as token ids (legacy Completions): counted as its length, decoded with the model's encoding."""
 
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
@@ -250,15 +257,20 @@ class Engine:
         soon as the count passes the context window.
         """
         tools_text = tools_prompt_text(req.tools)
-        if not check:
-            return count_prompt_bounded(req.messages, enc, extra_text=tools_text)[0]
+        framing = req.prompt_framing
         room = profile.context_window - (req.max_tokens or 0)
+        if req.prompt_ids is not None:
+            if check and len(req.prompt_ids) > room:
+                raise self._too_long(req, profile, len(req.prompt_ids), at_least=False)
+            return len(req.prompt_ids)
+        if not check:
+            return count_prompt_bounded(req.messages, enc, extra_text=tools_text, framing=framing)[0]
         chars = sum(_text_chars(m) for m in req.messages) + len(tools_text)
         # A token spans at most max_token_bytes bytes, so at most that many characters.
         floor = chars // max_token_bytes(enc)
         if chars > EXACT_COUNT_CHARS and floor > room:
             raise self._too_long(req, profile, floor, at_least=True)
-        tokens, exact = count_prompt_bounded(req.messages, enc, limit=room, extra_text=tools_text)
+        tokens, exact = count_prompt_bounded(req.messages, enc, limit=room, extra_text=tools_text, framing=framing)
         if tokens > room:
             raise self._too_long(req, profile, tokens, at_least=not exact)
         return tokens
@@ -267,10 +279,11 @@ class Engine:
     def _too_long(req: Request, profile: ModelProfile, prompt_tokens: int, *, at_least: bool) -> ApiError:
         asked = req.max_tokens or 0
         many = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+        where = "prompt" if req.prompt_param == "prompt" else "messages"
         return ApiError("invalid_request", f"This model's maximum context length is {profile.context_window} "
                         f"tokens. However, you requested {'at least ' if at_least else ''}{prompt_tokens + asked} "
-                        f"tokens ({many} in the messages, {asked} in the completion). Please reduce the "
-                        "length of the messages or completion.", param=req.prompt_param,
+                        f"tokens ({many} in the {where}, {asked} in the completion). Please reduce the "
+                        f"length of the {where} or completion.", param=req.prompt_param,
                         code="context_length_exceeded",
                         anthropic_message=f"input length and `max_tokens` exceed context limit: {many} + "
                                           f"{asked} > {profile.context_window}, decrease input length or "
@@ -281,9 +294,11 @@ class Engine:
 
         Then the caller's rate limits are charged (429 when exhausted) and the fault
         plan is consulted: a status-code fault raises its ApiError, a timeout holds
-        the request and drops the connection, a mid-stream fault plans a Cut.
+        the request and drops the connection, a mid-stream fault plans a Cut. A fault
+        the request forces (the x-llmsim-fault header) replaces the plan's draw.
         """
         arrival = req.arrival if req.arrival is not None else time.monotonic()
+        forced = self.header_fault(req.forced_fault)
         profile = self.resolve_profile(req.model)
         fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.chunk_tokens:
@@ -296,6 +311,8 @@ class Engine:
                            anthropic_message=f"{req.max_tokens_param}: {max_tokens} > {profile.max_output_tokens}, "
                                              f"which is the maximum allowed number of output tokens for {req.model}")
         enc = get_encoding(profile.encoding)
+        if req.prompt_ids is not None:
+            req.messages = [{"role": "user", "content": self.decode_prompt(req.prompt_ids, enc, req.prompt_param)}]
         prompt_tokens = self.count_prompt(req, profile, enc)
         rng = self.request_rng()
         plan, scripted = self.plan(req, profile, enc, rng)
@@ -305,7 +322,10 @@ class Engine:
                                         max_tokens if max_tokens is not None else plan.completion_tokens)
         try:
             # Faults before the batch slot: a request that fails up front never holds one.
-            fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
+            if forced is not None:
+                fault: Fault | None = self.faults.forced(*forced, req.model, profile.name, fault_rng)
+            else:
+                fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
             cut = self._carry_out(fault, req.model, plan) if fault is not None else None
             slot = self.admit(profile)
         except BaseException:  # failed before generating: only the prompt stays charged
@@ -318,6 +338,23 @@ class Engine:
             pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
         return Generation(request=req, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
                           created=int(time.time()), slot=slot, arrival=arrival, charge=charge, watch=watch)
+
+    def header_fault(self, value: str | None) -> tuple[str, str | None] | None:
+        """(kind, midstream mode) a request's x-llmsim-fault header forces; None when absent or
+        switched off (`errors.header: false`); a 400 naming the header when it names no fault."""
+        if value is None or not self.faults.header:
+            return None
+        return parse_fault_header(value)
+
+    @staticmethod
+    def decode_prompt(ids: list[int], enc: tiktoken.Encoding, param: str) -> str:
+        """A token-id prompt's text, or a 400 naming the first id the model's encoding lacks."""
+        try:
+            return decode_ids(ids, enc)
+        except ValueError as e:
+            raise ApiError("invalid_request", f"Invalid token in prompt: {e.args[0]}. Token ids must be in "
+                           f"[0, {enc.n_vocab}) for this model's encoding ({enc.name}).", param=param,
+                           code="invalid_value") from None
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""

@@ -21,10 +21,11 @@ from ..anthropic.models import list_models as anthropic_models
 from ..anthropic.models import retrieve_model as anthropic_model
 from ..api import Api, StreamEncoder, stream_bytes
 from ..engine import new_id
-from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
+from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
+from ..openai.completions import Completions
 from ..openai.responses import Responses
 from ..tokens import get_encoding
 from .access import install_access
@@ -134,7 +135,7 @@ def read_body() -> dict:
     return parse_json_object(request.get_data(cache=False))
 
 
-APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages())
+APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages(), Completions())
 """Every generation API; each is served by the one generic route below."""
 
 
@@ -146,6 +147,7 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
         req.api_key = g.get("api_key")
         req.arrival = g.get("t0")
         req.conversation = request.headers.get("x-llmsim-conversation")
+        req.forced_fault = request.headers.get(FAULT_HEADER)
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
         if not req.stream:
             wait_for(state, gen)
