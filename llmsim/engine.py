@@ -22,8 +22,9 @@ from typing import Any
 import tiktoken
 
 from .auth import AuthConfig
+from .embeddings import MAX_REQUEST_TOKENS, EmbedRequest, EmbedResult, embedding_vector
 from .errors import (ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded,
-                     parse_fault_header, scripted_error)
+                     parse_fault_header, scripted_error, server_error)
 from .generator import GenerationRequest, Generator, make_generator
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
@@ -31,7 +32,7 @@ from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
-from .tokens import count_prompt_bounded, decode_ids, get_encoding, max_token_bytes, message_text
+from .tokens import count_prompt_bounded, decode_ids, encode, get_encoding, max_token_bytes, message_text
 from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
                         tools_prompt_text, tools_to_call)
 
@@ -300,6 +301,9 @@ class Engine:
         arrival = req.arrival if req.arrival is not None else time.monotonic()
         forced = self.header_fault(req.forced_fault)
         profile = self.resolve_profile(req.model)
+        if profile.embedding is not None:
+            raise ApiError("invalid_request", f"The model `{req.model}` is an embedding model: it does not generate "
+                           "text. Send it to POST /v1/embeddings.", param="model", code="model_not_supported")
         fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.chunk_tokens)
@@ -352,9 +356,85 @@ class Engine:
         try:
             return decode_ids(ids, enc)
         except ValueError as e:
-            raise ApiError("invalid_request", f"Invalid token in prompt: {e.args[0]}. Token ids must be in "
-                           f"[0, {enc.n_vocab}) for this model's encoding ({enc.name}).", param=param,
+            raise ApiError("invalid_request", f"Invalid token in '{param}': {e.args[0]} is no token id of this "
+                           f"model's encoding ({enc.name}, ids 0 to {enc.n_vocab - 1}).", param=param,
                            code="invalid_value") from None
+
+    def embed(self, req: EmbedRequest, *, watch: Any = None) -> EmbedResult:
+        """Vectors for every input, after as long as the embedding profile says (base + per token).
+
+        Validated against the model's embedding profile (dimensions, tokens per
+        input and per request), charged to the caller's rate limits (input tokens),
+        subject to a fault the request forces (the x-llmsim-fault header; the
+        fault plan's random draws are for generation requests only), and holding a
+        batch slot of the profile's deployment while it waits.
+        """
+        arrival = req.arrival if req.arrival is not None else time.monotonic()
+        forced = self.header_fault(req.forced_fault)
+        profile = self.resolve_profile(req.model)
+        spec = profile.embedding
+        if spec is None:
+            raise ApiError("invalid_request", f"The model `{req.model}` does not support embeddings (its profile "
+                           f"{profile.name} has no `embedding:` section).", param="model", code="model_not_supported")
+        dims = req.dimensions
+        if dims is not None and not spec.dimensions_param:
+            raise ApiError("invalid_request", f"This model does not support specifying dimensions: `{req.model}` "
+                           f"always returns {spec.dimensions}.", param="dimensions", code="invalid_value")
+        if dims is not None and dims > spec.dimensions:
+            raise ApiError("invalid_request", f"Invalid 'dimensions': {dims}. `{req.model}` returns at most "
+                           f"{spec.dimensions} dimensions.", param="dimensions", code="integer_above_max_value")
+        enc = get_encoding(profile.encoding)
+        token_ids: list[list[int]] = []
+        total = 0
+        for i, item in enumerate(req.inputs):
+            param = req.input_param if req.single else f"{req.input_param}[{i}]"
+            if isinstance(item, str):
+                if len(item) > EXACT_COUNT_CHARS and len(item) // max_token_bytes(enc) > spec.max_input_tokens:
+                    raise _input_too_long(spec.max_input_tokens, len(item) // max_token_bytes(enc), param, True)
+                ids = encode(item, enc)
+            else:
+                self.decode_prompt(item, enc, param)  # every id must be one of the encoding's
+                ids = item
+            if len(ids) > spec.max_input_tokens:
+                raise _input_too_long(spec.max_input_tokens, len(ids), param, False)
+            total += len(ids)
+            token_ids.append(ids)
+        if total > MAX_REQUEST_TOKENS:
+            raise ApiError("invalid_request", f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per "
+                           "request", param=req.input_param, code="max_tokens_per_request")
+        charge = self.limiter.admit(req.api_key, req.model, total, 0) if self.limiter is not None else None
+        try:
+            if forced is not None:
+                fault = self.faults.forced(*forced, req.model, profile.name, self.fault_rng())
+                if fault.kind == "midstream":  # no stream to cut: fails as a non-streaming request would
+                    self.stats.record_fault(fault.kind)
+                    if fault.settings.midstream_mode == "drop":
+                        raise ConnectionDrop()
+                    raise server_error()
+                self._carry_out(fault, req.model, TokenPlan())
+            slot = self.admit(profile)
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.settle(charge, 0)
+            raise
+        try:
+            with slot:
+                granted = slot.wait(watch=watch)
+                start = arrival if granted is None else granted
+                vectors = []
+                for n, ids in enumerate(token_ids, 1):
+                    vectors.append(embedding_vector(req.model, ids, spec.dimensions, dims))
+                    if n % 32 == 0:
+                        _gevent_sleep(0)  # a large batch: let the streams on this loop run
+                deadline = start + spec.latency_ms(total) * slot.multiplier() / 1000.0
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    (watch.sleep if watch is not None else _gevent_sleep)(wait)
+        finally:
+            if self.limiter is not None:
+                self.limiter.settle(charge, 0)
+        self.stats.record_tokens(total, 0)
+        return EmbedResult(req, vectors, total)
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
@@ -437,6 +517,13 @@ class Engine:
         if req.output_format is not None:
             return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))]
         return [Block("text", self.generator.generate(gen_req))]
+
+
+def _input_too_long(limit: int, tokens: int, param: str, at_least: bool) -> ApiError:
+    many = f"at least {tokens}" if at_least else str(tokens)
+    return ApiError("invalid_request", f"This model's maximum context length is {limit} tokens, however you "
+                    f"requested {many} tokens ({many} in your prompt; 0 for the completion). Please reduce your "
+                    "prompt; or completion length.", param=param, code="context_length_exceeded")
 
 
 def _content_rng(gen_req: GenerationRequest, rng: random.Random) -> random.Random:

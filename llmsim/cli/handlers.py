@@ -26,6 +26,7 @@ from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
+from ..openai.embeddings import embeddings_body, parse_embeddings_request
 from ..openai.responses import Responses
 from ..tokens import get_encoding
 from .access import install_access
@@ -159,8 +160,21 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
 
 
 def openai_blueprint(state: AppState, name: str) -> Blueprint:
-    """OpenAI's Models API (the generation APIs are registered from APIS)."""
+    """OpenAI's Models and Embeddings APIs (the generation APIs are registered from APIS)."""
     bp = Blueprint(name, __name__)
+
+    @bp.post("/embeddings")
+    def embeddings() -> Response:
+        req, encoding_format = parse_embeddings_request(read_body())
+        req.api_key = g.get("api_key")
+        req.arrival = g.get("t0")
+        req.forced_fault = request.headers.get(FAULT_HEADER)
+        try:
+            result = state.embed(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
+        except ClientGone:
+            state.stats.record_disconnect()
+            raise ConnectionDrop() from None
+        return jsonify(embeddings_body(result, encoding_format))
 
     @bp.get("/models")
     def list_models() -> Response:
