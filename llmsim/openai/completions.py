@@ -71,7 +71,7 @@ def _is_token(v: Any) -> bool:
 
 def parse_completions_request(body: dict) -> Request:
     """Validate a legacy Completions body as OpenAI does; 400 naming the field otherwise."""
-    model = get_str(body, "model", required=True, nonempty=True)
+    model = get_str(body, "model", required=True, nonempty=True) or ""
     text, ids = parse_prompt(body)
     if body.get("suffix") not in (None, ""):
         get_str(body, "suffix")  # a wrong type is named as such first

@@ -20,7 +20,7 @@ INPUT_TYPES = "a string, an array of strings, an array of integers, or an array 
 
 def parse_embeddings_request(body: dict) -> tuple[EmbedRequest, str]:
     """(the neutral request, encoding_format), validated as OpenAI does; 400 naming the field otherwise."""
-    model = get_str(body, "model", required=True, nonempty=True)
+    model = get_str(body, "model", required=True, nonempty=True) or ""
     value = body.get("input", MISSING)
     if value is MISSING or value is None:
         raise missing("input")
@@ -41,11 +41,10 @@ def parse_embeddings_request(body: dict) -> tuple[EmbedRequest, str]:
                           f"but got an array with length {len(value)} instead.", param="input",
                           code="array_above_max_length")
         inputs = [_item(v, f"input[{i}]", type(value[0])) for i, v in enumerate(value)]
-    fmt = get_str(body, "encoding_format", default="float")
-    check_enum(fmt, ENCODING_FORMATS, "encoding_format")
+    fmt = check_enum(get_str(body, "encoding_format", default="float"), ENCODING_FORMATS, "encoding_format")
     dimensions = get_int(body, "dimensions", minimum=1)
     get_str(body, "user")
-    return EmbedRequest(model=model, inputs=inputs, dimensions=dimensions, single=single), fmt  # type: ignore[arg-type]
+    return EmbedRequest(model=model, inputs=inputs, dimensions=dimensions, single=single), fmt
 
 
 def _is_token(v: Any) -> bool:
