@@ -75,7 +75,7 @@ class Request:
     """Key of a scripted conversation (a header), else the first user message keys it."""
     call_id_prefix: str = "call_"
     echo: dict = field(default_factory=dict)
-    """Request settings the response repeats back (Responses)."""
+    """Request settings the response repeats back (Responses), and legacy Completions' `echo: true`."""
     forced_fault: str | None = None
     """The x-llmsim-fault header: force this fault (`KIND` or `midstream:MODE`) unless config turns it off."""
     prompt_framing: bool = True
@@ -215,6 +215,8 @@ class Engine:
     def resolve_profile(self, model: str) -> ModelProfile:
         """The profile a request's model runs with, or 404 model_not_found."""
         own = self.registry.match(model)
+        if own is not None and own.embedding is not None:
+            return own  # --latency-profile times generation; an embedding model keeps its own profile
         if self.forced is not None:
             return self.forced if own is None else self._forced_over(own)
         if own is not None:
@@ -405,7 +407,8 @@ class Engine:
         charge = self.limiter.admit(req.api_key, req.model, total, 0) if self.limiter is not None else None
         try:
             if forced is not None:
-                fault = self.faults.forced(*forced, req.model, profile.name, self.fault_rng())
+                # Its own RNG: an embeddings request must not shift the generation requests' fault sequence.
+                fault = self.faults.forced(*forced, req.model, profile.name, random.Random(0))
                 if fault.kind == "midstream":  # no stream to cut: fails as a non-streaming request would
                     self.stats.record_fault(fault.kind)
                     if fault.settings.midstream_mode == "drop":

@@ -196,3 +196,13 @@ def test_generation_apis_refuse_an_embedding_model(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=SMALL, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["param"] == "model" and "embedding model" in e.value.body["message"]
+
+
+def test_a_forced_latency_profile_leaves_embedding_models_alone():
+    with run_server(latency_profile="instant") as url:
+        r = requests.post(url + "/v1/embeddings", json={"model": LARGE, "input": "x", "encoding_format": "base64"},
+                          timeout=10)
+        assert r.status_code == 200
+        assert len(base64.b64decode(r.json()["data"][0]["embedding"])) == 4 * 3072
+        sched = requests.get(url + "/llmsim/stats", timeout=10).json()["schedulers"]
+        assert sched[LARGE]["max_concurrent"] == 256  # its own deployment, not the forced profile's
