@@ -22,7 +22,9 @@ from typing import Any
 import tiktoken
 
 from .auth import AuthConfig
-from .errors import ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded, scripted_error
+from .embeddings import MAX_REQUEST_TOKENS, EmbedRequest, EmbedResult, embedding_vector
+from .errors import (ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded,
+                     parse_fault_header, scripted_error, server_error)
 from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, make_generator
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
@@ -30,17 +32,9 @@ from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
-from .tokens import count_prompt_bounded, get_encoding, max_token_bytes, message_text
-from .toolcalls import (
-    OutputFormat,
-    Tool,
-    ToolChoice,
-    ToolSettings,
-    structured_json,
-    tool_call_blocks,
-    tools_prompt_text,
-    tools_to_call,
-)
+from .tokens import count_prompt_bounded, decode_ids, encode, get_encoding, max_token_bytes, message_text
+from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
+                        tools_prompt_text, tools_to_call)
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
@@ -83,7 +77,13 @@ class Request:
     """Key of a scripted conversation (a header), else the first user message keys it."""
     call_id_prefix: str = "call_"
     echo: dict = field(default_factory=dict)
-    """Request settings the response repeats back (Responses)."""
+    """Request settings the response repeats back (Responses), and legacy Completions' `echo: true`."""
+    forced_fault: str | None = None
+    """The x-llmsim-fault header: force this fault (`KIND` or `midstream:MODE`) unless config turns it off."""
+    prompt_framing: bool = True
+    """Count the prompt as chat messages (framing and reply priming); False: its text alone (legacy Completions)."""
+    prompt_ids: list[int] | None = None
+    """A prompt given as token ids (legacy Completions): counted as its length, decoded with the model's encoding."""
 
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
@@ -217,6 +217,8 @@ class Engine:
     def resolve_profile(self, model: str) -> ModelProfile:
         """The profile a request's model runs with, or 404 model_not_found."""
         own = self.registry.match(model)
+        if own is not None and own.embedding is not None:
+            return own  # --latency-profile times generation; an embedding model keeps its own profile
         if self.forced is not None:
             return self.forced if own is None else self._forced_over(own)
         if own is not None:
@@ -260,15 +262,20 @@ class Engine:
         soon as the count passes the context window.
         """
         tools_text = tools_prompt_text(req.tools)
-        if not check:
-            return count_prompt_bounded(req.messages, enc, extra_text=tools_text)[0]
+        framing = req.prompt_framing
         room = profile.context_window - (req.max_tokens or 0)
+        if req.prompt_ids is not None:
+            if check and len(req.prompt_ids) > room:
+                raise self._too_long(req, profile, len(req.prompt_ids), at_least=False)
+            return len(req.prompt_ids)
+        if not check:
+            return count_prompt_bounded(req.messages, enc, extra_text=tools_text, framing=framing)[0]
         chars = sum(_text_chars(m) for m in req.messages) + len(tools_text)
         # A token spans at most max_token_bytes bytes, so at most that many characters.
         floor = chars // max_token_bytes(enc)
         if chars > EXACT_COUNT_CHARS and floor > room:
             raise self._too_long(req, profile, floor, at_least=True)
-        tokens, exact = count_prompt_bounded(req.messages, enc, limit=room, extra_text=tools_text)
+        tokens, exact = count_prompt_bounded(req.messages, enc, limit=room, extra_text=tools_text, framing=framing)
         if tokens > room:
             raise self._too_long(req, profile, tokens, at_least=not exact)
         return tokens
@@ -277,10 +284,11 @@ class Engine:
     def _too_long(req: Request, profile: ModelProfile, prompt_tokens: int, *, at_least: bool) -> ApiError:
         asked = req.max_tokens or 0
         many = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+        where = "prompt" if req.prompt_param == "prompt" else "messages"
         return ApiError("invalid_request", f"This model's maximum context length is {profile.context_window} "
                         f"tokens. However, you requested {'at least ' if at_least else ''}{prompt_tokens + asked} "
-                        f"tokens ({many} in the messages, {asked} in the completion). Please reduce the "
-                        "length of the messages or completion.", param=req.prompt_param,
+                        f"tokens ({many} in the {where}, {asked} in the completion). Please reduce the "
+                        f"length of the {where} or completion.", param=req.prompt_param,
                         code="context_length_exceeded",
                         anthropic_message=f"input length and `max_tokens` exceed context limit: {many} + "
                                           f"{asked} > {profile.context_window}, decrease input length or "
@@ -291,10 +299,15 @@ class Engine:
 
         Then the caller's rate limits are charged (429 when exhausted) and the fault
         plan is consulted: a status-code fault raises its ApiError, a timeout holds
-        the request and drops the connection, a mid-stream fault plans a Cut.
+        the request and drops the connection, a mid-stream fault plans a Cut. A fault
+        the request forces (the x-llmsim-fault header) replaces the plan's draw.
         """
         arrival = req.arrival if req.arrival is not None else time.monotonic()
+        forced = self.header_fault(req.forced_fault)
         profile = self.resolve_profile(req.model)
+        if profile.embedding is not None:
+            raise ApiError("invalid_request", f"The model `{req.model}` is an embedding model: it does not generate "
+                           "text. Send it to POST /v1/embeddings.", param="model", code="model_not_supported")
         fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.chunk_tokens)
@@ -306,6 +319,8 @@ class Engine:
                            anthropic_message=f"{req.max_tokens_param}: {max_tokens} > {profile.max_output_tokens}, "
                                              f"which is the maximum allowed number of output tokens for {req.model}")
         enc = get_encoding(profile.encoding)
+        if req.prompt_ids is not None:
+            req.messages = [{"role": "user", "content": self.decode_prompt(req.prompt_ids, enc, req.prompt_param)}]
         prompt_tokens = self.count_prompt(req, profile, enc)
         rng = self.request_rng()
         plan, scripted = self.plan(req, profile, enc, rng)
@@ -315,7 +330,10 @@ class Engine:
                                         max_tokens if max_tokens is not None else plan.completion_tokens)
         try:
             # Faults before the batch slot: a request that fails up front never holds one.
-            fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
+            if forced is not None:
+                fault: Fault | None = self.faults.forced(*forced, req.model, profile.name, fault_rng)
+            else:
+                fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
             cut = self._carry_out(fault, req.model, plan) if fault is not None else None
             slot = self.admit(profile)
         except BaseException:  # failed before generating: only the prompt stays charged
@@ -328,6 +346,100 @@ class Engine:
             pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
         return Generation(request=req, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
                           created=int(time.time()), slot=slot, arrival=arrival, charge=charge, watch=watch)
+
+    def header_fault(self, value: str | None) -> tuple[str, str | None] | None:
+        """(kind, midstream mode) a request's x-llmsim-fault header forces; None when absent or
+        switched off (`errors.header: false`); a 400 naming the header when it names no fault."""
+        if value is None or not self.faults.header:
+            return None
+        return parse_fault_header(value)
+
+    @staticmethod
+    def decode_prompt(ids: list[int], enc: tiktoken.Encoding, param: str) -> str:
+        """A token-id prompt's text, or a 400 naming the first id the model's encoding lacks."""
+        try:
+            return decode_ids(ids, enc)
+        except ValueError as e:
+            raise ApiError("invalid_request", f"Invalid token in '{param}': {e.args[0]} is no token id of this "
+                           f"model's encoding ({enc.name}, ids 0 to {enc.n_vocab - 1}).", param=param,
+                           code="invalid_value") from None
+
+    def embed(self, req: EmbedRequest, *, watch: Any = None) -> EmbedResult:
+        """Vectors for every input, after as long as the embedding profile says (base + per token).
+
+        Validated against the model's embedding profile (dimensions, tokens per
+        input and per request), charged to the caller's rate limits (input tokens),
+        subject to a fault the request forces (the x-llmsim-fault header; the
+        fault plan's random draws are for generation requests only), and holding a
+        batch slot of the profile's deployment while it waits.
+        """
+        arrival = req.arrival if req.arrival is not None else time.monotonic()
+        forced = self.header_fault(req.forced_fault)
+        profile = self.resolve_profile(req.model)
+        spec = profile.embedding
+        if spec is None:
+            raise ApiError("invalid_request", f"The model `{req.model}` does not support embeddings (its profile "
+                           f"{profile.name} has no `embedding:` section).", param="model", code="model_not_supported")
+        dims = req.dimensions
+        if dims is not None and not spec.dimensions_param:
+            raise ApiError("invalid_request", f"This model does not support specifying dimensions: `{req.model}` "
+                           f"always returns {spec.dimensions}.", param="dimensions", code="invalid_value")
+        if dims is not None and dims > spec.dimensions:
+            raise ApiError("invalid_request", f"Invalid 'dimensions': {dims}. `{req.model}` returns at most "
+                           f"{spec.dimensions} dimensions.", param="dimensions", code="integer_above_max_value")
+        enc = get_encoding(profile.encoding)
+        token_ids: list[list[int]] = []
+        total = 0
+        for i, item in enumerate(req.inputs):
+            param = req.input_param if req.single else f"{req.input_param}[{i}]"
+            if isinstance(item, str):
+                if len(item) > EXACT_COUNT_CHARS and len(item) // max_token_bytes(enc) > spec.max_input_tokens:
+                    raise _input_too_long(spec.max_input_tokens, len(item) // max_token_bytes(enc), param, True)
+                ids = encode(item, enc)
+            else:
+                self.decode_prompt(item, enc, param)  # every id must be one of the encoding's
+                ids = item
+            if len(ids) > spec.max_input_tokens:
+                raise _input_too_long(spec.max_input_tokens, len(ids), param, False)
+            total += len(ids)
+            token_ids.append(ids)
+        if total > MAX_REQUEST_TOKENS:
+            raise ApiError("invalid_request", f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per "
+                           "request", param=req.input_param, code="max_tokens_per_request")
+        charge = self.limiter.admit(req.api_key, req.model, total, 0) if self.limiter is not None else None
+        try:
+            if forced is not None:
+                # Its own RNG: an embeddings request must not shift the generation requests' fault sequence.
+                fault = self.faults.forced(*forced, req.model, profile.name, random.Random(0))
+                if fault.kind == "midstream":  # no stream to cut: fails as a non-streaming request would
+                    self.stats.record_fault(fault.kind)
+                    if fault.settings.midstream_mode == "drop":
+                        raise ConnectionDrop()
+                    raise server_error()
+                self._carry_out(fault, req.model, TokenPlan())
+            slot = self.admit(profile)
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.settle(charge, 0)
+            raise
+        try:
+            with slot:
+                granted = slot.wait(watch=watch)
+                start = arrival if granted is None else granted
+                vectors = []
+                for n, ids in enumerate(token_ids, 1):
+                    vectors.append(embedding_vector(req.model, ids, spec.dimensions, dims))
+                    if n % 32 == 0:
+                        _gevent_sleep(0)  # a large batch: let the streams on this loop run
+                deadline = start + spec.latency_ms(total) * slot.multiplier() / 1000.0
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    (watch.sleep if watch is not None else _gevent_sleep)(wait)
+        finally:
+            if self.limiter is not None:
+                self.limiter.settle(charge, 0)
+        self.stats.record_tokens(total, 0)
+        return EmbedResult(req, vectors, total)
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
@@ -411,6 +523,13 @@ class Engine:
         if req.output_format is not None:
             return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))]
         return [Block("text", self.generator.generate(gen_req))]
+
+
+def _input_too_long(limit: int, tokens: int, param: str, at_least: bool) -> ApiError:
+    many = f"at least {tokens}" if at_least else str(tokens)
+    return ApiError("invalid_request", f"This model's maximum context length is {limit} tokens, however you "
+                    f"requested {many} tokens ({many} in your prompt; 0 for the completion). Please reduce your "
+                    "prompt; or completion length.", param=param, code="context_length_exceeded")
 
 
 def _content_rng(gen_req: GenerationRequest, rng: random.Random) -> random.Random:

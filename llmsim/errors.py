@@ -191,15 +191,16 @@ def retry_after_headers(seconds: float) -> tuple[dict[str, str], dict[str, str]]
 
 
 def rate_limited(model: str, scope: str, *, limit: int | None = None, used: int | None = None,
-                 requested: int | None = None, wait_s: float | None = None) -> ApiError:
+                 requested: int | None = None, wait_s: float | None = None,
+                 injected_by: str = "llmsim errors.rate_limit") -> ApiError:
     """A 429 worded as each provider words it.
 
-    `limit=None` is an injected fault (no bucket behind it); `wait_s=None` is a
+    `limit=None` is an injected fault (no bucket behind it, `injected_by` says what injected it); `wait_s=None` is a
     request larger than the whole limit, which waiting cannot fix, so no retry hint.
     """
     phrase, openai_type, unit = RATE_SCOPES[scope]
     if limit is None:
-        detail, anthropic_of = "injected fault (llmsim errors.rate_limit)", "(injected fault: llmsim errors.rate_limit)"
+        detail, anthropic_of = f"injected fault ({injected_by})", f"(injected fault: {injected_by})"
     else:
         detail = f"Limit {limit}, Used {used}, Requested {requested}"
         anthropic_of = f"of {limit:,} {unit} per minute"
@@ -224,6 +225,20 @@ def rate_limited(model: str, scope: str, *, limit: int | None = None, used: int 
 FAULT_KINDS = ("rate_limit", "server_error", "unavailable", "overloaded", "timeout", "midstream")
 """Injectable faults, in the order the decision walks them."""
 MIDSTREAM_MODES = ("drop", "error")
+FAULT_HEADER = "x-llmsim-fault"
+"""The request header that forces one fault for one request (config `errors.header: false` ignores it)."""
+FAULT_HEADER_VALUES = (*FAULT_KINDS, *(f"midstream:{m}" for m in MIDSTREAM_MODES))
+
+
+def parse_fault_header(value: str) -> tuple[str, str | None]:
+    """`KIND` or `midstream:MODE` -> (kind, midstream mode or None); a 400 naming the header otherwise."""
+    text = value.strip().lower()
+    kind, sep, mode = text.partition(":")
+    if text in FAULT_HEADER_VALUES:
+        return kind, (mode if sep else None)
+    allowed = ", ".join(FAULT_HEADER_VALUES)
+    raise invalid(f"Invalid value for header '{FAULT_HEADER}': {value!r}. Supported values are: {allowed}.",
+                  param=FAULT_HEADER, code="invalid_value")
 OPENAI_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 SHOULD_RETRY = {"x-should-retry": "true"}
 
@@ -279,11 +294,14 @@ class Fault:
     kind: str
     settings: FaultSettings
     position: float  # in [0, 1): where a mid-stream cut falls
+    forced: bool = False
+    """Asked for by the request's x-llmsim-fault header rather than drawn from the plan."""
 
     def error(self, model: str) -> ApiError:
         """The error answer for the status-code kinds (rate_limit, server_error, unavailable, overloaded)."""
         if self.kind == "rate_limit":
-            return rate_limited(model, "requests", wait_s=self.settings.retry_after_ms / 1000)
+            return rate_limited(model, "requests", wait_s=self.settings.retry_after_ms / 1000,
+                                injected_by=f"{FAULT_HEADER} header" if self.forced else "llmsim errors.rate_limit")
         return {"server_error": server_error, "unavailable": unavailable, "overloaded": overloaded}[self.kind]()
 
     def cut(self, pieces: int) -> Cut:
@@ -341,6 +359,8 @@ class FaultPlan:
     base: FaultSettings = field(default_factory=FaultSettings)
     models: tuple[tuple[str, FaultSettings], ...] = ()
     profiles: tuple[tuple[str, FaultSettings], ...] = ()
+    header: bool = True
+    """Honour the x-llmsim-fault request header (config `errors.header`)."""
 
     @property
     def active(self) -> bool:
@@ -351,7 +371,10 @@ class FaultPlan:
         """Validate a config section; ProfileError names the source, the dotted key and the reason."""
         if raw is None:
             return cls()
-        raw = _mapping(src, key, raw, (*_SETTING_KEYS, "models", "profiles"))
+        raw = _mapping(src, key, raw, (*_SETTING_KEYS, "models", "profiles", "header"))
+        header = raw.get("header", True)
+        if not isinstance(header, bool):
+            raise ProfileError(src, f"{key}.header", f"must be true or false, got {header!r}")
         base = _parse_settings(src, key, {k: v for k, v in raw.items() if k in _SETTING_KEYS}, FaultSettings())
         overrides: dict[str, tuple[tuple[str, FaultSettings], ...]] = {}
         for group in ("models", "profiles"):
@@ -364,7 +387,7 @@ class FaultPlan:
                 where = f"{key}.{group}.{name}"
                 parsed.append((str(name), _parse_settings(src, where, _mapping(src, where, sub, _SETTING_KEYS), base)))
             overrides[group] = tuple(parsed)
-        return cls(base, overrides["models"], overrides["profiles"])
+        return cls(base, overrides["models"], overrides["profiles"], header)
 
     def settings_for(self, model: str, profile: str | None = None) -> FaultSettings:
         """The most specific settings: exact model name, then the first matching model glob, then the profile."""
@@ -382,8 +405,18 @@ class FaultPlan:
     def decide(self, model: str, profile: str | None, rng: random.Random) -> Fault | None:
         return decide(self.settings_for(model, profile), rng)
 
+    def forced(self, kind: str, mode: str | None, model: str, profile: str | None,
+               rng: random.Random) -> Fault:
+        """The fault a request's x-llmsim-fault header asks for, with its scope's knobs
+        (timeout_after_ms, retry_after_ms, midstream_mode unless the header names one)."""
+        settings = self.settings_for(model, profile)
+        if mode is not None:
+            settings = replace(settings, midstream_mode=mode)
+        return Fault(kind, settings, rng.random(), forced=True)
+
     def to_dict(self) -> dict:
         out: dict[str, Any] = self.base.to_dict()
+        out["header"] = self.header
         for group, entries in (("models", self.models), ("profiles", self.profiles)):
             if entries:
                 out[group] = {name: s.to_dict() for name, s in entries}

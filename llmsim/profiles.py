@@ -48,6 +48,26 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class EmbeddingSpec:
+    """An embedding model (`embedding:`): its vector size, its latency and its input limit."""
+
+    dimensions: int
+    base_ms: float = 0.0
+    per_token_ms: float = 0.0
+    """An embeddings request takes base_ms + per_token_ms x its input tokens (times the batch slowdown)."""
+    max_input_tokens: int = 8192
+    dimensions_param: bool = False
+    """Accepts the request's `dimensions` (shorter vectors), as OpenAI's text-embedding-3 models do."""
+
+    def latency_ms(self, tokens: int) -> float:
+        return self.base_ms + self.per_token_ms * tokens
+
+    def to_dict(self) -> dict:
+        return {"dimensions": self.dimensions, "base_ms": self.base_ms, "per_token_ms": self.per_token_ms,
+                "max_input_tokens": self.max_input_tokens, "dimensions_param": self.dimensions_param}
+
+
+@dataclass(frozen=True)
 class SloCheck:
     """One SLO bound: the `pct` percentile of `metric` must be <= limit_ms."""
 
@@ -74,6 +94,8 @@ class ModelProfile:
     chunk_tokens: int = 1
     tool_call_probability: float | None = None
     """How often a model with tools and tool_choice auto calls one (None: the server's setting)."""
+    embedding: EmbeddingSpec | None = None
+    """An embedding model: served by /v1/embeddings only, with no token timing."""
     source: str = "<built-in>"
 
     @property
@@ -95,9 +117,14 @@ class ModelProfile:
             "models": list(self.models),
             "provider": self.provider,
             "encoding": self.encoding,
-            "context_window": self.context_window,
-            "max_output_tokens": self.max_output_tokens,
         }
+        if self.embedding is not None:
+            d["embedding"] = self.embedding.to_dict()
+            if self.capacity:
+                d["capacity"] = self.capacity.to_dict()
+            return d
+        d["context_window"] = self.context_window
+        d["max_output_tokens"] = self.max_output_tokens
         d.update(self.latency.to_dict())
         if self.chunk_tokens != 1:
             d["chunk_tokens"] = self.chunk_tokens
@@ -113,7 +140,11 @@ class ModelProfile:
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_output_tokens", "ttft", "itl",
-             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools"}
+             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools", "embedding"}
+_GENERATION_KEYS = ("context_window", "max_output_tokens", "ttft", "itl", "prefill", "reasoning", "slo",
+                    "chunk_tokens", "tools")
+"""What an embedding profile cannot have: it generates no tokens."""
+_EMBEDDING_KEYS = {"dimensions", "base_ms", "per_token_ms", "max_input_tokens", "dimensions_param"}
 
 
 def _number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
@@ -151,6 +182,38 @@ def parse_distribution(src: str, key: str, value: Any) -> Distribution:
     return Distribution(kind, mean, std)
 
 
+def _capacity(src: str, where: str, value: Any) -> Capacity | None:
+    if value is None:
+        return None
+    c = _mapping(src, f"{where}.capacity", value, {"max_concurrent", "queue_limit", "slowdown_at_full"})
+    if "max_concurrent" not in c:
+        raise ProfileError(src, f"{where}.capacity.max_concurrent", "is required")
+    return Capacity(
+        max_concurrent=_number(src, f"{where}.capacity.max_concurrent", c["max_concurrent"], minimum=1, integer=True),
+        queue_limit=_number(src, f"{where}.capacity.queue_limit", c.get("queue_limit", 1024), integer=True),
+        slowdown_at_full=_number(src, f"{where}.capacity.slowdown_at_full", c.get("slowdown_at_full", 1.0),
+                                 minimum=1),
+    )
+
+
+def parse_embedding(src: str, key: str, value: Any) -> EmbeddingSpec:
+    """An `embedding:` section -> EmbeddingSpec, or ProfileError naming the key."""
+    e = _mapping(src, key, value, _EMBEDDING_KEYS)
+    if "dimensions" not in e:
+        raise ProfileError(src, f"{key}.dimensions", "is required")
+    shortens = e.get("dimensions_param", False)
+    if not isinstance(shortens, bool):
+        raise ProfileError(src, f"{key}.dimensions_param", f"must be true or false, got {shortens!r}")
+    return EmbeddingSpec(
+        dimensions=_number(src, f"{key}.dimensions", e["dimensions"], minimum=1, integer=True),
+        base_ms=_number(src, f"{key}.base_ms", e.get("base_ms", 0)),
+        per_token_ms=_number(src, f"{key}.per_token_ms", e.get("per_token_ms", 0)),
+        max_input_tokens=_number(src, f"{key}.max_input_tokens", e.get("max_input_tokens", 8192), minimum=1,
+                                 integer=True),
+        dimensions_param=shortens,
+    )
+
+
 def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     """One `profiles:` entry -> ModelProfile, or ProfileError naming the key."""
     if not isinstance(value, dict):
@@ -171,6 +234,16 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     encoding = value.get("encoding", "o200k_base")
     if encoding not in ENCODINGS:
         raise ProfileError(src, f"{where}.encoding", f"must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    capacity = _capacity(src, where, value.get("capacity"))
+    if value.get("embedding") is not None:
+        for k in _GENERATION_KEYS:
+            if k in value:
+                raise ProfileError(src, f"{where}.{k}", "an embedding profile generates no tokens: give its "
+                                                        "latency in embedding.base_ms and embedding.per_token_ms")
+        spec = parse_embedding(src, f"{where}.embedding", value["embedding"])
+        return ModelProfile(name=name, models=tuple(models), provider=provider, encoding=encoding,
+                            context_window=spec.max_input_tokens, max_output_tokens=1, capacity=capacity,
+                            embedding=spec, source=src)
     for req in ("ttft", "itl"):
         if req not in value:
             raise ProfileError(src, f"{where}.{req}", "is required")
@@ -184,18 +257,6 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     if value.get("reasoning") is not None:
         r = _mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token"})
         ratio = _number(src, f"{where}.reasoning.tokens_per_output_token", r.get("tokens_per_output_token"))
-    capacity = None
-    if value.get("capacity") is not None:
-        c = _mapping(src, f"{where}.capacity", value["capacity"], {"max_concurrent", "queue_limit", "slowdown_at_full"})
-        if "max_concurrent" not in c:
-            raise ProfileError(src, f"{where}.capacity.max_concurrent", "is required")
-        capacity = Capacity(
-            max_concurrent=_number(src, f"{where}.capacity.max_concurrent", c["max_concurrent"], minimum=1,
-                                   integer=True),
-            queue_limit=_number(src, f"{where}.capacity.queue_limit", c.get("queue_limit", 1024), integer=True),
-            slowdown_at_full=_number(src, f"{where}.capacity.slowdown_at_full", c.get("slowdown_at_full", 1.0),
-                                     minimum=1),
-        )
     slo: list[SloCheck] = []
     if value.get("slo") is not None:
         s = value["slo"]

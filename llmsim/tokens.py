@@ -189,25 +189,43 @@ def _count_slices(text: str, encoding: tiktoken.Encoding, limit: int | None) -> 
 
 
 def count_prompt_bounded(messages: Sequence[dict], encoding: tiktoken.Encoding, *, limit: int | None = None,
-                         extra_text: str = "") -> tuple[int, bool]:
+                         extra_text: str = "", framing: bool = True) -> tuple[int, bool]:
     """(prompt tokens as count_chat_tokens counts them plus `extra_text`'s, exact?).
 
     May stop once the total passes `limit`: the count is then only a floor (exact False).
+    `framing=False` counts the messages' content alone (a legacy Completions prompt is plain text).
     """
     texts: list[tuple[str, int]] = [(extra_text, 0)] if extra_text else []
     for msg in messages:
         for key, value in msg.items():
             if key == "content":
                 texts.append((message_text(value), 0))
-            elif isinstance(value, str):
+            elif isinstance(value, str) and framing:
                 texts.append((value, TOKENS_PER_NAME if key == "name" else 0))
-    total = REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages)
+    total = REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages) if framing else 0
     for i, (text, extra) in enumerate(texts):
         n, complete = count_text_bounded(text, encoding, None if limit is None else limit - total)
         total += n + extra
         if limit is not None and total > limit and (not complete or i < len(texts) - 1):
             return total, False
     return total, True
+
+
+def decode_ids(ids: Sequence[int], encoding: tiktoken.Encoding) -> str:
+    """The text of a prompt given as token ids; ValueError names the first id the encoding lacks."""
+    n = encoding.n_vocab
+    for i in ids:
+        if not 0 <= i < n:
+            raise ValueError(i)
+    try:
+        return encoding.decode_bytes(list(ids)).decode("utf-8", "replace")
+    except KeyError:  # a gap in the id space: find which id
+        for i in ids:
+            try:
+                encoding.decode_single_token_bytes(i)
+            except KeyError:
+                raise ValueError(i) from None
+        raise
 
 
 def count_chat_tokens(messages: Iterable[dict], encoding: tiktoken.Encoding) -> int:

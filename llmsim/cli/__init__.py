@@ -48,6 +48,11 @@ def _profiles(args: argparse.Namespace) -> int:
         return 0
     rows = [("PROFILE", "TTFT ms", "ITL ms", "ENCODING", "MODELS")]
     for p in registry:
+        if p.embedding is not None:
+            e = p.embedding
+            rows.append((p.name, f"embedding {e.base_ms:g}+{e.per_token_ms:g}/token", f"{e.dimensions} dims",
+                         p.encoding, ", ".join(p.models)))
+            continue
         rows.append((p.name, f"{p.ttft.mean_ms:g}±{p.ttft.stddev_ms:g}", f"{p.itl.mean_ms:g}±{p.itl.stddev_ms:g}",
                      p.encoding, ", ".join(p.models) or "(select with --latency-profile)"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -60,11 +65,21 @@ def markdown_table(registry: ProfileRegistry) -> str:
     """The model table of docs/profiles.md, generated from profiles/*.yaml (a test keeps them equal)."""
     out = ["| profile | models | TTFT ms (mean±sd) | ITL ms (mean±sd) | encoding | context | max output |",
            "|---|---|---|---|---|---|---|"]
+    embedding = ["", "Embedding profiles (`POST /v1/embeddings`):", "",
+                 "| profile | models | dimensions | `dimensions` parameter | latency ms | encoding | max input tokens |",
+                 "|---|---|---|---|---|---|---|"]
     for p in registry:
         models = ", ".join(f"`{m}`" for m in p.models) or "(select with `--latency-profile`)"
+        e = p.embedding
+        if e is not None:
+            embedding.append(f"| `{p.name}` | {models} | {e.dimensions} | {'yes' if e.dimensions_param else 'no'} | "
+                             f"{e.base_ms:g} + {e.per_token_ms:g} per token | {p.encoding} | {e.max_input_tokens} |")
+            continue
         out.append(f"| `{p.name}` | {models} | {p.ttft.mean_ms:g}±{p.ttft.stddev_ms:g} ({p.ttft.kind}) | "
                    f"{p.itl.mean_ms:g}±{p.itl.stddev_ms:g} ({p.itl.kind}) | {p.encoding} | {p.context_window} | "
                    f"{p.max_output_tokens} |")
+    if len(embedding) > 5:
+        out += embedding
     return "\n".join(out) + "\n"
 
 

@@ -21,10 +21,12 @@ from ..anthropic.models import list_models as anthropic_models
 from ..anthropic.models import retrieve_model as anthropic_model
 from ..api import Api, StreamEncoder, stream_bytes
 from ..engine import new_id
-from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
+from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
+from ..openai.completions import Completions
+from ..openai.embeddings import embeddings_body, parse_embeddings_request
 from ..openai.responses import Responses
 from ..tokens import get_encoding
 from .access import install_access
@@ -134,7 +136,7 @@ def read_body() -> dict:
     return parse_json_object(request.get_data(cache=False))
 
 
-APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages())
+APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages(), Completions())
 """Every generation API; each is served by the one generic route below."""
 
 
@@ -146,6 +148,7 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
         req.api_key = g.get("api_key")
         req.arrival = g.get("t0")
         req.conversation = request.headers.get("x-llmsim-conversation")
+        req.forced_fault = request.headers.get(FAULT_HEADER)
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
         if not req.stream:
             wait_for(state, gen)
@@ -157,8 +160,21 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
 
 
 def openai_blueprint(state: AppState, name: str) -> Blueprint:
-    """OpenAI's Models API (the generation APIs are registered from APIS)."""
+    """OpenAI's Models and Embeddings APIs (the generation APIs are registered from APIS)."""
     bp = Blueprint(name, __name__)
+
+    @bp.post("/embeddings")
+    def embeddings() -> Response:
+        req, encoding_format = parse_embeddings_request(read_body())
+        req.api_key = g.get("api_key")
+        req.arrival = g.get("t0")
+        req.forced_fault = request.headers.get(FAULT_HEADER)
+        try:
+            result = state.embed(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
+        except ClientGone:
+            state.stats.record_disconnect()
+            raise ConnectionDrop() from None
+        return jsonify(embeddings_body(result, encoding_format))
 
     @bp.get("/models")
     def list_models() -> Response:

@@ -296,3 +296,54 @@ class ResponsesAdapter(ApiAdapter):
                 reasoning += [c.get("text") or "" for c in (item.get("content") or []) + (item.get("summary") or [])
                               if isinstance(c, dict)]
         return "".join(text), "".join(reasoning), self._usage(body.get("usage"))
+
+
+class CompletionsAdapter(ApiAdapter):
+    """OpenAI legacy `POST /v1/completions` (what `vllm bench serve` sends by default): a plain-text prompt.
+
+    A chat-shaped prompt becomes its messages' texts joined by blank lines. The API's
+    default max_tokens is only 16, so a run without --max-tokens sends `default_max_tokens`.
+    """
+
+    name = "completions"
+    path = "/v1/completions"
+    default_max_tokens = 256
+
+    @staticmethod
+    def prompt_text(prompt: Prompt) -> str:
+        return "\n\n".join(c if isinstance(c := m.get("content"), str) else json.dumps(c) for m in prompt.messages)
+
+    def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
+        body: dict[str, Any] = {"model": model, "prompt": self.prompt_text(prompt),
+                                "max_tokens": max_tokens or self.default_max_tokens, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return HttpRequest(self.path, body)
+
+    @staticmethod
+    def _usage(u: Any) -> Usage | None:
+        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details")
+
+    def read_event(self, event: SseEvent) -> StreamDelta:
+        data = event.data
+        if data == "[DONE]":
+            return StreamDelta(done=True)
+        obj = _object(data, self.load_json)
+        if "error" in obj and not obj.get("choices"):
+            return StreamDelta(error=_error_text(obj["error"]))
+        text = ""
+        choices = obj.get("choices")
+        if choices:
+            text = choices[0].get("text") or ""
+            if not isinstance(text, str):
+                raise MalformedStream("choice text is not a string")
+        usage = self._usage(obj.get("usage"))
+        if text or usage:
+            return StreamDelta(text=text, usage=usage)
+        return NOTHING
+
+    def read_body(self, body: Any) -> tuple[str, str, Usage | None]:
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            raise MalformedStream("response body has no choices")
+        text = body["choices"][0].get("text") or "" if body["choices"] else ""
+        return text, "", self._usage(body.get("usage"))

@@ -18,7 +18,7 @@ import gevent
 from locust import User, constant, task
 
 from ..tokens import get_encoding
-from .adapters import ApiAdapter, ChatCompletionsAdapter, MessagesAdapter, Prompt, ResponsesAdapter
+from .adapters import ApiAdapter, ChatCompletionsAdapter, CompletionsAdapter, MessagesAdapter, Prompt, ResponsesAdapter
 from .client import LlmClient
 from .metrics import RequestRecord
 from .plugin import get_run
@@ -144,3 +144,10 @@ class ResponsesUser(LlmUser):
 
     abstract = True
     adapter = ResponsesAdapter()
+
+
+class CompletionsUser(LlmUser):
+    """OpenAI legacy Completions (`POST /v1/completions`)."""
+
+    abstract = True
+    adapter = CompletionsAdapter()

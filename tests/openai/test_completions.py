@@ -1,0 +1,164 @@
+"""Legacy Completions (POST /v1/completions) through the official openai SDK and on the wire."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+import requests
+
+from llmsim.tokens import get_encoding
+from llmsim.testing import run_server
+from tests.rawhttp import raw_request
+
+TEXT = ("Token streaming sends each piece of the answer as soon as the model has it, so the reader sees the "
+        "first words at once. General advice: measure the first token and the gaps between tokens.")
+PROMPT = "Explain token streaming."
+MODEL = "gpt-3.5-turbo-instruct"
+CL100K = get_encoding("cl100k_base")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_server(latency_profile="fast", generator=f"fixed:{TEXT}", seed=3) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="sk-test", max_retries=0)
+
+
+def tokens(text: str) -> int:
+    return len(CL100K.encode_ordinary(text))
+
+
+def test_non_streaming_defaults_to_16_tokens_and_counts_the_prompt_raw(client):
+    r = client.completions.create(model=MODEL, prompt=PROMPT)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.model == MODEL
+    choice = r.choices[0]
+    assert (choice.index, choice.logprobs, choice.finish_reason) == (0, None, "length")
+    assert tokens(choice.text) == 16 and TEXT.startswith(choice.text)
+    # A plain-text prompt: no chat framing, exactly its tokens.
+    assert r.usage.prompt_tokens == tokens(PROMPT)
+    assert (r.usage.completion_tokens, r.usage.total_tokens) == (16, tokens(PROMPT) + 16)
+
+
+def test_whole_answer_finishes_with_stop(client):
+    r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=500)
+    assert r.choices[0].text == TEXT and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == tokens(TEXT)
+
+
+def test_stream_with_usage_equals_the_non_streamed_answer(client):
+    full = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=30)
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=30, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == full.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0] is chunks[-2] and finish[0].choices[0].finish_reason == "length"
+    content = [c for c in chunks[:-2]]
+    assert len(content) == 30  # one chunk per token
+    assert "".join(c.choices[0].text for c in content) == full.choices[0].text
+
+
+def test_stream_without_usage_and_the_raw_event_order(server):
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "stream": True}
+    resp = raw_request(server, "POST", "/v1/completions", body)
+    assert resp.status == 200 and resp.terminated
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert resp.body.startswith(b": \n\n")  # a comment sends the headers before the first token
+    events = resp.events
+    assert events[-1] == "[DONE]" and len(events) == 5 + 2
+    chunks = [json.loads(e) for e in events[:-1]]
+    for c in chunks:
+        assert list(c) == ["id", "object", "created", "model", "system_fingerprint", "choices"]  # no usage key
+        assert list(c["choices"][0]) == ["text", "index", "logprobs", "finish_reason"]
+        assert c["object"] == "text_completion" and c["id"] == chunks[0]["id"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["length"]
+    assert chunks[-1]["choices"][0]["text"] == ""
+    with_usage = raw_request(server, "POST", "/openai/v1/completions",
+                             {**body, "stream_options": {"include_usage": True}}).events
+    usage = json.loads(with_usage[-2])
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": tokens(PROMPT), "completion_tokens": 5,
+                                                         "total_tokens": tokens(PROMPT) + 5}
+    assert all(json.loads(e)["usage"] is None for e in with_usage[:-2])
+
+
+def test_stop_cuts_the_text(client):
+    r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=200, stop=["General", "zzz"])
+    assert r.choices[0].text == TEXT[:TEXT.index("General")] and r.choices[0].finish_reason == "stop"
+    streamed = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=200, stop="General",
+                                              stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
+
+
+def test_echo_prepends_the_prompt(client):
+    r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, echo=True)
+    assert r.choices[0].text.startswith(PROMPT) and tokens(r.choices[0].text[len(PROMPT):]) == 4
+    assert r.usage.completion_tokens == 4
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, echo=True, stream=True))
+    assert chunks[0].choices[0].text.startswith(PROMPT)  # the prompt rides with the first token
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    # max_tokens 0 with echo: the prompt alone (scoring a text, as tools do with logprobs).
+    zero = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True)
+    assert zero.choices[0].text == PROMPT and zero.usage.completion_tokens == 0
+    zero_stream = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, stream=True))
+    assert [c.choices[0].text for c in zero_stream] == [PROMPT]
+
+
+def test_token_id_prompts(client):
+    ids = CL100K.encode_ordinary("Hello world")
+    for prompt in (ids, [ids], ["Hello world"]):
+        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, echo=True)
+        assert r.usage.prompt_tokens == len(ids)
+        assert r.choices[0].text.startswith("Hello world")
+    # Counted as given, even where re-encoding the text would differ.
+    odd = [CL100K.encode_single_token("Hello"), CL100K.encode_single_token(" world")] * 3
+    assert client.completions.create(model=MODEL, prompt=odd, max_tokens=1).usage.prompt_tokens == 6
+
+
+@pytest.mark.parametrize("body, param, fragment", [
+    ({"prompt": ["one", "two"]}, "prompt", "one prompt per request"),
+    ({"prompt": [[1, 2], [3]]}, "prompt", "one prompt per request"),
+    ({"prompt": []}, "prompt", "empty array"),
+    ({"prompt": 12}, "prompt", "expected a string, an array of strings"),
+    ({"prompt": [1, "a"]}, "prompt[1]", "Invalid type for 'prompt[1]'"),
+    ({"prompt": [[1, -2]]}, "prompt[0][1]", "token id"),
+    ({"prompt": [10 ** 9]}, "prompt", "no token id of this model's encoding (cl100k_base"),
+    ({"suffix": "end"}, "suffix", "Unrecognized request argument supplied: suffix"),
+    ({"n": 2}, "n", "one choice per request"),
+    ({"best_of": 3}, "best_of", "one choice per request"),
+    ({"n": 2, "best_of": 1}, "best_of", "best_of must be greater than or equal to n"),
+    ({"max_tokens": -1}, "max_tokens", "below minimum value"),
+    ({"logprobs": 6}, "logprobs", "above maximum value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "maximum length 4"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when 'stream' is enabled"),
+    ({"model": None}, "model", "Missing required parameter: 'model'"),
+    ({"model": "text-embedding-3-small"}, "model", "is an embedding model"),
+    ({"max_tokens": 4090, "prompt": "word " * 10}, "prompt", "in the prompt, 4090 in the completion"),
+])
+def test_validation_names_the_field(server, body, param, fragment):
+    r = requests.post(server + "/v1/completions", json={"model": MODEL, "prompt": PROMPT, **body}, timeout=10)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+    assert fragment in err["message"], err["message"]
+
+
+def test_suffix_null_or_empty_is_accepted(server):
+    for suffix in (None, ""):
+        r = requests.post(server + "/v1/completions", json={"model": MODEL, "prompt": PROMPT, "suffix": suffix,
+                                                            "max_tokens": 1}, timeout=10)
+        assert r.status_code == 200
+
+
+def test_a_non_streamed_answer_takes_the_streams_time(client):
+    t0 = time.monotonic()
+    client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40)
+    # fast profile: TTFT 10 ms, then 39 gaps of 1 ms; deadlines are never early.
+    assert time.monotonic() - t0 >= 0.045
