@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ApiError
-from .profiles import ProfileError, _mapping
 from .ratelimit import mask_key
+from .validation import ValidationError, mapping
 
 OPENAI_MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
@@ -53,18 +53,18 @@ class AuthConfig:
     def parse(cls, src: str, raw: Any, key: str = "auth") -> "AuthConfig | None":
         if raw is None:
             return None
-        raw = _mapping(src, key, raw, ("api_keys",))
+        raw = mapping(src, key, raw, ("api_keys",))
         keys = raw.get("api_keys")
         if keys is None:
             return None
         if isinstance(keys, str):
             keys = [keys]
         if not isinstance(keys, list) or not keys:
-            raise ProfileError(src, f"{key}.api_keys", "must be a non-empty list of API keys")
+            raise ValidationError(src, f"{key}.api_keys", "must be a non-empty list of API keys")
         for i, k in enumerate(keys):
             if not isinstance(k, str) or not k.strip():
                 # Named by position: a key's value never appears in a message.
-                raise ProfileError(src, f"{key}.api_keys[{i}]", "must be a non-empty string")
+                raise ValidationError(src, f"{key}.api_keys[{i}]", "must be a non-empty string")
         return cls(frozenset(k.strip() for k in keys))
 
     def check(self, api_key: str | None) -> None:

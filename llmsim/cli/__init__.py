@@ -9,7 +9,8 @@ import sys  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ..profiles import ProfileError, ProfileRegistry  # noqa: E402
+from ..profiles import ProfileRegistry  # noqa: E402
+from ..validation import ValidationError  # noqa: E402
 from .config import add_server_flags, resolve_config  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         flags = {k: v for k, v in vars(args).items() if k != "command"}
         return serve(resolve_config(flags))
-    except ProfileError as e:  # ConfigError too: one line, no traceback
+    except ValidationError as e:  # a bad profile or setting: one line, no traceback
         print(f"llmsim: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..auth import request_api_key
 from ..errors import ApiError, invalid
 from ..fields import parse_json_object
-from ..profiles import ProfileError
+from ..validation import ValidationError
 from .state import AppState
 
 SOURCE = "POST /llmsim/config"
@@ -50,7 +50,7 @@ def admin_blueprint(state: AppState) -> Blueprint:
                           param=unknown[0], code="unknown_parameter")
         try:
             state.apply(body, SOURCE)
-        except ProfileError as e:
+        except ValidationError as e:
             raise invalid(f"{e.key}: {e.reason}. Nothing was changed.", param=e.key, code="invalid_value") from None
         return jsonify(state.runtime_config())
 

@@ -16,11 +16,10 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import FAULT_KINDS
-from ..profiles import ProfileError
+from ..validation import ValidationError
 
-
-class ConfigError(ProfileError):
-    """A bad setting; str() is one line: source: key: reason."""
+ConfigError = ValidationError
+"""A bad setting; str() is one line: source: key: reason (the same type as a bad profile)."""
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
