@@ -53,7 +53,7 @@ class AuthConfig:
     def parse(cls, src: str, raw: Any, key: str = "auth") -> "AuthConfig | None":
         if raw is None:
             return None
-        raw = mapping(src, key, raw, ("api_keys",))
+        raw = mapping(src, key, raw, ("api_keys",), secret_keys=True)
         keys = raw.get("api_keys")
         if keys is None:
             return None

@@ -9,6 +9,7 @@ position, never by its text, so a secret never reaches a log or a response.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -35,27 +36,44 @@ def kind_of(value: Any) -> str:
 def mapping(src: str, key: str, value: Any, allowed: Iterable[str], *, secret_keys: bool = False) -> dict:
     """`value` as a mapping whose keys are all in `allowed`.
 
-    With `secret_keys`, a stray key is named by its position in the mapping: a
-    misplaced API key must not be printed back.
+    With `secret_keys` (sections that hold API keys), a stray key is shown only when
+    it is a near miss of an allowed name (a typo like `rmp`); anything else is named
+    by its position, because a misplaced API key must not be printed back.
     """
     if not isinstance(value, dict):
         raise ValidationError(src, key, f"must be a mapping, got {kind_of(value)}")
     allowed = set(allowed)
     expected = f"expected one of: {', '.join(sorted(allowed))}"
     for i, k in enumerate(value):
-        if k not in allowed:
-            if secret_keys:
-                raise ValidationError(src, key, f"unknown key at position {i + 1} (not shown: it may be an API "
-                                                f"key; {expected})")
-            raise ValidationError(src, f"{key}.{k}", f"unknown key ({expected})")
+        if k in allowed:
+            continue
+        near = _near_miss(str(k), allowed)
+        if near:
+            raise ValidationError(src, f"{key}.{k}", f"unknown key (did you mean {near}? {expected})")
+        if secret_keys:
+            raise ValidationError(src, key, f"unknown key at position {i + 1} (not shown: it may be an API key; "
+                                            f"{expected})")
+        raise ValidationError(src, f"{key}.{k}", f"unknown key ({expected})")
     return value
 
 
-def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
-           strict: bool = False) -> float:
-    """A finite number >= minimum (> minimum when `strict`); whole when `integer` (then returned as an int)."""
+def _near_miss(key: str, allowed: set[str]) -> str | None:
+    """The allowed name `key` is a typo of, if any (short keys only: an API key is never one)."""
+    if len(key) > max(map(len, allowed), default=0) + 2:
+        return None
+    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False, strict: bool = False,
+           secret: bool = False) -> float:
+    """A finite number >= minimum (> minimum when `strict`); whole when `integer` (then returned as an int).
+
+    With `secret`, a value that is not a number is named by its kind only (it may be a misplaced API key).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValidationError(src, key, f"must be a number, got {value!r}")
+        shown = kind_of(value) if secret and not isinstance(value, (int, float)) else repr(value)
+        raise ValidationError(src, key, f"must be a number, got {shown}")
     if integer and value != int(value):
         raise ValidationError(src, key, f"must be a whole number, got {value!r}")
     if value < minimum or (strict and value == minimum):
@@ -63,9 +81,9 @@ def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool 
     return int(value) if integer else float(value)
 
 
-def integer(src: str, key: str, value: Any, *, minimum: int = 0) -> int:
+def integer(src: str, key: str, value: Any, *, minimum: int = 0, secret: bool = False) -> int:
     """A whole number >= minimum (3.0 counts: YAML and JSON do not always keep the difference)."""
-    return int(number(src, key, value, minimum=minimum, integer=True))
+    return int(number(src, key, value, minimum=minimum, integer=True, secret=secret))
 
 
 def string(src: str, key: str, value: Any, what: str = "a non-empty string") -> str:

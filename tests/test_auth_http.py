@@ -31,7 +31,10 @@ def test_auth_config():
     assert AuthConfig.parse("f", {"api_keys": ["a", "b"]}).api_keys == {"a", "b"}
     with pytest.raises(ProfileError, match=r"^f: auth.api_keys\[1\]: must be a non-empty string$"):
         AuthConfig.parse("f", {"api_keys": ["a", ""]})
-    with pytest.raises(ProfileError, match=r"^f: auth.keys: unknown key"):
+    with pytest.raises(ProfileError, match=r"^f: auth: unknown key at position 2 \(not shown") as e:
+        AuthConfig.parse("f", {"api_keys": ["a"], "sk-live-0123456789abcdef": ["a"]})
+    assert "0123456789" not in str(e.value)
+    with pytest.raises(ProfileError, match=r"^f: auth.keys: unknown key \(did you mean api_keys\?"):
         AuthConfig.parse("f", {"keys": ["a"]})
 
 
