@@ -8,7 +8,8 @@ bucket names only: they are never logged, counted or echoed whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ApiError
@@ -48,6 +49,10 @@ class AuthConfig:
     """Config `auth:`: when `api_keys` is set, only those keys may call the APIs."""
 
     api_keys: frozenset[str]
+    _digests: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_digests", tuple(k.encode() for k in sorted(self.api_keys)))
 
     @classmethod
     def parse(cls, src: str, raw: Any, key: str = "auth") -> "AuthConfig | None":
@@ -68,6 +73,14 @@ class AuthConfig:
         return cls(frozenset(k.strip() for k in keys))
 
     def check(self, api_key: str | None) -> None:
-        """Raise the provider-neutral 401 unless the key is allowed."""
-        if not api_key or api_key not in self.api_keys:
+        """Raise the provider-neutral 401 unless the key is allowed.
+
+        Compared in constant time against every allowed key, like the admin token, so
+        response timing tells a caller nothing about how close a guess was.
+        """
+        given = (api_key or "").encode("utf-8", "surrogateescape")
+        allowed = False
+        for digest in self._digests:
+            allowed |= hmac.compare_digest(given, digest)
+        if not api_key or not allowed:
             raise unauthenticated(api_key)
