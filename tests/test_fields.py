@@ -86,3 +86,20 @@ def test_responses_never_echo_non_finite_numbers():
             assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
             assert constant not in r.text.replace(f"{constant} is not", "")
 
+
+def test_the_app_cannot_emit_nan():
+    from llmsim.cli.body import StrictJSONProvider
+    from llmsim.cli.config import resolve_config
+    from llmsim.cli.server import build_server
+
+    server, _ = build_server(resolve_config({"port": 0, "latency_profile": "instant"}, env={}))
+    try:
+        app = server.application
+        assert isinstance(app.json, StrictJSONProvider)
+        with app.app_context():  # keeps the app's compact, unsorted output
+            assert app.json.response({"b": 1, "a": [1, 2]}).get_data() == b'{"b":1,"a":[1,2]}\n'
+
+        with pytest.raises(ValueError):
+            app.json.dumps({"temperature": float("nan")})
+    finally:
+        server.close()

@@ -23,3 +23,16 @@ def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():
     assert len(commands) == 2
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1].strip() in ci
+
+
+def test_readme_serve_table_lists_every_serve_flag():
+    import argparse
+
+    from llmsim.cli.config import add_server_flags
+
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser)
+    flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+    text = README.read_text(encoding="utf-8").split("## `llmsim serve`", 1)[1].split("\n\n", 2)[1]
+    rows = {ln.split("`")[1].split()[0] for ln in text.splitlines() if ln.startswith("| `--")}
+    assert rows == flags - {"--help"}

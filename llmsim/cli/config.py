@@ -8,6 +8,7 @@ with one line naming the source (file, variable or flag), the key and the reason
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,19 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
             raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None else f"must be >= {lo}, got {n}")
         return n
     return conv
+
+
+def _seconds(v: Any) -> float:
+    """A duration in seconds (0 turns the timeout off)."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number of seconds, got {v!r}")
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number of seconds, got {v!r}") from None
+    if not math.isfinite(n) or n < 0:
+        raise ValueError(f"must be a number of seconds >= 0 (0: no timeout), got {v!r}")
+    return n
 
 
 def _str(v: Any) -> str:
@@ -82,6 +96,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_tokens", _int(1), None, "tokens per streamed chunk for every profile (default: profile's, 1)",
            "K"),
     Option("max_body_bytes", _int(1), 32 * 1024 * 1024, "largest accepted request body (413 beyond)", "BYTES"),
+    Option("header_timeout", _seconds, 30.0, "seconds a connection has to send its request line and headers "
+           "(0: no limit)", "SECONDS"),
+    Option("idle_timeout", _seconds, 60.0, "seconds a keep-alive connection may wait for its next request "
+           "(0: no limit)", "SECONDS"),
     Option("access_log", _bool, False, "log one line per request", flag=False),
     Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
@@ -102,6 +120,8 @@ class ServerConfig:
     profiles_dir: str | None = None
     chunk_tokens: int | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    header_timeout: float = 30.0
+    idle_timeout: float = 60.0
     access_log: bool = False
     admin_token: str | None = None
     allow_unknown_models: bool = False

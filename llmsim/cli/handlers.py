@@ -20,12 +20,12 @@ from ..anthropic.messages import (MessageEventEncoder, count_input_tokens, messa
                                   parse_count_tokens_request, parse_messages_request, prompt_messages)
 from ..anthropic.models import list_models as anthropic_models, retrieve_model as anthropic_model
 from ..errors import ApiError, ConnectionDrop, StreamCut, server_error
-from ..fields import parse_json_object
 from ..openai.chat import DONE, ChatChunkEncoder, chat_completion, chat_usage, parse_chat_request
 from ..openai.responses import ResponseBuilder, ResponseEventEncoder, parse_responses_request, response_events
 from ..tokens import count_chat_tokens, get_encoding
 from .access import install_access
 from .admin import admin_blueprint
+from .body import read_json_body
 from .state import AppState, Generation
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
@@ -107,12 +107,7 @@ def wait_for(state: AppState, gen: Generation) -> None:
 
 
 def read_body() -> dict:
-    length = request.content_length
-    limit = request.max_content_length
-    if length is not None and limit is not None and length > limit:
-        raise ApiError("request_too_large", f"Request too large: the body is {length} bytes, the limit is "
-                                            f"{limit} bytes.")
-    return parse_json_object(request.get_data(cache=False))
+    return read_json_body(request, request.max_content_length)
 
 
 def openai_blueprint(state: AppState, name: str) -> Blueprint:
