@@ -1,17 +1,17 @@
-"""The `llmsim` command: `serve` and `profiles`."""
+"""The `llmsim` command: `serve` and `profiles`.
 
-from gevent import monkey
+Importing this package does not monkey-patch: the entry points (llmsim/__main__.py,
+which the console script runs) patch before they import it.
+"""
 
-monkey.patch_all()
+import argparse
+import sys
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
+import yaml
 
-import yaml  # noqa: E402
-
-from ..profiles import ProfileRegistry  # noqa: E402
-from ..validation import ValidationError  # noqa: E402
-from .config import add_server_flags, resolve_config  # noqa: E402
+from ..profiles import ProfileRegistry
+from ..validation import ValidationError
+from .config import add_server_flags, resolve_config
 
 
 def _parser() -> argparse.ArgumentParser:
