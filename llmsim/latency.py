@@ -46,8 +46,9 @@ class Distribution:
             raise ValueError("a lognormal with mean_ms 0 cannot have a spread")
 
     @property
-    def _is_point(self) -> bool:
-        return self.kind == "constant" or self.stddev_ms == 0 or self.mean_ms == 0 and self.kind == "lognormal"
+    def is_point(self) -> bool:
+        """Whether every draw is mean_ms (a constant, or no spread): sampling and quantiles need no maths."""
+        return self.kind == "constant" or self.stddev_ms == 0
 
     def _lognormal_params(self) -> tuple[float, float]:
         sigma2 = math.log1p((self.stddev_ms / self.mean_ms) ** 2)
@@ -55,7 +56,7 @@ class Distribution:
 
     def sample(self, rng: random.Random) -> float:
         """One draw in ms, never negative."""
-        if self._is_point:
+        if self.is_point:
             return self.mean_ms
         if self.kind == "normal":
             return max(0.0, rng.gauss(self.mean_ms, self.stddev_ms))
@@ -64,7 +65,7 @@ class Distribution:
 
     def quantile(self, p: float) -> float:
         """The p-quantile (0 < p < 1) in ms, in closed form."""
-        if self._is_point:
+        if self.is_point:
             return self.mean_ms
         z = _STD_NORMAL.inv_cdf(p)
         if self.kind == "normal":

@@ -10,7 +10,7 @@ gives exactly the histogram one process would have built from all samples.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 LINEAR_LIMIT_MS = 100.0
 """Below this, buckets are linear."""
@@ -21,6 +21,20 @@ LOG_RATIO = 1.001
 
 _N_LINEAR = int(round(LINEAR_LIMIT_MS / LINEAR_WIDTH_MS))
 _LOG_BASE = math.log(LOG_RATIO)
+
+
+def nearest_rank(pct: float, count: int) -> int:
+    """The 1-based rank of the nearest-rank `pct` percentile (pct in 0..100) among `count` samples.
+
+    The one definition every percentile in llmsim uses (histograms, scoring, reports):
+    the smallest value with at least pct % of the samples at or below it.
+    """
+    return max(1, math.ceil(pct / 100.0 * count - 1e-9))
+
+
+def percentile_of_sorted(values: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile of samples already sorted ascending (at least one)."""
+    return values[nearest_rank(pct, len(values)) - 1]
 
 
 def bucket_index(ms: float) -> int:
@@ -86,7 +100,7 @@ class Histogram:
         """
         if not self.count:
             return None
-        rank = max(1, math.ceil(pct / 100.0 * self.count - 1e-9))
+        rank = nearest_rank(pct, self.count)
         seen = 0
         for i in sorted(self.counts):
             seen += self.counts[i]
@@ -101,7 +115,7 @@ class Histogram:
         out: dict[float, float | None] = {p: None for p in pcts}
         if not self.count:
             return out
-        ranks = [(max(1, math.ceil(p / 100.0 * self.count - 1e-9)), p) for p in pcts]
+        ranks = [(nearest_rank(p, self.count), p) for p in pcts]
         j = 0
         seen = 0
         for i in sorted(self.counts):
