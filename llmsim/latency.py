@@ -12,10 +12,6 @@ import math
 import random
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .profiles import ModelProfile
 
 DISTRIBUTIONS = ("constant", "normal", "lognormal")
 
@@ -147,7 +143,3 @@ class LatencyProfile:
             d["reasoning"] = {"tokens_per_output_token": self.reasoning_tokens_per_output_token}
         return d
 
-
-def make_rng(seed: int | None) -> random.Random:
-    """A private RNG: seeded runs repeat, unseeded ones differ."""
-    return random.Random(seed)

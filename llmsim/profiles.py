@@ -23,7 +23,6 @@ from .validation import ValidationError, integer, mapping, number
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 PROVIDERS = ("openai", "anthropic", "google", "deepseek", "any")
-SLO_METRICS = ("ttft", "itl", "tpot", "e2e")
 _SLO_KEY = re.compile(r"^(ttft|itl|tpot|e2e)_p(50|90|95|99|999)_ms$")
 
 ProfileError = ValidationError
