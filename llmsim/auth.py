@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Protocol
 
 from .errors import ApiError
 from .ratelimit import mask_key
@@ -23,7 +23,13 @@ OPENAI_MISSING_KEY = (
     "https://platform.openai.com/account/api-keys.")
 
 
-def request_api_key(headers: Mapping[str, str], provider: str) -> str | None:
+class Headers(Protocol):
+    """What request_api_key reads: a dict with lower-case names, or a WSGI framework's (case-blind) headers."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def request_api_key(headers: Headers, provider: str) -> str | None:
     """The key a request carries in its provider's header, or None."""
     if provider == "anthropic":
         key = (headers.get("x-api-key") or "").strip()
@@ -55,7 +61,7 @@ class AuthConfig:
         object.__setattr__(self, "_digests", tuple(k.encode() for k in sorted(self.api_keys)))
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "auth") -> "AuthConfig | None":
+    def parse(cls, src: str, raw: Any, key: str = "auth") -> AuthConfig | None:
         if raw is None:
             return None
         raw = mapping(src, key, raw, ("api_keys",), secret_keys=True)

@@ -336,7 +336,7 @@ class FaultPlan:
         return bool(self.base.rates) or any(s.rates for _, s in self.models + self.profiles)
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "errors") -> "FaultPlan":
+    def parse(cls, src: str, raw: Any, key: str = "errors") -> FaultPlan:
         """Validate a config section; ValidationError names the source, the dotted key and the reason."""
         if raw is None:
             return cls()

@@ -69,7 +69,7 @@ class Distribution:
         mu, sigma = self._lognormal_params()
         return math.exp(mu + z * sigma)
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         """The distribution of factor·X (used for per-token costs)."""
         return Distribution(self.kind, self.mean_ms * factor, self.stddev_ms * factor)
 
@@ -102,14 +102,14 @@ class LatencyProfile:
     reasoning_tokens_per_output_token: float = 0.0
 
     @classmethod
-    def from_model(cls, model: str, profiles_dir: str | None = None) -> "LatencyProfile":
+    def from_model(cls, model: str, profiles_dir: str | None = None) -> LatencyProfile:
         """The latency profile of a model name, from the built-in profiles (plus profiles_dir)."""
         from .profiles import ProfileRegistry
 
         return ProfileRegistry.load(extra_dirs=[profiles_dir] if profiles_dir else []).resolve(model).latency
 
     @classmethod
-    def constant(cls, ttft_ms: float, itl_ms: float) -> "LatencyProfile":
+    def constant(cls, ttft_ms: float, itl_ms: float) -> LatencyProfile:
         return cls(ttft=constant(ttft_ms), itl=constant(itl_ms))
 
     @property

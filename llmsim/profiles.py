@@ -11,10 +11,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -245,23 +246,23 @@ class ProfileRegistry:
 
     @classmethod
     def load(cls, extra_dirs: Iterable[str | os.PathLike] = (), extra_files: Iterable[str | os.PathLike] = ()
-             ) -> "ProfileRegistry":
+             ) -> ProfileRegistry:
         """Built-in profiles, then each extra dir's *.yaml, then extra files; later wins by name."""
         profiles: list[ModelProfile] = []
         for src, text in _builtin_files():
             profiles.extend(parse_profiles_document(src, text))
-        for d in extra_dirs:
-            d = Path(d)
+        for extra in extra_dirs:
+            d = Path(extra)
             if not d.is_dir():
                 raise ValidationError(str(d), "profiles_dir", "is not a directory")
-            for f in sorted(d.iterdir()):
-                if f.suffix in (".yaml", ".yml"):
-                    profiles.extend(load_profile_file(f))
-        for f in extra_files:
-            profiles.extend(load_profile_file(f))
+            for path in sorted(d.iterdir()):
+                if path.suffix in (".yaml", ".yml"):
+                    profiles.extend(load_profile_file(path))
+        for file in extra_files:
+            profiles.extend(load_profile_file(file))
         return cls(profiles)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelProfile]:
         return iter(self._by_name.values())
 
     def __len__(self) -> int:

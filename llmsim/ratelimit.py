@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from .errors import go_duration, rate_limited
 from .validation import ValidationError, integer, kind_of, mapping
@@ -80,7 +81,7 @@ class RateLimitConfig:
     default_tier: str | None = None
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "rate_limits") -> "RateLimitConfig | None":
+    def parse(cls, src: str, raw: Any, key: str = "rate_limits") -> RateLimitConfig | None:
         """Validate a config section (None: no limits); ValidationError names the source, key and reason.
 
         Shorthand: rpm/tpm/itpm/otpm at the top level define the tier named "default".
@@ -177,7 +178,7 @@ class Charge:
 
 def rfc3339(epoch_s: float) -> str:
     """Anthropic's reset format, to the second (rounded up): 2025-01-15T14:24:00Z."""
-    return datetime.fromtimestamp(math.ceil(epoch_s - 1e-6), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(math.ceil(epoch_s - 1e-6), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class RateLimiter:

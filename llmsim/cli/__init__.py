@@ -53,7 +53,7 @@ def _profiles(args: argparse.Namespace) -> int:
                      p.encoding, ", ".join(p.models) or "(select with --latency-profile)"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     return 0
 
 

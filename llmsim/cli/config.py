@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -34,7 +35,8 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
         if isinstance(v, float) and v != n:
             raise ValueError(f"must be a whole number, got {v!r}")
         if n < lo or (hi is not None and n > hi):
-            raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None else f"must be >= {lo}, got {n}")
+            raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None
+                             else f"must be >= {lo}, got {n}")
         return n
     return conv
 
@@ -196,13 +198,16 @@ def _apply(cfg: ServerConfig, key: str, value: Any, source: str, key_name: str) 
         raise ConfigError(source, key_name, str(e)) from None
 
 
-def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+def resolve_config(flags: dict[str, Any] | None = None, env: Mapping[str, str] | None = None,
                    settings: dict[str, Any] | None = None) -> ServerConfig:
-    """Merge defaults < config file (or a `settings` dict) < environment < flags into a ServerConfig."""
+    """Merge defaults < config file (or a `settings` dict) < environment < flags into a ServerConfig.
+
+    `env` stands in for os.environ (tests and embedders pass their own).
+    """
     flags = dict(flags or {})
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     cfg = ServerConfig()
-    path = flags.pop("config", None) or env.get("LLMSIM_CONFIG")
+    path = flags.pop("config", None) or environ.get("LLMSIM_CONFIG")
     doc = _load_file(path) if path else settings
     if doc is not None:
         path = path or "<settings>"
@@ -230,14 +235,15 @@ def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | No
                 else:
                     raise ConfigError(path, f"models.{k}", "unknown setting (known: allow_unknown, default_profile)")
     for o in OPTIONS:
-        if o.env in env and env[o.env] != "":
-            _apply(cfg, o.key, env[o.env], o.env, o.env)
+        if o.env in environ and environ[o.env] != "":
+            _apply(cfg, o.key, environ[o.env], o.env, o.env)
     for key, value in flags.items():
         if key in OPTION_BY_KEY:
             _apply(cfg, key, value, "command line", OPTION_BY_KEY[key].cli)
     shortcuts: dict[str, float] = {}
-    if env.get("LLMSIM_ERROR_RATE"):
-        shortcuts.update(_error_rates(env["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE", "LLMSIM_ERROR_RATE"))
+    if environ.get("LLMSIM_ERROR_RATE"):
+        shortcuts.update(_error_rates(environ["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE",
+                                      "LLMSIM_ERROR_RATE"))
     if flags.get("error_rate"):
         shortcuts.update(_error_rates(flags["error_rate"], "command line", "--error-rate"))
     if shortcuts:

@@ -97,6 +97,7 @@ class _QuietHandler(WSGIHandler):
     """
 
     server: NoDelayWSGIServer
+    wsgi_input: Any
     _served = 0  # requests answered on this connection
     _deadline: gevent.Timeout | None = None
     _late = False  # the header deadline passed while reading the request line

@@ -10,7 +10,8 @@ gives exactly the histogram one process would have built from all samples.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 LINEAR_LIMIT_MS = 100.0
 """Below this, buckets are linear."""
@@ -79,7 +80,7 @@ class Histogram:
         for v in values:
             self.record(v)
 
-    def merge(self, other: "Histogram") -> None:
+    def merge(self, other: Histogram) -> None:
         """Add another histogram's samples to this one (exact)."""
         counts = self.counts
         for i, n in other.counts.items():
@@ -139,7 +140,7 @@ class Histogram:
         }
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "Histogram":
+    def from_wire(cls, data: dict[str, Any]) -> Histogram:
         h = cls()
         h.counts = {int(i): int(n) for i, n in data["buckets"]}
         h.count = int(data["count"])

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..latency import Distribution
 from ..profiles import ModelProfile, SloCheck
@@ -55,7 +56,7 @@ class Tolerance:
         return max(self.abs_ms, self.rel * abs(expected))
 
     @classmethod
-    def parse(cls, text: str) -> "Tolerance":
+    def parse(cls, text: str) -> Tolerance:
         """'10%,5ms', '15%', '2ms' or a bare fraction '0.1'; a part left out keeps its default."""
         default = cls()
         rel, abs_ms = default.rel, default.abs_ms
