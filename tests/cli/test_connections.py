@@ -160,6 +160,7 @@ def test_timeouts_are_options(tmp_path):
     assert r.returncode == 2 and "--idle-timeout" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_out_of_file_descriptors_degrades_and_recovers(tmp_path):
     """With 32 descriptors, 60 idle connections exhaust the server; it pauses accepting (one log line,
     no traceback), closes the idle ones after the timeout, and /health answers again."""
