@@ -249,3 +249,13 @@ def test_non_utf8_header_values_do_not_break_anything(server):
     resp = raw_exchange(url, data)
     assert resp.status == 200, resp.raw[:300]
     no_traceback(log)
+
+
+def test_non_utf8_paths_get_a_404_envelope(server):
+    url, log = server
+    for path in (b"/v1/chat/completions\xff", b"/anthropic/v1/\xc3\x28messages", b"/v1/%ff%fe"):
+        resp = raw_exchange(url, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+        provider_path = ANTHROPIC_PATHS[0] if b"anthropic" in path else OPENAI_PATHS[0]
+        check_envelope(resp, provider_path, (404,))
+    no_traceback(log)
