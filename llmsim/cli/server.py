@@ -281,9 +281,10 @@ class NoDelayWSGIServer(WSGIServer):
         now = time.monotonic()
         if now - self._last_log >= self.LOG_EVERY_S:
             self._last_log = now
+            idle = f"after {self.idle_timeout:g} s" if self.idle_timeout else "never (--idle-timeout 0)"
             self.log_line(f"cannot accept connections: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '?')}"
                           f"); pausing new connections and retrying with back-off (failed accepts so far: "
-                          f"{self._accept_failures}); idle connections close after {self.idle_timeout:g} s")
+                          f"{self._accept_failures}); idle connections close {idle}")
         self._accept_delay = min(self.accept_backoff_max, max(0.02, self._accept_delay * 2))
         self.stop_accepting()
         timer = self.loop.timer(self._accept_delay)
