@@ -109,7 +109,7 @@ def cpu_seconds(pid: int) -> float:
 def run_load(host: str, port: int, conns: int, seconds: float, body: dict, server_pid: int) -> dict:
     c0 = cpu_seconds(server_pid)
     out = subprocess.run([*pin(1), sys.executable, "-c", LOAD, host, str(port), str(conns), str(seconds),
-                          json.dumps(body)], capture_output=True, text=True, check=True).stdout.split()
+                          json.dumps(body, separators=(",", ":"))], capture_output=True, text=True, check=True).stdout.split()
     n, wall, load_cpu = int(out[0]), float(out[1]), float(out[2])
     return {"responses": n, "per_s": n / wall, "server_cpu": (cpu_seconds(server_pid) - c0) / wall,
             "load_cpu": load_cpu}

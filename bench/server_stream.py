@@ -24,6 +24,8 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
+from llmsim.loadtest.histogram import percentile_of_sorted  # noqa: E402
+
 
 def start_server(ttft_ms: float, itl_ms: float, tokens: int) -> tuple[subprocess.Popen, str, int]:
     d = tempfile.mkdtemp()
@@ -62,8 +64,8 @@ def one_stream(host: str, port: int, tokens: int, out: list) -> None:
 
 
 def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+    """Nearest-rank, as the toolkit's reports compute it."""
+    return percentile_of_sorted(sorted(xs), p)
 
 
 def run(streams: int, itl_ms: float, tokens: int) -> None:

@@ -1,8 +1,16 @@
 """llmsim: an LLM traffic simulator and its Locust toolkit (public API re-exports only)."""
 
 from . import testing
-from .generator import (EchoGenerator, FixedGenerator, GenerationRequest, Generator, LoremGenerator,
-                        RandomGenerator, SequenceGenerator, make_generator)
+from .generator import (
+                        EchoGenerator,
+                        FixedGenerator,
+                        GenerationRequest,
+                        Generator,
+                        LoremGenerator,
+                        RandomGenerator,
+                        SequenceGenerator,
+                        make_generator,
+)
 from .latency import Distribution, LatencyProfile
 from .profiles import ModelProfile, ProfileError, ProfileRegistry
 from .stream import Pacer, TokenPlan, TokenStreamBuilder

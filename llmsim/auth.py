@@ -8,12 +8,13 @@ bucket names only: they are never logged, counted or echoed whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .errors import ApiError
-from .profiles import ProfileError, _mapping
 from .ratelimit import mask_key
+from .validation import ValidationError, mapping
 
 OPENAI_MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
@@ -22,7 +23,13 @@ OPENAI_MISSING_KEY = (
     "https://platform.openai.com/account/api-keys.")
 
 
-def request_api_key(headers: Mapping[str, str], provider: str) -> str | None:
+class Headers(Protocol):
+    """What request_api_key reads: a dict with lower-case names, or a WSGI framework's (case-blind) headers."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def request_api_key(headers: Headers, provider: str) -> str | None:
     """The key a request carries in its provider's header, or None."""
     if provider == "anthropic":
         key = (headers.get("x-api-key") or "").strip()
@@ -48,26 +55,38 @@ class AuthConfig:
     """Config `auth:`: when `api_keys` is set, only those keys may call the APIs."""
 
     api_keys: frozenset[str]
+    _digests: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_digests", tuple(k.encode() for k in sorted(self.api_keys)))
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "auth") -> "AuthConfig | None":
+    def parse(cls, src: str, raw: Any, key: str = "auth") -> AuthConfig | None:
         if raw is None:
             return None
-        raw = _mapping(src, key, raw, ("api_keys",))
+        raw = mapping(src, key, raw, ("api_keys",), secret_keys=True)
         keys = raw.get("api_keys")
         if keys is None:
             return None
         if isinstance(keys, str):
             keys = [keys]
         if not isinstance(keys, list) or not keys:
-            raise ProfileError(src, f"{key}.api_keys", "must be a non-empty list of API keys")
+            raise ValidationError(src, f"{key}.api_keys", "must be a non-empty list of API keys")
         for i, k in enumerate(keys):
             if not isinstance(k, str) or not k.strip():
                 # Named by position: a key's value never appears in a message.
-                raise ProfileError(src, f"{key}.api_keys[{i}]", "must be a non-empty string")
+                raise ValidationError(src, f"{key}.api_keys[{i}]", "must be a non-empty string")
         return cls(frozenset(k.strip() for k in keys))
 
     def check(self, api_key: str | None) -> None:
-        """Raise the provider-neutral 401 unless the key is allowed."""
-        if not api_key or api_key not in self.api_keys:
+        """Raise the provider-neutral 401 unless the key is allowed.
+
+        Compared in constant time against every allowed key, like the admin token, so
+        response timing tells a caller nothing about how close a guess was.
+        """
+        given = (api_key or "").encode("utf-8", "surrogateescape")
+        allowed = False
+        for digest in self._digests:
+            allowed |= hmac.compare_digest(given, digest)
+        if not api_key or not allowed:
             raise unauthenticated(api_key)

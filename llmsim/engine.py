@@ -23,18 +23,49 @@ import tiktoken
 
 from .auth import AuthConfig
 from .embeddings import MAX_REQUEST_TOKENS, EmbedRequest, EmbedResult, embedding_vector
-from .errors import (ApiError, ConnectionDrop, Cut, Fault, FaultPlan, FaultSettings, model_overloaded,
-                     parse_fault_header, scripted_error, server_error)
-from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, make_generator
+from .errors import (
+    ApiError,
+    ConnectionDrop,
+    Cut,
+    Fault,
+    FaultPlan,
+    FaultSettings,
+    model_overloaded,
+    parse_fault_header,
+    scripted_error,
+    server_error,
+)
+from .generator import (
+    DEFAULT_TARGET_TOKENS,
+    GenerationRequest,
+    Generator,
+    LoremGenerator,
+    make_generator,
+)
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
-from .tokens import count_prompt_bounded, decode_ids, encode, get_encoding, max_token_bytes, message_text
-from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
-                        tools_prompt_text, tools_to_call)
+from .tokens import (
+    count_prompt_bounded,
+    decode_ids,
+    encode,
+    get_encoding,
+    max_token_bytes,
+    message_text,
+)
+from .toolcalls import (
+    OutputFormat,
+    Tool,
+    ToolChoice,
+    ToolSettings,
+    structured_json,
+    tool_call_blocks,
+    tools_prompt_text,
+    tools_to_call,
+)
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 

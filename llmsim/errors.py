@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .profiles import ProfileError, _mapping, _number
+from .validation import ValidationError, mapping, number
 
 # kind -> (HTTP status, OpenAI error type, Anthropic error type), as documented
 # by each provider.
@@ -334,20 +334,20 @@ def _parse_settings(src: str, key: str, raw: Any, base: FaultSettings) -> FaultS
     for k, v in raw.items():
         where = f"{key}.{k}" if key else k
         if k in FAULT_KINDS:
-            rate = _number(src, where, v)
+            rate = number(src, where, v)
             if rate > 1:
-                raise ProfileError(src, where, f"must be a probability between 0 and 1, got {v!r}")
+                raise ValidationError(src, where, f"must be a probability between 0 and 1, got {v!r}")
             rates[k] = rate
         elif k == "midstream_mode":
             if v not in MIDSTREAM_MODES:
-                raise ProfileError(src, where, f"must be one of {', '.join(MIDSTREAM_MODES)}, got {v!r}")
+                raise ValidationError(src, where, f"must be one of {', '.join(MIDSTREAM_MODES)}, got {v!r}")
             changes[k] = v
         elif k in ("timeout_after_ms", "retry_after_ms"):
-            changes[k] = _number(src, where, v)
+            changes[k] = number(src, where, v)
     settings = replace(base, rates={k: r for k, r in rates.items() if r > 0}, **changes)
     if settings.total > 1 + 1e-9:
         rates_text = ", ".join(f"{k}={r:g}" for k, r in settings.rates.items())
-        raise ProfileError(src, key or "errors", f"the rates add up to {settings.total:g} ({rates_text}); "
+        raise ValidationError(src, key or "errors", f"the rates add up to {settings.total:g} ({rates_text}); "
                                                  "a request fails at most one way, so they must add up to at most 1")
     return settings
 
@@ -367,25 +367,25 @@ class FaultPlan:
         return bool(self.base.rates) or any(s.rates for _, s in self.models + self.profiles)
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "errors") -> "FaultPlan":
-        """Validate a config section; ProfileError names the source, the dotted key and the reason."""
+    def parse(cls, src: str, raw: Any, key: str = "errors") -> FaultPlan:
+        """Validate a config section; ValidationError names the source, the dotted key and the reason."""
         if raw is None:
             return cls()
-        raw = _mapping(src, key, raw, (*_SETTING_KEYS, "models", "profiles", "header"))
+        raw = mapping(src, key, raw, (*_SETTING_KEYS, "models", "profiles", "header"))
         header = raw.get("header", True)
         if not isinstance(header, bool):
-            raise ProfileError(src, f"{key}.header", f"must be true or false, got {header!r}")
+            raise ValidationError(src, f"{key}.header", f"must be true or false, got {header!r}")
         base = _parse_settings(src, key, {k: v for k, v in raw.items() if k in _SETTING_KEYS}, FaultSettings())
         overrides: dict[str, tuple[tuple[str, FaultSettings], ...]] = {}
         for group in ("models", "profiles"):
             entries = raw.get(group) or {}
             if not isinstance(entries, dict):
-                raise ProfileError(src, f"{key}.{group}", f"must be a mapping of names to settings, got "
+                raise ValidationError(src, f"{key}.{group}", f"must be a mapping of names to settings, got "
                                                           f"{type(entries).__name__}")
             parsed = []
             for name, sub in entries.items():
                 where = f"{key}.{group}.{name}"
-                parsed.append((str(name), _parse_settings(src, where, _mapping(src, where, sub, _SETTING_KEYS), base)))
+                parsed.append((str(name), _parse_settings(src, where, mapping(src, where, sub, _SETTING_KEYS), base)))
             overrides[group] = tuple(parsed)
         return cls(base, overrides["models"], overrides["profiles"], header)
 

@@ -12,10 +12,6 @@ import math
 import random
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .profiles import ModelProfile
 
 DISTRIBUTIONS = ("constant", "normal", "lognormal")
 
@@ -45,17 +41,18 @@ class Distribution:
         if self.kind == "lognormal" and self.mean_ms == 0 and self.stddev_ms > 0:
             raise ValueError("a lognormal with mean_ms 0 cannot have a spread")
         # Sampled once per token on the hot path: derive the parameters once.
-        object.__setattr__(self, "_point", self._is_point)
-        if self.kind == "lognormal" and not self._point:
+        object.__setattr__(self, "_point", self.is_point)
+        if self.kind == "lognormal" and not self.is_point:
             sigma2 = math.log1p((self.stddev_ms / self.mean_ms) ** 2)
             object.__setattr__(self, "_params", (math.log(self.mean_ms) - sigma2 / 2, math.sqrt(sigma2)))
 
     @property
-    def _is_point(self) -> bool:
-        return self.kind == "constant" or self.stddev_ms == 0 or self.mean_ms == 0 and self.kind == "lognormal"
+    def is_point(self) -> bool:
+        """Whether every draw is mean_ms (a constant, or no spread): sampling and quantiles need no maths."""
+        return self.kind == "constant" or self.stddev_ms == 0
 
     def _lognormal_params(self) -> tuple[float, float]:
-        return self._params  # type: ignore[attr-defined,no-any-return]
+        return self._params  # type: ignore[attr-defined]
 
     def sample(self, rng: random.Random) -> float:
         """One draw in ms, never negative."""
@@ -68,7 +65,7 @@ class Distribution:
 
     def quantile(self, p: float) -> float:
         """The p-quantile (0 < p < 1) in ms, in closed form."""
-        if self._is_point:
+        if self.is_point:
             return self.mean_ms
         z = _STD_NORMAL.inv_cdf(p)
         if self.kind == "normal":
@@ -76,7 +73,7 @@ class Distribution:
         mu, sigma = self._lognormal_params()
         return math.exp(mu + z * sigma)
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         """The distribution of factor·X (used for per-token costs)."""
         return Distribution(self.kind, self.mean_ms * factor, self.stddev_ms * factor)
 
@@ -109,14 +106,14 @@ class LatencyProfile:
     reasoning_tokens_per_output_token: float = 0.0
 
     @classmethod
-    def from_model(cls, model: str, profiles_dir: str | None = None) -> "LatencyProfile":
+    def from_model(cls, model: str, profiles_dir: str | None = None) -> LatencyProfile:
         """The latency profile of a model name, from the built-in profiles (plus profiles_dir)."""
         from .profiles import ProfileRegistry
 
         return ProfileRegistry.load(extra_dirs=[profiles_dir] if profiles_dir else []).resolve(model).latency
 
     @classmethod
-    def constant(cls, ttft_ms: float, itl_ms: float) -> "LatencyProfile":
+    def constant(cls, ttft_ms: float, itl_ms: float) -> LatencyProfile:
         return cls(ttft=constant(ttft_ms), itl=constant(itl_ms))
 
     @property
@@ -150,7 +147,3 @@ class LatencyProfile:
             d["reasoning"] = {"tokens_per_output_token": self.reasoning_tokens_per_output_token}
         return d
 
-
-def make_rng(seed: int | None) -> random.Random:
-    """A private RNG: seeded runs repeat, unseeded ones differ."""
-    return random.Random(seed)

@@ -1,37 +1,33 @@
 """Model profiles: the YAML schema, loading, validation and model-name matching.
 
 profiles/*.yaml is the single source of truth for model names, encodings,
-limits, latencies, load model and SLO. A malformed file raises ProfileError,
-whose message names the file, the key and the reason in one line.
+limits, latencies, load model and SLO. A malformed file raises ValidationError
+(ProfileError is the same type), whose message names the file, the key and the
+reason in one line.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 from .latency import DISTRIBUTIONS, Distribution, LatencyProfile
+from .validation import ValidationError, integer, mapping, number
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 PROVIDERS = ("openai", "anthropic", "google", "deepseek", "any")
-SLO_METRICS = ("ttft", "itl", "tpot", "e2e")
 _SLO_KEY = re.compile(r"^(ttft|itl|tpot|e2e)_p(50|90|95|99|999)_ms$")
 
-
-class ProfileError(ValueError):
-    """A profile file is wrong; str() is one line: file: key: reason."""
-
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        self.source, self.key, self.reason = source, key, reason
-        super().__init__(f"{source}: {key}: {reason}")
+ProfileError = ValidationError
+"""A profile file is wrong; str() is one line: file: key: reason (the name predates llmsim.validation)."""
 
 
 @dataclass(frozen=True)
@@ -147,90 +143,68 @@ _GENERATION_KEYS = ("context_window", "max_output_tokens", "ttft", "itl", "prefi
 _EMBEDDING_KEYS = {"dimensions", "base_ms", "per_token_ms", "max_input_tokens", "dimensions_param"}
 
 
-def _number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
-            strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProfileError(src, key, f"must be a number, got {value!r}")
-    if integer and value != int(value):
-        raise ProfileError(src, key, f"must be a whole number, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ProfileError(src, key, f"must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _mapping(src: str, key: str, value: Any, allowed: Iterable[str]) -> dict:
-    if not isinstance(value, dict):
-        raise ProfileError(src, key, f"must be a mapping, got {type(value).__name__}")
-    allowed = set(allowed)
-    for k in value:
-        if k not in allowed:
-            raise ProfileError(src, f"{key}.{k}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-    return value
-
-
 def parse_distribution(src: str, key: str, value: Any) -> Distribution:
-    value = _mapping(src, key, value, {"distribution", "mean_ms", "stddev_ms"})
+    value = mapping(src, key, value, {"distribution", "mean_ms", "stddev_ms"})
     kind = value.get("distribution", "constant")
     if kind not in DISTRIBUTIONS:
-        raise ProfileError(src, f"{key}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+        raise ValidationError(src, f"{key}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
     if "mean_ms" not in value:
-        raise ProfileError(src, f"{key}.mean_ms", "is required")
-    mean = _number(src, f"{key}.mean_ms", value["mean_ms"])
-    std = _number(src, f"{key}.stddev_ms", value.get("stddev_ms", 0))
+        raise ValidationError(src, f"{key}.mean_ms", "is required")
+    mean = number(src, f"{key}.mean_ms", value["mean_ms"])
+    std = number(src, f"{key}.stddev_ms", value.get("stddev_ms", 0))
     if kind == "lognormal" and mean == 0 and std > 0:
-        raise ProfileError(src, f"{key}.mean_ms", "a lognormal with a spread needs mean_ms > 0")
+        raise ValidationError(src, f"{key}.mean_ms", "a lognormal with a spread needs mean_ms > 0")
     return Distribution(kind, mean, std)
 
 
 def _capacity(src: str, where: str, value: Any) -> Capacity | None:
     if value is None:
         return None
-    c = _mapping(src, f"{where}.capacity", value, {"max_concurrent", "queue_limit", "slowdown_at_full"})
+    c = mapping(src, f"{where}.capacity", value, {"max_concurrent", "queue_limit", "slowdown_at_full"})
     if "max_concurrent" not in c:
         raise ProfileError(src, f"{where}.capacity.max_concurrent", "is required")
     return Capacity(
-        max_concurrent=_number(src, f"{where}.capacity.max_concurrent", c["max_concurrent"], minimum=1, integer=True),
-        queue_limit=_number(src, f"{where}.capacity.queue_limit", c.get("queue_limit", 1024), integer=True),
-        slowdown_at_full=_number(src, f"{where}.capacity.slowdown_at_full", c.get("slowdown_at_full", 1.0),
+        max_concurrent=integer(src, f"{where}.capacity.max_concurrent", c["max_concurrent"], minimum=1),
+        queue_limit=integer(src, f"{where}.capacity.queue_limit", c.get("queue_limit", 1024)),
+        slowdown_at_full=number(src, f"{where}.capacity.slowdown_at_full", c.get("slowdown_at_full", 1.0),
                                  minimum=1),
     )
 
 
 def parse_embedding(src: str, key: str, value: Any) -> EmbeddingSpec:
     """An `embedding:` section -> EmbeddingSpec, or ProfileError naming the key."""
-    e = _mapping(src, key, value, _EMBEDDING_KEYS)
+    e = mapping(src, key, value, _EMBEDDING_KEYS)
     if "dimensions" not in e:
         raise ProfileError(src, f"{key}.dimensions", "is required")
     shortens = e.get("dimensions_param", False)
     if not isinstance(shortens, bool):
         raise ProfileError(src, f"{key}.dimensions_param", f"must be true or false, got {shortens!r}")
     return EmbeddingSpec(
-        dimensions=_number(src, f"{key}.dimensions", e["dimensions"], minimum=1, integer=True),
-        base_ms=_number(src, f"{key}.base_ms", e.get("base_ms", 0)),
-        per_token_ms=_number(src, f"{key}.per_token_ms", e.get("per_token_ms", 0)),
-        max_input_tokens=_number(src, f"{key}.max_input_tokens", e.get("max_input_tokens", 8192), minimum=1,
-                                 integer=True),
+        dimensions=integer(src, f"{key}.dimensions", e["dimensions"], minimum=1),
+        base_ms=number(src, f"{key}.base_ms", e.get("base_ms", 0)),
+        per_token_ms=number(src, f"{key}.per_token_ms", e.get("per_token_ms", 0)),
+        max_input_tokens=integer(src, f"{key}.max_input_tokens", e.get("max_input_tokens", 8192), minimum=1),
         dimensions_param=shortens,
     )
 
 
 def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
-    """One `profiles:` entry -> ModelProfile, or ProfileError naming the key."""
+    """One `profiles:` entry -> ModelProfile, or ValidationError naming the key."""
     if not isinstance(value, dict):
-        raise ProfileError(src, f"profiles[{index}]", "must be a mapping")
+        raise ValidationError(src, f"profiles[{index}]", "must be a mapping")
     name = value.get("name")
     where = f"profiles[{index}]" if not isinstance(name, str) else f"profiles[{name}]"
     if not isinstance(name, str) or not name.strip():
-        raise ProfileError(src, f"{where}.name", "is required and must be a non-empty string")
+        raise ValidationError(src, f"{where}.name", "is required and must be a non-empty string")
     for k in value:
         if k not in _TOP_KEYS:
-            raise ProfileError(src, f"{where}.{k}", f"unknown key (expected one of: {', '.join(sorted(_TOP_KEYS))})")
+            raise ValidationError(src, f"{where}.{k}", f"unknown key (expected one of: {', '.join(sorted(_TOP_KEYS))})")
     models = value.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-        raise ProfileError(src, f"{where}.models", "must be a list of model names or globs")
+        raise ValidationError(src, f"{where}.models", "must be a list of model names or globs")
     provider = value.get("provider", "any")
     if provider not in PROVIDERS:
-        raise ProfileError(src, f"{where}.provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+        raise ValidationError(src, f"{where}.provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     encoding = value.get("encoding", "o200k_base")
     if encoding not in ENCODINGS:
         raise ProfileError(src, f"{where}.encoding", f"must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
@@ -246,39 +220,37 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
                             embedding=spec, source=src)
     for req in ("ttft", "itl"):
         if req not in value:
-            raise ProfileError(src, f"{where}.{req}", "is required")
+            raise ValidationError(src, f"{where}.{req}", "is required")
     ttft = parse_distribution(src, f"{where}.ttft", value["ttft"])
     itl = parse_distribution(src, f"{where}.itl", value["itl"])
     prefill = None
     if value.get("prefill") is not None:
-        p = _mapping(src, f"{where}.prefill", value["prefill"], {"tokens_per_s"})
-        prefill = _number(src, f"{where}.prefill.tokens_per_s", p.get("tokens_per_s"), strict=True)
+        p = mapping(src, f"{where}.prefill", value["prefill"], {"tokens_per_s"})
+        prefill = number(src, f"{where}.prefill.tokens_per_s", p.get("tokens_per_s"), strict=True)
     ratio = 0.0
     if value.get("reasoning") is not None:
-        r = _mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token"})
-        ratio = _number(src, f"{where}.reasoning.tokens_per_output_token", r.get("tokens_per_output_token"))
+        r = mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token"})
+        ratio = number(src, f"{where}.reasoning.tokens_per_output_token", r.get("tokens_per_output_token"))
     slo: list[SloCheck] = []
     if value.get("slo") is not None:
         s = value["slo"]
         if not isinstance(s, dict):
-            raise ProfileError(src, f"{where}.slo", "must be a mapping like {ttft_p99_ms: 1500}")
+            raise ValidationError(src, f"{where}.slo", "must be a mapping like {ttft_p99_ms: 1500}")
         for k, v in s.items():
             m = _SLO_KEY.match(str(k))
             if not m:
-                raise ProfileError(src, f"{where}.slo.{k}",
+                raise ValidationError(src, f"{where}.slo.{k}",
                                    "unknown SLO key (expected <ttft|itl|tpot|e2e>_p<50|90|95|99|999>_ms)")
             pct = 99.9 if m.group(2) == "999" else float(m.group(2))
-            slo.append(SloCheck(m.group(1), pct, _number(src, f"{where}.slo.{k}", v, strict=True)))
-    context_window = _number(src, f"{where}.context_window", value.get("context_window", 128000), minimum=1,
-                             integer=True)
-    max_out = _number(src, f"{where}.max_output_tokens", value.get("max_output_tokens", 16384), minimum=1,
-                      integer=True)
-    chunk = _number(src, f"{where}.chunk_tokens", value.get("chunk_tokens", 1), minimum=1, integer=True)
+            slo.append(SloCheck(m.group(1), pct, number(src, f"{where}.slo.{k}", v, strict=True)))
+    context_window = integer(src, f"{where}.context_window", value.get("context_window", 128000), minimum=1)
+    max_out = integer(src, f"{where}.max_output_tokens", value.get("max_output_tokens", 16384), minimum=1)
+    chunk = integer(src, f"{where}.chunk_tokens", value.get("chunk_tokens", 1), minimum=1)
     call_probability = None
     if value.get("tools") is not None:
-        t = _mapping(src, f"{where}.tools", value["tools"], {"call_probability"})
+        t = mapping(src, f"{where}.tools", value["tools"], {"call_probability"})
         if "call_probability" in t:
-            call_probability = _number(src, f"{where}.tools.call_probability", t["call_probability"])
+            call_probability = number(src, f"{where}.tools.call_probability", t["call_probability"])
             if call_probability > 1:
                 raise ProfileError(src, f"{where}.tools.call_probability", f"must be <= 1, got {call_probability!r}")
     return ModelProfile(
@@ -296,12 +268,12 @@ def parse_profiles_document(src: str, text: str) -> list[ModelProfile]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"
-        raise ProfileError(src, where, f"invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        raise ValidationError(src, where, f"invalid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(doc, dict) or "profiles" not in doc:
-        raise ProfileError(src, "profiles", "the file must be a mapping with a top-level 'profiles:' list")
+        raise ValidationError(src, "profiles", "the file must be a mapping with a top-level 'profiles:' list")
     items = doc["profiles"]
     if not isinstance(items, list):
-        raise ProfileError(src, "profiles", "must be a list of profiles")
+        raise ValidationError(src, "profiles", "must be a list of profiles")
     return [parse_profile(src, item, i) for i, item in enumerate(items)]
 
 
@@ -310,7 +282,7 @@ def load_profile_file(path: str | os.PathLike) -> list[ModelProfile]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ProfileError(str(path), "file", f"cannot read ({e.strerror or e})") from None
+        raise ValidationError(str(path), "file", f"cannot read ({e.strerror or e})") from None
     return parse_profiles_document(str(path), text)
 
 
@@ -346,23 +318,23 @@ class ProfileRegistry:
 
     @classmethod
     def load(cls, extra_dirs: Iterable[str | os.PathLike] = (), extra_files: Iterable[str | os.PathLike] = ()
-             ) -> "ProfileRegistry":
+             ) -> ProfileRegistry:
         """Built-in profiles, then each extra dir's *.yaml, then extra files; later wins by name."""
         profiles: list[ModelProfile] = []
         for src, text in _builtin_files():
             profiles.extend(parse_profiles_document(src, text))
-        for d in extra_dirs:
-            d = Path(d)
+        for extra in extra_dirs:
+            d = Path(extra)
             if not d.is_dir():
-                raise ProfileError(str(d), "profiles_dir", "is not a directory")
-            for f in sorted(d.iterdir()):
-                if f.suffix in (".yaml", ".yml"):
-                    profiles.extend(load_profile_file(f))
-        for f in extra_files:
-            profiles.extend(load_profile_file(f))
+                raise ValidationError(str(d), "profiles_dir", "is not a directory")
+            for path in sorted(d.iterdir()):
+                if path.suffix in (".yaml", ".yml"):
+                    profiles.extend(load_profile_file(path))
+        for file in extra_files:
+            profiles.extend(load_profile_file(file))
         return cls(profiles)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelProfile]:
         return iter(self._by_name.values())
 
     def __len__(self) -> int:

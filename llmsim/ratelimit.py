@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from .errors import go_duration, rate_limited
-from .profiles import ProfileError, _mapping, _number
+from .validation import ValidationError, integer, kind_of, mapping
 
 # bucket -> the tier field that sizes it; checked in this order
 BUCKETS: dict[str, str] = {"requests": "rpm", "tokens": "tpm", "input_tokens": "itpm", "output_tokens": "otpm"}
@@ -46,11 +47,21 @@ class Tier:
 
 
 def _parse_tier(src: str, key: str, name: str, raw: Any) -> Tier:
-    raw = _mapping(src, key, raw, LIMIT_KEYS)
-    limits = {k: int(_number(src, f"{key}.{k}", v, minimum=1, integer=True)) for k, v in raw.items()}
+    raw = mapping(src, key, raw, LIMIT_KEYS, secret_keys=True)
+    limits = {k: integer(src, f"{key}.{k}", v, minimum=1, secret=True) for k, v in raw.items()}
     if not limits:
-        raise ProfileError(src, key, f"give at least one of {', '.join(LIMIT_KEYS)}")
+        raise ValidationError(src, key, f"give at least one of {', '.join(LIMIT_KEYS)}")
     return Tier(name, **limits)
+
+
+def _tier_name(src: str, key: str, value: Any, tiers: dict[str, Tier]) -> str:
+    """A reference to a defined tier. The value is never echoed: in a misplaced entry it may be an API key."""
+    known = f"known: {', '.join(sorted(tiers)) or 'none'}"
+    if not isinstance(value, str):
+        raise ValidationError(src, key, f"must be the name of a tier (a string), got {kind_of(value)} ({known})")
+    if value not in tiers:
+        raise ValidationError(src, key, f"names no defined tier ({known})")
+    return value
 
 
 def mask_key(api_key: str) -> str:
@@ -70,42 +81,42 @@ class RateLimitConfig:
     default_tier: str | None = None
 
     @classmethod
-    def parse(cls, src: str, raw: Any, key: str = "rate_limits") -> "RateLimitConfig | None":
-        """Validate a config section (None: no limits); ProfileError names the source, key and reason.
+    def parse(cls, src: str, raw: Any, key: str = "rate_limits") -> RateLimitConfig | None:
+        """Validate a config section (None: no limits); ValidationError names the source, key and reason.
 
         Shorthand: rpm/tpm/itpm/otpm at the top level define the tier named "default".
         """
         if raw is None:
             return None
-        raw = _mapping(src, key, raw, (*LIMIT_KEYS, "tiers", "keys", "default_tier"))
+        raw = mapping(src, key, raw, (*LIMIT_KEYS, "tiers", "keys", "default_tier"), secret_keys=True)
         tiers_raw = raw.get("tiers") or {}
         if not isinstance(tiers_raw, dict):
-            raise ProfileError(src, f"{key}.tiers", "must be a mapping of tier names to limits like {rpm: 60}")
-        tiers = {str(n): _parse_tier(src, f"{key}.tiers.{n}", str(n), v) for n, v in tiers_raw.items()}
+            raise ValidationError(src, f"{key}.tiers", "must be a mapping of tier names to limits like {rpm: 60}")
+        tiers: dict[str, Tier] = {}
+        for i, (n, v) in enumerate(tiers_raw.items()):
+            # A tier whose limits are not a mapping may be a misplaced API key: named by position.
+            where = f"{key}.tiers.{n}" if isinstance(v, dict) else f"{key}.tiers[{i}]"
+            tiers[str(n)] = _parse_tier(src, where, str(n), v)
         shorthand = {k: raw[k] for k in LIMIT_KEYS if k in raw}
         if shorthand:
             if DEFAULT_TIER in tiers:
-                raise ProfileError(src, key, f"top-level limits define the tier {DEFAULT_TIER!r}, which "
-                                             f"{key}.tiers also defines; keep one")
+                raise ValidationError(src, key, f"top-level limits define the tier {DEFAULT_TIER!r}, which "
+                                                f"{key}.tiers also defines; keep one")
             tiers[DEFAULT_TIER] = _parse_tier(src, key, DEFAULT_TIER, shorthand)
         keys_raw = raw.get("keys") or {}
         if not isinstance(keys_raw, dict):
-            raise ProfileError(src, f"{key}.keys", "must be a mapping of API keys to tier names")
+            raise ValidationError(src, f"{key}.keys", "must be a mapping of API keys to tier names")
         keys: dict[str, str] = {}
         for i, (api_key, tier) in enumerate(keys_raw.items()):
             # Keys never appear in messages: the entry is named by position.
             if not isinstance(api_key, str) or not api_key:
-                raise ProfileError(src, f"{key}.keys[{i}]", "API keys must be non-empty strings")
-            if tier not in tiers:
-                raise ProfileError(src, f"{key}.keys[{i}]", f"no tier named {tier!r} (known: "
-                                                            f"{', '.join(sorted(tiers)) or 'none'})")
-            keys[api_key] = str(tier)
+                raise ValidationError(src, f"{key}.keys[{i}]", "API keys must be non-empty strings")
+            keys[api_key] = _tier_name(src, f"{key}.keys[{i}]", tier, tiers)
         default = raw.get("default_tier", DEFAULT_TIER if DEFAULT_TIER in tiers else None)
-        if default is not None and default not in tiers:
-            raise ProfileError(src, f"{key}.default_tier", f"no tier named {default!r} (known: "
-                                                           f"{', '.join(sorted(tiers)) or 'none'})")
+        if default is not None:
+            default = _tier_name(src, f"{key}.default_tier", default, tiers)
         if not tiers:
-            raise ProfileError(src, key, "define limits: {rpm: N, tpm: N} or tiers: {NAME: {rpm: N, tpm: N}}")
+            raise ValidationError(src, key, "define limits: {rpm: N, tpm: N} or tiers: {NAME: {rpm: N, tpm: N}}")
         return cls(tiers, keys, default)
 
     def tier_for(self, api_key: str | None) -> Tier | None:
@@ -167,7 +178,7 @@ class Charge:
 
 def rfc3339(epoch_s: float) -> str:
     """Anthropic's reset format, to the second (rounded up): 2025-01-15T14:24:00Z."""
-    return datetime.fromtimestamp(math.ceil(epoch_s - 1e-6), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(math.ceil(epoch_s - 1e-6), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class RateLimiter:

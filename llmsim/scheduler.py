@@ -25,12 +25,14 @@ Profiles without `capacity:` get a `NullScheduler`: no queue, multiplier 1.0.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from greenlet import getcurrent, greenlet
 
@@ -46,7 +48,7 @@ RETRY_AFTER_MIN_S = 1.0
 RETRY_AFTER_MAX_S = 60.0
 
 
-def slowdown_multiplier(active: int, max_concurrent: int, slowdown_at_full: float) -> float:
+def slowdown_multiplier(active: float, max_concurrent: int, slowdown_at_full: float) -> float:
     """ITL multiplier with `active` streams decoding: 1 alone, slowdown_at_full when full, linear between.
 
     1 + (slowdown_at_full - 1) * (active - 1) / (max_concurrent - 1); 1.0 when
@@ -100,7 +102,7 @@ class Slot:
 
     __slots__ = ("_scheduler", "submitted_at", "granted_at", "released_at", "queued", "_on_grant")
 
-    def __init__(self, scheduler: "Scheduler | NullScheduler", submitted_at: float) -> None:
+    def __init__(self, scheduler: Scheduler | NullScheduler, submitted_at: float) -> None:
         self._scheduler = scheduler
         self.submitted_at = submitted_at
         self.granted_at: float | None = None
@@ -155,7 +157,7 @@ class Slot:
         if self.released_at is None:
             self._scheduler._release(self)
 
-    def __enter__(self) -> "Slot":
+    def __enter__(self) -> Slot:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -327,7 +329,7 @@ class NullScheduler:
         return f"<NullScheduler {self.name or '?'} active={self.active}>"
 
 
-def make_scheduler(profile: "ModelProfile", *, clock: Clock = time.monotonic) -> Scheduler | NullScheduler:
+def make_scheduler(profile: ModelProfile, *, clock: Clock = time.monotonic) -> Scheduler | NullScheduler:
     """The scheduler a profile asks for: Scheduler with `capacity:`, else NullScheduler."""
     if profile.capacity is None:
         return NullScheduler(clock=clock, name=profile.name)
@@ -343,7 +345,7 @@ class Schedulers:
         self.clock = clock
         self._by_name: dict[str, Scheduler | NullScheduler] = {}
 
-    def get(self, profile: "ModelProfile") -> Scheduler | NullScheduler:
+    def get(self, profile: ModelProfile) -> Scheduler | NullScheduler:
         s = self._by_name.get(profile.name)
         if s is None:
             s = self._by_name[profile.name] = make_scheduler(profile, clock=self.clock)
@@ -418,7 +420,7 @@ class SimResult:
     @property
     def itls_s(self) -> list[float]:
         tt = self.token_times
-        return [b - a for a, b in zip(tt, tt[1:])]
+        return [b - a for a, b in itertools.pairwise(tt)]
 
 
 def _sim_rng(seed: int | None, index: int) -> random.Random:
@@ -523,14 +525,14 @@ class Simulation:
         return self.results
 
 
-def _latency_capacity(profile: "ModelProfile | LatencyProfile", capacity: Capacity | None
+def _latency_capacity(profile: ModelProfile | LatencyProfile, capacity: Capacity | None
                       ) -> tuple[LatencyProfile, Capacity | None]:
     if isinstance(profile, LatencyProfile):
         return profile, capacity
     return profile.latency, capacity if capacity is not None else profile.capacity
 
 
-def simulate(profile: "ModelProfile | LatencyProfile", requests: Sequence[SimRequest], *,
+def simulate(profile: ModelProfile | LatencyProfile, requests: Sequence[SimRequest], *,
              capacity: Capacity | None = None, seed: int | None = 0) -> list[SimResult]:
     """Open loop: run `requests` (in arrival order) through the load model on a virtual clock.
 
@@ -545,7 +547,7 @@ def simulate(profile: "ModelProfile | LatencyProfile", requests: Sequence[SimReq
     return sim.run()
 
 
-def simulate_closed_loop(profile: "ModelProfile | LatencyProfile", users: int, duration_s: float, *,
+def simulate_closed_loop(profile: ModelProfile | LatencyProfile, users: int, duration_s: float, *,
                          output_tokens: int, prompt_tokens: int = 0, reasoning_tokens: int = 0,
                          think_time_s: float = 0.0, stream: bool = True, capacity: Capacity | None = None,
                          retry_backoff_s: float = 1.0, seed: int | None = 0) -> list[SimResult]:

@@ -13,9 +13,10 @@ import hashlib
 import os
 import tempfile
 import threading
-from functools import lru_cache
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cache
 from importlib import resources
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import tiktoken
 from tiktoken_ext import openai_public
@@ -58,7 +59,7 @@ def _seed_cache(name: str) -> None:
     os.replace(tmp, path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
     """A tiktoken Encoding by name (o200k_base or cl100k_base), loaded without network."""
     if name not in ENCODINGS:
@@ -132,7 +133,7 @@ def message_text(content: Any) -> str:
     return str(content)
 
 
-@lru_cache(maxsize=None)
+@cache
 def max_token_bytes(encoding: tiktoken.Encoding) -> int:
     """The longest token's length in bytes (128 for o200k_base and cl100k_base): a token-count floor."""
     longest = 1

@@ -19,9 +19,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from .profiles import ProfileError, _mapping, _number
 from .schema_values import small_object, value_for_schema
 from .stream import Block
+from .validation import ValidationError as ProfileError
+from .validation import mapping, number
 
 TOOL_CHOICE_MODES = ("auto", "none", "required", "tool")
 DEFAULT_CALL_PROBABILITY = 0.5
@@ -68,11 +69,11 @@ class ToolSettings:
     def parse(cls, src: str, raw: Any, key: str = "tools") -> ToolSettings:
         if raw is None:
             return cls()
-        raw = _mapping(src, key, raw, ("call_probability", "max_parallel_calls"))
-        p = _number(src, f"{key}.call_probability", raw.get("call_probability", DEFAULT_CALL_PROBABILITY))
+        raw = mapping(src, key, raw, ("call_probability", "max_parallel_calls"))
+        p = number(src, f"{key}.call_probability", raw.get("call_probability", DEFAULT_CALL_PROBABILITY))
         if p > 1:
             raise ProfileError(src, f"{key}.call_probability", f"must be <= 1, got {p!r}")
-        n = _number(src, f"{key}.max_parallel_calls", raw.get("max_parallel_calls", DEFAULT_MAX_PARALLEL_CALLS),
+        n = number(src, f"{key}.max_parallel_calls", raw.get("max_parallel_calls", DEFAULT_MAX_PARALLEL_CALLS),
                     minimum=1, integer=True)
         return cls(p, int(n))
 

@@ -83,3 +83,39 @@ def raw_request(base_url: str, method: str, path: str, body: dict | None = None,
     resp.elapsed = time.monotonic() - t0
     _parse(resp)
     return resp
+
+
+def raw_exchange(base_url: str, data: bytes, timeout: float = 20.0, until_close: bool = False) -> RawResponse:
+    """Send arbitrary bytes (a whole request, malformed or not) and read one response
+    (and, with `until_close`, on until the server closes the connection).
+
+    A server that answers early and closes may reset the connection while we still
+    write: what it answered before that is what counts.
+    """
+    url = urlsplit(base_url)
+    t0 = time.monotonic()
+    resp = RawResponse(b"", False, 0.0)
+    sock = socket.create_connection((url.hostname, url.port), timeout=timeout)
+    try:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                resp.closed = True
+                break
+            if not chunk:
+                resp.closed = True
+                break
+            resp.raw += chunk
+            _parse(resp)
+            if resp.terminated and not until_close:
+                break
+    finally:
+        sock.close()
+    resp.elapsed = time.monotonic() - t0
+    _parse(resp)
+    return resp

@@ -31,7 +31,10 @@ def test_auth_config():
     assert AuthConfig.parse("f", {"api_keys": ["a", "b"]}).api_keys == {"a", "b"}
     with pytest.raises(ProfileError, match=r"^f: auth.api_keys\[1\]: must be a non-empty string$"):
         AuthConfig.parse("f", {"api_keys": ["a", ""]})
-    with pytest.raises(ProfileError, match=r"^f: auth.keys: unknown key"):
+    with pytest.raises(ProfileError, match=r"^f: auth: unknown key at position 2 \(not shown") as e:
+        AuthConfig.parse("f", {"api_keys": ["a"], "sk-live-0123456789abcdef": ["a"]})
+    assert "0123456789" not in str(e.value)
+    with pytest.raises(ProfileError, match=r"^f: auth.keys: unknown key \(did you mean api_keys\?"):
         AuthConfig.parse("f", {"keys": ["a"]})
 
 
@@ -88,3 +91,31 @@ def test_keys_never_appear_in_logs_or_stats(capfd):
     assert "POST /v1/chat/completions" in err  # the access log was on
     for text in (exposed, out, err):
         assert SECRET not in text and SECRET[::-1] not in text
+
+
+def test_keys_are_compared_in_constant_time(monkeypatch):
+    import llmsim.auth as auth_mod
+
+    calls: list[tuple[bytes, bytes]] = []
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(auth_mod.hmac, "compare_digest", spy)
+    cfg = AuthConfig.parse("f", {"api_keys": ["sk-b", GOOD]})
+    cfg.check(GOOD)
+    # every allowed key is compared, whichever matches (no early exit), through compare_digest
+    assert sorted(calls) == sorted([(GOOD.encode(), b"sk-b"), (GOOD.encode(), GOOD.encode())])
+    calls.clear()
+    with pytest.raises(ApiError):
+        cfg.check("sk-llmsim-good-key-0002")
+    assert len(calls) == 2
+
+
+def test_non_ascii_keys_get_a_401_not_a_500():
+    with run_server(latency_profile="instant", config={"auth": {"api_keys": [GOOD]}}) as url:
+        for value in ("Bearer cl\u00e9", "Bearer \u00ff\u00fe"):
+            r = requests.post(url + CHAT, json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+                              headers={"Authorization": value.encode("latin-1")})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text

@@ -27,3 +27,63 @@ def test_library_in_an_unpatched_process():
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "3"
+
+
+UNPATCHED = r'''
+import json, sys, threading, time, urllib.request
+from gevent import monkey
+import llmsim, llmsim.cli, llmsim.cli.server, llmsim.cli.handlers, llmsim.testing, llmsim.loadtest.metrics
+import llmsim.__main__
+assert not any(monkey.is_module_patched(m) for m in ("socket", "threading", "time", "ssl", "select")), \
+    "importing llmsim patched the process"
+real_sleep = time.sleep
+with llmsim.testing.run_server(latency_profile="fast", target_tokens=200) as url:
+    assert threading.active_count() >= 2  # the server runs in its own thread, with its own hub
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    reply = json.load(urllib.request.urlopen(req, timeout=20))
+    assert reply["usage"]["completion_tokens"] == 200, reply
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.monotonic()
+    stamps, events = [], []
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        for line in resp:
+            if line.startswith(b"data: "):
+                stamps.append(time.monotonic() - t0)
+                events.append(line[6:].strip())
+    assert events[-1] == b"[DONE]" and len(events) >= 200, len(events)
+    assert stamps[-1] - stamps[0] > 0.1  # paced (200 tokens at 1 ms), not sent in one burst
+    with llmsim.testing.run_server(latency_profile="instant") as url2:  # two servers, two threads
+        assert url2 != url and urllib.request.urlopen(url2 + "/health", timeout=10).status == 200
+assert not monkey.is_module_patched("socket") and time.sleep is real_sleep
+print("ok", len(events))
+'''
+
+
+def test_run_server_in_a_process_that_never_patches():
+    r = subprocess.run([sys.executable, "-c", UNPATCHED], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok ") and "Traceback" not in r.stderr
+
+
+ENTRY = r'''
+import sys
+from gevent import monkey
+import llmsim.__main__ as entry
+assert not monkey.is_module_patched("socket")
+sys.argv = ["llmsim", "profiles"]
+assert entry.main() == 0
+assert monkey.is_module_patched("socket")
+'''
+
+
+def test_the_console_script_patches_before_running_the_cli():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "llmsim"]
+    assert script.value.split()[0] == "llmsim.__main__:main"
+    r = subprocess.run([sys.executable, "-c", ENTRY], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "instant" in r.stdout

@@ -143,8 +143,16 @@ def test_shorthand_is_the_default_tier():
     ({"rmp": 10}, "rate_limits.rmp", "unknown key"),
     ({}, "rate_limits", "define limits"),
     ({"tiers": {"a": {}}}, "rate_limits.tiers.a", "at least one"),
-    ({"tiers": {"a": {"rpm": 1}}, "keys": {"sk-secret-value-123": "b"}}, "rate_limits.keys[0]", "no tier named 'b'"),
-    ({"tiers": {"a": {"rpm": 1}}, "default_tier": "z"}, "rate_limits.default_tier", "no tier named 'z'"),
+    ({"tiers": {"a": {"rpm": 1}}, "keys": {"sk-secret-value-123": "b"}}, "rate_limits.keys[0]", "names no defined tier (known: a)"),
+    ({"tiers": {"a": {"rpm": 1}}, "default_tier": "z"}, "rate_limits.default_tier", "names no defined tier"),
+    ({"tiers": {"a": {"rpm": 1}}, "keys": {"sk-secret-value-123": ["a"]}}, "rate_limits.keys[0]", "got a list"),
+    ({"tiers": {"a": {"rpm": 1}}, "keys": {"sk-secret-value-123": {"a": 1}}}, "rate_limits.keys[0]", "got a mapping"),
+    ({"tiers": {"a": {"rpm": 1}}, "default_tier": ["a"]}, "rate_limits.default_tier", "got a list"),
+    ({"tiers": {"a": {"rpm": 1}}, "default_tier": {"a": 1}}, "rate_limits.default_tier", "got a mapping"),
+    ({"rpm": 1, "sk-secret-value-123": "default"}, "rate_limits", "unknown key at position 2"),
+    ({"tiers": {"sk-secret-value-123": "a"}}, "rate_limits.tiers[0]", "must be a mapping"),
+    ({"tiers": {"a": {"sk-secret-value-123": 1}}}, "rate_limits.tiers.a", "unknown key at position 1"),
+    ({"tiers": {"a": {"rpm": "sk-secret-value-123"}}}, "rate_limits.tiers.a.rpm", "must be a number, got a string"),
     ({"rpm": 1, "tiers": {"default": {"rpm": 2}}}, "rate_limits", "keep one"),
 ])
 def test_bad_rate_limits_section(raw, key, reason):

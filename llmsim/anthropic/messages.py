@@ -10,6 +10,7 @@ token costs one json.dumps of its text.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -61,6 +62,8 @@ def _number(body: dict, key: str, minimum: float, maximum: float) -> float | Non
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(key, "Input should be a valid number")
+    if not math.isfinite(value):
+        raise bad(key, "Input should be a finite number")
     if value < minimum:
         raise bad(key, f"Input should be greater than or equal to {minimum}")
     if value > maximum:

@@ -1,16 +1,17 @@
-"""The `llmsim` command: `serve` and `profiles`."""
+"""The `llmsim` command: `serve` and `profiles`.
 
-from gevent import monkey
+Importing this package does not monkey-patch: the entry points (llmsim/__main__.py,
+which the console script runs) patch before they import it.
+"""
 
-monkey.patch_all()
+import argparse
+import sys
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
+import yaml
 
-import yaml  # noqa: E402
-
-from ..profiles import ProfileError, ProfileRegistry  # noqa: E402
-from .config import add_server_flags, resolve_config  # noqa: E402
+from ..profiles import ProfileRegistry
+from ..validation import ValidationError
+from .config import add_server_flags, resolve_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def _profiles(args: argparse.Namespace) -> int:
                      p.encoding, ", ".join(p.models) or "(select with --latency-profile)"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     return 0
 
 
@@ -66,7 +67,8 @@ def markdown_table(registry: ProfileRegistry) -> str:
     out = ["| profile | models | TTFT ms (mean±sd) | ITL ms (mean±sd) | encoding | context | max output |",
            "|---|---|---|---|---|---|---|"]
     embedding = ["", "Embedding profiles (`POST /v1/embeddings`):", "",
-                 "| profile | models | dimensions | `dimensions` parameter | latency ms | encoding | max input tokens |",
+                 "| profile | models | dimensions | `dimensions` parameter | latency ms | encoding "
+                 "| max input tokens |",
                  "|---|---|---|---|---|---|---|"]
     for p in registry:
         models = ", ".join(f"`{m}`" for m in p.models) or "(select with `--latency-profile`)"
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         flags = {k: v for k, v in vars(args).items() if k != "command"}
         return serve(resolve_config(flags))
-    except ProfileError as e:  # ConfigError too: one line, no traceback
+    except ValidationError as e:  # a bad profile or setting: one line, no traceback
         print(f"llmsim: {e}", file=sys.stderr)
         return 2
     except OSError as e:

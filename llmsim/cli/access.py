@@ -8,7 +8,7 @@ on an API path carries the caller's current rate-limit headers, 429s included.
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, g, request
 
 from ..auth import request_api_key
 from ..errors import ApiError

@@ -14,8 +14,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..auth import request_api_key
 from ..errors import ApiError, invalid
-from ..fields import parse_json_object
-from ..profiles import ProfileError
+from ..validation import ValidationError
+from .body import read_json_body
 from .state import AppState
 
 SOURCE = "POST /llmsim/config"
@@ -43,14 +43,14 @@ def admin_blueprint(state: AppState) -> Blueprint:
     @bp.post("/llmsim/config")
     def change() -> Response:
         authorize()
-        body = parse_json_object(request.get_data(cache=False))
+        body = read_json_body(request, request.max_content_length)
         unknown = sorted(set(body) - set(RUNTIME_KEYS))
         if unknown:
             raise invalid(f"Unknown setting {unknown[0]!r}: /llmsim/config changes {', '.join(RUNTIME_KEYS)}.",
                           param=unknown[0], code="unknown_parameter")
         try:
             state.apply(body, SOURCE)
-        except ProfileError as e:
+        except ValidationError as e:
             raise invalid(f"{e.key}: {e.reason}. Nothing was changed.", param=e.key, code="invalid_value") from None
         return jsonify(state.runtime_config())
 

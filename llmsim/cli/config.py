@@ -8,19 +8,20 @@ with one line naming the source (file, variable or flag), the key and the reason
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from ..errors import FAULT_KINDS
-from ..profiles import ProfileError
+from ..validation import ValidationError
 
-
-class ConfigError(ProfileError):
-    """A bad setting; str() is one line: source: key: reason."""
+ConfigError = ValidationError
+"""A bad setting; str() is one line: source: key: reason (the same type as a bad profile)."""
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
@@ -34,9 +35,23 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
         if isinstance(v, float) and v != n:
             raise ValueError(f"must be a whole number, got {v!r}")
         if n < lo or (hi is not None and n > hi):
-            raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None else f"must be >= {lo}, got {n}")
+            raise ValueError(f"must be between {lo} and {hi}, got {n}" if hi is not None
+                             else f"must be >= {lo}, got {n}")
         return n
     return conv
+
+
+def _seconds(v: Any) -> float:
+    """A duration in seconds (0 turns the timeout off)."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number of seconds, got {v!r}")
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number of seconds, got {v!r}") from None
+    if not math.isfinite(n) or n < 0:
+        raise ValueError(f"must be a number of seconds >= 0 (0: no timeout), got {v!r}")
+    return n
 
 
 def _str(v: Any) -> str:
@@ -83,6 +98,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_tokens", _int(1), None, "tokens per streamed chunk for every profile (default: profile's, 1)",
            "K"),
     Option("max_body_bytes", _int(1), 32 * 1024 * 1024, "largest accepted request body (413 beyond)", "BYTES"),
+    Option("header_timeout", _seconds, 30.0, "seconds a connection has to send its request line and headers "
+           "(0: no limit)", "SECONDS"),
+    Option("idle_timeout", _seconds, 60.0, "seconds a keep-alive connection may wait for its next request "
+           "(0: no limit)", "SECONDS"),
     Option("access_log", _bool, False, "log one line per request", flag=False),
     Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
@@ -103,6 +122,8 @@ class ServerConfig:
     profiles_dir: str | None = None
     chunk_tokens: int | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    header_timeout: float = 30.0
+    idle_timeout: float = 60.0
     access_log: bool = False
     admin_token: str | None = None
     allow_unknown_models: bool = False
@@ -177,13 +198,16 @@ def _apply(cfg: ServerConfig, key: str, value: Any, source: str, key_name: str) 
         raise ConfigError(source, key_name, str(e)) from None
 
 
-def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+def resolve_config(flags: dict[str, Any] | None = None, env: Mapping[str, str] | None = None,
                    settings: dict[str, Any] | None = None) -> ServerConfig:
-    """Merge defaults < config file (or a `settings` dict) < environment < flags into a ServerConfig."""
+    """Merge defaults < config file (or a `settings` dict) < environment < flags into a ServerConfig.
+
+    `env` stands in for os.environ (tests and embedders pass their own).
+    """
     flags = dict(flags or {})
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     cfg = ServerConfig()
-    path = flags.pop("config", None) or env.get("LLMSIM_CONFIG")
+    path = flags.pop("config", None) or environ.get("LLMSIM_CONFIG")
     doc = _load_file(path) if path else settings
     if doc is not None:
         path = path or "<settings>"
@@ -211,14 +235,15 @@ def resolve_config(flags: dict[str, Any] | None = None, env: dict[str, str] | No
                 else:
                     raise ConfigError(path, f"models.{k}", "unknown setting (known: allow_unknown, default_profile)")
     for o in OPTIONS:
-        if o.env in env and env[o.env] != "":
-            _apply(cfg, o.key, env[o.env], o.env, o.env)
+        if o.env in environ and environ[o.env] != "":
+            _apply(cfg, o.key, environ[o.env], o.env, o.env)
     for key, value in flags.items():
         if key in OPTION_BY_KEY:
             _apply(cfg, key, value, "command line", OPTION_BY_KEY[key].cli)
     shortcuts: dict[str, float] = {}
-    if env.get("LLMSIM_ERROR_RATE"):
-        shortcuts.update(_error_rates(env["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE", "LLMSIM_ERROR_RATE"))
+    if environ.get("LLMSIM_ERROR_RATE"):
+        shortcuts.update(_error_rates(environ["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE",
+                                      "LLMSIM_ERROR_RATE"))
     if flags.get("error_rate"):
         shortcuts.update(_error_rates(flags["error_rate"], "command line", "--error-rate"))
     if shortcuts:

@@ -22,7 +22,6 @@ from ..anthropic.models import retrieve_model as anthropic_model
 from ..api import Api, StreamEncoder, stream_bytes
 from ..engine import new_id
 from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
-from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
@@ -31,6 +30,7 @@ from ..openai.responses import Responses
 from ..tokens import get_encoding
 from .access import install_access
 from .admin import admin_blueprint
+from .body import read_json_body
 from .state import AppState, Generation
 
 SOCKET_KEY = "llmsim.socket"
@@ -128,12 +128,7 @@ def wait_for(state: AppState, gen: Generation) -> None:
 
 
 def read_body() -> dict:
-    length = request.content_length
-    limit = request.max_content_length
-    if length is not None and limit is not None and length > limit:
-        raise ApiError("request_too_large", f"Request too large: the body is {length} bytes, the limit is "
-                                            f"{limit} bytes.")
-    return parse_json_object(request.get_data(cache=False))
+    return read_json_body(request, request.max_content_length)
 
 
 APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages(), Completions())

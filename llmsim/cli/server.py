@@ -1,23 +1,92 @@
-"""The gevent WSGI server: TCP_NODELAY on every socket, clean shutdown on signals.
+"""The gevent WSGI server: TCP_NODELAY on every socket, clean shutdown on signals, and the
+HTTP-level defences pywsgi leaves to its users.
 
 pywsgi never sets TCP_NODELAY; without it Nagle plus delayed ACK add ~40 ms to
 TTFT on keep-alive connections and merge small ITL gaps (see DESIGN.md).
+
+Malformed requests (too many or too long headers, a bad Content-Length or HTTP
+version, an over-long request line) get a JSON error envelope and one log line,
+not an empty answer and a traceback. A connection must deliver its headers
+within the header timeout and may sit idle between requests for the idle
+timeout; running out of file descriptors pauses accepting (one log line, with
+back-off) instead of printing a traceback per attempt.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
+import json
+import re
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 from ..errors import ConnectionDrop
+from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .handlers import create_app
 from .state import AppState
+
+_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
+_STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
+                431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+DISCARD_AFTER_REFUSAL = 1 << 20
+"""At most this much more of a refused body is read (and dropped) before the connection closes,
+so the client is not reset while it still sends and can read its 413."""
+
+
+def _digits(text: str) -> bool:
+    text = text.strip()
+    return text.isascii() and text.isdigit()
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be parsed as HTTP; answered with `status` and closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _HeaderTimeout(OSError):
+    """The client took longer than the header timeout to send its request line and headers."""
+
+
+class _IdleTimeout(OSError):
+    """A keep-alive connection sent no new request within the idle timeout."""
+
+
+def protocol_error_response(status: int, reason: str) -> bytes:
+    """A whole HTTP response carrying an OpenAI-shaped error envelope; the connection closes after it."""
+    body = json.dumps({"error": {"message": reason, "type": "invalid_request_error", "param": None,
+                                 "code": f"http_{status}"}}, separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Bad Request')}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class _DiscardSome:
+    """Stands in for the request input after a refused body: reads a bounded amount, then gives up."""
+
+    def __init__(self, stream: Any, budget: int) -> None:
+        self.stream, self.budget = stream, budget
+
+    def _discard(self) -> None:  # what pywsgi calls after the response
+        left = self.budget
+        try:
+            while left > 0:
+                data = self.stream.read(min(65536, left))
+                if not data:
+                    return
+                left -= len(data)
+        except (OSError, ValueError):
+            pass
 
 
 class _QuietHandler(WSGIHandler):
@@ -32,6 +101,129 @@ class _QuietHandler(WSGIHandler):
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
         return environ
 
+    server: NoDelayWSGIServer
+    wsgi_input: Any
+    _served = 0  # requests answered on this connection
+    _deadline: gevent.Timeout | None = None
+    _late = False  # the header deadline passed while reading the request line
+    _connected_at = 0.0
+
+    # ------------------------------------------------------------------ timeouts
+
+    def handle(self) -> None:
+        self._connected_at = time.monotonic()
+        super().handle()
+
+    def read_requestline(self) -> str:
+        """Wait for the next request, then give its request line and headers one deadline.
+
+        The first request must be complete within the header timeout of the connection
+        opening; later ones may wait the idle timeout for their first byte, then have
+        the header timeout for the rest. A connection that sent nothing is closed
+        quietly; one that sent part of a request gets a 408.
+        """
+        header, idle = self.server.header_timeout, self.server.idle_timeout
+        opened = self._connected_at
+        wait = idle if self._served else header and header - (time.monotonic() - opened)  # 0: no limit
+        if wait:
+            with gevent.Timeout(max(wait, 0.001), _IdleTimeout("no request")):
+                if not self.rfile.peek(1):
+                    return ""  # the client closed the connection
+        if header:
+            left = header if self._served else header - (time.monotonic() - opened)
+            self._deadline = gevent.Timeout(max(left, 0.001), _HeaderTimeout("request headers not received in time"))
+            self._deadline.start()
+        try:
+            return super().read_requestline()
+        except _HeaderTimeout:
+            self._late = True
+            raise
+
+    def handle_one_request(self) -> Any:
+        self._late = False
+        try:
+            result = super().handle_one_request()
+        finally:
+            self._cancel_deadline()
+        if isinstance(result, tuple) and result[0] == "414":
+            result = self._refuse(ProtocolError(414, f"Request line too long: the limit is {MAX_REQUEST_LINE - 1} "
+                                                     "bytes."))
+        elif result is None and self._late:
+            result = self._refuse(self._header_timeout_error())
+        elif result is True:
+            self._served += 1
+        return result
+
+    def _header_timeout_error(self) -> ProtocolError:
+        return ProtocolError(408, f"Request headers not received within {self.server.header_timeout:g} s.")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
+    # ------------------------------------------------------------------ protocol errors
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Parse the request line and headers; a ProtocolError says what is wrong and which status it gets."""
+        words = raw_requestline.split()
+        if len(words) != 3:
+            raise ProtocolError(400, "Malformed request line: expected METHOD PATH HTTP/1.1.")
+        version = _VERSION.fullmatch(words[2])
+        if version is None:
+            raise ProtocolError(400, "Malformed HTTP version in the request line: expected HTTP/1.1 or HTTP/1.0.")
+        if not (1, 0) <= (int(version.group(1)), int(version.group(2))) < (2, 0):
+            raise ProtocolError(505, f"HTTP version {words[2]} is not supported: use HTTP/1.1 or HTTP/1.0.")
+        try:
+            ok = super().read_request(raw_requestline)
+        except http.client.HTTPException as e:  # "got more than 100 headers"
+            raise ProtocolError(431, f"Request header fields too large: {e}.") from None
+        except ValueError:
+            if getattr(self.headers, "status", None) == "Line too long":
+                raise ProtocolError(431, "Request header fields too large: a header line is longer than "
+                                         "65536 bytes.") from None
+            if self.headers.get("content-length") is not None:
+                raise ProtocolError(400, "Invalid Content-Length header: expected a non-negative integer.") \
+                    from None
+            raise ProtocolError(400, "Malformed request headers.") from None
+        lengths = set(self.headers.get_all("content-length") or ())
+        if lengths and (len(lengths) > 1 or not _digits(next(iter(lengths)))):
+            raise ProtocolError(400, "Invalid Content-Length header: expected one non-negative integer.")
+        self._cancel_deadline()  # headers are in: the body and the answer take what they take
+        return ok
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """pywsgi's hook for a request it cannot parse: one log line and a JSON envelope, no traceback."""
+        if isinstance(ex, ProtocolError):
+            return self._refuse(ex)
+        if isinstance(ex, _HeaderTimeout):
+            return self._refuse(self._header_timeout_error())
+        return self._refuse(ProtocolError(400, f"Malformed request: {ex}."))
+
+    def _refuse(self, err: ProtocolError) -> tuple[str, bytes]:
+        self.close_connection = True
+        peer = self.client_address
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer or "?")
+        self.server.log_line(f"{err.status} from {where}: {err.reason}")
+        return str(err.status), protocol_error_response(err.status, err.reason)
+
+    # ------------------------------------------------------------------ refused bodies
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if self.environ.get(BODY_REFUSED):  # the server, not the app, may add hop-by-hop headers
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def run_application(self) -> None:
+        try:
+            super().run_application()
+        finally:
+            if self.environ.get(BODY_REFUSED):
+                self.close_connection = True
+                self.wsgi_input = _DiscardSome(self.wsgi_input, DISCARD_AFTER_REFUSAL)
+
+    # ------------------------------------------------------------------ errors
+
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
         if isinstance(t, type) and issubclass(t, ConnectionDrop):
             self.close_connection = True
@@ -44,8 +236,30 @@ class _QuietHandler(WSGIHandler):
         super().log_error(msg, *args)
 
 
+_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 class NoDelayWSGIServer(WSGIServer):
+    """pywsgi's server with TCP_NODELAY, connection timeouts and a quiet back-off when accept() fails."""
+
     handler_class = _QuietHandler
+    header_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    accept_backoff_max = 1.0
+    LOG_EVERY_S = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._accept_delay = 0.0
+        self._accept_failures = 0
+        self._last_log = -float("inf")
+
+    def log_line(self, message: str) -> None:
+        """One line to the error log (stderr by default)."""
+        try:
+            self.error_log.write(f"llmsim: {message}\n")
+        except Exception:  # pragma: no cover - a closed or broken log stream
+            pass
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
@@ -53,6 +267,38 @@ class NoDelayWSGIServer(WSGIServer):
         except OSError:  # pragma: no cover - not a TCP socket
             pass
         super().handle(sock, address)
+
+    def do_read(self) -> Any:
+        """Accept one connection; out of descriptors, pause accepting for a while instead of failing loudly."""
+        try:
+            args = super().do_read()
+        except OSError as e:
+            if e.errno not in _ACCEPT_ERRORS:
+                raise
+            self._pause_accepting(e)
+            return None
+        if args:
+            self._accept_delay = 0.0
+        return args
+
+    def _pause_accepting(self, e: OSError) -> None:
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = now
+            idle = f"after {self.idle_timeout:g} s" if self.idle_timeout else "never (--idle-timeout 0)"
+            self.log_line(f"cannot accept connections: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '?')}"
+                          f"); pausing new connections and retrying with back-off (failed accepts so far: "
+                          f"{self._accept_failures}); idle connections close {idle}")
+        self._accept_delay = min(self.accept_backoff_max, max(0.02, self._accept_delay * 2))
+        self.stop_accepting()
+        timer = self.loop.timer(self._accept_delay)
+        timer.start(self._resume_accepting, timer)
+
+    def _resume_accepting(self, timer: Any) -> None:
+        timer.close()
+        if self.started and self.socket is not None:
+            self.start_accepting()
 
 
 def make_listener(host: str, port: int) -> socket.socket:
@@ -70,8 +316,11 @@ def build_server(config: ServerConfig, state: AppState | None = None) -> tuple[N
     """A bound (not yet serving) server and its state."""
     state = state or AppState(config)
     listener = make_listener(config.host, config.port)
-    server = NoDelayWSGIServer(listener, create_app(state), log="default" if config.access_log else None,
-                               error_log="default")
+    app = create_app(state)
+    StrictJSONProvider.install(app)
+    server = NoDelayWSGIServer(listener, app, log="default" if config.access_log else None, error_log="default")
+    server.header_timeout = config.header_timeout
+    server.idle_timeout = config.idle_timeout
     return server, state
 
 

@@ -25,7 +25,7 @@ class Prompt:
     """Tokens the client counted for it (used when the server reports no usage)."""
 
     @classmethod
-    def of_text(cls, text: str, prompt_tokens: int | None = None) -> "Prompt":
+    def of_text(cls, text: str, prompt_tokens: int | None = None) -> Prompt:
         return cls(({"role": "user", "content": text},), prompt_tokens)
 
 
@@ -37,7 +37,7 @@ class Usage:
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
 
-    def update(self, other: "Usage | None") -> None:
+    def update(self, other: Usage | None) -> None:
         """Take every field `other` reports (APIs like Messages spread usage over several events)."""
         if other is None:
             return

@@ -75,7 +75,7 @@ class RunStats:
         self.retries_429 += 1
         self.retry_wait_ms += int(round(wait_s * 1000))
 
-    def merge(self, other: "RunStats") -> None:
+    def merge(self, other: RunStats) -> None:
         for m in METRICS:
             self.hist[m].merge(other.hist[m])
         self.requests += other.requests
@@ -140,7 +140,7 @@ class RunStats:
         }
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> "RunStats":
+    def from_wire(cls, d: dict[str, Any]) -> RunStats:
         s = cls()
         s.hist = {m: Histogram.from_wire(d["hist"][m]) for m in METRICS}
         s.requests, s.ok, s.good = int(d["requests"]), int(d["ok"]), int(d["good"])

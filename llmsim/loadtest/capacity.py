@@ -27,8 +27,8 @@ from locust.runners import STATE_MISSING, WorkerRunner
 from locust.util.timespan import parse_timespan
 
 from .capacity_report import build_result, format_table, step_line, write_outputs
-from .options import OptionError, _positive_int
 from .openloop import OpenLoopSource
+from .options import OptionError, _positive_int
 from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run
 from .prediction import TokenShape, predict_step
 from .shapes import Step, StepPlan, StepSchedule, StepShape
@@ -120,6 +120,13 @@ def add_arguments(parser: Any) -> None:
                         "(default: <--csv prefix>_capacity, else capacity)")
 
 
+def _window(step: Step) -> tuple[float, float]:
+    """A step's measured window (start, end); only asked of a step whose window has begun."""
+    if step.window_start is None:
+        raise ValueError(f"step {step.index} has no window yet")
+    return step.window_start, step.window_start + step.window_s
+
+
 @dataclass(frozen=True)
 class CapacitySettings:
     """The resolved capacity options of a run."""
@@ -137,7 +144,7 @@ class CapacitySettings:
         return self.arrival_rate is not None
 
     @classmethod
-    def from_options(cls, opts: Any) -> "CapacitySettings":
+    def from_options(cls, opts: Any) -> CapacitySettings:
         """Resolve parsed options; OptionError (one line) if they do not fit together."""
         def get(name: str, default: Any) -> Any:
             v = getattr(opts, name, None)
@@ -241,13 +248,14 @@ class CapacityRun:
 
     def _step_of(self, key: int) -> Step | None:
         for step in reversed(self.schedule.steps):
-            if step.window_start is not None and key in window_slices(step.window_start, step.window_end):
+            if step.window_start is not None and key in window_slices(step.window_start,
+                                                                      step.window_start + step.window_s):
                 return step
         return None
 
     def is_complete(self, step: Step, now: float) -> bool:
         """Whether every request that started before the step's window ended has been filed here."""
-        end = step.window_end
+        end = _window(step)[1]
         if not self.is_master:
             oldest = self.inflight.oldest()
             return oldest is None or oldest >= end
@@ -261,9 +269,9 @@ class CapacityRun:
     def judge(self, step: Step, complete: bool) -> bool:
         """The step's row and verdict (the schedule calls this once, after the drain)."""
         s = self.settings
-        slices = window_slices(step.window_start, step.window_end)
+        slices = window_slices(*_window(step))
         row = {"step": step.index, "users": step.users,
-               "offered_rps": step.users * s.arrival_rate if s.open_loop else None,
+               "offered_rps": step.users * s.arrival_rate if s.arrival_rate is not None else None,
                **summarize(self.stats.get(step.index, StepStats()), window_s=len(slices) * SLICE_S,
                            slo=self.profile.slo, max_error_rate=s.max_error_rate, open_loop=s.open_loop),
                "complete": complete}
@@ -324,15 +332,16 @@ class CapacityUser(LlmUser):
         super().on_start()
         self.capacity = get_capacity(self.environment)
         s = self.capacity.settings
-        self.source = None
-        if s.open_loop:
+        self.source: OpenLoopSource | None = None
+        if s.arrival_rate is not None:  # open loop
             self.source = OpenLoopSource(s.arrival_rate, s.max_in_flight, new_client=self.new_client,
                                          send=lambda client, intended: self.send(client=client, intended=intended),
                                          track=self.capacity.inflight.track)
 
     def on_stop(self) -> None:
-        if getattr(self, "source", None) is not None:
-            self.source.stop()
+        source = getattr(self, "source", None)
+        if source is not None:
+            source.stop()
         super().on_stop()
 
     def run_requests(self) -> None:

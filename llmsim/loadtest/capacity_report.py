@@ -146,7 +146,8 @@ def format_table(result: dict[str, Any]) -> str:
         line = f"{r['step']:>4} {r['users']:>6}"
         if open_loop:
             line += f" {_num(r['offered_rps'], 8, 2)}"
-        ttft50, ttft99 = (r["ttft_intended_p50"], r["ttft_intended_p99"]) if open_loop else (r["ttft_p50"], r["ttft_p99"])
+        prefix = "ttft_intended" if open_loop else "ttft"
+        ttft50, ttft99 = r[f"{prefix}_p50"], r[f"{prefix}_p99"]
         line += f" {_num(r['rps'], 8, 2)} {_num(r['output_tok_s'], 9)} {_num(ttft50, 9)} {_num(ttft99, 9)}"
         if open_loop:
             line += f" {_num(r['ttft_p99'], 8)}"

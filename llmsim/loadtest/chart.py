@@ -75,7 +75,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5, *, integer: bool = False) -> li
     if integer:
         step = max(1.0, math.ceil(step))
     first = math.floor(lo / step) * step
-    ticks, t = [], first
+    ticks: list[float] = []
+    t = first
     while not ticks or ticks[-1] < hi - step * 1e-9:  # the last tick is at or above hi
         ticks.append(round(t, 10))
         t += step
@@ -143,7 +144,7 @@ def render_svg(result: dict[str, Any]) -> str:
             pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s.points)
             out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[s.kind]}" stroke-width="2"{dash}/>')
             if s.kind == MEASURED:
-                for (x, y), ok in zip(s.points, s.met):
+                for (x, y), ok in zip(s.points, s.met, strict=True):
                     out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" '
                                f'fill="{MET_COLOR if ok else BROKEN_COLOR}"/>')
             drawn.append((s.label, COLORS[s.kind], "5 3" if dash else ""))
@@ -178,11 +179,11 @@ def write_png(result: dict[str, Any], path: str) -> bool:
         return False
     panels, capacity = chart_panels(result)
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True)
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=True):
         for s in panel.series:
             if not s.points:
                 continue
-            xs, ys = zip(*s.points)
+            xs, ys = zip(*s.points, strict=True)
             style = "-" if s.kind == MEASURED else "--"
             ax.plot(xs, ys, style, color=COLORS[s.kind], label=s.label, linewidth=2, zorder=2)
             if s.kind == MEASURED:

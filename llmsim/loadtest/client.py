@@ -10,12 +10,22 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Callable, Mapping
 from time import perf_counter
-from typing import Callable, Mapping
 
 from .adapters import ApiAdapter, Prompt, Usage
-from .metrics import (CONNECTION, MALFORMED_SSE, MIDSTREAM_CUT, NO_TERMINATOR, STREAM_ERROR, RequestRecord,
-                      build_body_record, build_stream_record, failed_record, http_error_kind)
+from .metrics import (
+    CONNECTION,
+    MALFORMED_SSE,
+    MIDSTREAM_CUT,
+    NO_TERMINATOR,
+    STREAM_ERROR,
+    RequestRecord,
+    build_body_record,
+    build_stream_record,
+    failed_record,
+    http_error_kind,
+)
 from .sse import MalformedStream, SseParser
 from .transport import HttpConnection, TransportError
 

@@ -10,7 +10,8 @@ gives exactly the histogram one process would have built from all samples.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 LINEAR_LIMIT_MS = 100.0
 """Below this, buckets are linear."""
@@ -21,6 +22,20 @@ LOG_RATIO = 1.001
 
 _N_LINEAR = int(round(LINEAR_LIMIT_MS / LINEAR_WIDTH_MS))
 _LOG_BASE = math.log(LOG_RATIO)
+
+
+def nearest_rank(pct: float, count: int) -> int:
+    """The 1-based rank of the nearest-rank `pct` percentile (pct in 0..100) among `count` samples.
+
+    The one definition every percentile in llmsim uses (histograms, scoring, reports):
+    the smallest value with at least pct % of the samples at or below it.
+    """
+    return max(1, math.ceil(pct / 100.0 * count - 1e-9))
+
+
+def percentile_of_sorted(values: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile of samples already sorted ascending (at least one)."""
+    return values[nearest_rank(pct, len(values)) - 1]
 
 
 def bucket_index(ms: float) -> int:
@@ -65,7 +80,7 @@ class Histogram:
         for v in values:
             self.record(v)
 
-    def merge(self, other: "Histogram") -> None:
+    def merge(self, other: Histogram) -> None:
         """Add another histogram's samples to this one (exact)."""
         counts = self.counts
         for i, n in other.counts.items():
@@ -86,7 +101,7 @@ class Histogram:
         """
         if not self.count:
             return None
-        rank = max(1, math.ceil(pct / 100.0 * self.count - 1e-9))
+        rank = nearest_rank(pct, self.count)
         seen = 0
         for i in sorted(self.counts):
             seen += self.counts[i]
@@ -101,7 +116,7 @@ class Histogram:
         out: dict[float, float | None] = {p: None for p in pcts}
         if not self.count:
             return out
-        ranks = [(max(1, math.ceil(p / 100.0 * self.count - 1e-9)), p) for p in pcts]
+        ranks = [(nearest_rank(p, self.count), p) for p in pcts]
         j = 0
         seen = 0
         for i in sorted(self.counts):
@@ -125,7 +140,7 @@ class Histogram:
         }
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "Histogram":
+    def from_wire(cls, data: dict[str, Any]) -> Histogram:
         h = cls()
         h.counts = {int(i): int(n) for i, n in data["buckets"]}
         h.count = int(data["count"])

@@ -9,8 +9,8 @@ output_tokens  the server's usage when present, else tiktoken on the received te
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from .adapters import Usage
 

@@ -129,7 +129,7 @@ class LoadTestSettings:
     """--retry-429: how many times a 429 is retried (0: never)."""
 
     @classmethod
-    def from_options(cls, opts: Any) -> "LoadTestSettings":
+    def from_options(cls, opts: Any) -> LoadTestSettings:
         """Resolve parsed options; OptionError (one line) if they do not fit together."""
         model = getattr(opts, "llm_model", None) or DEFAULT_MODEL
         profile_arg = getattr(opts, "llm_profile", None)

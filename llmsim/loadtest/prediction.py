@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+
 from ..profiles import ModelProfile
 from ..scheduler import SimRequest, SimResult, simulate, simulate_closed_loop
 from .aggregate import MixKey
@@ -34,7 +35,7 @@ class TokenShape:
 
     @classmethod
     def from_mix(cls, mix: dict[MixKey, int], profile: ModelProfile, *, default_visible: int,
-                 default_prompt: int) -> "TokenShape":
+                 default_prompt: int) -> TokenShape:
         """The run's most common request shape (RunStats.mix), or the defaults when nothing succeeded."""
         if not mix:
             return cls(default_prompt, default_visible, profile.latency.reasoning_tokens(default_visible))
@@ -49,7 +50,7 @@ def record_from_sim(res: SimResult, reasoning_tokens: int, prompt_tokens: int) -
     if res.rejected:
         return failed_record(start_time=res.arrival_s, t_sent=0.0, t_end=0.0, kind=http_error_kind(429),
                              message="queue full (simulated)", status=429, prompt_tokens_local=prompt_tokens)
-    if res.end_s is None or not res.token_times:
+    if res.end_s is None or res.e2e_s is None or res.ttft_s is None or not res.token_times:
         return None
     e2e = res.e2e_s * 1000.0
     ttft = res.ttft_s * 1000.0

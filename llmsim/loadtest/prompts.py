@@ -84,7 +84,7 @@ def load_prompts(path: str | Path) -> list[tuple[dict[str, Any], ...]]:
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             raise PromptError(f"{path}:{no}: invalid JSON ({e.msg})") from None
         out.append(_prompt_from_json(obj, f"{path}:{no}"))
     if not out:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
 from .scoring import Scorecard

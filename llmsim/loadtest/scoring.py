@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..latency import Distribution
 from ..profiles import ModelProfile, SloCheck
 from ..scheduler import slowdown_multiplier
 from .aggregate import METRICS, MixKey, RunStats, pct_label
+from .histogram import percentile_of_sorted
 from .metrics import RequestRecord
 
 SCORED_STATS = ("mean", "p50", "p90", "p99")
@@ -54,7 +56,7 @@ class Tolerance:
         return max(self.abs_ms, self.rel * abs(expected))
 
     @classmethod
-    def parse(cls, text: str) -> "Tolerance":
+    def parse(cls, text: str) -> Tolerance:
         """'10%,5ms', '15%', '2ms' or a bare fraction '0.1'; a part left out keeps its default."""
         default = cls()
         rel, abs_ms = default.rel, default.abs_ms
@@ -137,15 +139,11 @@ class Scorecard:
 
 # --------------------------------------------------------------------------- expected values
 
-def _is_point(d: Distribution) -> bool:
-    return d.kind == "constant" or d.stddev_ms == 0
-
-
 def _sum_draws(d: Distribution, n: int, rng: random.Random) -> float:
     """One draw of the sum of n independent ITLs."""
     if n <= 0:
         return 0.0
-    if _is_point(d):
+    if d.is_point:
         return n * d.mean_ms
     if n < CLT_DRAWS:
         return sum(d.sample(rng) for _ in range(n))
@@ -155,10 +153,9 @@ def _sum_draws(d: Distribution, n: int, rng: random.Random) -> float:
 def _stats_of(samples: list[float]) -> dict[str, float]:
     """mean and nearest-rank p50/p90/p99, the same definition the histograms use."""
     s = sorted(samples)
-    n = len(s)
-    out = {"mean": sum(s) / n}
+    out = {"mean": sum(s) / len(s)}
     for p in (50.0, 90.0, 99.0):
-        out[pct_label(p)] = s[max(1, math.ceil(p / 100.0 * n - 1e-9)) - 1]
+        out[pct_label(p)] = percentile_of_sorted(s, p)
     return out
 
 
@@ -254,8 +251,7 @@ def _request_value(rec: RequestRecord, check: SloCheck) -> float | None:
         return rec.e2e_ms
     if not rec.itl_ms:
         return None
-    s = sorted(rec.itl_ms)
-    return s[max(1, math.ceil(check.pct / 100.0 * len(s) - 1e-9)) - 1]
+    return percentile_of_sorted(sorted(rec.itl_ms), check.pct)
 
 
 def request_meets_slo(rec: RequestRecord, slo: Sequence[SloCheck]) -> bool:

@@ -22,8 +22,9 @@ the completeness test are callbacks), so it is tested without Locust.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from locust import LoadTestShape
 

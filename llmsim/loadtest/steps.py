@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..profiles import SloCheck
 from .aggregate import RunStats, histogram_summary
@@ -69,7 +70,7 @@ class StepStats:
             if seen.ttft_ms is not None:
                 self.intended["ttft"].record(seen.ttft_ms)
 
-    def merge(self, other: "StepStats") -> None:
+    def merge(self, other: StepStats) -> None:
         self.run.merge(other.run)
         for m in INTENDED_METRICS:
             self.intended[m].merge(other.intended[m])
@@ -88,7 +89,7 @@ class StepStats:
                 "delay": self.delay.to_wire(), "active_ns": self.active_ns, "token_micros": self.token_micros}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> "StepStats":
+    def from_wire(cls, d: dict[str, Any]) -> StepStats:
         s = cls()
         s.run = RunStats.from_wire(d["run"])
         s.intended = {m: Histogram.from_wire(d["intended"][m]) for m in INTENDED_METRICS}

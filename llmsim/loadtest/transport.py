@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Iterator
 from time import perf_counter
-from typing import Iterator
 from urllib.parse import urlsplit
 
 RECV_SIZE = 65536
@@ -68,7 +68,7 @@ class HttpConnection:
     def _connect(self) -> None:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise TransportError("timeout", f"connect to {self.host}:{self.port} timed out") from None
         except OSError as e:
             raise TransportError("connection", f"connect to {self.host}:{self.port} failed: {e}") from None
@@ -95,7 +95,7 @@ class HttpConnection:
     def _recv(self) -> bytes:
         try:
             data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
-        except socket.timeout:
+        except TimeoutError:
             self.close()
             raise TransportError("timeout", f"no data from {self.host}:{self.port} for {self.timeout:g}s") from None
         except OSError as e:
@@ -106,7 +106,7 @@ class HttpConnection:
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> "HttpResponse":
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> HttpResponse:
         """Send a request and read the status line and headers; the body is read through the response.
 
         A keep-alive connection the server closed while idle is retried once on

@@ -55,7 +55,7 @@ class LlmUser(User):
         """A client (one keep-alive connection) for this user; a user with several requests in flight needs one each."""
         encode = get_encoding(self.settings.profile.encoding).encode_ordinary
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
-        return LlmClient(self.host, self.adapter, model=self.settings.model, api_key=api_key,
+        return LlmClient(self.host or "", self.adapter, model=self.settings.model, api_key=api_key,
                          count_tokens=lambda text: len(encode(text)))
 
     def next_prompt(self) -> Prompt:

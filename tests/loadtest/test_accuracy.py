@@ -10,7 +10,10 @@ import pytest
 from llmsim.loadtest.adapters import ChatCompletionsAdapter, Prompt
 from llmsim.loadtest.client import LlmClient
 
-from .locust_helpers import PROFILES, free_port, run_locust, wait_listening
+from .locust_helpers import (BUSY_TOLERANCE, MEDIAN_ITL_MS, PROFILES, TAIL_MS, free_port, run_locust,
+                             wait_listening, within)
+
+pytestmark = pytest.mark.slow  # real Locust runs (see pyproject: -m "not slow")
 
 
 def warm_up(url: str) -> None:
@@ -39,12 +42,15 @@ def llmsim_200_20():
 def test_client_accuracy_against_llmsim(tmp_path, llmsim_200_20):
     proc, report = run_locust(tmp_path, "--host", llmsim_200_20, "--llm-profile",
                               str(PROFILES / "accuracy.yaml"), "--max-tokens", "24",
-                              "-u", "20", "-r", "20", "-t", "7s")
+                              "-u", "20", "-r", "20", "-t", "7s", *BUSY_TOLERANCE)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = report["metrics"]
     print({k: (m[k]["p50"], m[k]["p99"], m[k]["count"]) for k in m})
     assert m["ttft"]["count"] >= 100 and m["itl"]["count"] >= 2000
-    assert abs(m["ttft"]["p50"] - 200.0) <= 3.0
-    assert abs(m["itl"]["p50"] - 20.0) <= 1.0
-    assert abs(m["itl"]["p99"] - 20.0) <= 5.0
+    # Bounds a busy two-core machine keeps (see locust_helpers); a client that batched events, started
+    # its clock late or stamped after parsing would still break them.
+    assert within(m["ttft"]["p50"], 200.0)
+    assert within(m["itl"]["p50"], 20.0, MEDIAN_ITL_MS, MEDIAN_ITL_MS)
+    assert within(m["itl"]["p99"], 20.0, late=TAIL_MS)
     assert report["verdict"] == "PASS"
+

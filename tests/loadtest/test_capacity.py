@@ -592,6 +592,7 @@ def check_knee(report: dict, profile) -> None:
         assert s["predicted"]["itl_p99"] == pytest.approx(formula_itl_ms(profile, s["users"]), abs=0.01)
 
 
+@pytest.mark.slow
 def test_local_run_finds_the_predicted_knee(local_run, profile):
     tmp, proc, report = local_run
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -600,12 +601,14 @@ def test_local_run_finds_the_predicted_knee(local_run, profile):
     assert report["host"].startswith("http://127.0.0.1:")  # the embedded server served the profile
 
 
+@pytest.mark.slow
 def test_local_run_exits_0_although_the_slo_broke(local_run):
     tmp, proc, report = local_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["min_capacity"] is None and report["min_capacity_met"] is None
 
 
+@pytest.mark.slow
 def test_local_run_writes_csv_json_and_charts(local_run):
     tmp, proc, report = local_run
     rows = list(csv.DictReader(open(tmp / "cap.csv")))
@@ -624,6 +627,7 @@ def test_local_run_writes_csv_json_and_charts(local_run):
     assert "LLM load test:" in out and "RESULT" not in out
 
 
+@pytest.mark.slow
 def test_processes_merge_steps_and_min_capacity_sets_the_exit_code(distributed_run, profile):
     tmp, proc, report = distributed_run
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -633,6 +637,7 @@ def test_processes_merge_steps_and_min_capacity_sets_the_exit_code(distributed_r
     assert "--min-capacity 5: NOT met (exit code 3)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_open_loop_run_reports_latency_from_the_intended_send_time(tmp_path):
     """Poisson arrivals against an uncapped profile: the step meets its SLO; --min-capacity 1 is reached (exit 0)."""
     proc, report = run_capacity(tmp_path, "--llm-profile", str(PROFILES / "steady.yaml"), "--start-users", "1",
@@ -647,6 +652,7 @@ def test_open_loop_run_reports_latency_from_the_intended_send_time(tmp_path):
     assert "svc p99" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, needle", [
     (["--start-users", "5", "--max-users", "2"], "--start-users 5 is more than --max-users 2"),
     (["--step-time", "soon"], "--step-time"),

@@ -117,6 +117,7 @@ LOCUST_ARGS = ("--llm-model", "gpt-4o", "--llm-profile", "fast", "--max-tokens",
 ERRORS = {"rate_limit": 0.3, "server_error": 0.05, "midstream": 0.1, "retry_after_ms": 50}
 
 
+@pytest.mark.slow
 def test_locust_counts_failures_by_class_and_never_retries_silently(tmp_path):
     srv = start_server(config={"errors": ERRORS}, latency_profile="fast", seed=2)
     try:
@@ -136,6 +137,7 @@ def test_locust_counts_failures_by_class_and_never_retries_silently(tmp_path):
     assert proc.returncode != 0
 
 
+@pytest.mark.slow
 def test_locust_retry_429_honours_retry_after_and_counts_each_retry(tmp_path):
     srv = start_server(config={"errors": ERRORS}, latency_profile="fast", seed=2)
     try:

@@ -100,3 +100,36 @@ def test_runstats_merge_equals_single_process():
     for m in ("ttft", "itl", "tpot", "e2e"):
         assert merged.hist[m] == whole.hist[m]
     assert merged.metric_summary("itl")["p50"] == pytest.approx(10.0, abs=0.01)
+
+
+def test_one_nearest_rank_definition():
+    from llmsim.loadtest.histogram import nearest_rank, percentile_of_sorted
+    from llmsim.loadtest.scoring import _stats_of
+
+    assert [nearest_rank(p, 10) for p in (0, 10, 50, 90, 99, 100)] == [1, 1, 5, 9, 10, 10]
+    assert nearest_rank(99, 100) == 99 and nearest_rank(99.9, 1000) == 999 and nearest_rank(29, 100) == 29
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 0.5) for _ in range(2001)]
+    s = sorted(values)
+    h = Histogram()
+    h.record_many(values)
+    stats = _stats_of(values)
+    for p in (50.0, 90.0, 99.0, 99.9):
+        assert percentile_of_sorted(s, p) == exact_nearest_rank(values, p)
+        lo, hi = bucket_bounds(bucket_index(percentile_of_sorted(s, p)))
+        assert h.percentile(p) == pytest.approx(percentile_of_sorted(s, p), abs=(hi - lo) / 2 + 1e-9)
+        assert h.percentiles([p])[p] == h.percentile(p)
+    assert (stats["p50"], stats["p90"], stats["p99"]) == tuple(percentile_of_sorted(s, p) for p in (50, 90, 99))
+
+
+def test_one_point_distribution_test():
+    from llmsim.latency import Distribution
+    from llmsim.loadtest.scoring import _sum_draws
+
+    rng = random.Random(1)
+    for d in (Distribution("constant", 5.0), Distribution("normal", 5.0, 0.0), Distribution("lognormal", 5.0, 0.0),
+              Distribution("lognormal", 0.0, 0.0)):
+        assert d.is_point and d.sample(rng) == 5.0 * (d.mean_ms > 0) and d.quantile(0.99) == d.mean_ms
+        assert _sum_draws(d, 1000, rng) == 1000 * d.mean_ms
+    for d in (Distribution("normal", 5.0, 1.0), Distribution("lognormal", 5.0, 1.0)):
+        assert not d.is_point and d.quantile(0.99) > d.mean_ms
