@@ -27,6 +27,11 @@ _READ = 256 * 1024
 
 def read_json_body(request: Request, limit: int | None) -> dict:
     """The request body as a JSON object; 413 past `limit` bytes, with or without Content-Length."""
+    return parse_json_object(read_body_bytes(request, limit))
+
+
+def read_body_bytes(request: Request, limit: int | None) -> bytes:
+    """The raw request body; 413 past `limit` bytes, with or without Content-Length."""
     environ = request.environ
     length = request.content_length
     if limit is not None and length is not None and length > limit:
@@ -52,7 +57,7 @@ def read_json_body(request: Request, limit: int | None) -> dict:
     if limit is not None and got > limit:
         environ[BODY_REFUSED] = True
         raise too_large(limit)
-    return parse_json_object(b"".join(parts))
+    return b"".join(parts)
 
 
 def too_large(limit: int, length: int | None = None) -> ApiError:

@@ -22,6 +22,7 @@ from ..anthropic.models import retrieve_model as anthropic_model
 from ..api import Api, StreamEncoder, stream_bytes
 from ..engine import new_id
 from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
+from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
@@ -30,7 +31,7 @@ from ..openai.responses import Responses
 from ..tokens import get_encoding
 from .access import install_access
 from .admin import admin_blueprint
-from .body import read_json_body
+from .body import read_body_bytes
 from .state import AppState, Generation
 
 SOCKET_KEY = "llmsim.socket"
@@ -128,7 +129,11 @@ def wait_for(state: AppState, gen: Generation) -> None:
 
 
 def read_body() -> dict:
-    return read_json_body(request, request.max_content_length)
+    """The JSON body; the time spent waiting for a slow client's body is noted, so it is not TTFT."""
+    started = time.monotonic()
+    raw = read_body_bytes(request, request.max_content_length)
+    g.body_wait = time.monotonic() - started
+    return parse_json_object(raw)
 
 
 APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages(), Completions())
@@ -141,7 +146,9 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
     def view() -> Response:
         req = api.parse(read_body())
         req.api_key = g.get("api_key")
-        req.arrival = g.get("t0")
+        # TTFT runs from the request's arrival, not counting the wait for a slow client's body:
+        # a real server cannot start on a prompt it has not received.
+        req.arrival = g.t0 + g.get("body_wait", 0.0) if "t0" in g else None
         req.conversation = request.headers.get("x-llmsim-conversation")
         req.forced_fault = request.headers.get(FAULT_HEADER)
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
@@ -162,7 +169,9 @@ def openai_blueprint(state: AppState, name: str) -> Blueprint:
     def embeddings() -> Response:
         req, encoding_format = parse_embeddings_request(read_body())
         req.api_key = g.get("api_key")
-        req.arrival = g.get("t0")
+        # TTFT runs from the request's arrival, not counting the wait for a slow client's body:
+        # a real server cannot start on a prompt it has not received.
+        req.arrival = g.t0 + g.get("body_wait", 0.0) if "t0" in g else None
         req.forced_fault = request.headers.get(FAULT_HEADER)
         try:
             result = state.embed(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
