@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .latency import DISTRIBUTIONS, Distribution, LatencyProfile
+from .latency import DISTRIBUTIONS, LENGTH_DISTRIBUTIONS, Distribution, LatencyProfile, LengthDistribution
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 PROVIDERS = ("openai", "anthropic", "google", "deepseek", "any")
@@ -74,6 +74,8 @@ class ModelProfile:
     chunk_tokens: int = 1
     tool_call_probability: float | None = None
     """How often a model with tools and tool_choice auto calls one (None: the server's setting)."""
+    output_tokens: LengthDistribution | None = None
+    """How long its answers are (None: the generator's --target-tokens)."""
     source: str = "<built-in>"
 
     @property
@@ -107,13 +109,15 @@ class ModelProfile:
             d["slo"] = {c.key: c.limit_ms for c in self.slo}
         if self.tool_call_probability is not None:
             d["tools"] = {"call_probability": self.tool_call_probability}
+        if self.output_tokens is not None:
+            d["output_tokens"] = self.output_tokens.to_dict()
         return d
 
 
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_output_tokens", "ttft", "itl",
-             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools"}
+             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools", "output_tokens"}
 
 
 def _number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False,
@@ -151,6 +155,33 @@ def parse_distribution(src: str, key: str, value: Any) -> Distribution:
     return Distribution(kind, mean, std)
 
 
+def _flag(src: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(src, key, f"must be true or false, got {value!r}")
+    return value
+
+
+def parse_length_distribution(src: str, key: str, value: Any) -> LengthDistribution:
+    """`output_tokens: {distribution, mean, stddev, min, max}` (uniform: min and max)."""
+    value = _mapping(src, key, value, {"distribution", "mean", "stddev", "min", "max"})
+    kind = value.get("distribution", "constant")
+    if kind not in LENGTH_DISTRIBUTIONS:
+        raise ProfileError(src, f"{key}.distribution", f"must be one of {', '.join(LENGTH_DISTRIBUTIONS)}, "
+                                                       f"got {kind!r}")
+    lo = int(_number(src, f"{key}.min", value.get("min", 1), minimum=1, integer=True))
+    hi = None if value.get("max") is None else int(_number(src, f"{key}.max", value["max"], minimum=lo,
+                                                           integer=True))
+    if kind == "uniform":
+        if hi is None:
+            raise ProfileError(src, f"{key}.max", "is required for a uniform distribution")
+        return LengthDistribution("uniform", (lo + hi) / 2, 0.0, lo, hi)
+    if "mean" not in value:
+        raise ProfileError(src, f"{key}.mean", "is required")
+    mean = _number(src, f"{key}.mean", value["mean"], minimum=1)
+    std = _number(src, f"{key}.stddev", value.get("stddev", 0))
+    return LengthDistribution(kind, mean, std, lo, hi)
+
+
 def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     """One `profiles:` entry -> ModelProfile, or ProfileError naming the key."""
     if not isinstance(value, dict):
@@ -180,10 +211,16 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     if value.get("prefill") is not None:
         p = _mapping(src, f"{where}.prefill", value["prefill"], {"tokens_per_s"})
         prefill = _number(src, f"{where}.prefill.tokens_per_s", p.get("tokens_per_s"), strict=True)
-    ratio = 0.0
+    ratio, visible, on_request = 0.0, False, False
     if value.get("reasoning") is not None:
-        r = _mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token"})
+        r = _mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token", "visible",
+                                                                     "on_request"})
         ratio = _number(src, f"{where}.reasoning.tokens_per_output_token", r.get("tokens_per_output_token"))
+        visible = _flag(src, f"{where}.reasoning.visible", r.get("visible", False))
+        on_request = _flag(src, f"{where}.reasoning.on_request", r.get("on_request", False))
+    output_tokens = None
+    if value.get("output_tokens") is not None:
+        output_tokens = parse_length_distribution(src, f"{where}.output_tokens", value["output_tokens"])
     capacity = None
     if value.get("capacity") is not None:
         c = _mapping(src, f"{where}.capacity", value["capacity"], {"max_concurrent", "queue_limit", "slowdown_at_full"})
@@ -224,8 +261,10 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
         name=name, models=tuple(models), provider=provider, encoding=encoding,
         context_window=context_window, max_output_tokens=max_out,
         latency=LatencyProfile(ttft=ttft, itl=itl, prefill_tokens_per_s=prefill,
-                               reasoning_tokens_per_output_token=ratio),
-        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability, source=src,
+                               reasoning_tokens_per_output_token=ratio, reasoning_visible=visible,
+                               reasoning_on_request=on_request),
+        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability,
+        output_tokens=output_tokens, source=src,
     )
 
 
