@@ -78,7 +78,8 @@ class Request:
     """Request settings the response repeats back (Responses)."""
     reasoning: str | None = None
     """None: as the profile reasons; "visible": stream the reasoning (Anthropic `thinking`, a Responses
-    summary); "hidden": reason without showing it (thinking display "omitted"); "off": do not reason."""
+    summary); "omitted": reason unseen, an empty reasoning block in its place (Anthropic thinking display
+    "omitted"); "off": do not reason."""
     reasoning_budget: int | None = None
     """At most this many reasoning tokens (Anthropic `thinking.budget_tokens`)."""
     encrypted_reasoning: bool = False
@@ -512,7 +513,7 @@ class Engine:
         plan = builder.build_blocks(blocks, limit, req.stop)
         latency = profile.latency
         mode = req.reasoning
-        ratio = 0.0 if mode == "off" else latency.reasoning_ratio(req.effort, requested=mode in ("visible", "hidden"))
+        ratio = 0.0 if mode == "off" else latency.reasoning_ratio(req.effort, requested=mode in ("visible", "omitted"))
         visible = mode == "visible" or (mode is None and latency.reasoning_visible and ratio > 0)
         budget = req.reasoning_budget
         reasoning = int(round(ratio * plan.output_tokens))
@@ -533,7 +534,10 @@ class Engine:
             thought = Block("reasoning", self.generator.reasoning(gen_req, reasoning))
             plan = builder.build_blocks([thought, *blocks], limit, req.stop, keep_ids=keep_ids)
         else:
-            if shared or keep_ids:
+            if mode == "omitted":  # the reasoning's place: an empty block, its tokens spent before it ends
+                plan = builder.build_blocks([Block("reasoning", ""), *blocks], answer_limit, req.stop,
+                                            keep_ids=keep_ids)
+            elif shared or keep_ids:
                 plan = builder.build_blocks(blocks, answer_limit, req.stop, keep_ids=keep_ids)
             if shared:
                 assert limit is not None
