@@ -138,13 +138,6 @@ class Generation:
         start = self.slot.wait(watch=self.watch)
         return self.arrival if start is None else start
 
-    def _start_all(self) -> float | None:
-        """When the request's sequences may start: all of them have a slot (as vLLM schedules a
-        request's n sequences together); the latest grant if any had to queue."""
-        starts = [c.slot.wait(watch=self.watch) for c in self.all]
-        queued = [t for t in starts if t is not None]
-        return max(queued) if queued else self.arrival
-
     def paced(self) -> Iterator[tuple[int, str]]:
         """(block index, chunk text) on their deadlines; a queued request's TTFT runs from its grant."""
         plan = self.plan
@@ -153,8 +146,14 @@ class Generation:
             yield owner[i], pieces[i]
 
     def paced_choices(self) -> Iterator[tuple[int, int, int]]:
-        """(choice, block index, chunk index) of every choice's chunks, merged in time order: each
-        choice is paced on its own timeline (its own TTFT and ITL draws) and they interleave."""
+        """(choice, block index, chunk index) of every choice's chunks, merged in time order.
+
+        Each choice is a sequence of its own (as vLLM runs a request's n
+        sequences): paced on its own timeline (its own TTFT and ITL draws) from
+        the moment its batch slot is granted, and its slot is freed as soon as
+        its last chunk is out, so a choice that had to queue (even behind its
+        siblings) starts then.
+        """
         if not self.choices:
             owner = self.plan.piece_blocks()
             plan = self.plan
@@ -162,34 +161,64 @@ class Generation:
                 yield 0, owner[i], i
             return
         choices = self.choices
-        start = self._start_all()
         pacer0 = self.pacer
         clock = pacer0.clock
-        start = clock() if start is None else start
         owners = [c.plan.piece_blocks() for c in choices]
-        schedules = [c.pacer.deadlines(c.plan.piece_tokens, c.plan.reasoning_tokens, start) for c in choices]
+        schedules: list[Iterator[float] | None] = [None] * len(choices)
         heap: list[tuple[float, int, int]] = []
-        for k, sched in enumerate(schedules):
+
+        def begin(k: int, start: float | None) -> None:
+            c = choices[k]
+            sched = schedules[k] = c.pacer.deadlines(c.plan.piece_tokens, c.plan.reasoning_tokens,
+                                                      clock() if start is None else start)
             first = next(sched, None)
             if first is not None:
-                heap.append((first, k, 0))
-            elif choices[k].pacer.cut is not None:
+                heapq.heappush(heap, (first, k, 0))
+            else:
+                end(k)
+
+        def end(k: int) -> None:
+            if choices[k].pacer.cut is not None:
                 raise StreamCut(choices[k].pacer.cut)
-        heapq.heapify(heap)
+            choices[k].slot.release()
+
+        def granted() -> None:
+            for k in [k for k in pending if choices[k].slot.granted]:
+                pending.remove(k)
+                slot = choices[k].slot
+                begin(k, slot.granted_at if slot.queued else self.arrival)
+
+        pending = list(range(1, len(choices)))
+        begin(0, self._start())
+        granted()
         sleep = pacer0.first_sleep or pacer0.sleep
-        while heap:
+        while heap or pending:
+            if not heap:  # nothing to stream until a queued choice gets its slot
+                k = pending.pop(0)
+                start = choices[k].slot.wait(watch=self.watch)
+                begin(k, self.arrival if start is None else start)
+                continue
             deadline, k, i = heapq.heappop(heap)
             wait = deadline - clock()
             if wait > 0:
                 sleep(wait)
             sleep = pacer0.sleep
-            choices[k].pacer.release(i, choices[k].plan.piece_tokens[i])
+            if pending:
+                granted()
+                if heap and heap[0][0] < deadline:  # a choice that just started comes first
+                    heapq.heappush(heap, (deadline, k, i))
+                    continue
+            c = choices[k]
+            c.pacer.release(i, c.plan.piece_tokens[i])
             yield k, owners[k][i], i
-            nxt = next(schedules[k], None)
+            sched = schedules[k]
+            nxt = next(sched, None) if sched is not None else None
             if nxt is not None:
                 heapq.heappush(heap, (nxt, k, i + 1))
-            elif choices[k].pacer.cut is not None:
-                raise StreamCut(choices[k].pacer.cut)
+            else:
+                end(k)
+                if pending:
+                    granted()
 
     def wait_all(self) -> None:
         """Take as long as the stream would, holding the slots as the stream would."""
@@ -503,8 +532,9 @@ class Engine:
                 blocks.append(Block("tool_call", arguments, call_id=call_id or new_id(req.call_id_prefix),
                                     name=name))
             blocks = blocks or [Block("text", "")]
+            natural = None
         else:
-            blocks = self._answer_blocks(req, profile, gen_req, rng, content, prompt_tokens)
+            blocks, natural = self._answer_blocks(req, profile, gen_req, rng, content, prompt_tokens)
         limit = req.max_tokens
         if req.ignore_eos and limit is None:
             limit = self._model_limit(profile, prompt_tokens)
@@ -516,24 +546,26 @@ class Engine:
         ratio = 0.0 if mode == "off" else latency.reasoning_ratio(req.effort, requested=mode in ("visible", "omitted"))
         visible = mode == "visible" or (mode is None and latency.reasoning_visible and ratio > 0)
         budget = req.reasoning_budget
-        reasoning = int(round(ratio * plan.output_tokens))
+        # The model reasons as much as its answer calls for (not as much as ignore_eos stretches it).
+        reasoning = int(round(ratio * (plan.output_tokens if natural is None else natural)))
         if budget is not None:
             reasoning = min(reasoning, budget)
-        answer_limit, shared = limit, False
-        if limit is not None and reasoning and reasoning + plan.output_tokens > limit:
-            # Reasoning and answer tokens share the budget, as on the real APIs:
-            # keep their ratio, and the answer ends with "length".
-            answer_limit = max(1, int(limit / (1 + ratio)))
-            if budget is not None and limit - answer_limit > budget:
-                answer_limit = limit - budget
-            shared = True
         if visible:
-            if shared:
-                assert answer_limit is not None and limit is not None
-                reasoning = limit - answer_limit
+            # Streamed reasoning comes first at its own length; the answer gets what the limit leaves.
+            if limit is not None:
+                reasoning = min(reasoning, limit)
             thought = Block("reasoning", self.generator.reasoning(gen_req, reasoning))
             plan = builder.build_blocks([thought, *blocks], limit, req.stop, keep_ids=keep_ids)
         else:
+            answer_limit, shared = limit, False
+            if limit is not None and reasoning and reasoning + plan.output_tokens > limit:
+                # Hidden reasoning and answer tokens share the budget, as on the real APIs:
+                # keep their ratio (ignore_eos: the answer fills what reasoning leaves), and the
+                # answer ends with "length".
+                answer_limit = max(1, limit - reasoning if req.ignore_eos else int(limit / (1 + ratio)))
+                if budget is not None and limit - answer_limit > budget:
+                    answer_limit = limit - budget
+                shared = True
             if mode == "omitted":  # the reasoning's place: an empty block, its tokens spent before it ends
                 plan = builder.build_blocks([Block("reasoning", ""), *blocks], answer_limit, req.stop,
                                             keep_ids=keep_ids)
@@ -541,12 +573,9 @@ class Engine:
                 plan = builder.build_blocks(blocks, answer_limit, req.stop, keep_ids=keep_ids)
             if shared:
                 assert limit is not None
-                reasoning = limit - plan.output_tokens
-                if budget is not None:
-                    reasoning = min(reasoning, budget)
+                reasoning = min(limit - plan.output_tokens, reasoning)
+                plan.finish_reason = "length"
             plan.reasoning_tokens = reasoning
-        if shared:
-            plan.finish_reason = "length"
         if keep_ids:
             plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
                                            gen_req.rng("logprobs") if gen_req.seed is not None else content)
@@ -574,8 +603,9 @@ class Engine:
             n = max(n, req.min_tokens)
         return n
 
-    def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest,
-                       rng: random.Random, content: random.Random, prompt_tokens: int) -> list[Block]:
+    def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest, rng: random.Random,
+                       content: random.Random, prompt_tokens: int) -> tuple[list[Block], int | None]:
+        """The answer's blocks, and (with ignore_eos) how long the answer would have been on its own."""
         probability = profile.tool_call_probability
         if probability is None:
             probability = self.tools.call_probability
@@ -583,14 +613,20 @@ class Engine:
                               parallel=req.parallel_tool_calls, probability=probability,
                               max_parallel=self.tools.max_parallel_calls, rng=content if req.seed is not None else rng)
         if calls:
-            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix)
+            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix), None
         if req.output_format is not None:
-            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))]
+            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))], None
+        enc = get_encoding(profile.encoding)
+        natural = None
+        if req.ignore_eos:
+            natural = self._answer_length(replace(req, ignore_eos=False), profile, content, prompt_tokens)
+            if natural is None:
+                natural = len(encode(self.generator.generate(gen_req), enc))
         tokens = self._answer_length(req, profile, content, prompt_tokens)
         text = self.generator.generate(gen_req, tokens=tokens)
-        if tokens is None and req.min_tokens and len(encode(text, get_encoding(profile.encoding))) < req.min_tokens:
+        if tokens is None and req.min_tokens and len(encode(text, enc)) < req.min_tokens:
             text = self.generator.generate(gen_req, tokens=req.min_tokens)
-        return [Block("text", text)]
+        return [Block("text", text)], natural
 
     @staticmethod
     def _logprobs(plan: TokenPlan, enc: tiktoken.Encoding, top: int,
