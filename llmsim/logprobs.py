@@ -115,3 +115,15 @@ def chat_logprob(t: TokenLogprob) -> dict:
     """One entry of Chat Completions' `logprobs.content`."""
     return {"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
             "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top]}
+
+
+def legacy_logprobs(entries: list[TokenLogprob], text_offset: int = 0) -> dict:
+    """Legacy Completions' `logprobs` object for these tokens (`logprobs: k` there, 0-5): the tokens,
+    their log-probabilities, each position's alternatives as {token: logprob}, and each token's
+    character offset in the text, counted from `text_offset`."""
+    offsets, at = [], text_offset
+    for e in entries:
+        offsets.append(at)
+        at += len(bytes(e.bytes).decode("utf-8", "ignore"))
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{a.token: a.logprob for a in e.top} for e in entries], "text_offset": offsets}

@@ -274,17 +274,24 @@ class Pacer:
         StreamCut at the deadline of chunk n+1 (or right after the last one):
         the model "fails" while generating.
         """
-        clock = self.clock
+        # deadlines() and release() inlined: this loop runs once per streamed token.
+        cut = self.cut
+        clock, itl = self.clock, self._itl_s
+        deadline = self.first_deadline(clock() if start is None else start, reasoning_tokens)
         sleep = self.first_sleep or self.sleep
-        for i, deadline in enumerate(self.deadlines(piece_tokens, reasoning_tokens, start)):
+        for i, ntok in enumerate(piece_tokens):
+            for _ in range(ntok - 1 if i == 0 else ntok):
+                deadline += itl()
             wait = deadline - clock()
             if wait > 0:
                 sleep(wait)
             sleep = self.sleep
-            self.release(i, piece_tokens[i])
+            if cut is not None and i >= cut.after_pieces:
+                raise StreamCut(cut)
+            self.sent_tokens += ntok
             yield i
-        if self.cut is not None:
-            raise StreamCut(self.cut)
+        if cut is not None:
+            raise StreamCut(cut)
 
     def wait_all(self, plan: TokenPlan, start: float | None = None) -> None:
         """Take exactly as long as the stream would (non-streaming responses)."""
