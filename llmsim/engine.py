@@ -587,21 +587,19 @@ class Engine:
         return max(1, min(profile.max_output_tokens, profile.context_window - prompt_tokens))
 
     def _answer_length(self, req: Request, profile: ModelProfile, content: random.Random,
-                       prompt_tokens: int) -> int | None:
-        """Exactly how many tokens the answer text has, or None for the generator's own length.
+                       prompt_tokens: int) -> tuple[int | None, int | None]:
+        """(exact token count, target) of the answer text; both None: the generator's own length.
 
-        ignore_eos: one past the limit (the limit then cuts it, "length", as vLLM's does);
-        else a profile's `output_tokens` draw (unless --target-tokens was given), raised to
-        `min_tokens`.
+        ignore_eos: exactly one past the limit (the limit then cuts it, "length", as
+        vLLM's does). Else a profile's `output_tokens` draw is the reply's target,
+        unless --target-tokens was given.
         """
         if req.ignore_eos:
-            return (req.max_tokens if req.max_tokens is not None else self._model_limit(profile, prompt_tokens)) + 1
-        n = None
+            limit = req.max_tokens if req.max_tokens is not None else self._model_limit(profile, prompt_tokens)
+            return limit + 1, None
         if profile.output_tokens is not None and not self.fixed_length:
-            n = profile.output_tokens.sample(content)
-        if n is not None and req.min_tokens:
-            n = max(n, req.min_tokens)
-        return n
+            return None, profile.output_tokens.sample(content)
+        return None, None
 
     def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest, rng: random.Random,
                        content: random.Random, prompt_tokens: int) -> tuple[list[Block], int | None]:
@@ -617,13 +615,12 @@ class Engine:
         if req.output_format is not None:
             return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))], None
         enc = get_encoding(profile.encoding)
+        tokens, target = self._answer_length(req, profile, content, prompt_tokens)
         natural = None
-        if req.ignore_eos:
-            natural = self._answer_length(replace(req, ignore_eos=False), profile, content, prompt_tokens)
-            if natural is None:
-                natural = len(encode(self.generator.generate(gen_req), enc))
-        tokens = self._answer_length(req, profile, content, prompt_tokens)
-        text = self.generator.generate(gen_req, tokens=tokens)
+        if req.ignore_eos:  # how long the answer would have been: what the reasoning is sized on
+            _, own = self._answer_length(replace(req, ignore_eos=False), profile, content, prompt_tokens)
+            natural = len(encode(self.generator.generate(gen_req, target=own), enc))
+        text = self.generator.generate(gen_req, tokens=tokens, target=target)
         if tokens is None and req.min_tokens and len(encode(text, enc)) < req.min_tokens:
             text = self.generator.generate(gen_req, tokens=req.min_tokens)
         return [Block("text", text)], natural

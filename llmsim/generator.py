@@ -162,16 +162,31 @@ class Generator:
             raise ValueError("target_tokens must be >= 1")
         self.target_tokens = target_tokens
 
-    def generate(self, request: GenerationRequest | dict | None = None, tokens: int | None = None) -> str:
-        """Text of at most `target_tokens` tokens in the request model's encoding; of exactly
-        `tokens` tokens when given (the text is extended to reach it: more words, or repeated)."""
+    fills_target = False
+    """Writes as much as a target asks (lorem, random, sequence); others are cut to it (echo)."""
+    keeps_own_length = False
+    """Its replies keep their own length whatever the target (fixed, script)."""
+
+    def generate(self, request: GenerationRequest | dict | None = None, tokens: int | None = None, *,
+                 target: int | None = None) -> str:
+        """Text of at most `target_tokens` tokens in the request model's encoding.
+
+        `target` replaces target_tokens for this reply (a profile's output-length
+        draw); `tokens` asks for exactly that many tokens, extending the text to
+        reach it (more words, or the text repeated: ignore_eos, min_tokens).
+        """
         if request is None:
             request = GenerationRequest()
         elif isinstance(request, dict):
             request = GenerationRequest.from_body(request)
-        if tokens is None:
-            return _cut_to_tokens(self._text(request), self.target_tokens, request.encoding_name())
-        return fit_tokens(self._long_text(request, tokens), tokens, request.encoding_name())
+        name = request.encoding_name()
+        if tokens is not None:
+            return fit_tokens(self._long_text(request, tokens), tokens, name)
+        if target is not None and not self.keeps_own_length:
+            if self.fills_target:
+                return fit_tokens(self._long_text(request, target), target, name)
+            return _cut_to_tokens(self._text(request), target, name)
+        return _cut_to_tokens(self._text(request), self.target_tokens, name)
 
     def _text(self, request: GenerationRequest) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -226,6 +241,7 @@ class LoremGenerator(Generator):
     """Lorem-ipsum sentences: realistic token shapes, obviously fake text."""
 
     name = "lorem"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return self._words(_LOREM, request, sentence=True)
@@ -238,6 +254,7 @@ class RandomGenerator(Generator):
     """Random words, including multi-byte UTF-8 and emoji, to exercise tokenisation edges."""
 
     name = "random"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return self._words(_RANDOM_WORDS, request, sentence=False)
@@ -260,6 +277,7 @@ class FixedGenerator(Generator):
     """Always the same text."""
 
     name = "fixed"
+    keeps_own_length = True
 
     def __init__(self, text: str, target_tokens: int = 1_000_000) -> None:
         super().__init__(target_tokens)
@@ -273,6 +291,7 @@ class SequenceGenerator(Generator):
     """"1 2 3 …": a lost, duplicated or reordered chunk is visible at a glance."""
 
     name = "sequence"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return " ".join(str(i) for i in range(1, self.target_tokens + 1))
@@ -377,6 +396,7 @@ class ScriptGenerator(Generator):
     """
 
     name = "script"
+    keeps_own_length = True
 
     def __init__(self, path: str, target_tokens: int = 1_000_000) -> None:
         super().__init__(target_tokens)

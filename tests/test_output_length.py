@@ -198,3 +198,16 @@ def test_reasoning_flags_parse_and_show():
     assert p.to_dict()["output_tokens"] == {"distribution": "normal", "mean": 80.0, "stddev": 20.0, "max": 400}
     with pytest.raises(ProfileError, match="reasoning.visible: must be true or false"):
         parse_profiles_document("p.yaml", doc.replace("visible: true", "visible: 1"))
+
+
+def test_a_distribution_is_each_generators_target(profile_file):
+    for spec, check in (("sequence", lambda t: len(t.split()) >= 10),
+                        ("fixed:always this", lambda t: t == "always this"),
+                        ("echo", lambda t: t == USER[0]["content"])):
+        with run_server(profile_files=[profile_file], generator=spec, seed=1) as u:
+            client = openai.OpenAI(base_url=u + "/v1", api_key="k", max_retries=0)
+            r = chat(client, "test-uniform")
+            text = r.choices[0].message.content
+            assert check(text), (spec, text)
+            if spec == "sequence":
+                assert 20 <= r.usage.completion_tokens <= 30
