@@ -47,7 +47,7 @@ class StreamEncoder:
         """Events after the last token of every choice: stop reasons, usage, the terminator."""
         return ()
 
-    def for_choice(self, gen: Generation) -> "StreamEncoder":  # pragma: no cover - only APIs with `n`
+    def for_choice(self, gen: Generation) -> StreamEncoder:  # pragma: no cover - only APIs with `n`
         """The encoder of a further choice (n > 1) of the same response: same id, its own index."""
         raise NotImplementedError
 

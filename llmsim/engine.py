@@ -122,7 +122,7 @@ class Generation:
     """A hangup.SocketWatch: queue and TTFT waits end as soon as the client leaves."""
     index: int = 0
     """Which choice this is (0 unless the request asked for n > 1)."""
-    choices: list["Generation"] = field(default_factory=list)
+    choices: list[Generation] = field(default_factory=list)
     """Every choice, this one first, when n > 1 (empty otherwise)."""
 
     @property
@@ -130,7 +130,7 @@ class Generation:
         return self.request.model
 
     @property
-    def all(self) -> list["Generation"]:
+    def all(self) -> list[Generation]:
         """Every choice of the request (just this one unless n > 1)."""
         return self.choices or [self]
 
@@ -178,8 +178,9 @@ class Generation:
                 end(k)
 
         def end(k: int) -> None:
-            if choices[k].pacer.cut is not None:
-                raise StreamCut(choices[k].pacer.cut)
+            cut = choices[k].pacer.cut
+            if cut is not None:
+                raise StreamCut(cut)
             choices[k].slot.release()
 
         def granted() -> None:
@@ -547,7 +548,7 @@ class Engine:
         visible = mode == "visible" or (mode is None and latency.reasoning_visible and ratio > 0)
         budget = req.reasoning_budget
         # The model reasons as much as its answer calls for (not as much as ignore_eos stretches it).
-        reasoning = int(round(ratio * (plan.output_tokens if natural is None else natural)))
+        reasoning = round(ratio * (plan.output_tokens if natural is None else natural))
         if budget is not None:
             reasoning = min(reasoning, budget)
         if visible:

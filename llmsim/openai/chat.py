@@ -228,7 +228,7 @@ class ChatChunkEncoder(StreamEncoder):
         self._logprobs = gen.plan.logprobs if gen is not None else None
         self._piece = 0  # the next chunk's index (for its logprobs)
 
-    def for_choice(self, gen: Generation) -> "ChatChunkEncoder":
+    def for_choice(self, gen: Generation) -> ChatChunkEncoder:
         return ChatChunkEncoder(self.meta, self.include_usage, gen, index=gen.index)
 
     def opening(self) -> Iterable[bytes]:
