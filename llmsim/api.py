@@ -39,9 +39,17 @@ class StreamEncoder:
     def block_stop(self, index: int, block: Block) -> bytes:
         return b""
 
-    def closing(self) -> Iterable[bytes]:
-        """Events after the last token: stop reasons, usage, the terminator."""
+    def choice_closing(self) -> Iterable[bytes]:
+        """Events after one choice's last token (Chat: its finish_reason chunk)."""
         return ()
+
+    def closing(self) -> Iterable[bytes]:
+        """Events after the last token of every choice: stop reasons, usage, the terminator."""
+        return ()
+
+    def for_choice(self, gen: Generation) -> StreamEncoder:  # pragma: no cover - only APIs with `n`
+        """The encoder of a further choice (n > 1) of the same response: same id, its own index."""
+        raise NotImplementedError
 
     def error_event(self, err: ApiError) -> bytes:  # pragma: no cover - abstract
         """An in-band failure after the 200 (an injected mid-stream fault)."""
@@ -67,14 +75,22 @@ class Api:
         raise NotImplementedError
 
 
+def _blocks(gen: Generation) -> list[Block]:
+    return gen.plan.blocks or [Block("text", gen.plan.text, start=0, end=len(gen.plan.pieces))]
+
+
 def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     """The whole stream: opening events at once, block events on the paced timeline, then closing.
 
     A block opens with its first token (the start event and the first delta
     go out together), and closes when the next block begins or the answer
-    ends; blocks with no tokens still open and close, in order.
+    ends; blocks with no tokens still open and close, in order. With n > 1
+    choices, each choice's events interleave in time order (see stream_choices).
     """
-    blocks = gen.plan.blocks or [Block("text", gen.plan.text, start=0, end=len(gen.plan.pieces))]
+    if gen.choices:
+        yield from stream_choices(gen, enc)
+        return
+    blocks = _blocks(gen)
     yield from enc.opening()
     current = -1
     if enc.early_open and blocks:
@@ -90,6 +106,35 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     tail = _advance(enc, blocks, current, len(blocks))
     if tail:
         yield tail
+    yield from enc.choice_closing()
+    yield from enc.closing()
+
+
+def stream_choices(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
+    """n choices in one stream: every choice opens at once, its chunks go out on its own timeline
+    (merged in time order), it closes after its last chunk, and the response closes after all."""
+    choices = gen.all
+    encs = [enc] + [enc.for_choice(c) for c in choices[1:]]
+    blocks = [_blocks(c) for c in choices]
+    pieces = [c.plan.pieces for c in choices]
+    left = [len(p) for p in pieces]
+    current = [-1] * len(choices)
+    for e in encs:
+        yield from e.opening()
+    for k, e in enumerate(encs):
+        if not left[k]:  # nothing to stream: its (empty) blocks open and close, and it finishes
+            yield _advance(e, blocks[k], -1, len(blocks[k])) + b"".join(e.choice_closing())
+    for k, index, i in gen.paced_choices():
+        e, b = encs[k], blocks[k]
+        out = b""
+        if index != current[k]:
+            out = _advance(e, b, current[k], index)
+            current[k] = index
+        out += e.delta(index, b[index], pieces[k][i])
+        left[k] -= 1
+        if not left[k]:
+            out += _advance(e, b, index, len(b)) + b"".join(e.choice_closing())
+        yield out
     yield from enc.closing()
 
 

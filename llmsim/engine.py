@@ -11,6 +11,7 @@ into its own wire format.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 import time
@@ -30,32 +31,20 @@ from .errors import (
     Fault,
     FaultPlan,
     FaultSettings,
+    StreamCut,
     model_overloaded,
     parse_fault_header,
     scripted_error,
     server_error,
 )
-from .generator import (
-    DEFAULT_TARGET_TOKENS,
-    GenerationRequest,
-    Generator,
-    LoremGenerator,
-    make_generator,
-)
-from .latency import REASONING_EFFORT_FACTORS
+from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, ScriptTurn, make_generator
+from .logprobs import TokenLogprob, token_logprobs
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
-from .tokens import (
-    count_prompt_bounded,
-    decode_ids,
-    encode,
-    get_encoding,
-    max_token_bytes,
-    message_text,
-)
+from .tokens import count_prompt_bounded, decode_ids, encode, get_encoding, max_token_bytes, message_text
 from .toolcalls import (
     OutputFormat,
     Tool,
@@ -115,6 +104,24 @@ class Request:
     """Count the prompt as chat messages (framing and reply priming); False: its text alone (legacy Completions)."""
     prompt_ids: list[int] | None = None
     """A prompt given as token ids (legacy Completions): counted as its length, decoded with the model's encoding."""
+    reasoning: str | None = None
+    """None: as the profile reasons; "visible": stream the reasoning (Anthropic `thinking`, a Responses
+    summary); "omitted": reason unseen, an empty reasoning block in its place (Anthropic thinking display
+    "omitted"); "off": do not reason."""
+    reasoning_budget: int | None = None
+    """At most this many reasoning tokens (Anthropic `thinking.budget_tokens`)."""
+    encrypted_reasoning: bool = False
+    """Return the reasoning as an opaque string (Responses `include: ["reasoning.encrypted_content"]`)."""
+    ignore_eos: bool = False
+    """vLLM: keep generating to the limit (`max_tokens`, else the model's output limit)."""
+    min_tokens: int | None = None
+    """vLLM: the answer text is at least this long."""
+    seed: int | None = None
+    """The request's own seed: the same seed and request give the same text (not the same timing)."""
+    logprobs: int | None = None
+    """Log-probabilities of every text token with this many alternatives each (0-20); None: not asked."""
+    n: int = 1
+    """Choices to generate: n sequences in the batch, each holding its own slot."""
 
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
@@ -123,7 +130,12 @@ class Request:
 
 @dataclass
 class Generation:
-    """One request's simulated answer: the profile, the planned blocks, and the pacer that times them."""
+    """One request's simulated answer: the profile, the planned blocks, and the pacer that times them.
+
+    With `n` > 1 every choice is a Generation of its own (own plan, pacer and
+    batch slot); the first holds them all in `choices`, and its methods
+    (`paced_choices`, `wait_all`, `release`) act on all of them.
+    """
 
     request: Request
     profile: ModelProfile
@@ -136,10 +148,19 @@ class Generation:
     charge: Charge | None = None
     watch: Any = None
     """A hangup.SocketWatch: queue and TTFT waits end as soon as the client leaves."""
+    index: int = 0
+    """Which choice this is (0 unless the request asked for n > 1)."""
+    choices: list[Generation] = field(default_factory=list)
+    """Every choice, this one first, when n > 1 (empty otherwise)."""
 
     @property
     def model(self) -> str:
         return self.request.model
+
+    @property
+    def all(self) -> list[Generation]:
+        """Every choice of the request (just this one unless n > 1)."""
+        return self.choices or [self]
 
     def _start(self) -> float | None:
         start = self.slot.wait(watch=self.watch)
@@ -152,17 +173,101 @@ class Generation:
         for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
             yield owner[i], pieces[i]
 
+    def paced_choices(self) -> Iterator[tuple[int, int, int]]:
+        """(choice, block index, chunk index) of every choice's chunks, merged in time order.
+
+        Each choice is a sequence of its own (as vLLM runs a request's n
+        sequences): paced on its own timeline (its own TTFT and ITL draws) from
+        the moment its batch slot is granted, and its slot is freed as soon as
+        its last chunk is out, so a choice that had to queue (even behind its
+        siblings) starts then.
+        """
+        if not self.choices:
+            owner = self.plan.piece_blocks()
+            plan = self.plan
+            for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
+                yield 0, owner[i], i
+            return
+        choices = self.choices
+        pacer0 = self.pacer
+        clock = pacer0.clock
+        owners = [c.plan.piece_blocks() for c in choices]
+        schedules: list[Iterator[float] | None] = [None] * len(choices)
+        heap: list[tuple[float, int, int]] = []
+
+        def begin(k: int, start: float | None) -> None:
+            c = choices[k]
+            sched = schedules[k] = c.pacer.deadlines(c.plan.piece_tokens, c.plan.reasoning_tokens,
+                                                      clock() if start is None else start)
+            first = next(sched, None)
+            if first is not None:
+                heapq.heappush(heap, (first, k, 0))
+            else:
+                end(k)
+
+        def end(k: int) -> None:
+            cut = choices[k].pacer.cut
+            if cut is not None:
+                raise StreamCut(cut)
+            choices[k].slot.release()
+
+        def granted() -> None:
+            for k in [k for k in pending if choices[k].slot.granted]:
+                pending.remove(k)
+                slot = choices[k].slot
+                begin(k, slot.granted_at if slot.queued else self.arrival)
+
+        pending = list(range(1, len(choices)))
+        begin(0, self._start())
+        granted()
+        sleep = pacer0.first_sleep or pacer0.sleep
+        while heap or pending:
+            if not heap:  # nothing to stream until a queued choice gets its slot
+                k = pending.pop(0)
+                start = choices[k].slot.wait(watch=self.watch)
+                begin(k, self.arrival if start is None else start)
+                continue
+            deadline, k, i = heapq.heappop(heap)
+            wait = deadline - clock()
+            if wait > 0:
+                sleep(wait)
+            sleep = pacer0.sleep
+            if pending:
+                granted()
+                if heap and heap[0][0] < deadline:  # a choice that just started comes first
+                    heapq.heappush(heap, (deadline, k, i))
+                    continue
+            c = choices[k]
+            c.pacer.release(i, c.plan.piece_tokens[i])
+            yield k, owners[k][i], i
+            sched = schedules[k]
+            nxt = next(sched, None) if sched is not None else None
+            if nxt is not None:
+                heapq.heappush(heap, (nxt, k, i + 1))
+            else:
+                end(k)
+                if pending:
+                    granted()
+
     def wait_all(self) -> None:
-        """Take as long as the stream would, holding the slot as the stream would."""
-        with self.slot:
-            self.pacer.wait_all(self.plan, self._start())
+        """Take as long as the stream would, holding the slots as the stream would."""
+        try:
+            for _ in self.paced_choices():
+                pass
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Free every choice's batch slot (idempotent)."""
+        for c in self.all:
+            c.slot.release()
 
 
 class Engine:
     """Profiles, generator, load model, faults and quotas of one simulated deployment set."""
 
     def __init__(self, registry: ProfileRegistry | None = None, *, generator: str | Generator = "lorem",
-                 target_tokens: int = 100, seed: int | None = None, chunk_tokens: int | None = None,
+                 target_tokens: int | None = None, seed: int | None = None, chunk_tokens: int | None = None,
                  latency_profile: str | None = None, allow_unknown_models: bool = False,
                  default_profile: str = "gpt-4o", sections: dict | None = None, source: str = "<settings>") -> None:
         self.registry = registry or ProfileRegistry.load()
@@ -176,11 +281,16 @@ class Engine:
             self.forced = self.named_profile(latency_profile, "latency_profile")
         if allow_unknown_models:
             self.named_profile(default_profile, "models.default_profile")
-        self.generator = generator if isinstance(generator, Generator) else make_generator(generator, target_tokens)
+        self.generator = generator if isinstance(generator, Generator) else make_generator(
+            generator, target_tokens or DEFAULT_TARGET_TOKENS)
+        self.fixed_length = target_tokens is not None or isinstance(generator, Generator)
+        """--target-tokens (or a Generator object) was given: it sets the length, not the profiles'
+        `output_tokens` distributions."""
         self.stats = ServerStats()
         self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
         self._fault_counter = itertools.count()
+        self._content_counter = itertools.count()
         self._forced_cache: dict[ModelProfile, ModelProfile] = {}
         # Load every encoding the profiles use now: a first request must not pay
         # ~0.3 s of BPE loading inside its TTFT.
@@ -283,6 +393,15 @@ class Engine:
         n = next(self._counter)
         return random.Random(f"{self.seed}:{n}") if self.seed is not None else UNSEEDED
 
+    def content_rng(self, req: Request) -> random.Random:
+        """Per-request RNG of what the model says beyond its text (answer length, logprob values):
+        from the request's own seed when it gives one, else by arrival order under the server's
+        seed; its own sequence, so asking for logprobs never changes a seeded run's timing."""
+        n = next(self._content_counter)
+        if req.seed is not None:
+            return random.Random(f"request:{req.seed}:{req.model}:{req.prompt_text()}")
+        return random.Random(f"{self.seed}:content:{n}") if self.seed is not None else random.Random()
+
     def count_prompt(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding, *,
                      check: bool = True) -> int:
         """Prompt tokens (messages plus tool definitions), refusing an oversized prompt early.
@@ -354,11 +473,14 @@ class Engine:
             req.messages = [{"role": "user", "content": self.decode_prompt(req.prompt_ids, enc, req.prompt_param)}]
         prompt_tokens = self.count_prompt(req, profile, enc)
         rng = self.request_rng()
-        plan, scripted = self.plan(req, profile, enc, rng)
+        plans, scripted = self.plan(req, profile, enc, rng, prompt_tokens=prompt_tokens)
+        plan = plans[0]
         charge = None
-        if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens
+        if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens (per choice)
             charge = self.limiter.admit(req.api_key, req.model, prompt_tokens,
-                                        max_tokens if max_tokens is not None else plan.completion_tokens)
+                                        max_tokens * len(plans) if max_tokens is not None
+                                        else sum(p.completion_tokens for p in plans))
+        slots: list[Slot] = []
         try:
             # Faults before the batch slot: a request that fails up front never holds one.
             if forced is not None:
@@ -366,17 +488,28 @@ class Engine:
             else:
                 fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
             cut = self._carry_out(fault, req.model, plan) if fault is not None else None
-            slot = self.admit(profile)
+            for _ in plans:  # every choice is a sequence of its own in the batch
+                slots.append(self.admit(profile))
         except BaseException:  # failed before generating: only the prompt stays charged
+            for slot in slots:
+                slot.release()
             if self.limiter is not None:
                 self.limiter.settle(charge, 0)
             raise
-        pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot, cut=cut,
-                      first_sleep=watch.sleep if watch is not None else None)
-        if watch is not None and not req.stream:
-            pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
-        return Generation(request=req, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()), slot=slot, arrival=arrival, charge=charge, watch=watch)
+        created = int(time.time())
+        gens = []
+        for k, (p, slot) in enumerate(zip(plans, slots, strict=True)):
+            # Each further choice draws its own timing, from its own RNG: choice 0 keeps the request's.
+            prng = rng if k == 0 else random.Random(rng.getrandbits(64))
+            pacer = Pacer(profile.latency, prng, prompt_tokens=prompt_tokens, slot=slot, cut=cut if k == 0 else None,
+                          first_sleep=watch.sleep if watch is not None and k == 0 else None)
+            if watch is not None and not req.stream:
+                pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
+            gens.append(Generation(request=req, profile=profile, plan=p, prompt_tokens=prompt_tokens, pacer=pacer,
+                                   created=created, slot=slot, arrival=arrival, charge=charge, watch=watch, index=k))
+        if len(gens) > 1:
+            gens[0].choices = gens
+        return gens[0]
 
     def header_fault(self, value: str | None) -> tuple[str, str | None] | None:
         """(kind, midstream mode) a request's x-llmsim-fault header forces; None when absent or
@@ -490,70 +623,162 @@ class Engine:
         raise fault.error(model)
 
     def finish(self, gen: Generation, completed: bool) -> None:
-        """A response ended: count its tokens and correct the rate-limit charge to them.
+        """A response ended: count its tokens (every choice's) and correct the rate-limit charge to them.
 
         A stream cut short (client gone, injected cut) counts what it delivered.
         """
-        if completed:
-            tokens = gen.plan.completion_tokens
-        else:
-            sent = gen.pacer.sent_tokens
-            tokens = sent + gen.plan.reasoning_tokens if sent else 0
+        tokens = 0
+        for c in gen.all:
+            if completed:
+                tokens += c.plan.completion_tokens
+            else:
+                sent = c.pacer.sent_tokens
+                tokens += sent + c.plan.reasoning_tokens if sent else 0
         self.stats.record_tokens(gen.prompt_tokens, tokens)
         if self.limiter is not None:
             self.limiter.settle(gen.charge, tokens)
 
     # ------------------------------------------------------------------ what the model says
 
-    def plan(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding,
-             rng: random.Random) -> tuple[TokenPlan, Fault | None]:
-        """The answer's blocks, tokenised and cut to the limits, and a scripted turn's fault if any."""
-        gen_req = GenerationRequest(prompt=req.prompt_text(), model=req.model, seed=self.seed,
+    def plan(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding, rng: random.Random, *,
+             prompt_tokens: int = 0) -> tuple[list[TokenPlan], Fault | None]:
+        """Every choice's answer as blocks, tokenised and cut to the limits, and a scripted turn's fault if any.
+
+        The text is the request's own seed's when it gives one (else the server's):
+        same seed, same request, same text. A scripted turn is taken once per request.
+        """
+        seed = req.seed if req.seed is not None else self.seed
+        gen_req = GenerationRequest(prompt=req.prompt_text(), model=req.model, seed=seed,
                                     encoding=profile.encoding, conversation=req.conversation or _first_user(req))
         turn = self.generator.turn(gen_req)
         fault = None
         if turn is not None and turn.status is not None:
             raise scripted_error(turn.status, turn.message or "")
-        if turn is not None and turn.fault is None:
+        if turn is not None and turn.fault is not None:
+            # A scripted fault still answers (a mid-stream cut needs tokens): with lorem, since asking
+            # the script's generator for text would move its cursor again.
+            fault = Fault(turn.fault, FaultSettings(midstream_mode="error"), 0.5)
+            turn = ScriptTurn(text=LoremGenerator(DEFAULT_TARGET_TOKENS).generate(gen_req))
+        content = self.content_rng(req)
+        plans = [self._plan_choice(req, profile, enc, rng, content, replace(gen_req, choice=k) if k else gen_req,
+                                   turn, prompt_tokens) for k in range(max(1, req.n))]
+        return plans, fault
+
+    def _plan_choice(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding, rng: random.Random,
+                     content: random.Random, gen_req: GenerationRequest, turn: ScriptTurn | None,
+                     prompt_tokens: int) -> TokenPlan:
+        """One choice: its answer blocks, the reasoning before them (hidden or a block), cut to the limits."""
+        if turn is not None:
             blocks = [Block("text", turn.text)] if turn.text else []
             for name, arguments, call_id in turn.tool_calls:
                 blocks.append(Block("tool_call", arguments, call_id=call_id or new_id(req.call_id_prefix),
                                     name=name))
             blocks = blocks or [Block("text", "")]
-        elif turn is not None and turn.fault is not None:  # lorem to cut; the script cursor stays
-            fault = Fault(turn.fault, FaultSettings(midstream_mode="error"), 0.5)
-            blocks = [Block("text", LoremGenerator(DEFAULT_TARGET_TOKENS).generate(gen_req))]
+            natural = None
         else:
-            blocks = self._answer_blocks(req, profile, gen_req, rng)
+            blocks, natural = self._answer_blocks(req, profile, gen_req, rng, content, prompt_tokens)
+        limit = req.max_tokens
+        if req.ignore_eos and limit is None:
+            limit = self._model_limit(profile, prompt_tokens)
         builder = TokenStreamBuilder(enc, profile.chunk_tokens)
-        plan = builder.build_blocks(blocks, req.max_tokens, req.stop)
+        keep_ids = req.logprobs is not None
+        plan = builder.build_blocks(blocks, limit, req.stop)
         latency = profile.latency
-        reasoning = latency.reasoning_tokens(plan.output_tokens, req.effort)
-        if req.max_tokens is not None and reasoning and reasoning + plan.output_tokens > req.max_tokens:
-            # Reasoning and visible tokens share the budget, as on the real APIs:
-            # keep their ratio, and the visible part ends with "length".
-            ratio = latency.reasoning_tokens_per_output_token * REASONING_EFFORT_FACTORS.get(req.effort or "medium",
-                                                                                             1.0)
-            visible = max(1, int(req.max_tokens / (1 + ratio)))
-            plan = builder.build_blocks(blocks, visible, req.stop)
-            plan.finish_reason = "length"
-            reasoning = req.max_tokens - plan.output_tokens
-        plan.reasoning_tokens = reasoning
-        return plan, fault
+        mode = req.reasoning
+        ratio = 0.0 if mode == "off" else latency.reasoning_ratio(req.effort, requested=mode in ("visible", "omitted"))
+        visible = mode == "visible" or (mode is None and latency.reasoning_visible and ratio > 0)
+        budget = req.reasoning_budget
+        # The model reasons as much as its answer calls for (not as much as ignore_eos stretches it).
+        reasoning = round(ratio * (plan.output_tokens if natural is None else natural))
+        if budget is not None:
+            reasoning = min(reasoning, budget)
+        if visible:
+            # Streamed reasoning comes first at its own length; the answer gets what the limit leaves.
+            if limit is not None:
+                reasoning = min(reasoning, limit)
+            thought = Block("reasoning", self.generator.reasoning(gen_req, reasoning))
+            plan = builder.build_blocks([thought, *blocks], limit, req.stop, keep_ids=keep_ids)
+        else:
+            answer_limit, shared = limit, False
+            if limit is not None and reasoning and reasoning + plan.output_tokens > limit:
+                # Hidden reasoning and answer tokens share the budget, as on the real APIs:
+                # keep their ratio (ignore_eos: the answer fills what reasoning leaves), and the
+                # answer ends with "length".
+                answer_limit = max(1, limit - reasoning if req.ignore_eos else int(limit / (1 + ratio)))
+                if budget is not None and limit - answer_limit > budget:
+                    answer_limit = limit - budget
+                shared = True
+            if mode == "omitted":  # the reasoning's place: an empty block, its tokens spent before it ends
+                plan = builder.build_blocks([Block("reasoning", ""), *blocks], answer_limit, req.stop,
+                                            keep_ids=keep_ids)
+            elif shared or keep_ids:
+                plan = builder.build_blocks(blocks, answer_limit, req.stop, keep_ids=keep_ids)
+            if shared:
+                assert limit is not None
+                reasoning = min(limit - plan.output_tokens, reasoning)
+                plan.finish_reason = "length"
+            plan.reasoning_tokens = reasoning
+        if keep_ids:
+            plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
+                                           gen_req.rng("logprobs") if gen_req.seed is not None else content)
+        return plan
 
-    def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest,
-                       rng: random.Random) -> list[Block]:
+    @staticmethod
+    def _model_limit(profile: ModelProfile, prompt_tokens: int) -> int:
+        """How far a request without a limit may generate: the model's output limit, within the context."""
+        return max(1, min(profile.max_output_tokens, profile.context_window - prompt_tokens))
+
+    def _answer_length(self, req: Request, profile: ModelProfile, content: random.Random,
+                       prompt_tokens: int) -> tuple[int | None, int | None]:
+        """(exact token count, target) of the answer text; both None: the generator's own length.
+
+        ignore_eos: exactly one past the limit (the limit then cuts it, "length", as
+        vLLM's does). Else a profile's `output_tokens` draw is the reply's target,
+        unless --target-tokens was given.
+        """
+        if req.ignore_eos:
+            limit = req.max_tokens if req.max_tokens is not None else self._model_limit(profile, prompt_tokens)
+            return limit + 1, None
+        if profile.output_tokens is not None and not self.fixed_length:
+            return None, profile.output_tokens.sample(content)
+        return None, None
+
+    def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest, rng: random.Random,
+                       content: random.Random, prompt_tokens: int) -> tuple[list[Block], int | None]:
+        """The answer's blocks, and (with ignore_eos) how long the answer would have been on its own."""
         probability = profile.tool_call_probability
         if probability is None:
             probability = self.tools.call_probability
         calls = tools_to_call(req.tools, req.tool_choice, answers_tool_result=req.answers_tool_result,
                               parallel=req.parallel_tool_calls, probability=probability,
-                              max_parallel=self.tools.max_parallel_calls, rng=rng)
+                              max_parallel=self.tools.max_parallel_calls, rng=content if req.seed is not None else rng)
         if calls:
-            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix)
+            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix), None
         if req.output_format is not None:
-            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))]
-        return [Block("text", self.generator.generate(gen_req))]
+            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))], None
+        enc = get_encoding(profile.encoding)
+        tokens, target = self._answer_length(req, profile, content, prompt_tokens)
+        natural = None
+        if req.ignore_eos:  # how long the answer would have been: what the reasoning is sized on
+            _, own = self._answer_length(replace(req, ignore_eos=False), profile, content, prompt_tokens)
+            natural = len(encode(self.generator.generate(gen_req, target=own), enc))
+        text = self.generator.generate(gen_req, tokens=tokens, target=target)
+        if tokens is None and req.min_tokens and len(encode(text, enc)) < req.min_tokens:
+            text = self.generator.generate(gen_req, tokens=req.min_tokens)
+        return [Block("text", text)], natural
+
+    @staticmethod
+    def _logprobs(plan: TokenPlan, enc: tiktoken.Encoding, top: int,
+                  rng: random.Random) -> list[list[TokenLogprob]]:
+        """Each chunk's tokens with their log-probabilities (text chunks only; others get [])."""
+        ids = plan.piece_ids or []
+        owner = plan.piece_blocks()
+        blocks = plan.blocks
+        out: list[list[TokenLogprob]] = []
+        for i, chunk in enumerate(ids):
+            kind = blocks[owner[i]].kind if blocks else "text"
+            out.append(token_logprobs(enc, chunk, top, rng) if kind == "text" else [])
+        return out
 
 
 def _input_too_long(limit: int, tokens: int, param: str, at_least: bool) -> ApiError:

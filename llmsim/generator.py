@@ -1,9 +1,12 @@
 """Response text generators: what the simulated model "says".
 
-A generator turns a request into text of about `target_tokens` tokens; the
-stream builder then applies the request's own limits (max_tokens, stop). With a
-seed, the text depends only on (seed, model, prompt), so the streamed and the
-non-streamed answer to the same request are identical.
+A generator turns a request into text of about `target_tokens` tokens, or of
+exactly n tokens when asked (`generate(request, tokens=n)`: ignore_eos,
+min_tokens, a profile's output-length distribution); the stream builder then
+applies the request's own limits (max_tokens, stop). It also writes the prose of
+visible reasoning (`reasoning()`), which is never the answer's text. With a
+seed, the text depends only on (seed, model, prompt, choice), so the streamed
+and the non-streamed answer to the same request are identical.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import yaml
 from .tokens import encode, encoding_name_for_model, get_encoding, message_text
 
 DEFAULT_TARGET_TOKENS = 100
+FILLER = " the"
+"""One token in every encoding llmsim uses: pads a text to an exact token count when a cut will not do."""
 
 _LOREM = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore "
@@ -40,6 +45,33 @@ _RANDOM_WORDS = (
     "naïve café résumé 東京 数据 данные émoji 🙂 🚀"
 ).split()
 
+_REASONING_OPENERS = (
+    "The user asks: \"{topic}\". Let me think about this step by step.",
+    "Okay, the request is \"{topic}\".",
+    "So the question is \"{topic}\". First, let me make sure I understand what is being asked.",
+)
+_REASONING_STEPS = (
+    "I should start with what is actually being asked.",
+    "Let me break this into smaller parts and handle them one at a time.",
+    "One approach would be to look at the most common case first.",
+    "Wait, that does not quite hold in every case, so let me reconsider.",
+    "Another way to see it is to compare the options side by side.",
+    "I need to check the constraints before going further.",
+    "That seems consistent with what I worked out a moment ago.",
+    "Hmm, there may be an edge case here worth mentioning.",
+    "The key point seems to be the trade-off between simplicity and accuracy.",
+    "Let me double-check the details, since a small mistake would change the answer.",
+    "If I assume the usual defaults, the reasoning becomes straightforward.",
+    "It would help to give a short example as well.",
+    "So far the argument holds together.",
+    "I should keep the answer clear and not too long.",
+)
+_REASONING_CLOSERS = (
+    "Okay, now I can write the answer.",
+    "That settles it; time to answer.",
+    "I think I have enough to respond now.",
+)
+
 
 _UNSEEDED = random.Random()
 
@@ -54,6 +86,8 @@ class GenerationRequest:
     encoding: str | None = None
     conversation: str | None = None
     """Which conversation the request continues (a scripted cursor per conversation keys on it)."""
+    choice: int = 0
+    """Which of the request's `n` choices this is: each seeded choice says something different."""
 
     @classmethod
     def from_body(cls, body: dict, seed: int | None = None, encoding: str | None = None) -> GenerationRequest:
@@ -69,11 +103,19 @@ class GenerationRequest:
                 break
         return cls(prompt=prompt, model=str(body.get("model", "gpt-5")), seed=seed, encoding=encoding)
 
-    def rng(self) -> random.Random:
-        """Seeded from (seed, model, prompt) when a seed is set; fresh otherwise."""
+    def rng(self, salt: str = "") -> random.Random:
+        """Seeded from (seed, model, prompt, choice, salt) when a seed is set; fresh otherwise.
+
+        `salt` separates what one request draws (the answer, its reasoning, its logprobs).
+        """
         if self.seed is None:
             return _UNSEEDED
-        digest = hashlib.blake2b(f"{self.seed}\x00{self.model}\x00{self.prompt}".encode(), digest_size=8).digest()
+        key = f"{self.seed}\x00{self.model}\x00{self.prompt}"
+        if self.choice:
+            key += f"\x00choice:{self.choice}"
+        if salt:
+            key += f"\x00{salt}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 
     def encoding_name(self) -> str:
@@ -88,6 +130,32 @@ def _cut_to_tokens(text: str, n: int, encoding_name: str) -> str:
     return enc.decode(ids[:n])
 
 
+def fit_tokens(text: str, n: int, encoding_name: str) -> str:
+    """`text` cut (or padded) to exactly `n` tokens, as the stream builder will count it again.
+
+    A cut inside a word may re-tokenise differently; then the text is cut back
+    to a space (a token boundary in o200k_base and cl100k_base) and padded
+    with one-token filler words.
+    """
+    if n <= 0:
+        return ""
+    enc = get_encoding(encoding_name)
+    ids = encode(text, enc)
+    if len(ids) >= n:
+        cut = enc.decode(ids[:n])
+        if len(encode(cut, enc)) == n:
+            return cut
+        text = cut
+    while text and len(encode(text, enc)) > n:
+        head, sep, _ = text.rpartition(" ")
+        text = head if sep else ""
+    have = len(encode(text, enc))
+    text += FILLER * (n - have)
+    while len(encode(text, enc)) > n:  # never expected: a filler merged with the text before it
+        text = text[:-1]
+    return text
+
+
 class Generator:
     """Base class: subclasses implement `_text`; `generate` trims it to the target."""
 
@@ -98,25 +166,69 @@ class Generator:
             raise ValueError("target_tokens must be >= 1")
         self.target_tokens = target_tokens
 
-    def generate(self, request: GenerationRequest | dict | None = None) -> str:
-        """Text of at most `target_tokens` tokens in the request model's encoding."""
+    fills_target = False
+    """Writes as much as a target asks (lorem, random, sequence); others are cut to it (echo)."""
+    keeps_own_length = False
+    """Its replies keep their own length whatever the target (fixed, script)."""
+
+    def generate(self, request: GenerationRequest | dict | None = None, tokens: int | None = None, *,
+                 target: int | None = None) -> str:
+        """Text of at most `target_tokens` tokens in the request model's encoding.
+
+        `target` replaces target_tokens for this reply (a profile's output-length
+        draw); `tokens` asks for exactly that many tokens, extending the text to
+        reach it (more words, or the text repeated: ignore_eos, min_tokens).
+        """
         if request is None:
             request = GenerationRequest()
         elif isinstance(request, dict):
             request = GenerationRequest.from_body(request)
-        return _cut_to_tokens(self._text(request), self.target_tokens, request.encoding_name())
+        name = request.encoding_name()
+        if tokens is not None:
+            return fit_tokens(self._long_text(request, tokens), tokens, name)
+        if target is not None and not self.keeps_own_length:
+            if self.fills_target:
+                return fit_tokens(self._long_text(request, target), target, name)
+            return _cut_to_tokens(self._text(request), target, name)
+        return _cut_to_tokens(self._text(request), self.target_tokens, name)
 
     def _text(self, request: GenerationRequest) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _long_text(self, request: GenerationRequest, tokens: int) -> str:
+        """Text of at least `tokens` tokens: the generator's own text, repeated as often as needed."""
+        text = self._text(request).strip() or " ".join(_LOREM)
+        have = len(encode(text, get_encoding(request.encoding_name())))
+        return " ".join([text] * (tokens // max(1, have) + 1))
+
+    def reasoning(self, request: GenerationRequest | None = None, tokens: int = 0) -> str:
+        """Visible reasoning of exactly `tokens` tokens: plausible step-by-step prose about the
+        prompt, never the answer's own text (seeded like the answer, from its own draw)."""
+        request = request or GenerationRequest()
+        if tokens <= 0:
+            return ""
+        rng = request.rng("reasoning")
+        enc = get_encoding(request.encoding_name())
+        words = request.prompt.split()
+        topic = " ".join(words[:12]) + (" …" if len(words) > 12 else "") if words else "(no question)"
+        sentences: list[str] = [rng.choice(_REASONING_OPENERS).format(topic=topic)]
+        have = len(encode(sentences[0], enc))
+        while have < tokens:
+            sentence = rng.choice([s for s in _REASONING_STEPS if s != sentences[-1]])
+            sentences.append(sentence)
+            have += len(encode(sentence, enc)) + 1
+        sentences.append(rng.choice(_REASONING_CLOSERS))
+        return fit_tokens(" ".join(sentences), tokens, request.encoding_name())
 
     def turn(self, request: GenerationRequest) -> ScriptTurn | None:
         """A scripted turn (text, tool calls, an error), or None to let the engine decide the answer."""
         return None
 
-    def _words(self, vocabulary: list[str], request: GenerationRequest, sentence: bool) -> str:
+    def _words(self, vocabulary: list[str], request: GenerationRequest, sentence: bool,
+               tokens: int | None = None) -> str:
         # About one token a word: 1.2x the target is always enough to cut from.
         rng = request.rng()
-        n = int(self.target_tokens * 1.2) + 8
+        n = int((tokens or self.target_tokens) * 1.2) + 8
         words = rng.choices(vocabulary, k=n)  # one call: this runs for every request, on the event loop
         if not sentence:
             return " ".join(words)
@@ -132,18 +244,27 @@ class LoremGenerator(Generator):
     """Lorem-ipsum sentences: realistic token shapes, obviously fake text."""
 
     name = "lorem"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return self._words(_LOREM, request, sentence=True)
+
+    def _long_text(self, request: GenerationRequest, tokens: int) -> str:
+        return self._words(_LOREM, request, sentence=True, tokens=tokens)
 
 
 class RandomGenerator(Generator):
     """Random words, including multi-byte UTF-8 and emoji, to exercise tokenisation edges."""
 
     name = "random"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return self._words(_RANDOM_WORDS, request, sentence=False)
+
+    def _long_text(self, request: GenerationRequest, tokens: int) -> str:
+        # Multi-byte words take several tokens each: 1.2 words a token is plenty.
+        return self._words(_RANDOM_WORDS, request, sentence=False, tokens=tokens)
 
 
 class EchoGenerator(Generator):
@@ -159,6 +280,7 @@ class FixedGenerator(Generator):
     """Always the same text."""
 
     name = "fixed"
+    keeps_own_length = True
 
     def __init__(self, text: str, target_tokens: int = 1_000_000) -> None:
         super().__init__(target_tokens)
@@ -172,9 +294,13 @@ class SequenceGenerator(Generator):
     """"1 2 3 …": a lost, duplicated or reordered chunk is visible at a glance."""
 
     name = "sequence"
+    fills_target = True
 
     def _text(self, request: GenerationRequest) -> str:
         return " ".join(str(i) for i in range(1, self.target_tokens + 1))
+
+    def _long_text(self, request: GenerationRequest, tokens: int) -> str:
+        return " ".join(str(i) for i in range(1, tokens + 1))
 
 
 @dataclass(frozen=True)
@@ -273,6 +399,7 @@ class ScriptGenerator(Generator):
     """
 
     name = "script"
+    keeps_own_length = True
 
     def __init__(self, path: str, target_tokens: int = 1_000_000) -> None:
         super().__init__(target_tokens)

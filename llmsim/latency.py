@@ -1,4 +1,4 @@
-"""Latency distributions and sampling.
+"""Latency distributions and sampling (and the output-length distribution of a profile).
 
 A profile describes TTFT and ITL as distributions given by their own mean and
 standard deviation in milliseconds. The same objects answer both sides of the
@@ -104,6 +104,10 @@ class LatencyProfile:
     itl: Distribution = field(default_factory=lambda: constant(0))
     prefill_tokens_per_s: float | None = None
     reasoning_tokens_per_output_token: float = 0.0
+    reasoning_visible: bool = False
+    """The model streams its reasoning (Chat `reasoning_content`) unless the request hides it."""
+    reasoning_on_request: bool = False
+    """The model reasons only when the request asks (Anthropic `thinking`, a Responses summary)."""
 
     @classmethod
     def from_model(cls, model: str, profiles_dir: str | None = None) -> LatencyProfile:
@@ -120,12 +124,16 @@ class LatencyProfile:
     def reasoning(self) -> bool:
         return self.reasoning_tokens_per_output_token > 0
 
-    def reasoning_tokens(self, output_tokens: int, effort: str | None = None) -> int:
-        """Hidden reasoning tokens spent before `output_tokens` visible ones."""
-        if not self.reasoning:
-            return 0
-        factor = REASONING_EFFORT_FACTORS.get(effort or "medium", 1.0)
-        return int(round(self.reasoning_tokens_per_output_token * factor * output_tokens))
+    def reasoning_ratio(self, effort: str | None = None, requested: bool = False) -> float:
+        """Reasoning tokens per answer token at this effort; 0 for a model that reasons only
+        on request when the request did not ask."""
+        if not self.reasoning or (self.reasoning_on_request and not requested):
+            return 0.0
+        return self.reasoning_tokens_per_output_token * REASONING_EFFORT_FACTORS.get(effort or "medium", 1.0)
+
+    def reasoning_tokens(self, output_tokens: int, effort: str | None = None, requested: bool = False) -> int:
+        """Reasoning tokens spent before `output_tokens` answer tokens."""
+        return int(round(self.reasoning_ratio(effort, requested) * output_tokens))
 
     def prefill_ms(self, prompt_tokens: int) -> float:
         if not self.prefill_tokens_per_s or prompt_tokens <= 0:
@@ -144,6 +152,58 @@ class LatencyProfile:
         if self.prefill_tokens_per_s:
             d["prefill"] = {"tokens_per_s": self.prefill_tokens_per_s}
         if self.reasoning:
-            d["reasoning"] = {"tokens_per_output_token": self.reasoning_tokens_per_output_token}
+            r: dict = {"tokens_per_output_token": self.reasoning_tokens_per_output_token}
+            if self.reasoning_visible:
+                r["visible"] = True
+            if self.reasoning_on_request:
+                r["on_request"] = True
+            d["reasoning"] = r
+        return d
+
+
+LENGTH_DISTRIBUTIONS = ("constant", "normal", "lognormal", "uniform")
+
+
+@dataclass(frozen=True)
+class LengthDistribution:
+    """How long a model's answers are, in tokens: a profile's `output_tokens`.
+
+    `normal` and `lognormal` are given by their own mean and stddev (as latency
+    distributions are), `uniform` by min and max; every draw is a whole number
+    clamped to [min, max].
+    """
+
+    kind: str = "constant"
+    mean: float = 100.0
+    stddev: float = 0.0
+    min: int = 1
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LENGTH_DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(LENGTH_DISTRIBUTIONS)}, not {self.kind!r}")
+        if self.min < 1 or (self.max is not None and self.max < self.min):
+            raise ValueError("need 1 <= min <= max")
+        if self.kind == "uniform" and self.max is None:
+            raise ValueError("a uniform distribution needs max")
+
+    def sample(self, rng: random.Random) -> int:
+        if self.kind == "uniform":
+            assert self.max is not None
+            return rng.randint(self.min, self.max)
+        n = round(Distribution(self.kind, self.mean, self.stddev).sample(rng))
+        n = max(self.min, n)
+        return n if self.max is None else min(self.max, n)
+
+    def to_dict(self) -> dict:
+        d: dict = {"distribution": self.kind}
+        if self.kind != "uniform":
+            d["mean"] = self.mean
+            if self.kind != "constant":
+                d["stddev"] = self.stddev
+        if self.min != 1 or self.kind == "uniform":
+            d["min"] = self.min
+        if self.max is not None:
+            d["max"] = self.max
         return d
 

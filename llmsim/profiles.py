@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .latency import DISTRIBUTIONS, Distribution, LatencyProfile
+from .latency import DISTRIBUTIONS, LENGTH_DISTRIBUTIONS, Distribution, LatencyProfile, LengthDistribution
 from .validation import ValidationError, integer, mapping, number
 
 ENCODINGS = ("o200k_base", "cl100k_base")
@@ -92,6 +92,8 @@ class ModelProfile:
     """How often a model with tools and tool_choice auto calls one (None: the server's setting)."""
     embedding: EmbeddingSpec | None = None
     """An embedding model: served by /v1/embeddings only, with no token timing."""
+    output_tokens: LengthDistribution | None = None
+    """How long its answers are (None: the generator's --target-tokens)."""
     source: str = "<built-in>"
 
     @property
@@ -130,15 +132,18 @@ class ModelProfile:
             d["slo"] = {c.key: c.limit_ms for c in self.slo}
         if self.tool_call_probability is not None:
             d["tools"] = {"call_probability": self.tool_call_probability}
+        if self.output_tokens is not None:
+            d["output_tokens"] = self.output_tokens.to_dict()
         return d
 
 
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_output_tokens", "ttft", "itl",
-             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools", "embedding"}
+             "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools", "embedding",
+             "output_tokens"}
 _GENERATION_KEYS = ("context_window", "max_output_tokens", "ttft", "itl", "prefill", "reasoning", "slo",
-                    "chunk_tokens", "tools")
+                    "chunk_tokens", "tools", "output_tokens")
 """What an embedding profile cannot have: it generates no tokens."""
 _EMBEDDING_KEYS = {"dimensions", "base_ms", "per_token_ms", "max_input_tokens", "dimensions_param"}
 
@@ -188,6 +193,33 @@ def parse_embedding(src: str, key: str, value: Any) -> EmbeddingSpec:
     )
 
 
+def _flag(src: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(src, key, f"must be true or false, got {value!r}")
+    return value
+
+
+def parse_length_distribution(src: str, key: str, value: Any) -> LengthDistribution:
+    """`output_tokens: {distribution, mean, stddev, min, max}` (uniform: min and max)."""
+    value = mapping(src, key, value, {"distribution", "mean", "stddev", "min", "max"})
+    kind = value.get("distribution", "constant")
+    if kind not in LENGTH_DISTRIBUTIONS:
+        raise ProfileError(src, f"{key}.distribution", f"must be one of {', '.join(LENGTH_DISTRIBUTIONS)}, "
+                                                       f"got {kind!r}")
+    lo = integer(src, f"{key}.min", value.get("min", 1), minimum=1)
+    hi = None if value.get("max") is None else int(number(src, f"{key}.max", value["max"], minimum=lo,
+                                                           integer=True))
+    if kind == "uniform":
+        if hi is None:
+            raise ProfileError(src, f"{key}.max", "is required for a uniform distribution")
+        return LengthDistribution("uniform", (lo + hi) / 2, 0.0, lo, hi)
+    if "mean" not in value:
+        raise ProfileError(src, f"{key}.mean", "is required")
+    mean = number(src, f"{key}.mean", value["mean"], minimum=1)
+    std = number(src, f"{key}.stddev", value.get("stddev", 0))
+    return LengthDistribution(kind, mean, std, lo, hi)
+
+
 def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     """One `profiles:` entry -> ModelProfile, or ValidationError naming the key."""
     if not isinstance(value, dict):
@@ -227,10 +259,16 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
     if value.get("prefill") is not None:
         p = mapping(src, f"{where}.prefill", value["prefill"], {"tokens_per_s"})
         prefill = number(src, f"{where}.prefill.tokens_per_s", p.get("tokens_per_s"), strict=True)
-    ratio = 0.0
+    ratio, visible, on_request = 0.0, False, False
     if value.get("reasoning") is not None:
-        r = mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token"})
+        r = mapping(src, f"{where}.reasoning", value["reasoning"], {"tokens_per_output_token", "visible",
+                                                                     "on_request"})
         ratio = number(src, f"{where}.reasoning.tokens_per_output_token", r.get("tokens_per_output_token"))
+        visible = _flag(src, f"{where}.reasoning.visible", r.get("visible", False))
+        on_request = _flag(src, f"{where}.reasoning.on_request", r.get("on_request", False))
+    output_tokens = None
+    if value.get("output_tokens") is not None:
+        output_tokens = parse_length_distribution(src, f"{where}.output_tokens", value["output_tokens"])
     slo: list[SloCheck] = []
     if value.get("slo") is not None:
         s = value["slo"]
@@ -257,8 +295,10 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
         name=name, models=tuple(models), provider=provider, encoding=encoding,
         context_window=context_window, max_output_tokens=max_out,
         latency=LatencyProfile(ttft=ttft, itl=itl, prefill_tokens_per_s=prefill,
-                               reasoning_tokens_per_output_token=ratio),
-        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability, source=src,
+                               reasoning_tokens_per_output_token=ratio, reasoning_visible=visible,
+                               reasoning_on_request=on_request),
+        capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability,
+        output_tokens=output_tokens, source=src,
     )
 
 

@@ -62,6 +62,10 @@ class TokenPlan:
     reasoning_tokens: int = 0
     """Hidden reasoning: spent before the first chunk, never streamed."""
     blocks: list[Block] = field(default_factory=list)
+    piece_ids: list[list[int]] | None = None
+    """Each chunk's token ids, kept only when asked (logprobs need them)."""
+    logprobs: list[list[Any]] | None = None
+    """Each chunk's tokens with their log-probabilities (logprobs.TokenLogprob; [] outside text blocks)."""
 
     def block_text(self, block: Block) -> str:
         return "".join(self.pieces[block.start:block.end])
@@ -123,14 +127,17 @@ class TokenStreamBuilder:
         return plan
 
     def build_blocks(self, blocks: Sequence[Block], max_tokens: int | None = None,
-                     stop: Sequence[str] | None = None) -> TokenPlan:
+                     stop: Sequence[str] | None = None, *, keep_ids: bool = False) -> TokenPlan:
         """Plan every block in order on one timeline; max_tokens counts across them all.
 
         Stop sequences cut text blocks (and end the answer there); max_tokens
         cuts wherever the budget runs out, even inside a tool call's arguments
         (as a real model's would, leaving invalid JSON), and wins with "length".
+        With keep_ids, `piece_ids` holds every chunk's token ids.
         """
         plan = TokenPlan()
+        if keep_ids:
+            plan.piece_ids = []
         budget = max_tokens
         for spec in blocks:
             text, stopped = spec.text, False
@@ -166,7 +173,9 @@ class TokenStreamBuilder:
         k = self.chunk_tokens
         pieces, counts = plan.pieces, plan.piece_tokens
         buf, pending, partial = "", 0, False
-        for tok in ids:
+        keep = plan.piece_ids
+        start = 0  # index in ids of the pending chunk's first token
+        for j, tok in enumerate(ids):
             pending += 1
             text = None
             if not partial:
@@ -180,13 +189,19 @@ class TokenStreamBuilder:
             if buf and pending >= k:
                 pieces.append(buf)
                 counts.append(pending)
-                buf, pending = "", 0
+                if keep is not None:
+                    keep.append(ids[start:j + 1])
+                buf, pending, start = "", 0, j + 1
         buf += decoder.decode(b"", final=True)
         if buf:
             pieces.append(buf)
             counts.append(pending)
+            if keep is not None:
+                keep.append(ids[start:])
         elif pending and pieces:
             counts[-1] += pending
+            if keep is not None:
+                keep[-1] = keep[-1] + ids[start:]
 
 
 _TOKEN_TEXTS: dict[str, dict[int, str | None]] = {}
@@ -256,6 +271,27 @@ class Pacer:
         for i in self.paced_indices(plan.piece_tokens, plan.reasoning_tokens, start):
             yield pieces[i]
 
+    def deadlines(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0,
+                  start: float | None = None) -> Iterator[float]:
+        """Each chunk's deadline in turn; a k-token chunk waits for its k-th token.
+
+        Computed lazily, as the previous chunk is released, so a gap reads the
+        batch's slowdown when it starts.
+        """
+        itl = self._itl_s
+        deadline = self.first_deadline(self.clock() if start is None else start, reasoning_tokens)
+        for i, ntok in enumerate(piece_tokens):
+            for _ in range(ntok - 1 if i == 0 else ntok):
+                deadline += itl()
+            yield deadline
+
+    def release(self, i: int, ntok: int) -> None:
+        """Chunk i (of ntok tokens) reached its deadline: it goes out, unless the planned cut comes first."""
+        cut = self.cut
+        if cut is not None and i >= cut.after_pieces:
+            raise StreamCut(cut)
+        self.sent_tokens += ntok
+
     def paced_indices(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0,
                       start: float | None = None) -> Iterator[int]:
         """Yield each chunk's index at its deadline; a k-token chunk waits for its k-th token.
@@ -265,6 +301,7 @@ class Pacer:
         StreamCut at the deadline of chunk n+1 (or right after the last one):
         the model "fails" while generating.
         """
+        # deadlines() and release() inlined: this loop runs once per streamed token.
         cut = self.cut
         clock, itl = self.clock, self._itl_s
         deadline = self.first_deadline(clock() if start is None else start, reasoning_tokens)

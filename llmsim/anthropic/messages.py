@@ -9,8 +9,10 @@ token costs one json.dumps of its text.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +26,9 @@ from ..tokens import message_text
 from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
 
 ROLES = ("user", "assistant")
+THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
+THINKING_DISPLAYS = ("summarized", "omitted")
+MIN_THINKING_BUDGET = 1024
 TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -239,19 +244,67 @@ def parse_messages_request(body: dict) -> Request:
     if stream is not None and not isinstance(stream, bool):
         raise bad("stream", "Input should be a valid boolean")
     req.stream = bool(stream)
-    _number(body, "temperature", 0, 1)
-    _number(body, "top_p", 0, 1)
-    _integer(body, "top_k", minimum=0)
+    temperature = _number(body, "temperature", 0, 1)
+    top_p = _number(body, "top_p", 0, 1)
+    top_k = _integer(body, "top_k", minimum=0)
     metadata = body.get("metadata")
     if metadata is not None:
         user_id = _object(metadata, "metadata").get("user_id")
         if user_id is not None and not isinstance(user_id, str):
             raise bad("metadata.user_id", "Input should be a valid string")
-    thinking = body.get("thinking")
-    if thinking is not None:
-        _object(thinking, "thinking")
+    _thinking(body, req)
+    if req.reasoning in ("visible", "omitted"):  # thinking on: the sampling limits Anthropic enforces
+        if temperature is not None and temperature != 1:
+            raise bad("temperature", "`temperature` may only be set to 1 when thinking is enabled or in adaptive "
+                                     "mode.")
+        if top_k is not None:
+            raise bad("top_k", "`top_k` must be unset when thinking is enabled or in adaptive mode.")
+        if top_p is not None and top_p < 0.95:
+            raise bad("top_p", "`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled or "
+                               "in adaptive mode.")
+        if req.tool_choice.mode in ("required", "tool"):
+            raise bad("tool_choice", "Thinking may not be enabled when tool_choice forces tool use.")
     req.output_format = _output_format(body)
     return req
+
+
+def _thinking(body: dict, req: Request) -> None:
+    """`thinking`: enabled (with budget_tokens >= 1024 and < max_tokens) or adaptive makes the model think
+    in a visible `thinking` block (display "omitted": an empty one, the tokens still spent); disabled or
+    between_tools: no thinking. Without `thinking`, the profile decides (Claude: no thinking)."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return
+    _object(thinking, "thinking")
+    kind = thinking.get("type")
+    if kind is None:
+        raise bad("thinking.type", "Field required")
+    if kind not in THINKING_TYPES:
+        tags = ", ".join(f"'{t}'" for t in THINKING_TYPES)
+        raise bad("thinking", f"Input tag {_dumps(kind)} found using 'type' does not match any of the expected "
+                              f"tags: {tags}")
+    if kind in ("disabled", "between_tools"):
+        req.reasoning = "off"
+        return
+    display = thinking.get("display")
+    if display is not None and display not in THINKING_DISPLAYS:
+        raise bad("thinking.display", "Input should be 'summarized' or 'omitted'")
+    req.reasoning = "omitted" if display == "omitted" else "visible"
+    if kind == "adaptive":
+        return
+    budget = thinking.get("budget_tokens")
+    path = "thinking.budget_tokens"
+    if budget is None:
+        raise bad(path, "Field required")
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise bad(path, "Input should be a valid integer")
+    if budget < MIN_THINKING_BUDGET:
+        raise bad(path, f"Input should be greater than or equal to {MIN_THINKING_BUDGET}")
+    if req.max_tokens is not None and budget >= req.max_tokens:
+        raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                      "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                      "#max-tokens-and-context-window-size", param=path)
+    req.reasoning_budget = budget
 
 
 def _output_format(body: dict) -> OutputFormat | None:
@@ -321,9 +374,18 @@ def stop_reason(plan: TokenPlan) -> str:
     return "end_turn"
 
 
-def message_usage(input_tokens: int, output_tokens: int) -> dict:
-    return {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-            "output_tokens": output_tokens, "service_tier": "standard"}
+def message_usage(input_tokens: int, output_tokens: int, thinking_tokens: int = 0) -> dict:
+    """`usage`: output_tokens includes thinking, which output_tokens_details breaks out when there is some."""
+    usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+             "output_tokens": output_tokens, "service_tier": "standard"}
+    if thinking_tokens:
+        usage["output_tokens_details"] = {"thinking_tokens": thinking_tokens}
+    return usage
+
+
+def signature() -> str:
+    """An opaque thinking-block signature (what a client passes back unchanged)."""
+    return base64.b64encode(os.urandom(144)).decode()
 
 
 def tool_input(block: Block) -> Any:
@@ -354,7 +416,7 @@ def message_body(meta: dict, gen: Generation) -> dict:
         "content": [content_block(b, meta.get("signature", "")) for b in plan.blocks],
         "stop_reason": stop_reason(plan),
         "stop_sequence": plan.stop_sequence,
-        "usage": message_usage(gen.prompt_tokens, plan.completion_tokens),
+        "usage": message_usage(gen.prompt_tokens, plan.completion_tokens, plan.all_reasoning_tokens),
     }
 
 
@@ -413,8 +475,10 @@ class MessageEventEncoder(StreamEncoder):
         return out + self.event("content_block_stop", {"type": "content_block_stop", "index": index})
 
     def message_delta(self, plan: TokenPlan) -> bytes:
-        usage = {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                 "output_tokens": plan.completion_tokens}
+        usage: dict = {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0,
+                       "cache_read_input_tokens": 0, "output_tokens": plan.completion_tokens}
+        if plan.all_reasoning_tokens:
+            usage["output_tokens_details"] = {"thinking_tokens": plan.all_reasoning_tokens}
         return self.event("message_delta", {"type": "message_delta",
                                             "delta": {"stop_reason": stop_reason(plan),
                                                       "stop_sequence": plan.stop_sequence},
@@ -441,7 +505,10 @@ class Messages(Api):
 
     @staticmethod
     def _meta(gen: Generation) -> dict:
-        return {"id": new_id("msg_"), "model": gen.request.model}
+        meta = {"id": new_id("msg_"), "model": gen.request.model}
+        if any(b.kind == "reasoning" for b in gen.plan.blocks):
+            meta["signature"] = signature()
+        return meta
 
     def body(self, gen: Generation) -> dict:
         return message_body(self._meta(gen), gen)

@@ -92,7 +92,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("latency_profile", _str, None, "force this profile for every model (default: each model's own)", "NAME"),
     Option("generator", _str, "lorem", "response text: lorem, echo, fixed:TEXT, random, sequence, script:FILE",
            "SPEC"),
-    Option("target_tokens", _int(1), 100, "response length in tokens when the request sets no limit", "N"),
+    Option("target_tokens", _int(1), None, "reply length in tokens for every model (default: the profile's "
+           "output_tokens, else 100)", "N"),
     Option("seed", _int(0), None, "seed for latencies and text: same seed and requests, same run", "N"),
     Option("profiles_dir", _str, None, "directory of extra or overriding profile YAMLs", "DIR"),
     Option("chunk_tokens", _int(1), None, "tokens per streamed chunk for every profile (default: profile's, 1)",
@@ -117,7 +118,7 @@ class ServerConfig:
     port: int = 8080
     latency_profile: str | None = None
     generator: str = "lorem"
-    target_tokens: int = 100
+    target_tokens: int | None = None
     seed: int | None = None
     profiles_dir: str | None = None
     chunk_tokens: int | None = None

@@ -96,7 +96,7 @@ class StreamBody:
         if self._ended:
             return
         self._ended = True
-        self.gen.slot.release()
+        self.gen.release()  # every choice's slot
         self.state.stats.stream_ended(disconnected=not (completed or cut))
         self.state.finish(self.gen, completed)
 

@@ -2,7 +2,10 @@
 
 Text streams as `content` deltas, visible reasoning as `reasoning_content`
 (as DeepSeek and vLLM send it), tool calls as `tool_calls` deltas: index, id,
-type and name first, then argument fragments at the profile's ITL.
+type and name first, then argument fragments at the profile's ITL. With
+`logprobs`, every content chunk carries its tokens' log-probabilities; with
+`n` > 1, the choices' chunks interleave by `index`, each on its own timeline.
+vLLM's `ignore_eos` and `min_tokens` extensions set the answer's length.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..fields import (
     wrong_type,
 )
 from ..latency import REASONING_EFFORT_FACTORS
+from ..logprobs import MAX_TOP_LOGPROBS, chat_logprob
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
 from ..toolcalls import OutputFormat
@@ -47,12 +51,12 @@ def parse_chat_request(body: dict) -> Request:
         raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                       param="stream_options", code="invalid_value")
     include_usage = get_bool(options or {}, "include_usage", param="stream_options.include_usage")
-    n = get_int(body, "n", minimum=1, maximum=128)
-    if n is not None and n > 1:
-        raise invalid(f"llmsim serves one choice per request: 'n' must be 1, got {n}. Send {n} requests instead.",
-                      param="n", code="invalid_value")
+    n = get_int(body, "n", minimum=1, maximum=128) or 1
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = get_int(body, max_tokens_param, minimum=1)
+    ignore_eos, min_tokens = length_controls(body, max_tokens)
+    logprobs = parse_logprobs(body)
+    seed = get_int(body, "seed")
     get_number(body, "temperature", minimum=0, maximum=2)
     get_number(body, "top_p", minimum=0, maximum=1)
     get_number(body, "presence_penalty", minimum=-2, maximum=2)
@@ -76,7 +80,30 @@ def parse_chat_request(body: dict) -> Request:
                    parallel_tool_calls=get_bool(body, "parallel_tool_calls", default=True),
                    output_format=_response_format(body),
                    answers_tool_result=raw_messages[-1].get("role") in ("tool", "function"),
-                   include_usage=include_usage)
+                   include_usage=include_usage, n=n, seed=seed, logprobs=logprobs, ignore_eos=ignore_eos,
+                   min_tokens=min_tokens)
+
+
+def length_controls(body: dict, max_tokens: int | None) -> tuple[bool, int | None]:
+    """vLLM's sampling extensions `ignore_eos` and `min_tokens` (Chat and legacy Completions), validated
+    as vLLM does: min_tokens >= 0 and not above max_tokens."""
+    ignore_eos = get_bool(body, "ignore_eos")
+    min_tokens = get_int(body, "min_tokens", minimum=0)
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise invalid(f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
+                      param="min_tokens", code="invalid_value")
+    return ignore_eos, min_tokens or None
+
+
+def parse_logprobs(body: dict) -> int | None:
+    """Chat's `logprobs` (bool) and `top_logprobs` (0-20, only with logprobs): the number of
+    alternatives per token, or None when log-probabilities are not asked for."""
+    wanted = get_bool(body, "logprobs")
+    top = get_int(body, "top_logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+    if top is not None and not wanted:
+        raise invalid("Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is "
+                      "used.", param="top_logprobs", code="invalid_value")
+    return (top or 0) if wanted else None
 
 
 def _message(msg: Any, param: str) -> dict:
@@ -130,14 +157,17 @@ def _response_format(body: dict) -> OutputFormat | None:
     return parse_json_schema_format(spec, "response_format.json_schema")
 
 
-def chat_usage(prompt_tokens: int, plan: TokenPlan) -> dict:
+def chat_usage(prompt_tokens: int, *plans: TokenPlan) -> dict:
+    """`usage`: the prompt once, the completion tokens (and reasoning tokens) of every choice summed."""
+    completion = sum(p.completion_tokens for p in plans)
     return {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": plan.completion_tokens,
-        "total_tokens": prompt_tokens + plan.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": plan.all_reasoning_tokens, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": sum(p.all_reasoning_tokens for p in plans),
+                                      "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
     }
 
 
@@ -153,40 +183,63 @@ def tool_call_object(block: Block) -> dict:
     return {"id": block.call_id, "type": "function", "function": {"name": block.name, "arguments": block.text}}
 
 
-def chat_completion(meta: dict, gen: Generation) -> dict:
-    """The non-streaming `chat.completion` object."""
+def chat_logprobs(plan: TokenPlan) -> dict | None:
+    """A choice's `logprobs`: every content token's, or None when they were not asked for."""
+    if plan.logprobs is None:
+        return None
+    return {"content": [chat_logprob(t) for chunk in plan.logprobs for t in chunk], "refusal": None}
+
+
+def chat_choice(gen: Generation) -> dict:
+    """One choice of the non-streaming `chat.completion`."""
     plan = gen.plan
     calls = plan.tool_calls
     message: dict[str, Any] = {"role": "assistant", "content": plan.text if plan.text or not calls else None,
                                "refusal": None, "annotations": []}
+    thoughts = [b for b in plan.blocks if b.kind == "reasoning"]
+    if thoughts:  # as DeepSeek and vLLM return visible reasoning
+        message["reasoning_content"] = "".join(b.text for b in thoughts)
     if calls:
         message["tool_calls"] = [tool_call_object(b) for b in calls]
+    return {"index": gen.index, "message": message, "logprobs": chat_logprobs(plan),
+            "finish_reason": finish_reason(gen)}
+
+
+def chat_completion(meta: dict, gen: Generation) -> dict:
+    """The non-streaming `chat.completion` object (one choice per sequence when n > 1)."""
     return {
         **meta,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(gen)}],
-        "usage": chat_usage(gen.prompt_tokens, plan),
+        "choices": [chat_choice(c) for c in gen.all],
+        "usage": chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all)),
         "service_tier": "default",
     }
 
 
 class ChatChunkEncoder(StreamEncoder):
-    """SSE bytes for one streamed `chat.completion.chunk` sequence.
+    """SSE bytes for one streamed `chat.completion.chunk` sequence (one per choice when n > 1).
 
     Chunk bytes are built from a prefix and suffix computed once, so a streamed
     token costs one json.dumps of its text, not a dict and a re-encode.
     """
 
-    def __init__(self, meta: dict, include_usage: bool, gen: Generation | None = None) -> None:
+    def __init__(self, meta: dict, include_usage: bool, gen: Generation | None = None, index: int = 0) -> None:
         super().__init__(gen)  # type: ignore[arg-type]
+        self.meta = meta
         head = json.dumps({**meta, "object": "chat.completion.chunk"}, separators=(",", ":"))[:-1]
-        self._head = f'data: {head},"service_tier":"default","choices":[{{"index":0,"delta":'.encode()
+        self._head = f'data: {head},"service_tier":"default","choices":[{{"index":{index},"delta":'.encode()
         tail = ',"usage":null' if include_usage else ""
         self._content_tail = f'}},"logprobs":null,"finish_reason":null}}]{tail}}}\n\n'.encode()
+        self._logprobs_tail = f',"refusal":null}},"finish_reason":null}}]{tail}}}\n\n'.encode()
         self._tail_usage = tail
         self._meta_head = f'data: {head},"service_tier":"default",'.encode()
         self.include_usage = include_usage
         self._call_index: dict[int, int] = {}
+        self._logprobs = gen.plan.logprobs if gen is not None else None
+        self._piece = 0  # the next chunk's index (for its logprobs)
+
+    def for_choice(self, gen: Generation) -> ChatChunkEncoder:
+        return ChatChunkEncoder(self.meta, self.include_usage, gen, index=gen.index)
 
     def opening(self) -> Iterable[bytes]:
         first = self.gen.plan.blocks[0] if self.gen is not None and self.gen.plan.blocks else None
@@ -208,7 +261,13 @@ class ChatChunkEncoder(StreamEncoder):
         return self._head + b'{"tool_calls":[' + _dumps(call).encode() + b"]" + self._content_tail
 
     def delta(self, index: int, block: Block, text: str) -> bytes:
+        piece = self._piece
+        self._piece = piece + 1
         if block.kind == "text":
+            if self._logprobs is not None:
+                content = _dumps([chat_logprob(t) for t in self._logprobs[piece]])
+                return (self._head + b'{"content":' + json.dumps(text).encode() + b'},"logprobs":{"content":'
+                        + content.encode() + self._logprobs_tail)
             return self._head + b'{"content":' + json.dumps(text).encode() + self._content_tail
         if block.kind == "reasoning":
             return self._head + b'{"reasoning_content":' + json.dumps(text).encode() + self._content_tail
@@ -222,11 +281,13 @@ class ChatChunkEncoder(StreamEncoder):
     def usage(self, usage: dict) -> bytes:
         return self._meta_head + b'"choices":[],"usage":' + json.dumps(usage, separators=(",", ":")).encode() + b"}\n\n"
 
+    def choice_closing(self) -> Iterable[bytes]:
+        yield self.finish(finish_reason(self.gen))
+
     def closing(self) -> Iterable[bytes]:
         gen = self.gen
-        yield self.finish(finish_reason(gen))
         if self.include_usage:
-            yield self.usage(chat_usage(gen.prompt_tokens, gen.plan))
+            yield self.usage(chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all)))
         yield DONE
 
     def error_event(self, err: ApiError) -> bytes:

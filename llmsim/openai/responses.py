@@ -7,7 +7,9 @@ a token costs one json.dumps of its text and one int formatting.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +28,10 @@ SUMMARY_MODES = ("auto", "concise", "detailed")
 TRUNCATION_MODES = ("auto", "disabled")
 MIN_OUTPUT_TOKENS = 16
 """OpenAI rejects `max_output_tokens` below 16."""
+INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+              "message.input_image.image_url", "computer_call_output.output.image_url",
+              "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs")
+"""What `include` accepts (openai.types.responses.ResponseIncludable)."""
 ITEM_TEXT_FIELDS = ("output", "arguments", "text")
 """Where non-message input items (tool calls and their outputs) keep the text that is counted."""
 
@@ -134,11 +140,15 @@ def parse_responses_request(body: dict) -> Request:
         "truncation": truncation,
         "user": get_str(body, "user"),
     }
-    get_list(body, "include")
+    include = get_list(body, "include") or []
+    for i, value in enumerate(include):
+        check_enum(value, INCLUDABLE, f"include[{i}]")
     return Request(model=model, messages=messages, stream=stream, max_tokens=max_output,
                    max_tokens_param="max_output_tokens", prompt_param="input", effort=effort, tools=tools,
                    tool_choice=choice, parallel_tool_calls=echo["parallel_tool_calls"],
-                   output_format=_text_format(text), answers_tool_result=answers_tool_result, echo=echo)
+                   output_format=_text_format(text), answers_tool_result=answers_tool_result, echo=echo,
+                   reasoning="visible" if summary is not None else None,
+                   encrypted_reasoning="reasoning.encrypted_content" in include)
 
 
 def _text_format(text: dict) -> OutputFormat | None:
@@ -173,11 +183,20 @@ def error_code(err: ApiError) -> str:
     return "server_error"
 
 
+def encrypted_content(tokens: int) -> str:
+    """An opaque stand-in for encrypted reasoning (Fernet-shaped), longer for longer reasoning."""
+    return "gAAAAA" + base64.urlsafe_b64encode(os.urandom(48 + min(tokens, 4096) * 3)).decode()
+
+
 class ResponseBuilder:
     """The `response` object of one request in each of its states, and its output items.
 
     Output items: a reasoning item first when the model reasons, then one item
     per answer block (a `message` for text, a `function_call` for a tool call).
+    Visible reasoning (a reasoning block) is that reasoning item: its `summary`
+    when the request set `reasoning.summary`, else its `content` (reasoning_text,
+    as open-weight reasoning models answer). Hidden reasoning is an item with
+    an empty summary.
     """
 
     def __init__(self, gen: Generation) -> None:
@@ -186,6 +205,10 @@ class ResponseBuilder:
         self.offset = 1 if self.reasoning_id else 0
         self.item_ids = [new_id("msg_" if b.kind == "text" else "fc_" if b.kind == "tool_call" else "rs_")
                          for b in gen.plan.blocks]
+        self.summary = bool((gen.request.echo.get("reasoning") or {}).get("summary"))
+        """A visible reasoning block streams as the reasoning summary (else as reasoning text)."""
+        self.encrypted = (encrypted_content(gen.plan.all_reasoning_tokens)
+                          if gen.request.encrypted_reasoning else None)
         self._base: dict[str, Any] = {
             "id": new_id("resp_"), "object": "response", "created_at": gen.created, "status": "in_progress",
             "background": False, "error": None, "incomplete_details": None, "instructions": None,
@@ -197,7 +220,8 @@ class ResponseBuilder:
             "usage": None, "user": None, "metadata": {},
         }
         self._base.update(gen.request.echo)
-        if self.reasoning_id and self._base["reasoning"].get("effort") is None:
+        reasons = self.reasoning_id or any(b.kind == "reasoning" for b in gen.plan.blocks)
+        if reasons and self._base["reasoning"].get("effort") is None:
             # A reasoning model reasons at medium effort unless told otherwise, and says so.
             self._base["reasoning"] = {**self._base["reasoning"], "effort": "medium"}
 
@@ -209,7 +233,13 @@ class ResponseBuilder:
         return {**self._base, "status": status, **extra}
 
     def reasoning_item(self) -> dict:
-        return {"id": self.reasoning_id, "type": "reasoning", "summary": []}
+        item: dict = {"id": self.reasoning_id, "type": "reasoning", "summary": []}
+        if self.encrypted is not None:
+            item["encrypted_content"] = self.encrypted
+        return item
+
+    def reasoning_part(self, text: str) -> dict:
+        return {"type": "summary_text" if self.summary else "reasoning_text", "text": text}
 
     @staticmethod
     def text_part(text: str) -> dict:
@@ -219,6 +249,14 @@ class ResponseBuilder:
         """Block `index` as an output item: just opened (done False) or finished."""
         block = self.gen.plan.blocks[index]
         item_id = self.item_ids[index]
+        if block.kind == "reasoning":
+            parts = [self.reasoning_part(block.text)] if done and block.text else []
+            item: dict = {"id": item_id, "type": "reasoning", "summary": parts if self.summary else []}
+            if not self.summary:
+                item["content"] = parts
+            if self.encrypted is not None:
+                item["encrypted_content"] = self.encrypted
+            return item
         if block.kind == "tool_call":
             return {"id": item_id, "type": "function_call", "status": status,
                     "arguments": block.text if done else "", "call_id": block.call_id, "name": block.name}
@@ -256,6 +294,12 @@ class ResponseEventEncoder(StreamEncoder):
     def _head(self, index: int, block: Block) -> bytes:
         b = self.builder
         ids = f'"item_id":{_dumps(b.item_ids[index])},"output_index":{b.offset + index}'
+        if block.kind == "reasoning":
+            if b.summary:
+                return ('event: response.reasoning_summary_text.delta\ndata: {"type":'
+                        f'"response.reasoning_summary_text.delta",{ids},"summary_index":0,"delta":').encode()
+            return ('event: response.reasoning_text.delta\ndata: {"type":"response.reasoning_text.delta",'
+                    f'{ids},"content_index":0,"delta":').encode()
         if block.kind == "tool_call":
             return ('event: response.function_call_arguments.delta\ndata: {"type":'
                     f'"response.function_call_arguments.delta",{ids},"delta":').encode()
@@ -287,6 +331,13 @@ class ResponseEventEncoder(StreamEncoder):
         if block.kind == "text":
             out += self.event("response.content_part.added", {**self._ids(index), "content_index": 0,
                                                               "part": b.text_part("")})
+        elif block.kind == "reasoning" and block.end > block.start:
+            if b.summary:
+                out += self.event("response.reasoning_summary_part.added", {**self._ids(index), "summary_index": 0,
+                                                                            "part": b.reasoning_part("")})
+            else:
+                out += self.event("response.content_part.added", {**self._ids(index), "content_index": 0,
+                                                                  "part": b.reasoning_part("")})
         self._heads[index] = (self._head(index, block), b',"logprobs":[],"sequence_number":'
                               if block.kind == "text" else b',"sequence_number":')
         return out
@@ -301,7 +352,18 @@ class ResponseEventEncoder(StreamEncoder):
         b = self.builder
         status = b.status
         ids = self._ids(index)
-        if block.kind == "tool_call":
+        if block.kind == "reasoning":
+            out = b""
+            if block.end > block.start and b.summary:
+                out = self.event("response.reasoning_summary_text.done", {**ids, "summary_index": 0,
+                                                                          "text": block.text})
+                out += self.event("response.reasoning_summary_part.done", {**ids, "summary_index": 0,
+                                                                           "part": b.reasoning_part(block.text)})
+            elif block.end > block.start:
+                out = self.event("response.reasoning_text.done", {**ids, "content_index": 0, "text": block.text})
+                out += self.event("response.content_part.done", {**ids, "content_index": 0,
+                                                                 "part": b.reasoning_part(block.text)})
+        elif block.kind == "tool_call":
             out = self.event("response.function_call_arguments.done", {**ids, "name": block.name,
                                                                          "arguments": block.text})
         else:

@@ -13,7 +13,7 @@ def write(tmp_path, text, name="llmsim.yaml"):
 
 def test_defaults():
     cfg = resolve_config({}, env={})
-    assert (cfg.host, cfg.port, cfg.generator, cfg.target_tokens, cfg.seed) == ("127.0.0.1", 8080, "lorem", 100, None)
+    assert (cfg.host, cfg.port, cfg.generator, cfg.target_tokens, cfg.seed) == ("127.0.0.1", 8080, "lorem", None, None)
 
 
 def test_precedence_flag_env_file_default(tmp_path):
