@@ -21,7 +21,9 @@ from ..api import Api, StreamEncoder
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import MISSING, get_bool, get_int, get_number, get_object, get_stop, get_str, json_type, wrong_type
+from ..logprobs import legacy_logprobs
 from ..stream import Block
+from .chat import length_controls
 
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default when a Completions request sets no max_tokens."""
@@ -88,21 +90,21 @@ def parse_completions_request(body: dict) -> Request:
     if best_of is not None and n is not None and best_of < n:
         raise invalid(f"best_of must be greater than or equal to n, got best_of={best_of} and n={n}.",
                       param="best_of", code="invalid_value")
-    for name, value in (("n", n), ("best_of", best_of)):
-        if value is not None and value > 1:
-            raise invalid(f"llmsim serves one choice per request: '{name}' must be 1, got {value}. Send {value} "
-                          "requests instead.", param=name, code="invalid_value")
-    get_int(body, "logprobs", minimum=0, maximum=5)
+    if best_of is not None and best_of > (n or 1) and stream:
+        raise invalid("best_of must equal n when streaming.", param="best_of", code="invalid_value")
+    logprobs = get_int(body, "logprobs", minimum=0, maximum=5)
     get_number(body, "temperature", minimum=0, maximum=2)
     get_number(body, "top_p", minimum=0, maximum=1)
     get_number(body, "presence_penalty", minimum=-2, maximum=2)
     get_number(body, "frequency_penalty", minimum=-2, maximum=2)
-    get_int(body, "seed")
+    seed = get_int(body, "seed")
     get_str(body, "user")
+    limit = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    ignore_eos, min_tokens = length_controls(body, limit)
     return Request(model=model, messages=[{"role": "user", "content": text}], prompt_ids=ids, prompt_framing=False,
-                   prompt_param="prompt", stream=stream, include_usage=include_usage,
-                   max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, stop=get_stop(body, "stop", 4),
-                   echo={"echo": True} if get_bool(body, "echo") else {})
+                   prompt_param="prompt", stream=stream, include_usage=include_usage, max_tokens=limit,
+                   stop=get_stop(body, "stop", 4), echo={"echo": True} if get_bool(body, "echo") else {},
+                   n=n or 1, seed=seed, logprobs=logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens)
 
 
 def echoed(gen: Generation) -> str:
@@ -111,8 +113,16 @@ def echoed(gen: Generation) -> str:
 
 
 def completion_usage(gen: Generation) -> dict:
-    done = gen.plan.completion_tokens
+    """The prompt once, the completion tokens of every choice summed."""
+    done = sum(c.plan.completion_tokens for c in gen.all)
     return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": done, "total_tokens": gen.prompt_tokens + done}
+
+
+def choice_logprobs(gen: Generation) -> dict | None:
+    """A choice's legacy `logprobs` object (`logprobs: k`), offsets counted after any echoed prompt."""
+    if gen.plan.logprobs is None:
+        return None
+    return legacy_logprobs([t for chunk in gen.plan.logprobs for t in chunk], len(echoed(gen)))
 
 
 def finish_reason(gen: Generation) -> str:
@@ -121,8 +131,8 @@ def finish_reason(gen: Generation) -> str:
 
 def text_completion(meta: dict, gen: Generation) -> dict:
     """The non-streaming `text_completion` object."""
-    return {**meta, "choices": [{"text": echoed(gen) + gen.plan.text, "index": 0, "logprobs": None,
-                                 "finish_reason": finish_reason(gen)}],
+    return {**meta, "choices": [{"text": echoed(c) + c.plan.text, "index": c.index, "logprobs": choice_logprobs(c),
+                                 "finish_reason": finish_reason(c)} for c in gen.all],
             "usage": completion_usage(gen)}
 
 
@@ -134,15 +144,24 @@ class CompletionChunkEncoder(StreamEncoder):
 
     def __init__(self, meta: dict, gen: Generation) -> None:
         super().__init__(gen)
+        self.meta = meta
         head = json.dumps(meta, separators=(",", ":"))[:-1]
         self._head = f'data: {head},"choices":[{{"text":'.encode()
         self._usage_tail = ',"usage":null' if gen.request.include_usage else ""
-        self._tail = f',"index":0,"logprobs":null,"finish_reason":null}}]{self._usage_tail}}}\n\n'.encode()
+        self._index = f',"index":{gen.index},"logprobs":'.encode()
+        self._tail = f',"finish_reason":null}}]{self._usage_tail}}}\n\n'.encode()
         self._meta_head = f"data: {head},".encode()
         self._echo = echoed(gen)
+        self._logprobs = gen.plan.logprobs
+        self._piece = 0  # the next chunk's index (for its logprobs)
+        self._offset = len(self._echo)  # legacy text_offset of the next token
+
+    def for_choice(self, gen: Generation) -> StreamEncoder:
+        return CompletionChunkEncoder(self.meta, gen)
 
     def opening(self) -> Iterable[bytes]:
-        yield HEADERS_NOW
+        if self.gen.index == 0:
+            yield HEADERS_NOW
 
     def _text(self, text: str) -> bytes:
         if self._echo:
@@ -150,12 +169,20 @@ class CompletionChunkEncoder(StreamEncoder):
         return json.dumps(text).encode()
 
     def delta(self, index: int, block: Block, text: str) -> bytes:
-        return self._head + self._text(text) + self._tail
+        logprobs = b"null"
+        if self._logprobs is not None:
+            chunk = legacy_logprobs(self._logprobs[self._piece], self._offset)
+            self._offset += len(text)
+            logprobs = json.dumps(chunk, separators=(",", ":")).encode()
+        self._piece += 1
+        return self._head + self._text(text) + self._index + logprobs + self._tail
+
+    def choice_closing(self) -> Iterable[bytes]:
+        yield (self._head + self._text("") + self._index + b'null,"finish_reason":'
+               + json.dumps(finish_reason(self.gen)).encode() + f"}}]{self._usage_tail}}}\n\n".encode())
 
     def closing(self) -> Iterable[bytes]:
         gen = self.gen
-        yield (self._head + self._text("") + b',"index":0,"logprobs":null,"finish_reason":'
-               + json.dumps(finish_reason(gen)).encode() + f"}}]{self._usage_tail}}}\n\n".encode())
         if gen.request.include_usage:
             yield (self._meta_head + b'"choices":[],"usage":'
                    + json.dumps(completion_usage(gen), separators=(",", ":")).encode() + b"}\n\n")

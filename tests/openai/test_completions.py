@@ -131,8 +131,8 @@ def test_token_id_prompts(client):
     ({"prompt": [[1, -2]]}, "prompt[0][1]", "token id"),
     ({"prompt": [10 ** 9]}, "prompt", "no token id of this model's encoding (cl100k_base"),
     ({"suffix": "end"}, "suffix", "Unrecognized request argument supplied: suffix"),
-    ({"n": 2}, "n", "one choice per request"),
-    ({"best_of": 3}, "best_of", "one choice per request"),
+    ({"n": 2, "best_of": 3, "stream": True}, "best_of", "best_of must equal n when streaming"),
+    ({"min_tokens": 20, "max_tokens": 10}, "min_tokens", "less than or equal to max_tokens"),
     ({"n": 2, "best_of": 1}, "best_of", "best_of must be greater than or equal to n"),
     ({"max_tokens": -1}, "max_tokens", "below minimum value"),
     ({"logprobs": 6}, "logprobs", "above maximum value"),
@@ -162,3 +162,36 @@ def test_a_non_streamed_answer_takes_the_streams_time(client):
     client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40)
     # fast profile: TTFT 10 ms, then 39 gaps of 1 ms; deadlines are never early.
     assert time.monotonic() - t0 >= 0.045
+
+
+@pytest.fixture(scope="module")
+def lorem():
+    with run_server(latency_profile="instant", seed=5) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+
+
+def test_ignore_eos_n_logprobs_and_seed(lorem):
+    """vLLM's exact lengths, n choices, legacy logprobs and the request seed, as `vllm bench serve` sends them."""
+    client = lorem
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=40, n=3, logprobs=2,
+                                  seed=7, extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2] and r.usage.completion_tokens == 120
+    assert all(c.finish_reason == "length" for c in r.choices)
+    assert len({c.text for c in r.choices}) == 3  # each choice its own text
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 40 and "".join(lp.tokens) == r.choices[0].text
+    assert all(v <= 0 for v in lp.token_logprobs) and all(len(t) >= 1 for t in lp.top_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    again = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=40, n=3, seed=7,
+                                      extra_body={"ignore_eos": True})
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]
+    streamed: dict[int, str] = {}
+    chunks = list(client.completions.create(model=MODEL, prompt="x", max_tokens=30, n=2, stream=True, logprobs=1,
+                                            extra_body={"ignore_eos": True}))
+    for c in chunks:
+        for ch in c.choices:
+            streamed[ch.index] = streamed.get(ch.index, "") + ch.text
+            if ch.text:
+                assert "".join(ch.logprobs.tokens) == ch.text
+    assert set(streamed) == {0, 1} and [ch.finish_reason for c in chunks for ch in c.choices
+                                        if ch.finish_reason] == ["length", "length"]
