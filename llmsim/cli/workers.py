@@ -356,6 +356,8 @@ class Worker:
 
         self.dir, self.index = directory, index
         self.config: ServerConfig = pickle.loads(Path(directory, CONFIG_FILE).read_bytes())
+        if self.config.seed is not None:  # replicas draw different numbers; each is reproducible on its own
+            self.config = replace(self.config, seed=self.config.seed + index)
         self.state = AppState(self.config)
         self.description = describe(self.state)
         self.runtime = RuntimeSync(directory, self.state)
