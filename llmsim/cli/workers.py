@@ -26,7 +26,6 @@ shared directory within about half a second.
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import json
 import math
@@ -163,13 +162,16 @@ class Supervisor:
                                              stdin=subprocess.DEVNULL, process_group=0)
         self.started_at[index] = time.monotonic()
 
-    def _wait_ready(self, indexes: Iterable[int]) -> int | None:
-        """Wait for the workers' first snapshots; an exit code if one of them stopped instead."""
+    def _wait_ready(self, indexes: Iterable[int], stop: Any) -> int | None:
+        """Wait for the workers' first snapshots; an exit code if one of them stopped instead, or if llmsim
+        was asked to stop meanwhile (0)."""
         import gevent
 
         pending = set(indexes)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while pending:
+            if stop.is_set():
+                return 0
             for i in list(pending):
                 if snapshot_path(self.dir, i).exists():
                     pending.discard(i)
@@ -192,7 +194,10 @@ class Supervisor:
         host = self.config.host
         reservation = reserve_port(host, self.config.port)
         port = reservation.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="llmsim-workers-")
+        # tmpfs where there is one: a snapshot is rewritten every half second, and a disk write costs the
+        # workers' event loops several times more.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self.dir = tempfile.mkdtemp(prefix="llmsim-workers-", dir=shm)
         try:
             Path(self.dir, PROMETHEUS_DIR).mkdir()
             Path(self.dir, CONFIG_FILE).write_bytes(pickle.dumps(replace(self.config, port=port)))
@@ -209,14 +214,16 @@ class Supervisor:
             gevent.signal_handler(signal.SIGINT, _on_signal)
             # Worker 0 first: a bad setting is reported once, by it, before the others start.
             self._spawn(0)
-            code = self._wait_ready([0])
+            code = self._wait_ready([0], stop)
             if code is None and self.count > 1:
                 for i in range(1, self.count):
                     self._spawn(i)
-                code = self._wait_ready(range(1, self.count))
+                code = self._wait_ready(range(1, self.count), stop)
             if code is not None:
-                self._kill_all(signal.SIGKILL)
-                self._reap_all(5.0)
+                self._kill_all(signal.SIGTERM if code == 0 else signal.SIGKILL)
+                if not self._reap_all(10.0):
+                    self._kill_all(signal.SIGKILL)
+                    self._reap_all(5.0)
                 return code
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             print(f"llmsim serving on {url} ({self._describe()}; {self.count} workers)", flush=True)
@@ -301,6 +308,8 @@ class RuntimeSync:
 
     def published(self, changes: dict) -> None:
         """This worker has just applied `changes`: tell the others."""
+        import fcntl  # here, not at the top: `llmsim serve` without --workers imports this module too
+
         with open(self.lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             doc = read_json(self.path) or {"seq": 0, "changes": {}}
@@ -365,6 +374,8 @@ class Worker:
         self.app = create_app(self.state)
         self.draining = False
         self.in_flight = 0
+        self.activity = 0  # responses started + finished (see publish)
+        self._published_at_activity = -1
         self.started = time.time()
         self.parent = os.getppid()
         listener = shared_listener(self.config.host, self.config.port)
@@ -377,8 +388,19 @@ class Worker:
         return Snapshot(self.index, os.getpid(), self.started, time.time(),
                         json.loads(stats) if stats else {}, metrics.decode() if metrics else "")
 
-    def publish(self) -> None:
-        write_json(snapshot_path(self.dir, self.index), {**self.snapshot().to_dict(), "describe": self.description})
+    def publish(self, force: bool = False) -> None:
+        """Rewrite this worker's snapshot, unless it has been idle since the last one (no request open,
+        none started or finished: nothing can have changed).
+
+        Rendering takes a few hundred µs on the event loop; the file write goes to gevent's threadpool.
+        """
+        import gevent
+
+        if not force and not self.in_flight and self.activity == self._published_at_activity:
+            return
+        self._published_at_activity = self.activity
+        doc = {**self.snapshot().to_dict(), "describe": self.description}
+        gevent.get_hub().threadpool.apply(write_json, (snapshot_path(self.dir, self.index), doc))
 
     def run(self) -> int:
         import gevent
@@ -388,14 +410,14 @@ class Worker:
         gevent.signal_handler(signal.SIGTERM, stop.set)
         gevent.signal_handler(signal.SIGINT, stop.set)
         self.server.start()
-        self.publish()  # the supervisor waits for this file
+        self.publish(force=True)  # the supervisor waits for this file
         while not stop.wait(SNAPSHOT_PERIOD_S):
             if os.getppid() != self.parent:  # the supervisor is gone
                 break
             self.runtime.poll()
             self.publish()
         self.drain()
-        self.publish()
+        self.publish(force=True)
         return 0
 
     def drain(self) -> None:
@@ -425,10 +447,12 @@ def worker_handler(server_class: Any, worker: Worker) -> type:
 
         def handle_one_response(self) -> Any:
             worker.in_flight += 1
+            worker.activity += 1
             try:
                 return super().handle_one_response()
             finally:
                 worker.in_flight -= 1
+                worker.activity += 1
                 if worker.draining:
                     self.close_connection = True
 
