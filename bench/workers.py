@@ -62,8 +62,9 @@ def wrk(url: str, stream: bool, connections: int, seconds: float, lua_dir: str) 
                 f'wrk.body = \'{{"model":"gpt-4o","stream":{str(stream).lower()},'
                 '"messages":[{"role":"user","content":"go"}]}\'\n')
     before = os.times()
-    r = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", script,
-                        url + "/v1/chat/completions"], capture_output=True, text=True, timeout=seconds + 60)
+    r = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "--latency",
+                        "-s", script, url + "/v1/chat/completions"], capture_output=True, text=True,
+                       timeout=seconds + 60)
     after = os.times()
     m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", r.stdout)
