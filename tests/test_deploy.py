@@ -223,7 +223,7 @@ def test_deployments_select_their_pods_and_run_safely():
             assert c["resources"]["requests"] and c["resources"]["limits"], name
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             if c["securityContext"].get("readOnlyRootFilesystem"):
-                assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), name  # writable scratch space (tiktoken, workers)
+                assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), name  # writable scratch space
             mounts_needed |= {m["name"] for m in c.get("volumeMounts", [])}
         assert mounts_needed <= {v["name"] for v in pod.get("volumes", [])}, name
         for v in pod.get("volumes", []):

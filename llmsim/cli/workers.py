@@ -42,9 +42,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .config import ServerConfig
-from .workerstats import (PROMETHEUS_DIR, SNAPSHOT_PERIOD_S, WORKER_DIR_ENV, WORKER_INDEX_ENV, Snapshot,
-                          cluster_metrics, cluster_stats, read_json, read_retired, read_snapshots, retire,
-                          snapshot_path, write_json)
+from .workerstats import (
+    PROMETHEUS_DIR,
+    SNAPSHOT_PERIOD_S,
+    WORKER_DIR_ENV,
+    WORKER_INDEX_ENV,
+    Snapshot,
+    cluster_metrics,
+    cluster_stats,
+    read_json,
+    read_retired,
+    read_snapshots,
+    retire,
+    snapshot_path,
+    write_json,
+)
 
 CONFIG_FILE = "config.pickle"
 RUNTIME_FILE = "runtime.json"

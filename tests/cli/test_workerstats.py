@@ -1,11 +1,11 @@
 """Merging the workers' snapshots (llmsim/cli/workerstats.py): the rules for JSON and Prometheus text, retiring
 a dead worker's counters, and how many workers `auto` means."""
 
+import pytest
+
 from llmsim.cli import workerstats as ws
 from llmsim.cli.config import ConfigError, resolve_config
 from llmsim.cli.workers import _cgroup_quota, available_cores, worker_count
-
-import pytest
 
 
 def stats(requests_total, active, tokens, sched_active=0, multiplier=1.0, max_active=0, uptime=10.0):
