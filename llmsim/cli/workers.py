@@ -102,6 +102,13 @@ def is_worker_process() -> bool:
     return bool(os.environ.get(WORKER_DIR_ENV)) and bool(os.environ.get(WORKER_INDEX_ENV))
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _say(line: str) -> None:
     print(f"llmsim: {line}", file=sys.stderr, flush=True)
 
@@ -260,7 +267,7 @@ class Supervisor:
             if code is None:
                 continue
             lived = time.monotonic() - self.started_at[index]
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
             self._retire(index, proc.pid)
             if lived < 5.0:
                 gevent.sleep(RESTART_BACKOFF_S)
