@@ -54,6 +54,30 @@ def _seconds(v: Any) -> float:
     return n
 
 
+def _float(lo: float) -> Callable[[Any], float]:
+    def conv(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number, got {v!r}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {v!r}") from None
+        if not x >= lo or x == float("inf"):
+            raise ValueError(f"must be a number >= {lo:g}, got {v!r}")
+        return x
+    return conv
+
+
+def _workers(v: Any) -> int | str:
+    """`auto` (one per available core) or a whole number >= 1."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int(1, 1024)(v)
+    except ValueError:
+        raise ValueError(f"must be auto or a whole number between 1 and 1024, got {v!r}") from None
+
+
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"must be a non-empty string, got {v!r}")
@@ -106,6 +130,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", _bool, False, "log one line per request", flag=False),
     Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
+    Option("workers", _workers, 1, "server processes sharing the port, each one replica with its own batch slots "
+                                   "and queue; auto = one per available core (see docs/scaling.md)", "N"),
+    Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
+                                            "the workers exit", "S"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "tools")
@@ -127,6 +155,8 @@ class ServerConfig:
     idle_timeout: float = 60.0
     access_log: bool = False
     admin_token: str | None = None
+    workers: int | str = 1
+    grace_period: float = 10.0
     allow_unknown_models: bool = False
     default_profile: str = "gpt-4o"
     sections: dict[str, Any] = field(default_factory=dict)

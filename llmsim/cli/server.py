@@ -348,6 +348,12 @@ def describe(state: AppState) -> str:
 
 def serve(config: ServerConfig) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
+    from . import workers
+
+    if workers.is_worker_process():  # started by a --workers supervisor
+        return workers.run_worker()
+    if config.workers != 1:
+        return workers.supervise(config)
     server, state = build_server(config)
     server.start()
     print(f"llmsim serving on {server_url(server)} ({describe(state)})", flush=True)
