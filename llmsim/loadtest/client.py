@@ -118,6 +118,7 @@ class LlmClient:
         usage = Usage()
         error_kind = error_message = None
         t_end = None
+        reasoning_streamed = False
         lines = resp.iter_lines()
         try:
             for line, t in lines:
@@ -128,6 +129,8 @@ class LlmClient:
                 if delta.text or delta.reasoning:
                     times.append(ev.t)
                     texts.append(delta.reasoning + delta.text)
+                    if delta.reasoning:
+                        reasoning_streamed = True
                 if delta.usage is not None:
                     usage.update(delta.usage)
                 if delta.error is not None:
@@ -167,4 +170,5 @@ class LlmClient:
         return build_stream_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
                                    event_times=times, event_texts=texts, usage=usage,
                                    prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
-                                   error_kind=error_kind, error_message=error_message)
+                                   error_kind=error_kind, error_message=error_message,
+                                   reasoning_streamed=reasoning_streamed)

@@ -2,6 +2,8 @@
 
 TTFT   request write -> first event carrying generated content (text or reasoning).
 ITL    gap between consecutive content events; an event of k > 1 tokens gives k samples of gap/k.
+       k comes from the server's count of streamed tokens when usage reports it (split_tokens), else
+       from tiktoken on the event's text.
 TPOT   (E2E - TTFT) / (output_tokens - 1), requests with >= 2 output tokens.
 E2E    request write -> end of stream (the terminator event).
 output_tokens  the server's usage when present, else tiktoken on the received text.
@@ -93,6 +95,37 @@ def itl_samples(event_times: Sequence[float], event_tokens: Sequence[int]) -> li
     return out
 
 
+def split_tokens(texts: Sequence[str], streamed: int | None, count: Callable[[str], int]) -> list[int]:
+    """Tokens per content event (the k of the ITL split; DESIGN.md, "ITL split").
+
+    `streamed` is the server's count of the tokens it streamed, when its usage
+    reports one. Then the counts add up to it: one token per event when the
+    events equal the tokens (no tokenizer involved), else `streamed` shared out
+    in proportion to tiktoken's count of each event's text (largest remainder,
+    at least one per event). A server that reports fewer tokens than events
+    gets one per event: a gap is never split into less than one sample.
+    With no count from the server, tiktoken on each event's text decides.
+    """
+    n = len(texts)
+    if streamed is None:
+        return [max(1, count(t)) for t in texts]
+    if streamed <= n:
+        return [1] * n
+    weights = [max(1, count(t)) for t in texts]
+    total = sum(weights)
+    shares = [streamed * w / total for w in weights]
+    out = [max(1, int(x)) for x in shares]
+    rest = streamed - sum(out)
+    if rest > 0:  # the largest remainders get one more
+        for i in sorted(range(n), key=lambda i: out[i] - shares[i])[:rest]:
+            out[i] += 1
+    while rest < 0:  # min-1 bumps overshot: take back from the events most over their share
+        i = max((i for i in range(n) if out[i] > 1), key=lambda i: out[i] - shares[i])
+        out[i] -= 1
+        rest += 1
+    return out
+
+
 def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int) -> float | None:
     if ttft_ms is None or output_tokens < 2:
         return None
@@ -102,21 +135,27 @@ def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int) -> float |
 def build_stream_record(*, start_time: float, t_sent: float, t_end: float, status: int,
                         event_times: Sequence[float], event_texts: Sequence[str], usage: Usage,
                         prompt_tokens_local: int, count: Callable[[str], int],
-                        error_kind: str | None = None, error_message: str | None = None) -> RequestRecord:
+                        error_kind: str | None = None, error_message: str | None = None,
+                        reasoning_streamed: bool = False) -> RequestRecord:
     """Turn the raw observations of one streamed response into a record.
 
-    `event_times` are perf_counter() arrival stamps of the content events and
-    `event_texts` their text (visible plus reasoning); `count` counts tokens in
-    the model's encoding. Token counting happens here, after the stream, so it
-    never delays a timestamp.
+    `event_times` are the arrival stamps (s) of the content events, in the
+    clock of `t_sent`, and `event_texts` their text (visible plus reasoning);
+    `count` counts tokens in the model's encoding. `reasoning_streamed` says
+    whether any event carried reasoning text: then the reasoning tokens usage
+    reports were streamed, not hidden. Token counting happens here, after the
+    stream, so it never delays a timestamp.
     """
     e2e = (t_end - t_sent) * 1000.0
     ttft = (event_times[0] - t_sent) * 1000.0 if event_times else None
-    event_tokens = [count(t) for t in event_texts]
     if usage.output_tokens is not None:
         output_tokens, reported = usage.output_tokens, True
+        hidden = 0 if reasoning_streamed else (usage.reasoning_tokens or 0)
+        streamed: int | None = max(0, output_tokens - hidden)
     else:
         output_tokens, reported = count("".join(event_texts)), False
+        streamed = None
+    event_tokens = split_tokens(event_texts, streamed, count)
     if error_kind is None and not event_times:
         error_kind, error_message = EMPTY_OUTPUT, "the stream carried no generated content"
     return RequestRecord(

@@ -13,6 +13,9 @@ token in every OpenAI encoding. The request's model picks a behaviour:
   "mode-not-sse"          200 with a plain JSON body (no event stream)
   "mode-chunky"           3 tokens per event, one event every 3 ITLs
   "mode-close"            no chunked encoding: the body ends when the connection closes
+  "mode-wordy"            one token per event (as usage counts), but each event's text is a rare word
+                          that tiktoken counts as several tokens
+  "mode-wordy-no-usage"   the same without a usage chunk
 Run as a script (python sse_server.py TTFT_MS ITL_MS) it prints its URL and serves until killed.
 """
 
@@ -26,6 +29,8 @@ import gevent
 from gevent.server import StreamServer
 
 WORDS = (" the", " of", " and", " to", " in")
+RARE_WORDS = (" xylophonist", " Zqvx", " antidisestablishment")
+"""Each is 3-4 tokens for tiktoken (o200k_base and cl100k_base); mode-wordy streams them as one token each."""
 
 
 class MiniServer:
@@ -122,7 +127,8 @@ class MiniServer:
             while i < n:
                 k = min(per_event, n - i)
                 self._sleep_until(t0 + (self.ttft_ms + (i + k - 1) * self.itl_ms) / 1000.0)
-                text = "".join(WORDS[(i + j) % len(WORDS)] for j in range(k))
+                words = RARE_WORDS if model.startswith("mode-wordy") else WORDS
+                text = "".join(words[(i + j) % len(words)] for j in range(k))
                 if model == "mode-malformed" and i == 2:
                     send(b"data: {not json\n\n")
                     break
@@ -132,7 +138,7 @@ class MiniServer:
                 send(chunk({"content": text}))
                 i += k
         send(chunk({}, "length"))
-        if (req.get("stream_options") or {}).get("include_usage"):
+        if (req.get("stream_options") or {}).get("include_usage") and model != "mode-wordy-no-usage":
             send(event({"id": "x", "object": "chat.completion.chunk", "choices": [],
                         "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}}))
         if model != "mode-no-done":
