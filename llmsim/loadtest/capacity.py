@@ -29,7 +29,7 @@ from locust.util.timespan import parse_timespan
 from .capacity_report import build_result, format_table, step_line, write_outputs
 from .options import OptionError, _positive_int
 from .openloop import OpenLoopSource
-from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run
+from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run, refresh_loop_clock
 from .prediction import TokenShape, predict_step
 from .shapes import Step, StepPlan, StepSchedule, StepShape
 from .steps import SLICE_S, InFlight, SliceBook, StepStats, summarize, window_slices
@@ -376,6 +376,13 @@ def _on_parser(parser: Any, **_kw: Any) -> None:
 
 @events.init.add_listener
 def _on_init(environment: Any, **_kw: Any) -> None:
+    try:
+        _init(environment)
+    finally:
+        refresh_loop_clock()  # see plugin.refresh_loop_clock: Locust arms its timers next
+
+
+def _init(environment: Any) -> None:
     toolkit = getattr(environment, "llmsim", None)
     if toolkit is None or not is_capacity_test(environment):
         return  # the toolkit rejected its own options (worker: they arrive later), or another locustfile
