@@ -43,6 +43,8 @@ class RunStats:
         self.retries_429 = 0
         """429 answers that --retry-429 retried (each one is counted here, never hidden)."""
         self.retry_wait_ms = 0
+        self.warmup = 0
+        """Warm-up requests (--llm-warmup): counted here only, left out of every other figure."""
 
     # ------------------------------------------------------------------ building
 
@@ -90,6 +92,7 @@ class RunStats:
         self.mix.update(other.mix)
         self.retries_429 += other.retries_429
         self.retry_wait_ms += other.retry_wait_ms
+        self.warmup += other.warmup
 
     # ------------------------------------------------------------------ reading
 
@@ -137,6 +140,7 @@ class RunStats:
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
             "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
+            "warmup": self.warmup,
         }
 
     @classmethod
@@ -151,10 +155,11 @@ class RunStats:
             s.start, s.end = float(d["start"]), float(d["end"])
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})
         s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
+        s.warmup = int(d.get("warmup", 0))
         return s
 
     def __bool__(self) -> bool:
-        return self.requests > 0 or self.retries_429 > 0
+        return self.requests > 0 or self.retries_429 > 0 or self.warmup > 0
 
 
 def histogram_summary(h: Histogram) -> dict[str, Any]:

@@ -347,7 +347,8 @@ class CapacityUser(LlmUser):
              client: Any = None, intended: float | None = None) -> Any:
         """Send, report to Locust and the toolkit (LlmUser.send), then file the record by step."""
         rec = super().send(prompt, max_tokens=max_tokens, stream=stream, client=client)
-        self.capacity.record(rec, intended)
+        if not rec.warmup:
+            self.capacity.record(rec, intended)
         return rec
 
 
@@ -393,8 +394,11 @@ def _init(environment: Any) -> None:
         get_capacity(environment)
     except OptionError as e:
         _fail(str(e))
-    if not toolkit.settings.profile.slo:
-        p = toolkit.settings.profile
+    p = toolkit.settings.profile
+    if p is None:
+        _fail(f"--llm-profile: no profile covers model {toolkit.settings.model!r}; the capacity test judges each "
+              "step against a profile's slo: section, so give one with --llm-profile NAME|FILE.yaml")
+    if not p.slo:
         _fail(f"--llm-profile: profile {p.name!r} ({p.source}) has no slo: section; the capacity test judges "
               f"each step against it")
 

@@ -67,6 +67,8 @@ class RequestRecord:
     usage_reported: bool = False
     retry_after_s: float | None = None
     """An HTTP error's retry hint (retry-after-ms / retry-after), for --retry-429."""
+    warmup: bool = False
+    """A warm-up request (--llm-warmup): left out of every figure."""
 
     @property
     def ok(self) -> bool:

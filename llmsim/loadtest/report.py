@@ -15,18 +15,24 @@ FAILURE_LABELS = {"429": "429", "4xx": "other 4xx", "5xx": "5xx", "timeout": "ti
 UI_TAB_KEY = "llmsim"
 
 
-def build_report(stats: RunStats, card: Scorecard, *, model: str, profile_source: str, host: str | None,
-                 stream: bool, max_tokens: int | None, workers: dict[str, dict[str, Any]] | None = None
-                 ) -> dict[str, Any]:
-    """Every figure of the run, the expected values and the verdicts (the --llm-report JSON)."""
+def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile: str | None,
+                 profile_source: str | None, host: str | None, stream: bool, max_tokens: int | None,
+                 warmup: str = "0", workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every figure of the run, the expected values and the verdicts (the --llm-report JSON).
+
+    With no scorecard (measure only: --llm-score off, or no profile applies) the
+    report has the figures, `score: "off"` and `verdict: null`.
+    """
     report: dict[str, Any] = {
         "model": model,
-        "profile": card.profile,
+        "profile": profile,
         "profile_source": profile_source,
+        "score": "on" if card is not None else "off",
         "host": host,
         "stream": stream,
         "max_tokens": max_tokens,
         "window_s": stats.window_s,
+        "warmup": {"setting": warmup, "requests": stats.warmup},
         "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
                      "failures": stats.failures_by_class,
                      "errors_by_kind": dict(sorted(stats.errors.items())),
@@ -36,7 +42,10 @@ def build_report(stats: RunStats, card: Scorecard, *, model: str, profile_source
                        "requests_per_s": stats.rate(stats.requests)},
         "metrics": {m: stats.metric_summary(m) for m in METRICS},
     }
-    report.update(card.to_dict())
+    if card is not None:
+        report.update(card.to_dict())
+    else:
+        report["verdict"] = None
     if workers is not None:
         report["workers"] = workers
     return report
@@ -84,11 +93,24 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
     if req["retries_429"]:
         lines.append(f"429 retries (--retry-429): {req['retries_429']}, {req['retry_wait_s']:.1f} s waited in all")
+    warmup = report.get("warmup") or {}
+    if warmup.get("requests"):
+        lines.append(f"warm-up (--llm-warmup {warmup['setting']}): {warmup['requests']} requests left out of "
+                     "every figure above")
     return "\n".join(lines)
+
+
+def not_scored_reason(report: dict[str, Any]) -> str:
+    if report["profile"] is None:
+        return f"no profile covers model {report['model']} (give --llm-profile to score)"
+    return "--llm-score off"
 
 
 def verdict_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """The verdict table as rows of strings: the console and the web UI tab show the same rows."""
+    if report.get("score") == "off":
+        return [{"check": "RESULT", "measured": "", "expected": "", "allowed": "",
+                 "verdict": f"not scored: {not_scored_reason(report)}"}]
     rows = []
     for v in report["verdicts"]:
         rows.append({
@@ -127,6 +149,9 @@ VERDICT_COLUMNS = (("check", "check"), ("measured", "measured ms"), ("expected",
 
 
 def format_verdicts(report: dict[str, Any]) -> str:
+    if report.get("score") == "off":
+        return (f"Not scored: {not_scored_reason(report)}. Measure only: the figures above are the result, "
+                "and the exit code does not depend on them.")
     rows = verdict_rows(report)
     widths = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in VERDICT_COLUMNS}
     head = f"Scored against profile {report['profile']} ({report['profile_source']}), tolerance " \

@@ -53,7 +53,7 @@ class LlmUser(User):
 
     def new_client(self) -> LlmClient:
         """A client (one keep-alive connection) for this user; a user with several requests in flight needs one each."""
-        encode = get_encoding(self.settings.profile.encoding).encode_ordinary
+        encode = get_encoding(self.settings.encoding).encode_ordinary
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
         return LlmClient(self.host, self.adapter, model=self.settings.model, api_key=api_key,
                          count_tokens=lambda text: len(encode(text)))
@@ -80,14 +80,16 @@ class LlmUser(User):
         """
         s = self.settings
         prompt = prompt or self.next_prompt()
+        warmup = self._run.begin_request()
         for attempt in range(s.retry_429 + 1):
             rec = (client or self.llm).run(prompt, max_tokens=max_tokens or s.max_tokens,
                                            stream=s.stream if stream is None else stream)
             wait = self.retry_wait(rec, attempt)
             if wait is None:
                 break
-            self.report_retry(wait)
+            self.report_retry(wait, warmup)
             gevent.sleep(wait)
+        rec.warmup = warmup
         self.report(rec)
         return rec
 
@@ -98,12 +100,14 @@ class LlmUser(User):
         wait = rec.retry_after_s if rec.retry_after_s is not None else NO_HINT_WAIT_S * 2 ** attempt
         return wait if wait <= MAX_RETRY_WAIT_S else None
 
-    def report_retry(self, wait_s: float) -> None:
-        """A retried 429 is never silent: a Locust row (its wait as response time) and the summary count."""
+    def report_retry(self, wait_s: float, warmup: bool = False) -> None:
+        """A retried 429 is never silent: a Locust row (its wait as response time) and the summary count
+        (unless it belongs to a warm-up request)."""
         self.environment.events.request.fire(request_type=METRIC_ROW_TYPE, name=RETRY_ROW,
                                              response_time=wait_s * 1000, response_length=0, exception=None,
                                              context={})
-        self._run.record_retry(wait_s)
+        if not warmup:
+            self._run.record_retry(wait_s)
 
     def report(self, rec: RequestRecord) -> None:
         """Fire the Locust rows and count the record in the toolkit's own figures."""

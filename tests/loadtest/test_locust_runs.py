@@ -71,6 +71,51 @@ def test_different_profile_fails_with_nonzero_exit(tmp_path, endpoint):
     assert "FAIL" in proc.stdout
 
 
+def test_measure_only_when_no_profile_applies(tmp_path, endpoint):
+    """A model with no built-in profile and no --llm-profile: the figures, no verdict, exit 0."""
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "my-llama", "--max-tokens", "10",
+                              "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["score"] == "off" and report["verdict"] is None and report["profile"] is None
+    assert "verdicts" not in report
+    assert report["requests"]["ok"] > 0 and report["metrics"]["ttft"]["count"] == report["requests"]["ok"]
+    assert "Not scored: no profile covers model my-llama" in proc.stdout
+    assert "RESULT" not in proc.stdout
+
+
+def test_score_off_exits_0_when_the_profile_disagrees(tmp_path, endpoint):
+    # The same run as test_different_profile_fails_with_nonzero_exit, measured only.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", "fast", "--llm-score", "off",
+                              "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["score"] == "off" and report["profile"] == "fast" and report["verdict"] is None
+    assert "Not scored: --llm-score off." in proc.stdout
+
+
+def test_warmup_requests_are_left_out_of_every_figure(tmp_path, endpoint):
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-warmup", "5", "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["warmup"] == {"setting": "5", "requests": 5}
+    rows = locust_rows(tmp_path)
+    # Locust's own rows count every request; the toolkit's figures leave the first 5 out.
+    assert rows["/v1/chat/completions"]["num_requests"] == report["requests"]["total"] + 5
+    assert rows["TTFT"]["num_requests"] == report["metrics"]["ttft"]["count"] + 5
+    assert report["tokens"]["output"] == 10 * report["requests"]["ok"]
+    assert "warm-up (--llm-warmup 5): 5 requests left out" in proc.stdout
+
+
+def test_warmup_seconds(tmp_path, endpoint):
+    # Requests take about 30 + 9 * 4 = 66 ms: in the first second each of 2 users sends about 15.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-warmup", "1s", "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = locust_rows(tmp_path)
+    assert report["warmup"]["requests"] >= 4
+    assert rows["/v1/chat/completions"]["num_requests"] == report["requests"]["total"] + report["warmup"]["requests"]
+    assert report["requests"]["total"] >= 4
+
+
 def test_failures_are_counted_by_kind(tmp_path, endpoint):
     proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "mode-no-done",
                               "--llm-profile", str(PROFILES / "mini.yaml"), "--max-tokens", "5",
@@ -114,7 +159,8 @@ def test_processes_merge_exactly(tmp_path):
     (["--llm-profile", "no-such-profile"], "no profile named 'no-such-profile'"),
     (["--llm-profile", "missing.yaml"], "missing.yaml: file: cannot read"),
     (["--prompts", "missing.jsonl"], "missing.jsonl: cannot read"),
-    (["--llm-model", "llama-3-8b"], "no profile covers model 'llama-3-8b'"),
+    (["--llm-model", "llama-3-8b", "--llm-score", "on"], "no profile covers model 'llama-3-8b'"),
+    (["--llm-warmup", "ten"], "--llm-warmup"),
 ])
 def test_bad_options_give_one_line_errors(tmp_path, args, needle):
     proc, report = run_locust(tmp_path, *args, "-u", "1", "-t", "1s", timeout=30)
@@ -127,7 +173,7 @@ def test_bad_options_give_one_line_errors(tmp_path, args, needle):
 
 def test_options_work_from_a_locust_config_file(tmp_path):
     conf = tmp_path / "llm.conf"
-    conf.write_text("llm-model = model-from-conf\n")
+    conf.write_text("llm-model = model-from-conf\nllm-score = on\n")
     proc, report = run_locust(tmp_path, "--config", str(conf), "-u", "1", "-t", "1s", timeout=30)
     assert proc.returncode == 2
     assert "no profile covers model 'model-from-conf'" in proc.stderr
