@@ -45,6 +45,8 @@ class RunStats:
         self.retry_wait_ms = 0
         self.warmup = 0
         """Warm-up requests (--llm-warmup): counted here only, left out of every other figure."""
+        self.kernel_stamped = 0
+        """Successful requests timed with kernel receive timestamps (the others with user-space stamps)."""
 
     # ------------------------------------------------------------------ building
 
@@ -61,6 +63,7 @@ class RunStats:
             return
         self.ok += 1
         self.good += bool(good)
+        self.kernel_stamped += rec.kernel_stamps
         self.hist["e2e"].record(rec.e2e_ms)
         if rec.ttft_ms is not None:
             self.hist["ttft"].record(rec.ttft_ms)
@@ -93,6 +96,7 @@ class RunStats:
         self.retries_429 += other.retries_429
         self.retry_wait_ms += other.retry_wait_ms
         self.warmup += other.warmup
+        self.kernel_stamped += other.kernel_stamped
 
     # ------------------------------------------------------------------ reading
 
@@ -119,6 +123,15 @@ class RunStats:
         w = self.window_s
         return self.busy_ns / 1e9 / w if w > 0 else None
 
+    @property
+    def timestamps(self) -> str | None:
+        """Where the times of the successful requests come from: "kernel", "user-space", "mixed" (None: no request)."""
+        if not self.ok:
+            return None
+        if self.kernel_stamped == self.ok:
+            return "kernel"
+        return "user-space" if self.kernel_stamped == 0 else "mixed"
+
     def rate(self, n: float) -> float | None:
         w = self.window_s
         return n / w if w > 0 else None
@@ -140,7 +153,7 @@ class RunStats:
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
             "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
-            "warmup": self.warmup,
+            "warmup": self.warmup, "kernel_stamped": self.kernel_stamped,
         }
 
     @classmethod
@@ -156,6 +169,7 @@ class RunStats:
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})
         s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
         s.warmup = int(d.get("warmup", 0))
+        s.kernel_stamped = int(d.get("kernel_stamped", 0))
         return s
 
     def __bool__(self) -> bool:

@@ -69,6 +69,8 @@ class RequestRecord:
     """An HTTP error's retry hint (retry-after-ms / retry-after), for --retry-429."""
     warmup: bool = False
     """A warm-up request (--llm-warmup): left out of every figure."""
+    kernel_stamps: bool = False
+    """Its times come from the kernel's receive timestamps (else from user-space stamps)."""
 
     @property
     def ok(self) -> bool:

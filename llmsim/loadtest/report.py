@@ -13,6 +13,12 @@ LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
 FAILURE_LABELS = {"429": "429", "4xx": "other 4xx", "5xx": "5xx", "timeout": "timeout", "connection": "connection",
                   "midstream_cut": "mid-stream cut", "malformed_stream": "malformed stream"}
 UI_TAB_KEY = "llmsim"
+TIMESTAMP_TEXT = {
+    "kernel": "kernel receive times (SO_TIMESTAMPNS): the load generator's own delays are not in the figures",
+    "user-space": "user-space (each read stamped when it returned; kernel receive times need Linux and plain "
+                  "http)",
+    "mixed": "kernel receive times for {kernel_requests} requests, user-space stamps for {user_space_requests}",
+}
 
 
 def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile: str | None,
@@ -32,6 +38,8 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
         "stream": stream,
         "max_tokens": max_tokens,
         "window_s": stats.window_s,
+        "timestamps": {"source": stats.timestamps, "kernel_requests": stats.kernel_stamped,
+                       "user_space_requests": stats.ok - stats.kernel_stamped},
         "warmup": {"setting": warmup, "requests": stats.warmup},
         "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
                      "failures": stats.failures_by_class,
@@ -93,6 +101,9 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
     if req["retries_429"]:
         lines.append(f"429 retries (--retry-429): {req['retries_429']}, {req['retry_wait_s']:.1f} s waited in all")
+    ts = report.get("timestamps") or {}
+    if ts.get("source"):
+        lines.append("timestamps: " + TIMESTAMP_TEXT[ts["source"]].format(**ts))
     warmup = report.get("warmup") or {}
     if warmup.get("requests"):
         lines.append(f"warm-up (--llm-warmup {warmup['setting']}): {warmup['requests']} requests left out of "

@@ -2,21 +2,44 @@
 
 Why not Locust's FastHttpSession (geventhttpclient) or requests: their
 iter_lines()/iter_content() read fixed-size blocks, which batches SSE events
-and skews TTFT and ITL. Here every recv() is stamped with perf_counter() the
-moment it returns, and each line carries the stamp of the recv that completed
-it. The socket is a plain (gevent-patched) socket, TCP_NODELAY is set, and
-https goes through the standard ssl module, so it works against any server.
+and skews TTFT and ITL. Here every read is stamped, and each line carries the
+stamp of the read that completed it. The socket is a plain (gevent-patched)
+socket, TCP_NODELAY is set, and https goes through the standard ssl module,
+so it works against any server.
+
+Which stamp (DESIGN.md, "Client behaviour that timing depends on"):
+- kernel receive times, on Linux over plain http: the socket has
+  SO_TIMESTAMPNS set and every read is a recvmsg() whose ancillary data is the
+  CLOCK_REALTIME time at which the kernel received the last segment the read
+  consumed. How late the event loop gets round to the read no longer matters.
+  The connection's clock is then time.time() (the same CLOCK_REALTIME), so the
+  request's start, taken just before it is written, is in the same domain.
+- user-space stamps elsewhere (https, other systems): perf_counter() the moment
+  recv() returns. `HttpConnection.kernel_stamps` says which one a connection uses.
 """
 
 from __future__ import annotations
 
+import platform
 import socket
 import ssl
+import struct
+import sys
+import time
 from time import perf_counter
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 RECV_SIZE = 65536
+
+# SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) is 35 in Linux's asm-generic socket.h, which every architecture
+# but alpha, mips, parisc and sparc uses; Python's socket module does not name it.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")  # struct timespec: two native longs, seconds and nanoseconds
+KERNEL_STAMPS_SUPPORTED = sys.platform.startswith("linux") and not platform.machine().lower().startswith(
+    ("alpha", "mips", "parisc", "sparc"))
+"""Whether this system can give kernel receive times (Linux, asm-generic socket options)."""
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if KERNEL_STAMPS_SUPPORTED else 0
 
 
 class TransportError(Exception):
@@ -39,7 +62,7 @@ class HttpConnection:
     """One keep-alive connection to one origin; requests run one at a time."""
 
     def __init__(self, base_url: str, *, timeout: float = 600.0, connect_timeout: float = 30.0,
-                 verify: bool = True) -> None:
+                 verify: bool = True, kernel_stamps: bool = True) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -62,6 +85,12 @@ class HttpConnection:
         self._sock: socket.socket | None = None
         self._buf = b""
         self._buf_t = 0.0
+        self.kernel_stamps = kernel_stamps and KERNEL_STAMPS_SUPPORTED and self._ssl_context is None
+        """Reads are stamped with the kernel's receive time (else with perf_counter() in user space)."""
+        self.clock: Callable[[], float] = time.time if self.kernel_stamps else perf_counter
+        """The clock of every stamp this connection hands out, and of `HttpResponse.t_sent`."""
+        self.unstamped_reads = 0
+        """Reads that came without a kernel stamp and were stamped in user space (same clock) instead."""
 
     # ------------------------------------------------------------------ socket
 
@@ -73,6 +102,12 @@ class HttpConnection:
         except OSError as e:
             raise TransportError("connection", f"connect to {self.host}:{self.port} failed: {e}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.kernel_stamps:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:  # pragma: no cover - a kernel without it: user-space stamps from now on
+                self.kernel_stamps = False
+                self.clock = perf_counter
         if self._ssl_context is not None:
             try:
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
@@ -94,6 +129,16 @@ class HttpConnection:
 
     def _recv(self) -> bytes:
         try:
+            if self.kernel_stamps:
+                data, anc, _flags, _addr = self._sock.recvmsg(RECV_SIZE, _ANC_SIZE)  # type: ignore[union-attr]
+                if anc:
+                    sec, nsec = _TIMESPEC.unpack_from(anc[0][2])
+                    self._buf_t = sec + nsec * 1e-9
+                    return data
+                if data:
+                    self.unstamped_reads += 1
+                self._buf_t = time.time()
+                return data
             data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
         except socket.timeout:
             self.close()
@@ -110,8 +155,8 @@ class HttpConnection:
         """Send a request and read the status line and headers; the body is read through the response.
 
         A keep-alive connection the server closed while idle is retried once on
-        a fresh one. `response.t_sent` is perf_counter() just before the
-        request bytes were written (the start of TTFT and E2E).
+        a fresh one. `response.t_sent` is the connection's clock just before
+        the request bytes were written (the start of TTFT and E2E).
         """
         lines = [f"{method} {join_path(self.base_path, path)} HTTP/1.1", f"Host: {self.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -121,7 +166,7 @@ class HttpConnection:
             reused = self._sock is not None
             if not reused:
                 self._connect()
-            t_sent = perf_counter()
+            t_sent = self.clock()
             try:
                 self._sock.sendall(raw)  # type: ignore[union-attr]
                 status, reason, resp_headers, version = self._read_head()
@@ -165,7 +210,7 @@ class HttpConnection:
 
     def _body_pieces(self, headers: dict[str, str], version: str, method: str, status: int
                      ) -> Iterator[tuple[bytes, float]]:
-        """Decoded body bytes as they arrive, each with the perf_counter() time of its recv."""
+        """Decoded body bytes as they arrive, each with the stamp of the read that brought it."""
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -270,7 +315,7 @@ class HttpResponse:
             for line in parts:
                 yield (line[:-1] if line.endswith(b"\r") else line), t
         if pending:
-            yield (pending[:-1] if pending.endswith(b"\r") else pending), perf_counter()
+            yield (pending[:-1] if pending.endswith(b"\r") else pending), self._conn.clock()
 
     def read(self) -> bytes:
         """The whole body."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from llmsim.loadtest.transport import KERNEL_STAMPS_SUPPORTED
+
 from .locust_helpers import free_port, PROFILES, locust_rows, run_locust
 from .sse_server import MiniServer
 
@@ -58,6 +60,11 @@ def test_any_endpoint_matching_profile_passes(tmp_path, endpoint):
     assert abs(m["e2e"]["p50"] - (30.0 + 19 * 4.0)) <= 5.0
     assert report["tokens"]["output"] == 20 * report["requests"]["ok"]  # from the server's usage
     assert report["verdict"] == "PASS"
+    # Plain http on Linux: every time is a kernel receive time, and the report says so.
+    if KERNEL_STAMPS_SUPPORTED:
+        assert report["timestamps"] == {"source": "kernel", "kernel_requests": report["requests"]["ok"],
+                                        "user_space_requests": 0}
+        assert "timestamps: kernel receive times (SO_TIMESTAMPNS)" in proc.stdout
 
 
 def test_different_profile_fails_with_nonzero_exit(tmp_path, endpoint):
