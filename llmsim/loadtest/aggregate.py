@@ -67,9 +67,7 @@ class RunStats:
         self.hist["e2e"].record(rec.e2e_ms)
         if rec.ttft_ms is not None:
             self.hist["ttft"].record(rec.ttft_ms)
-            hist = self.hist["itl"]
-            for v in rec.itl_ms:
-                hist.record(v)
+            self.hist["itl"].record_many(rec.itl_ms)
         reasoning = rec.reasoning_tokens if rec.reasoning_tokens is not None else -1
         self.mix[(rec.prompt_tokens, rec.visible_tokens, rec.output_tokens, reasoning)] += 1
         if rec.tpot_ms is not None:

@@ -116,7 +116,7 @@ class LlmClient:
         return rec
 
     def _read_stream(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
-        adapter = self.adapter
+        read_event = self.adapter.read_event
         parser = SseParser()
         times: list[float] = []
         texts: list[str] = []
@@ -124,31 +124,34 @@ class LlmClient:
         error_kind = error_message = None
         t_end = None
         reasoning_streamed = False
-        lines = resp.iter_lines()
+        pieces = resp.iter_pieces()
         try:
-            for line, t in lines:
-                ev = parser.feed(line, t)
-                if ev is None:
-                    continue
-                delta = adapter.read_event(ev)
-                if delta.text or delta.reasoning:
-                    times.append(ev.t)
-                    texts.append(delta.reasoning + delta.text)
-                    if delta.reasoning:
-                        reasoning_streamed = True
-                if delta.usage is not None:
-                    usage.update(delta.usage)
-                if delta.error is not None:
-                    error_kind, error_message = STREAM_ERROR, delta.error
-                    t_end = ev.t
-                    break
-                if delta.done:
-                    t_end = ev.t
+            for piece, t in pieces:
+                for ev in parser.feed_piece(piece, t):
+                    delta = read_event(ev)
+                    if delta.text or delta.reasoning:
+                        times.append(ev.t)
+                        if delta.reasoning:
+                            reasoning_streamed = True
+                            texts.append(delta.reasoning + delta.text)
+                        else:
+                            texts.append(delta.text)
+                    if delta.usage is not None:
+                        usage.update(delta.usage)
+                    if delta.error is not None:
+                        error_kind, error_message = STREAM_ERROR, delta.error
+                        t_end = ev.t
+                        break
+                    if delta.done:
+                        t_end = ev.t
+                        break
+                if t_end is not None:
                     break
             else:
-                ev = parser.finish()
-                if ev is not None:
-                    delta = adapter.read_event(ev)
+                for ev in parser.end_of_body(self.conn.clock()):
+                    delta = read_event(ev)
+                    if delta.usage is not None:
+                        usage.update(delta.usage)
                     if delta.done:
                         t_end = ev.t
                 if t_end is None:
@@ -165,11 +168,11 @@ class LlmClient:
         finally:
             if t_end is not None and error_kind is None:
                 try:  # read the rest of the body (the last chunk) so the connection can be reused
-                    for _ in lines:
+                    for _ in pieces:
                         pass
                 except TransportError:
                     pass
-            lines.close()  # an unfinished body closes the connection
+            pieces.close()  # an unfinished body closes the connection
         if t_end is None:
             t_end = self.conn.clock()
         rec = build_stream_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,

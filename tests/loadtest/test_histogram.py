@@ -100,3 +100,17 @@ def test_runstats_merge_equals_single_process():
     for m in ("ttft", "itl", "tpot", "e2e"):
         assert merged.hist[m] == whole.hist[m]
     assert merged.metric_summary("itl")["p50"] == pytest.approx(10.0, abs=0.01)
+
+
+def test_record_many_equals_record_one_by_one():
+    import random
+
+    rng = random.Random(3)
+    values = [rng.choice([0.0, -1.0, 99.999, 100.0, 5000.0]) if rng.random() < 0.1 else rng.expovariate(0.05)
+              for _ in range(5000)]
+    one, many = Histogram(), Histogram()
+    for v in values:
+        one.record(v)
+    many.record_many(values[:10])
+    many.record_many(iter(values[10:]))
+    assert one == many and one.sum_ns == many.sum_ns
