@@ -12,10 +12,12 @@ import math
 from collections import Counter
 from typing import Any
 
-from .histogram import Histogram
+from .histogram import Histogram, SignedHistogram
 from .metrics import FAILURE_CLASSES, RequestRecord, failure_class
 
 METRICS = ("ttft", "itl", "tpot", "e2e")
+TRACED = ("ttft", "itl")
+"""The metrics a server trace (--llm-trace) checks."""
 SUMMARY_PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 MixKey = tuple[int, int, int, int]
@@ -47,6 +49,13 @@ class RunStats:
         """Warm-up requests (--llm-warmup): counted here only, left out of every other figure."""
         self.kernel_stamped = 0
         """Successful requests timed with kernel receive timestamps (the others with user-space stamps)."""
+        self.traced = 0
+        """Successful requests the server sent its own timings for (--llm-trace)."""
+        self.trace_mismatch = 0
+        self.error: dict[str, SignedHistogram] = {m: SignedHistogram() for m in TRACED}
+        """Client minus server, per traced request (ttft) and per gap (itl)."""
+        self.pacing: dict[str, SignedHistogram] = {m: SignedHistogram() for m in TRACED}
+        """The server's emitted minus planned, from the same traces."""
 
     # ------------------------------------------------------------------ building
 
@@ -64,6 +73,15 @@ class RunStats:
         self.ok += 1
         self.good += bool(good)
         self.kernel_stamped += rec.kernel_stamps
+        if rec.traced:
+            self.traced += 1
+            self.trace_mismatch += rec.trace_mismatch
+            if rec.ttft_error_ms is not None:
+                self.error["ttft"].record(rec.ttft_error_ms)
+            self.error["itl"].record_many(rec.gap_errors_ms)
+            if rec.server_ttft_vs_plan_ms is not None:
+                self.pacing["ttft"].record(rec.server_ttft_vs_plan_ms)
+            self.pacing["itl"].record_many(rec.server_gaps_vs_plan_ms)
         self.hist["e2e"].record(rec.e2e_ms)
         if rec.ttft_ms is not None:
             self.hist["ttft"].record(rec.ttft_ms)
@@ -95,6 +113,11 @@ class RunStats:
         self.retry_wait_ms += other.retry_wait_ms
         self.warmup += other.warmup
         self.kernel_stamped += other.kernel_stamped
+        self.traced += other.traced
+        self.trace_mismatch += other.trace_mismatch
+        for m in TRACED:
+            self.error[m].merge(other.error[m])
+            self.pacing[m].merge(other.pacing[m])
 
     # ------------------------------------------------------------------ reading
 
@@ -152,6 +175,9 @@ class RunStats:
             "mix": [[*k, n] for k, n in self.mix.items()],
             "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
             "warmup": self.warmup, "kernel_stamped": self.kernel_stamped,
+            "traced": self.traced, "trace_mismatch": self.trace_mismatch,
+            "error": {m: h.to_wire() for m, h in self.error.items()},
+            "pacing": {m: h.to_wire() for m, h in self.pacing.items()},
         }
 
     @classmethod
@@ -168,6 +194,10 @@ class RunStats:
         s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
         s.warmup = int(d.get("warmup", 0))
         s.kernel_stamped = int(d.get("kernel_stamped", 0))
+        s.traced, s.trace_mismatch = int(d.get("traced", 0)), int(d.get("trace_mismatch", 0))
+        if "error" in d:
+            s.error = {m: SignedHistogram.from_wire(d["error"][m]) for m in TRACED}
+            s.pacing = {m: SignedHistogram.from_wire(d["pacing"][m]) for m in TRACED}
         return s
 
     def __bool__(self) -> bool:

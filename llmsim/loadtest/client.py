@@ -15,11 +15,13 @@ from typing import Callable, Mapping
 
 from .adapters import ApiAdapter, Prompt, Usage
 from .metrics import (CONNECTION, MALFORMED_SSE, MIDSTREAM_CUT, NO_TERMINATOR, STREAM_ERROR, RequestRecord,
-                      build_body_record, build_stream_record, failed_record, http_error_kind)
+                      apply_trace, build_body_record, build_stream_record, failed_record, http_error_kind)
 from .sse import MalformedStream, SseParser
 from .transport import HttpConnection, TransportError
 
 ERROR_BODY_LIMIT = 300
+TRACE_HEADER = "x-llmsim-trace"
+"""Asks an llmsim server for its own timings of the request (a `: llmsim-trace {json}` comment)."""
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -53,13 +55,15 @@ class LlmClient:
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
-                 kernel_stamps: bool = True) -> None:
+                 kernel_stamps: bool = True, trace: bool = False) -> None:
         self.adapter = adapter
         self.model = model
         self.count_tokens = count_tokens
         self.conn = HttpConnection(base_url, timeout=timeout, verify=verify, kernel_stamps=kernel_stamps)
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
                         "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
+        if trace:
+            self.headers[TRACE_HEADER] = "1"
 
     def close(self) -> None:
         self.conn.close()
@@ -181,4 +185,11 @@ class LlmClient:
                                   error_kind=error_kind, error_message=error_message,
                                   reasoning_streamed=reasoning_streamed)
         rec.kernel_stamps = self.conn.kernel_stamps
+        if parser.trace is not None and rec.ok:
+            try:
+                trace = json.loads(parser.trace)
+            except ValueError:
+                trace = None
+            if isinstance(trace, dict):
+                apply_trace(rec, times, trace)
         return rec

@@ -71,6 +71,18 @@ class RequestRecord:
     """A warm-up request (--llm-warmup): left out of every figure."""
     kernel_stamps: bool = False
     """Its times come from the kernel's receive timestamps (else from user-space stamps)."""
+    traced: bool = False
+    """The server sent its own timings for it (x-llmsim-trace); the fields below compare them."""
+    ttft_error_ms: float | None = None
+    """Client TTFT minus the server's (request arrival to first content written): the client's own error
+    plus the network's transit time both ways."""
+    gap_errors_ms: list[float] = field(default_factory=list)
+    """Per gap between content events: the client's gap minus the gap the server emitted."""
+    server_ttft_vs_plan_ms: float | None = None
+    server_gaps_vs_plan_ms: list[float] = field(default_factory=list)
+    """The server's own pacing error: what it emitted minus what it planned."""
+    trace_mismatch: bool = False
+    """The trace did not fit: the server counted another number of content events than the client."""
 
     @property
     def ok(self) -> bool:
@@ -194,3 +206,36 @@ def failed_record(*, start_time: float, t_sent: float, t_end: float, kind: str, 
     e2e = (t_end - t_sent) * 1000.0
     return RequestRecord(start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
                          error_kind=kind, error_message=message, prompt_tokens=prompt_tokens_local)
+
+
+def apply_trace(rec: RequestRecord, event_times: Sequence[float], trace: dict) -> None:
+    """Compare a successful record with the server's trace of the same request (DESIGN.md; llmsim's
+    `: llmsim-trace {json}` comment): client minus server for TTFT and for each gap between content events,
+    and the server's own emitted-minus-planned. A trace whose gap count differs from the client's
+    sets trace_mismatch and compares TTFT only."""
+    def number(v: object) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def numbers(v: object) -> list[float] | None:
+        if not isinstance(v, list):
+            return None
+        out = [number(x) for x in v]
+        return None if any(x is None for x in out) else out  # type: ignore[return-value]
+
+    server_ttft = number(trace.get("ttft_ms"))
+    gaps = numbers(trace.get("gaps_ms"))
+    if server_ttft is None or gaps is None:
+        return
+    rec.traced = True
+    if rec.ttft_ms is not None:
+        rec.ttft_error_ms = rec.ttft_ms - server_ttft
+    planned_ttft = number(trace.get("planned_ttft_ms"))
+    if planned_ttft is not None:
+        rec.server_ttft_vs_plan_ms = server_ttft - planned_ttft
+    planned = numbers(trace.get("planned_gaps_ms"))
+    if planned is not None and len(planned) == len(gaps):
+        rec.server_gaps_vs_plan_ms = [a - b for a, b in zip(gaps, planned)]
+    if len(gaps) != len(event_times) - 1:
+        rec.trace_mismatch = True
+        return
+    rec.gap_errors_ms = [(event_times[i + 1] - event_times[i]) * 1000.0 - g for i, g in enumerate(gaps)]

@@ -26,6 +26,8 @@ DEFAULT_MAX_TOKENS = 64
 DEFAULT_TOLERANCE = str(Tolerance())
 DEFAULT_RETRY_429 = 3
 SCORE_MODES = ("auto", "on", "off")
+TRACE_MODES = ("auto", "on", "off")
+DEFAULT_TRACE_LIMIT_MS = 1.0
 
 
 class OptionError(ValueError):
@@ -66,6 +68,16 @@ def parse_warmup(text: str) -> tuple[int, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of requests (20) or of seconds (10s), got {text!r}") \
             from None
+
+
+def _non_negative_ms(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0, got {text!r}")
+    return v
 
 
 def _warmup(text: str) -> str:
@@ -118,6 +130,13 @@ def add_arguments(parser: Any) -> None:
                        help="leave the first N requests (each Locust process counts its own), or the requests "
                             "that start in the first N seconds, out of every figure of the summary, the report "
                             "and the scores; Locust's own rows still count them (default 0: none)")
+    group.add_argument("--llm-trace", choices=TRACE_MODES, default="auto",
+                       help="send x-llmsim-trace: 1, so that an llmsim server returns its own timings of each "
+                            "request, and report the client's measurement error (client minus server) for TTFT "
+                            "and ITL; auto (the default) is on with the embedded server (no --host)")
+    group.add_argument("--llm-trace-limit", type=_non_negative_ms, default=DEFAULT_TRACE_LIMIT_MS, metavar="MS",
+                       help=f"with --llm-trace: a measurement error p99 above this says the load generator, not "
+                            f"the server, is the bottleneck (default {DEFAULT_TRACE_LIMIT_MS:g})")
     group.add_argument("--llm-api-key", default=None, metavar="KEY",
                        help="API key (default: $OPENAI_API_KEY, or the adapter's own variable)")
     group.add_argument("--prompt-tokens", type=_positive_int, default=None, metavar="N",
@@ -168,6 +187,14 @@ class LoadTestSettings:
     """--llm-warmup as given, for the report."""
     warmup_requests: int = 0
     warmup_s: float = 0.0
+    trace_mode: str = "auto"
+    """--llm-trace as given: auto is resolved by the plugin once it knows whether the server is embedded."""
+    trace_limit_ms: float = DEFAULT_TRACE_LIMIT_MS
+
+    @property
+    def trace(self) -> bool:
+        """Whether requests ask the server for its trace (auto counts as off until resolved)."""
+        return self.trace_mode == "on"
 
     @classmethod
     def from_options(cls, opts: Any) -> "LoadTestSettings":
@@ -231,6 +258,8 @@ class LoadTestSettings:
             retry_429=getattr(opts, "retry_429", None) or 0,
             encoding=encoding, score=profile is not None and score_mode != "off",
             warmup=warmup, warmup_requests=warmup_requests, warmup_s=warmup_s,
+            trace_mode=getattr(opts, "llm_trace", None) or "auto",
+            trace_limit_ms=float(getattr(opts, "llm_trace_limit", DEFAULT_TRACE_LIMIT_MS)),
         )
 
 

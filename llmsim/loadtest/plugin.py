@@ -123,7 +123,8 @@ class LoadTestRun:
                             profile=s.profile.name if s.profile is not None else None,
                             profile_source=s.profile.source if s.profile is not None else None,
                             host=self.environment.host, stream=s.stream, max_tokens=s.max_tokens,
-                            warmup=s.warmup, workers=self.workers if self.is_master else None)
+                            warmup=s.warmup, trace=s.trace, trace_limit_ms=s.trace_limit_ms,
+                            workers=self.workers if self.is_master else None)
 
     def finish(self) -> dict[str, Any]:
         """End of run (local or master): print, write JSON, set the exit code."""
@@ -238,7 +239,13 @@ def _init(environment: Any) -> None:
     if run.is_worker:
         return
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
-    if not environment.host and not any(user_hosts):
+    embedded = not environment.host and not any(user_hosts)
+    if run.settings.trace_mode == "auto":
+        # Resolved here, in the options too: workers take their settings from the master's options.
+        run.settings.trace_mode = "on" if embedded else "off"
+        if environment.parsed_options is not None:
+            environment.parsed_options.llm_trace = run.settings.trace_mode
+    if embedded:
         environment.host = start_embedded_server(run)
         p = run.settings.profile
         log.info("No --host: started the embedded llmsim server at %s (profile %s)", environment.host,

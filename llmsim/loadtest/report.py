@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable
 
 from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
+from .histogram import SignedHistogram
 from .scoring import Scorecard
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
@@ -23,7 +24,8 @@ TIMESTAMP_TEXT = {
 
 def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile: str | None,
                  profile_source: str | None, host: str | None, stream: bool, max_tokens: int | None,
-                 warmup: str = "0", workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 warmup: str = "0", trace: bool = False, trace_limit_ms: float = 1.0,
+                 workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Every figure of the run, the expected values and the verdicts (the --llm-report JSON).
 
     With no scorecard (measure only: --llm-score off, or no profile applies) the
@@ -49,6 +51,7 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
         "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
                        "requests_per_s": stats.rate(stats.requests)},
         "metrics": {m: stats.metric_summary(m) for m in METRICS},
+        "measurement_error": measurement_error(stats, trace_limit_ms) if trace else None,
     }
     if card is not None:
         report.update(card.to_dict())
@@ -57,6 +60,42 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
     if workers is not None:
         report["workers"] = workers
     return report
+
+
+def _signed_summary(h: SignedHistogram, *, with_abs: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": h.count, "mean": h.mean, "p50": h.percentile(50), "p99": h.percentile(99)}
+    if with_abs:
+        out["abs_p99"] = h.abs_percentile(99)
+    return out
+
+
+def measurement_error(stats: RunStats, limit_ms: float) -> dict[str, Any]:
+    """The client's own measurement error, from the server's traces (--llm-trace), and whether it says the
+    load generator is the bottleneck.
+
+    TTFT: client minus server TTFT per request (the network's transit time is in it, so its spread,
+    p99 - p50, is what is held against the limit). ITL: client minus server per gap between content
+    events; its p99 of |error| is held against the limit. `server_pacing` is the server's emitted
+    minus planned, for the same requests.
+    """
+    ttft, itl = stats.error["ttft"], stats.error["itl"]
+    out: dict[str, Any] = {
+        "traced_requests": stats.traced,
+        "mismatched_traces": stats.trace_mismatch,
+        "ttft_ms": _signed_summary(ttft),
+        "itl_ms": _signed_summary(itl, with_abs=True),
+        "server_pacing": {"ttft_ms": _signed_summary(stats.pacing["ttft"]),
+                          "itl_ms": _signed_summary(stats.pacing["itl"], with_abs=True)},
+        "limit_ms": limit_ms,
+    }
+    ttft_spread = None
+    if ttft.count:
+        ttft_spread = (ttft.percentile(99) or 0.0) - (ttft.percentile(50) or 0.0)
+    out["ttft_ms"]["spread_p99_p50"] = ttft_spread
+    itl_abs = out["itl_ms"]["abs_p99"]
+    out["load_generator_bottleneck"] = bool((itl_abs is not None and itl_abs > limit_ms)
+                                            or (ttft_spread is not None and ttft_spread > limit_ms))
+    return out
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
@@ -104,11 +143,33 @@ def format_summary(report: dict[str, Any]) -> str:
     ts = report.get("timestamps") or {}
     if ts.get("source"):
         lines.append("timestamps: " + TIMESTAMP_TEXT[ts["source"]].format(**ts))
+    lines += _measurement_error_lines(report.get("measurement_error"))
     warmup = report.get("warmup") or {}
     if warmup.get("requests"):
         lines.append(f"warm-up (--llm-warmup {warmup['setting']}): {warmup['requests']} requests left out of "
                      "every figure above")
     return "\n".join(lines)
+
+
+def _measurement_error_lines(err: dict[str, Any] | None) -> list[str]:
+    if err is None:
+        return []
+    if not err["traced_requests"]:
+        return ["measurement error: no server trace came back (--llm-trace needs an llmsim server that answers "
+                "x-llmsim-trace)"]
+    t, i = err["ttft_ms"], err["itl_ms"]
+    lines = [f"measurement error (client - server, {err['traced_requests']} traced requests): "
+             f"TTFT p50 {_ms(t['p50'], 0)} p99 {_ms(t['p99'], 0)} ms, "
+             f"ITL per gap p50 {_ms(i['p50'], 0)} p99 {_ms(i['p99'], 0)} ms (|error| p99 {_ms(i['abs_p99'], 0)} ms)"]
+    if err["mismatched_traces"]:
+        lines.append(f"  {err['mismatched_traces']} traces counted other content events than the client "
+                     "(their TTFT is compared, not their gaps)")
+    if err["load_generator_bottleneck"]:
+        worst = max(i["abs_p99"] or 0.0, t.get("spread_p99_p50") or 0.0)
+        lines.append(f"The load generator, not the server, is the bottleneck: its own measurement error "
+                     f"({worst:.2f} ms at p99) is above --llm-trace-limit {err['limit_ms']:g} ms, so spread the "
+                     "users over more Locust processes (--processes N) or machines.")
+    return lines
 
 
 def not_scored_reason(report: dict[str, Any]) -> str:

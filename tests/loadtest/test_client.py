@@ -169,3 +169,28 @@ def test_split_counts_only_streamed_tokens():
     # Streamed reasoning is part of what the events carry: 10 tokens over 6 events.
     rec = build_stream_record(usage=Usage(5, 10, 4), reasoning_streamed=True, **common)
     assert len(rec.itl_ms) == 10 - 2  # split [2, 2, 2, 2, 1, 1]: the first event's tokens have no gap
+
+
+def test_server_trace_gives_the_clients_own_error(mini_server, count_tokens):
+    """With x-llmsim-trace the server reports its own timings; the record holds client minus server."""
+    client = LlmClient(mini_server.url, ChatCompletionsAdapter(), model="any-model", count_tokens=count_tokens,
+                       timeout=10, trace=True)
+    rec = client.run(PROMPT, max_tokens=12)
+    assert rec.ok, rec.error_message
+    assert rec.traced and not rec.trace_mismatch
+    # The server's TTFT ends when it wrote the first content event; the client's when it arrived: the
+    # difference is the transit both ways (same machine) plus the client's own delay.
+    assert -1.0 < rec.ttft_error_ms < 5.0
+    assert len(rec.gap_errors_ms) == 11
+    assert all(abs(e) < 5.0 for e in rec.gap_errors_ms)
+    assert rec.server_ttft_vs_plan_ms is not None and len(rec.server_gaps_vs_plan_ms) == 11
+    # Without the header, no trace: a server that is not asked sends nothing.
+    rec = make_client(mini_server.url, "any-model", count_tokens).run(PROMPT, max_tokens=3)
+    assert rec.ok and not rec.traced and rec.ttft_error_ms is None
+
+
+def test_chunky_trace_counts_events_not_tokens(mini_server, count_tokens):
+    client = LlmClient(mini_server.url, ChatCompletionsAdapter(), model="mode-chunky", count_tokens=count_tokens,
+                       timeout=10, trace=True)
+    rec = client.run(PROMPT, max_tokens=9)
+    assert rec.traced and len(rec.gap_errors_ms) == 2 and len(rec.itl_ms) == 6

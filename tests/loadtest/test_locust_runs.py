@@ -123,6 +123,27 @@ def test_warmup_seconds(tmp_path, endpoint):
     assert report["requests"]["total"] >= 4
 
 
+def test_trace_reports_the_clients_measurement_error(tmp_path, endpoint):
+    """--llm-trace on against a server that answers x-llmsim-trace: client minus server in the summary and
+    the report; a limit below the error makes the summary name the load generator as the bottleneck."""
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-trace", "on", "--llm-trace-limit", "0", "--max-tokens", "10",
+                              "-u", "4", "-r", "4", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = report["measurement_error"]
+    assert err["traced_requests"] == report["requests"]["ok"] > 0 and err["mismatched_traces"] == 0
+    assert err["itl_ms"]["count"] == 9 * err["traced_requests"]
+    # Same machine, kernel stamps: the client is within a few ms of the server (generous for a busy machine).
+    assert -1.0 < err["ttft_ms"]["p50"] < 5.0 and err["itl_ms"]["abs_p99"] < 5.0
+    assert err["limit_ms"] == 0 and err["load_generator_bottleneck"]
+    assert "measurement error (client - server, " in proc.stdout
+    assert "The load generator, not the server, is the bottleneck" in proc.stdout
+    # Against a --host, auto means off: no header, no figures.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--max-tokens", "5", "-u", "1", "-r", "1", "-t", "1s")
+    assert report["measurement_error"] is None and "measurement error" not in proc.stdout
+
+
 def test_failures_are_counted_by_kind(tmp_path, endpoint):
     proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "mode-no-done",
                               "--llm-profile", str(PROFILES / "mini.yaml"), "--max-tokens", "5",
