@@ -19,6 +19,10 @@ from llmsim.loadtest.users import ChatCompletionsUser
 
 ERROR = Histogram()  # |client error| per ITL sample, ms
 SENT = Histogram()  # ITL as sent by the server, ms
+SAME_STAMP = [0]
+"""ITL samples whose two events carry the very same arrival stamp: with kernel stamps and chunk-aligned
+reads, the two events reached the client's machine in one TCP segment (the sender's kernel held the
+first one back and sent them together), which no client can see through."""
 
 
 class StampedChat(ChatCompletionsAdapter):
@@ -35,7 +39,8 @@ class StampedChat(ChatCompletionsAdapter):
             if prev is not None and prev[0] < sent:
                 ERROR.record(abs(delay - prev[1]) * 1000.0)
                 SENT.record((sent - prev[0]) * 1000.0)
-            self._last[key] = (sent, delay)
+                SAME_STAMP[0] += event.t == prev[2]
+            self._last[key] = (sent, delay, event.t)
         elif delta.done:
             self._last.pop(id(gevent.getcurrent()), None)
         return delta
@@ -50,4 +55,4 @@ def _write(environment, **_kw):
     path = os.environ.get("LLMSIM_BENCH_OUT")
     if path:
         with open(path, "w") as f:
-            json.dump({"error": ERROR.to_wire(), "sent": SENT.to_wire()}, f)
+            json.dump({"error": ERROR.to_wire(), "sent": SENT.to_wire(), "same_stamp": SAME_STAMP[0]}, f)

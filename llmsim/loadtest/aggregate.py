@@ -35,6 +35,8 @@ class RunStats:
         self.good = 0
         self.errors: Counter[str] = Counter()
         self.output_tokens = 0
+        self.visible_tokens = 0
+        """Output tokens minus the hidden reasoning tokens usage reported: the tokens that were streamed."""
         self.prompt_tokens = 0
         self.start = math.inf
         self.end = -math.inf
@@ -63,6 +65,7 @@ class RunStats:
         """Count one finished request; `good` is whether it met every SLO (goodput)."""
         self.requests += 1
         self.output_tokens += rec.output_tokens
+        self.visible_tokens += rec.visible_tokens
         self.prompt_tokens += rec.prompt_tokens
         self.start = min(self.start, rec.start_time)
         self.end = max(self.end, rec.end_time)
@@ -104,6 +107,7 @@ class RunStats:
         self.good += other.good
         self.errors.update(other.errors)
         self.output_tokens += other.output_tokens
+        self.visible_tokens += other.visible_tokens
         self.prompt_tokens += other.prompt_tokens
         self.start = min(self.start, other.start)
         self.end = max(self.end, other.end)
@@ -169,7 +173,8 @@ class RunStats:
             "hist": {m: h.to_wire() for m, h in self.hist.items()},
             "requests": self.requests, "ok": self.ok, "good": self.good,
             "errors": dict(self.errors),
-            "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens, "visible_tokens": self.visible_tokens,
+            "prompt_tokens": self.prompt_tokens,
             "busy_ns": self.busy_ns,
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
@@ -187,6 +192,7 @@ class RunStats:
         s.requests, s.ok, s.good = int(d["requests"]), int(d["ok"]), int(d["good"])
         s.errors = Counter({str(k): int(v) for k, v in d["errors"].items()})
         s.output_tokens, s.prompt_tokens = int(d["output_tokens"]), int(d["prompt_tokens"])
+        s.visible_tokens = int(d.get("visible_tokens", s.output_tokens))
         s.busy_ns = int(d["busy_ns"])
         if d["start"] is not None:
             s.start, s.end = float(d["start"]), float(d["end"])

@@ -4,7 +4,8 @@ TTFT   request write -> first event carrying generated content (text or reasonin
 ITL    gap between consecutive content events; an event of k > 1 tokens gives k samples of gap/k.
        k comes from the server's count of streamed tokens when usage reports it (split_tokens), else
        from tiktoken on the event's text.
-TPOT   (E2E - TTFT) / (output_tokens - 1), requests with >= 2 output tokens.
+TPOT   (E2E - TTFT) / (visible_tokens - 1), requests with >= 2 visible tokens; visible tokens are
+       output_tokens minus the hidden reasoning tokens usage reports (hidden reasoning is inside TTFT).
 E2E    request write -> end of stream (the terminator event).
 output_tokens  the server's usage when present, else tiktoken on the received text.
 """
@@ -142,10 +143,11 @@ def split_tokens(texts: Sequence[str], streamed: int | None, count: Callable[[st
     return out
 
 
-def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int) -> float | None:
-    if ttft_ms is None or output_tokens < 2:
+def tpot_ms(e2e_ms: float, ttft_ms: float | None, visible_tokens: int) -> float | None:
+    """(E2E - TTFT) / (visible_tokens - 1): the tokens streamed after the first one share that time."""
+    if ttft_ms is None or visible_tokens < 2:
         return None
-    return (e2e_ms - ttft_ms) / (output_tokens - 1)
+    return (e2e_ms - ttft_ms) / (visible_tokens - 1)
 
 
 def build_stream_record(*, start_time: float, t_sent: float, t_end: float, status: int,
@@ -177,7 +179,8 @@ def build_stream_record(*, start_time: float, t_sent: float, t_end: float, statu
     return RequestRecord(
         start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
         error_kind=error_kind, error_message=error_message, ttft_ms=ttft,
-        itl_ms=itl_samples(event_times, event_tokens), tpot_ms=tpot_ms(e2e, ttft, output_tokens),
+        itl_ms=itl_samples(event_times, event_tokens),
+        tpot_ms=tpot_ms(e2e, ttft, streamed if streamed is not None else output_tokens),
         output_tokens=output_tokens,
         prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
         reasoning_tokens=usage.reasoning_tokens, usage_reported=reported,

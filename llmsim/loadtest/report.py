@@ -47,8 +47,9 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
                      "failures": stats.failures_by_class,
                      "errors_by_kind": dict(sorted(stats.errors.items())),
                      "retries_429": stats.retries_429, "retry_wait_s": stats.retry_wait_ms / 1000},
-        "tokens": {"output": stats.output_tokens, "prompt": stats.prompt_tokens},
+        "tokens": {"output": stats.output_tokens, "visible": stats.visible_tokens, "prompt": stats.prompt_tokens},
         "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
+                       "visible_tokens_per_s": stats.rate(stats.visible_tokens),
                        "requests_per_s": stats.rate(stats.requests)},
         "metrics": {m: stats.metric_summary(m) for m in METRICS},
         "measurement_error": measurement_error(stats, trace_limit_ms) if trace else None,
@@ -131,7 +132,10 @@ def format_summary(report: dict[str, Any]) -> str:
         s = report["metrics"][m]
         lines.append(f"{LABELS[m]:<8}{s['count']:>9}" + "".join(_ms(s[c]) for c in cols))
     tp = report["throughput"]
-    lines.append(f"output tokens: {report['tokens']['output']} ({_rate(tp['output_tokens_per_s'])} tok/s)   "
+    tok = report["tokens"]
+    visible = "" if tok["visible"] == tok["output"] else \
+        f"; visible {tok['visible']}, {_rate(tp['visible_tokens_per_s'])} tok/s"
+    lines.append(f"output tokens: {tok['output']} ({_rate(tp['output_tokens_per_s'])} tok/s{visible})   "
                  f"requests: {req['ok']} ok, {req['failed']} failed ({_rate(tp['requests_per_s'])} req/s)")
     failures = {k: n for k, n in req["failures"].items() if n}
     lines.append("failures: " + (", ".join(f"{FAILURE_LABELS[k]} {n}" for k, n in failures.items())
