@@ -20,12 +20,14 @@ The server's send stamp is time.monotonic() and the client's stamps are
 CLOCK_REALTIME (kernel receive times) or perf_counter(): the error is a change
 of (arrival - send) between two events, so the clocks' constant offset cancels.
 
-On a shared machine the figures move with everyone else's load: a busy box
-delays the loopback delivery itself. The column "together" is the share of ITL
-samples whose two events reached the client in one TCP segment (the same kernel
-stamp, although the client reads chunk by chunk): the sender's kernel held the
-first one back. The error of those samples is the wire's, not the client's, but
-it is counted all the same. Run it more than once, on a quiet machine.
+The column "together" is the share of ITL samples whose two events carry the
+very same kernel stamp: the client read the first one only after the next one
+of its stream had arrived (it was more than one ITL behind), and the kernel had
+merged the two in the socket's receive queue, keeping the later stamp. That is
+the limit of kernel stamps, and those samples carry the client's lateness.
+On a shared machine the figures move with everyone else's load (the client
+falls behind when it does not get a CPU). Run it more than once, on a quiet
+machine.
 
     python bench/locust_throughput.py [--steps 50,100,150,200,250] [--seconds 6] [--itl-ms 10] [--limit-ms 0.5]
 """

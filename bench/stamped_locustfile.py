@@ -20,9 +20,8 @@ from llmsim.loadtest.users import ChatCompletionsUser
 ERROR = Histogram()  # |client error| per ITL sample, ms
 SENT = Histogram()  # ITL as sent by the server, ms
 SAME_STAMP = [0]
-"""ITL samples whose two events carry the very same arrival stamp: with kernel stamps and chunk-aligned
-reads, the two events reached the client's machine in one TCP segment (the sender's kernel held the
-first one back and sent them together), which no client can see through."""
+"""ITL samples whose two events carry the very same arrival stamp: with kernel stamps, the client read
+the first one only after the second had arrived, and the kernel had merged them in the receive queue."""
 
 
 class StampedChat(ChatCompletionsAdapter):

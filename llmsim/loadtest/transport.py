@@ -11,20 +11,21 @@ Which stamp (DESIGN.md, "Client behaviour that timing depends on"):
 - kernel receive times, on Linux over plain http: the socket has
   SO_TIMESTAMPNS set and every read is a recvmsg() whose ancillary data is the
   CLOCK_REALTIME time at which the kernel received the last segment the read
-  consumed. How late the event loop gets round to the read no longer matters.
+  consumed. How late the event loop gets round to the read no longer matters
+  (up to a limit, below).
   The connection's clock is then time.time() (the same CLOCK_REALTIME), so the
   request's start, taken just before it is written, is in the same domain.
 - user-space stamps elsewhere (https, other systems): perf_counter() the moment
   recv() returns. `HttpConnection.kernel_stamps` says which one a connection uses.
 
-A read's kernel stamp is that of the last segment it consumed, so a client
-that falls behind and reads two queued events at once would give the first
-one the second one's time. Servers write each SSE event as one chunk (one
-segment), so with kernel stamps a chunked body is read chunk by chunk: a read
-never goes past the end of the chunk it is in, and a read at a chunk boundary
-asks for no more than the smallest chunk seen so far on the connection. A
-response head is read exactly (peeked first), so the body starts aligned.
-Reading what is already queued costs a system call, not a wait.
+A read's kernel stamp is that of the last segment it consumed, and the kernel
+merges the segments that wait in a socket's receive queue into one, keeping
+the last one's stamp. So an event is stamped with its true arrival time as
+long as the client reads it before the next event of the same stream
+arrives: kernel stamps take the client's own delays out of the figures up to
+one ITL per stream. A client further behind than that gives the events it
+finds waiting together the time of the last of them (the summary's
+measurement error, from --llm-trace, shows it).
 """
 
 from __future__ import annotations
@@ -49,9 +50,6 @@ KERNEL_STAMPS_SUPPORTED = sys.platform.startswith("linux") and not platform.mach
     ("alpha", "mips", "parisc", "sparc"))
 """Whether this system can give kernel receive times (Linux, asm-generic socket options)."""
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if KERNEL_STAMPS_SUPPORTED else 0
-MIN_ALIGNED_READ = 32
-"""A read at a chunk boundary asks for at least this many bytes (chunks smaller than that are control
-chunks, not generated content), and chunks smaller than it do not lower the read size."""
 
 
 class TransportError(Exception):
@@ -103,8 +101,6 @@ class HttpConnection:
         """The clock of every stamp this connection hands out, and of `HttpResponse.t_sent`."""
         self.unstamped_reads = 0
         """Reads that came without a kernel stamp and were stamped in user space (same clock) instead."""
-        self._chunk_floor = 0
-        """The smallest chunk (size line, data and CRLF; at least MIN_ALIGNED_READ) seen here; 0: none yet."""
 
     # ------------------------------------------------------------------ socket
 
@@ -141,11 +137,11 @@ class HttpConnection:
             self._sock = None
         self._buf = b""
 
-    def _recv(self, size: int = RECV_SIZE) -> bytes:
-        """One read of at most `size` bytes (user-space stamps: always RECV_SIZE), stamped in self._buf_t."""
+    def _recv(self) -> bytes:
+        """One read, stamped in self._buf_t."""
         try:
             if self.kernel_stamps:
-                data, anc, _flags, _addr = self._sock.recvmsg(size, _ANC_SIZE)  # type: ignore[union-attr]
+                data, anc, _flags, _addr = self._sock.recvmsg(RECV_SIZE, _ANC_SIZE)  # type: ignore[union-attr]
                 if anc:
                     sec, nsec = _TIMESPEC.unpack_from(anc[0][2])
                     self._buf_t = sec + nsec * 1e-9
@@ -198,23 +194,9 @@ class HttpConnection:
             return HttpResponse(self, status, reason, resp_headers, version, t_sent, method)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _head_bytes(self) -> bytes:
-        """With kernel stamps, the response head and nothing after it when it has come whole (else what has
-        come): the body's reads then start at its first chunk."""
-        try:
-            peeked = self._sock.recv(RECV_SIZE, socket.MSG_PEEK)  # type: ignore[union-attr]
-        except socket.timeout:
-            self.close()
-            raise TransportError("timeout", f"no data from {self.host}:{self.port} for {self.timeout:g}s") from None
-        except OSError as e:
-            self.close()
-            raise TransportError("connection", f"connection to {self.host}:{self.port} broke: {e}") from None
-        end = peeked.find(b"\r\n\r\n")
-        return self._recv(end + 4 if end >= 0 else max(len(peeked), 1))
-
     def _read_head(self) -> tuple[int, str, dict[str, str], str]:
         while b"\r\n\r\n" not in self._buf:
-            data = self._head_bytes() if self.kernel_stamps and not self._buf else self._recv()
+            data = self._recv()
             if not data:
                 self.close()
                 raise TransportError("connection", "server closed the connection before responding")
@@ -313,9 +295,6 @@ class HttpConnection:
                 except ValueError:
                     self.close()
                     raise TransportError("connection", f"bad chunk size line {line[:40]!r}") from None
-                total = i + 4 - pos + size
-                if total >= MIN_ALIGNED_READ and (total < self._chunk_floor or not self._chunk_floor):
-                    self._chunk_floor = total
                 pos = i + 2
                 if size == 0:  # last chunk: skip trailers up to the blank line
                     self._buf = buf[pos:]
@@ -330,12 +309,7 @@ class HttpConnection:
                 remaining = size
             if parts:
                 yield (parts[0] if len(parts) == 1 else b"".join(parts)), self._buf_t
-            if not self.kernel_stamps:
-                data = self._recv()
-            elif remaining or skip:  # up to the end of this chunk (its data, then its CRLF)
-                data = self._recv(remaining + 2 if remaining else skip)
-            else:  # at a boundary: at most the smallest chunk seen, less what has come of this one
-                data = self._recv(max((self._chunk_floor or MIN_ALIGNED_READ) - (n - pos), MIN_ALIGNED_READ))
+            data = self._recv()
             if not data:
                 self.close()
                 raise TransportError("connection", "connection closed in the middle of a chunked body")

@@ -54,7 +54,7 @@ def test_kernel_stamps_see_through_a_busy_client(separate_server):
     assert kernel.kernel_stamps and not user.kernel_stamps
     # The first token left the server about 10 ms after the request; the client read it 50 ms after.
     # (Had the second token also arrived before the read, 110 ms after, both would carry its stamp:
-    # a read's stamp is that of the last segment it consumed.)
+    # the kernel merges the segments waiting in a socket and keeps the last one's stamp.)
     assert user.ttft_ms >= BLOCK_MS
     assert kernel.ttft_ms < BLOCK_MS - 15.0, kernel.ttft_ms
     # The later tokens arrive while the client waits for them: the kernel's stamps see the 100 ms gaps,
