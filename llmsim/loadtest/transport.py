@@ -26,6 +26,13 @@ arrives: kernel stamps take the client's own delays out of the figures up to
 one ITL per stream. A client further behind than that gives the events it
 finds waiting together the time of the last of them (the summary's
 measurement error, from --llm-trace, shows it).
+
+The read timeout: on a gevent socket (monkey-patched processes: Locust), the
+socket itself has no timeout, because gevent arms and cancels a timer around
+every wait, which costs more than a fifth of a read. Instead one repeating
+watchdog timer per connection runs while a request is in flight and, once
+no byte has come or gone for `timeout` seconds, raises socket.timeout in the
+greenlet that waits on the socket. A plain blocking socket keeps settimeout().
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import struct
 import sys
 import time
 from time import perf_counter
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 RECV_SIZE = 65536
@@ -50,6 +57,17 @@ KERNEL_STAMPS_SUPPORTED = sys.platform.startswith("linux") and not platform.mach
     ("alpha", "mips", "parisc", "sparc"))
 """Whether this system can give kernel receive times (Linux, asm-generic socket options)."""
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if KERNEL_STAMPS_SUPPORTED else 0
+WATCHDOG_CHECKS = 8
+"""The watchdog looks timeout / WATCHDOG_CHECKS apart: a silent server is given up after 1 to 1.125 x timeout."""
+
+
+def _gevent_sockets() -> bool:
+    """Whether socket.socket is gevent's (the process is monkey-patched)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("socket"))
 
 
 class TransportError(Exception):
@@ -101,6 +119,11 @@ class HttpConnection:
         """The clock of every stamp this connection hands out, and of `HttpResponse.t_sent`."""
         self.unstamped_reads = 0
         """Reads that came without a kernel stamp and were stamped in user space (same clock) instead."""
+        self._watchdog: Any = None
+        """gevent: a repeating loop timer that enforces the read timeout (see the module docstring)."""
+        self._owner: Any = None
+        self._in_io = False
+        self._last_io = 0.0
 
     # ------------------------------------------------------------------ socket
 
@@ -124,11 +147,45 @@ class HttpConnection:
             except (OSError, ssl.SSLError) as e:
                 sock.close()
                 raise TransportError("connection", f"TLS handshake with {self.host} failed: {e}") from None
-        sock.settimeout(self.timeout)
+        if _gevent_sockets():
+            sock.settimeout(None)
+            if self._watchdog is None:
+                import gevent
+
+                step = max(self.timeout / WATCHDOG_CHECKS, 0.005)
+                self._watchdog = gevent.get_hub().loop.timer(step, step)
+        else:
+            sock.settimeout(self.timeout)
         self._sock = sock
         self._buf = b""
 
+    # ------------------------------------------------------------------ read timeout (gevent)
+
+    def _arm(self) -> None:
+        """A request starts: the watchdog watches the calling greenlet's socket waits."""
+        if self._watchdog is not None:
+            import gevent
+
+            self._owner = gevent.getcurrent()
+            self._last_io = time.monotonic()
+            if not self._watchdog.active:
+                self._watchdog.start(self._check)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._owner = None
+
+    def _check(self) -> None:
+        if time.monotonic() - self._last_io < self.timeout:
+            return
+        owner = self._owner
+        if self._in_io and owner is not None and not owner.dead:
+            self._disarm()
+            owner.throw(socket.timeout("timed out"))
+
     def close(self) -> None:
+        self._disarm()
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -139,9 +196,11 @@ class HttpConnection:
 
     def _recv(self) -> bytes:
         """One read, stamped in self._buf_t."""
+        self._in_io = True
         try:
             if self.kernel_stamps:
                 data, anc, _flags, _addr = self._sock.recvmsg(RECV_SIZE, _ANC_SIZE)  # type: ignore[union-attr]
+                self._last_io = time.monotonic()
                 if anc:
                     sec, nsec = _TIMESPEC.unpack_from(anc[0][2])
                     self._buf_t = sec + nsec * 1e-9
@@ -151,12 +210,15 @@ class HttpConnection:
                 self._buf_t = time.time()
                 return data
             data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
+            self._last_io = time.monotonic()
         except socket.timeout:
             self.close()
             raise TransportError("timeout", f"no data from {self.host}:{self.port} for {self.timeout:g}s") from None
         except OSError as e:
             self.close()
             raise TransportError("connection", f"connection to {self.host}:{self.port} broke: {e}") from None
+        finally:
+            self._in_io = False
         self._buf_t = perf_counter()
         return data
 
@@ -177,15 +239,24 @@ class HttpConnection:
             reused = self._sock is not None
             if not reused:
                 self._connect()
+            self._arm()
             t_sent = self.clock()
             try:
-                self._sock.sendall(raw)  # type: ignore[union-attr]
+                self._in_io = True
+                try:
+                    self._sock.sendall(raw)  # type: ignore[union-attr]
+                finally:
+                    self._in_io = False
                 status, reason, resp_headers, version = self._read_head()
             except TransportError:
                 if reused and attempt == 0:
                     self.close()
                     continue
                 raise
+            except socket.timeout:
+                self.close()
+                raise TransportError("timeout", f"sending to {self.host}:{self.port} stalled for "
+                                                f"{self.timeout:g}s") from None
             except OSError as e:
                 self.close()
                 if reused and attempt == 0:
@@ -340,6 +411,7 @@ class HttpResponse:
             yield from self._conn._body_pieces(self.headers, self._version, self._method, self.status)
             done = True
         finally:
+            self._conn._disarm()
             keep = self._version == "HTTP/1.1" and "close" not in self.headers.get("connection", "").lower()
             if not (done and keep):
                 self._conn.close()  # an abandoned or unframed body leaves the connection unusable

@@ -195,3 +195,35 @@ def test_chunky_trace_counts_events_not_tokens(mini_server, count_tokens):
                        timeout=10, trace=True)
     rec = client.run(PROMPT, max_tokens=9)
     assert rec.traced and len(rec.gap_errors_ms) == 2 and len(rec.itl_ms) == 6
+
+
+def test_read_timeout_is_idle_time_not_request_time(count_tokens):
+    """A stream that keeps sending is never cut, however long it takes; silence of `timeout` is."""
+    import time as _time
+
+    from gevent.server import StreamServer
+
+    def trickle(sock, _addr):
+        import gevent
+
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):  # 0.6 s in all, a byte of news every 0.1 s
+            gevent.sleep(0.1)
+            ev = b'data: {"choices":[{"delta":{"content":" the"}}]}\n\n'
+            sock.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+        ev = b"data: [DONE]\n\n"
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
+        sock.recv(65536)
+
+    srv = StreamServer(("127.0.0.1", 0), trickle)
+    srv.start()
+    try:
+        client = LlmClient(f"http://127.0.0.1:{srv.server_port}", ChatCompletionsAdapter(), model="m",
+                           count_tokens=count_tokens, timeout=0.3)
+        t0 = _time.monotonic()
+        rec = client.run(PROMPT, max_tokens=6)
+        assert rec.ok, rec.error_message
+        assert _time.monotonic() - t0 >= 0.55 and len(rec.itl_ms) == 5
+    finally:
+        srv.stop(timeout=0.1)
