@@ -42,43 +42,49 @@ def log_samples(environment: Any, request_type: str, name: str, values_ms: Seque
 
     The row ends up exactly as if each value had been fired as a request event
     (StatsEntry.log once per value): count, per-second counts, sum, min, max and
-    Locust's rounded response-time buckets. Only listeners of events.request
-    other than Locust's own stats do not see them. A Locust whose StatsEntry
+    Locust's rounded response-time buckets. Listeners of events.request other
+    than Locust's own stats do not see these samples. A Locust whose StatsEntry
     looks different gets one request event per value instead.
     """
     if not values_ms:
         return
     stats = environment.stats
-    try:
-        entries = (stats.get(name, request_type), stats.total)
-        now = time.time()
-        second = int(now)
-        n = len(values_ms)
-        total = sum(values_ms)
-        low, high = min(values_ms), max(values_ms)
-        bucket = locust.stats.bucket_response_time  # looked up here: Locust lets users replace it
-        buckets: dict[int, int] = {}
-        for v in values_ms:
-            b = bucket(v)
-            buckets[b] = buckets.get(b, 0) + 1
-        for e in entries:
-            last = e.last_request_timestamp
-            if e.use_response_times_cache and last and second > int(last):
-                e._cache_response_times(second - 1)
-            e.num_requests += n
-            e.num_reqs_per_sec[second] += n
-            e.last_request_timestamp = now
-            e.total_response_time += total
-            e.min_response_time = low if e.min_response_time is None else min(e.min_response_time, low)
-            e.max_response_time = max(e.max_response_time, high)
-            rt = e.response_times
-            for b, k in buckets.items():
-                rt[b] += k
-    except AttributeError:  # pragma: no cover - a Locust with other internals
+    entries = (stats.get(name, request_type), stats.total)
+    if not all(hasattr(e, a) for e in entries for a in _ENTRY_FIELDS):  # pragma: no cover - other internals
         fire = environment.events.request.fire
         for v in values_ms:
             fire(request_type=request_type, name=name, response_time=v, response_length=0, exception=None,
                  context={})
+        return
+    now = time.time()
+    second = int(now)
+    n = len(values_ms)
+    total = sum(values_ms)
+    low, high = min(values_ms), max(values_ms)
+    bucket = locust.stats.bucket_response_time  # looked up here: Locust lets users replace it
+    buckets: dict[int, int] = {}
+    for v in values_ms:
+        b = bucket(v)
+        buckets[b] = buckets.get(b, 0) + 1
+    for e in entries:
+        last = e.last_request_timestamp
+        if e.use_response_times_cache and last and second > int(last):
+            e._cache_response_times(second - 1)
+        e.num_requests += n
+        e.num_reqs_per_sec[second] += n
+        e.last_request_timestamp = now
+        e.total_response_time += total
+        e.min_response_time = low if e.min_response_time is None else min(e.min_response_time, low)
+        e.max_response_time = max(e.max_response_time, high)
+        rt = e.response_times
+        for b, k in buckets.items():
+            rt[b] += k
+
+
+_ENTRY_FIELDS = ("last_request_timestamp", "use_response_times_cache", "_cache_response_times", "num_requests",
+                 "num_reqs_per_sec", "total_response_time", "min_response_time", "max_response_time",
+                 "response_times")
+"""The StatsEntry attributes log_samples updates (StatsEntry.log's own bookkeeping)."""
 
 
 class LlmRequestFailed(Exception):
