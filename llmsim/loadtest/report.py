@@ -133,8 +133,8 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{LABELS[m]:<8}{s['count']:>9}" + "".join(_ms(s[c]) for c in cols))
     tp = report["throughput"]
     tok = report["tokens"]
-    visible = "" if tok["visible"] == tok["output"] else \
-        f"; visible {tok['visible']}, {_rate(tp['visible_tokens_per_s'])} tok/s"
+    visible = "" if tok.get("visible", tok["output"]) == tok["output"] else \
+        f"; visible {tok['visible']}, {_rate(tp.get('visible_tokens_per_s'))} tok/s"
     lines.append(f"output tokens: {tok['output']} ({_rate(tp['output_tokens_per_s'])} tok/s{visible})   "
                  f"requests: {req['ok']} ok, {req['failed']} failed ({_rate(tp['requests_per_s'])} req/s)")
     failures = {k: n for k, n in req["failures"].items() if n}
