@@ -45,6 +45,8 @@ def test_default_command_embedded_server_passes(tmp_path):
     assert req["total_content_length"] == report["tokens"]["output"]
     assert rows["TTFT"]["num_requests"] == report["metrics"]["ttft"]["count"]
     assert rows["ITL"]["num_requests"] == report["metrics"]["itl"]["count"]
+    # The embedded server is asked for its own timings (--llm-trace auto); the report has the section.
+    assert report["measurement_error"] is not None and "measurement error" in out
 
 
 def test_any_endpoint_matching_profile_passes(tmp_path, endpoint):
