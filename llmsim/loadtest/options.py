@@ -133,7 +133,7 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--llm-trace", choices=TRACE_MODES, default="auto",
                        help="send x-llmsim-trace: 1, so that an llmsim server returns its own timings of each "
                             "request, and report the client's measurement error (client minus server) for TTFT "
-                            "and ITL; auto (the default) is on with the embedded server (no --host)")
+                            "and ITL; auto (the default) is on with the embedded server (no --host) when streaming")
     group.add_argument("--llm-trace-limit", type=_non_negative_ms, default=DEFAULT_TRACE_LIMIT_MS, metavar="MS",
                        help=f"with --llm-trace: a measurement error p99 above this says the load generator, not "
                             f"the server, is the bottleneck (default {DEFAULT_TRACE_LIMIT_MS:g})")

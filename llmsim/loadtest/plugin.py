@@ -258,7 +258,8 @@ def _init(environment: Any) -> None:
     embedded = not environment.host and not any(user_hosts)
     if run.settings.trace_mode == "auto":
         # Resolved here, in the options too: workers take their settings from the master's options.
-        run.settings.trace_mode = "on" if embedded else "off"
+        # The trace comes inside the event stream: a --no-stream run has nowhere to carry it.
+        run.settings.trace_mode = "on" if embedded and run.settings.stream else "off"
         if environment.parsed_options is not None:
             environment.parsed_options.llm_trace = run.settings.trace_mode
     if embedded:
