@@ -15,7 +15,8 @@ FAILURE_LABELS = {"429": "429", "4xx": "other 4xx", "5xx": "5xx", "timeout": "ti
                   "midstream_cut": "mid-stream cut", "malformed_stream": "malformed stream"}
 UI_TAB_KEY = "llmsim"
 TIMESTAMP_TEXT = {
-    "kernel": "kernel receive times (SO_TIMESTAMPNS): the load generator's own delays are not in the figures",
+    "kernel": "kernel receive times (SO_TIMESTAMPNS): the load generator's own delays, up to one ITL, are not "
+              "in the figures",
     "user-space": "user-space (each read stamped when it returned; kernel receive times need Linux and plain "
                   "http)",
     "mixed": "kernel receive times for {kernel_requests} requests, user-space stamps for {user_space_requests}",
