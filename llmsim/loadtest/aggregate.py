@@ -12,10 +12,12 @@ import math
 from collections import Counter
 from typing import Any
 
-from .histogram import Histogram
+from .histogram import Histogram, SignedHistogram
 from .metrics import FAILURE_CLASSES, RequestRecord, failure_class
 
 METRICS = ("ttft", "itl", "tpot", "e2e")
+TRACED = ("ttft", "itl")
+"""The metrics a server trace (--llm-trace) checks."""
 SUMMARY_PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 MixKey = tuple[int, int, int, int]
@@ -33,6 +35,8 @@ class RunStats:
         self.good = 0
         self.errors: Counter[str] = Counter()
         self.output_tokens = 0
+        self.visible_tokens = 0
+        """Output tokens minus the hidden reasoning tokens usage reported: the tokens that were streamed."""
         self.prompt_tokens = 0
         self.start = math.inf
         self.end = -math.inf
@@ -43,6 +47,17 @@ class RunStats:
         self.retries_429 = 0
         """429 answers that --retry-429 retried (each one is counted here, never hidden)."""
         self.retry_wait_ms = 0
+        self.warmup = 0
+        """Warm-up requests (--llm-warmup): counted here only, left out of every other figure."""
+        self.kernel_stamped = 0
+        """Successful requests timed with kernel receive timestamps (the others with user-space stamps)."""
+        self.traced = 0
+        """Successful requests the server sent its own timings for (--llm-trace)."""
+        self.trace_mismatch = 0
+        self.error: dict[str, SignedHistogram] = {m: SignedHistogram() for m in TRACED}
+        """Client minus server, per traced request (ttft) and per gap (itl)."""
+        self.pacing: dict[str, SignedHistogram] = {m: SignedHistogram() for m in TRACED}
+        """The server's emitted minus planned, from the same traces."""
 
     # ------------------------------------------------------------------ building
 
@@ -50,6 +65,7 @@ class RunStats:
         """Count one finished request; `good` is whether it met every SLO (goodput)."""
         self.requests += 1
         self.output_tokens += rec.output_tokens
+        self.visible_tokens += rec.visible_tokens
         self.prompt_tokens += rec.prompt_tokens
         self.start = min(self.start, rec.start_time)
         self.end = max(self.end, rec.end_time)
@@ -59,12 +75,20 @@ class RunStats:
             return
         self.ok += 1
         self.good += bool(good)
+        self.kernel_stamped += rec.kernel_stamps
+        if rec.traced:
+            self.traced += 1
+            self.trace_mismatch += rec.trace_mismatch
+            if rec.ttft_error_ms is not None:
+                self.error["ttft"].record(rec.ttft_error_ms)
+            self.error["itl"].record_many(rec.gap_errors_ms)
+            if rec.server_ttft_vs_plan_ms is not None:
+                self.pacing["ttft"].record(rec.server_ttft_vs_plan_ms)
+            self.pacing["itl"].record_many(rec.server_gaps_vs_plan_ms)
         self.hist["e2e"].record(rec.e2e_ms)
         if rec.ttft_ms is not None:
             self.hist["ttft"].record(rec.ttft_ms)
-            hist = self.hist["itl"]
-            for v in rec.itl_ms:
-                hist.record(v)
+            self.hist["itl"].record_many(rec.itl_ms)
         reasoning = rec.reasoning_tokens if rec.reasoning_tokens is not None else -1
         self.mix[(rec.prompt_tokens, rec.visible_tokens, rec.output_tokens, reasoning)] += 1
         if rec.tpot_ms is not None:
@@ -83,6 +107,7 @@ class RunStats:
         self.good += other.good
         self.errors.update(other.errors)
         self.output_tokens += other.output_tokens
+        self.visible_tokens += other.visible_tokens
         self.prompt_tokens += other.prompt_tokens
         self.start = min(self.start, other.start)
         self.end = max(self.end, other.end)
@@ -90,6 +115,13 @@ class RunStats:
         self.mix.update(other.mix)
         self.retries_429 += other.retries_429
         self.retry_wait_ms += other.retry_wait_ms
+        self.warmup += other.warmup
+        self.kernel_stamped += other.kernel_stamped
+        self.traced += other.traced
+        self.trace_mismatch += other.trace_mismatch
+        for m in TRACED:
+            self.error[m].merge(other.error[m])
+            self.pacing[m].merge(other.pacing[m])
 
     # ------------------------------------------------------------------ reading
 
@@ -116,6 +148,15 @@ class RunStats:
         w = self.window_s
         return self.busy_ns / 1e9 / w if w > 0 else None
 
+    @property
+    def timestamps(self) -> str | None:
+        """Where the times of the successful requests come from: "kernel", "user-space", "mixed" (None: no request)."""
+        if not self.ok:
+            return None
+        if self.kernel_stamped == self.ok:
+            return "kernel"
+        return "user-space" if self.kernel_stamped == 0 else "mixed"
+
     def rate(self, n: float) -> float | None:
         w = self.window_s
         return n / w if w > 0 else None
@@ -132,11 +173,16 @@ class RunStats:
             "hist": {m: h.to_wire() for m, h in self.hist.items()},
             "requests": self.requests, "ok": self.ok, "good": self.good,
             "errors": dict(self.errors),
-            "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens, "visible_tokens": self.visible_tokens,
+            "prompt_tokens": self.prompt_tokens,
             "busy_ns": self.busy_ns,
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
             "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
+            "warmup": self.warmup, "kernel_stamped": self.kernel_stamped,
+            "traced": self.traced, "trace_mismatch": self.trace_mismatch,
+            "error": {m: h.to_wire() for m, h in self.error.items()},
+            "pacing": {m: h.to_wire() for m, h in self.pacing.items()},
         }
 
     @classmethod
@@ -146,15 +192,22 @@ class RunStats:
         s.requests, s.ok, s.good = int(d["requests"]), int(d["ok"]), int(d["good"])
         s.errors = Counter({str(k): int(v) for k, v in d["errors"].items()})
         s.output_tokens, s.prompt_tokens = int(d["output_tokens"]), int(d["prompt_tokens"])
+        s.visible_tokens = int(d.get("visible_tokens", s.output_tokens))
         s.busy_ns = int(d["busy_ns"])
         if d["start"] is not None:
             s.start, s.end = float(d["start"]), float(d["end"])
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})
         s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
+        s.warmup = int(d.get("warmup", 0))
+        s.kernel_stamped = int(d.get("kernel_stamped", 0))
+        s.traced, s.trace_mismatch = int(d.get("traced", 0)), int(d.get("trace_mismatch", 0))
+        if "error" in d:
+            s.error = {m: SignedHistogram.from_wire(d["error"][m]) for m in TRACED}
+            s.pacing = {m: SignedHistogram.from_wire(d["pacing"][m]) for m in TRACED}
         return s
 
     def __bool__(self) -> bool:
-        return self.requests > 0 or self.retries_429 > 0
+        return self.requests > 0 or self.retries_429 > 0 or self.warmup > 0
 
 
 def histogram_summary(h: Histogram) -> dict[str, Any]:

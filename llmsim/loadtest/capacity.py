@@ -29,7 +29,7 @@ from locust.util.timespan import parse_timespan
 from .capacity_report import build_result, format_table, step_line, write_outputs
 from .openloop import OpenLoopSource
 from .options import OptionError, _positive_int
-from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run
+from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run, refresh_loop_clock
 from .prediction import TokenShape, predict_step
 from .shapes import Step, StepPlan, StepSchedule, StepShape
 from .steps import SLICE_S, InFlight, SliceBook, StepStats, summarize, window_slices
@@ -356,7 +356,8 @@ class CapacityUser(LlmUser):
              client: Any = None, intended: float | None = None) -> Any:
         """Send, report to Locust and the toolkit (LlmUser.send), then file the record by step."""
         rec = super().send(prompt, max_tokens=max_tokens, stream=stream, client=client)
-        self.capacity.record(rec, intended)
+        if not rec.warmup:
+            self.capacity.record(rec, intended)
         return rec
 
 
@@ -385,6 +386,13 @@ def _on_parser(parser: Any, **_kw: Any) -> None:
 
 @events.init.add_listener
 def _on_init(environment: Any, **_kw: Any) -> None:
+    try:
+        _init(environment)
+    finally:
+        refresh_loop_clock()  # see plugin.refresh_loop_clock: Locust arms its timers next
+
+
+def _init(environment: Any) -> None:
     toolkit = getattr(environment, "llmsim", None)
     if toolkit is None or not is_capacity_test(environment):
         return  # the toolkit rejected its own options (worker: they arrive later), or another locustfile
@@ -395,8 +403,11 @@ def _on_init(environment: Any, **_kw: Any) -> None:
         get_capacity(environment)
     except OptionError as e:
         _fail(str(e))
-    if not toolkit.settings.profile.slo:
-        p = toolkit.settings.profile
+    p = toolkit.settings.profile
+    if p is None:
+        _fail(f"--llm-profile: no profile covers model {toolkit.settings.model!r}; the capacity test judges each "
+              "step against a profile's slo: section, so give one with --llm-profile NAME|FILE.yaml")
+    if not p.slo:
         _fail(f"--llm-profile: profile {p.name!r} ({p.source}) has no slo: section; the capacity test judges "
               f"each step against it")
 

@@ -1,8 +1,9 @@
 """The measuring client: one request in, one RequestRecord out, for any ApiAdapter.
 
 The loop stamps nothing itself: each SSE event carries the arrival time of
-its bytes (transport.py, sse.py), and JSON parsing and token counting happen
-after that stamp.
+its bytes (transport.py, sse.py: the kernel's receive time where the system
+gives it), and JSON parsing and token counting happen after that stamp. Every
+time of one request is in the connection's clock (`HttpConnection.clock`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
-from time import perf_counter
 
 from .adapters import ApiAdapter, Prompt, Usage
 from .metrics import (
@@ -21,6 +21,7 @@ from .metrics import (
     NO_TERMINATOR,
     STREAM_ERROR,
     RequestRecord,
+    apply_trace,
     build_body_record,
     build_stream_record,
     failed_record,
@@ -30,6 +31,8 @@ from .sse import MalformedStream, SseParser
 from .transport import HttpConnection, TransportError
 
 ERROR_BODY_LIMIT = 300
+TRACE_HEADER = "x-llmsim-trace"
+"""Asks an llmsim server for its own timings of the request (a `: llmsim-trace {json}` comment)."""
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -62,13 +65,16 @@ class LlmClient:
     """Sends requests built by an adapter over one keep-alive connection and measures them."""
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
-                 api_key: str | None = None, timeout: float = 600.0, verify: bool = True) -> None:
+                 api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
+                 kernel_stamps: bool = True, trace: bool = False) -> None:
         self.adapter = adapter
         self.model = model
         self.count_tokens = count_tokens
-        self.conn = HttpConnection(base_url, timeout=timeout, verify=verify)
+        self.conn = HttpConnection(base_url, timeout=timeout, verify=verify, kernel_stamps=kernel_stamps)
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
                         "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
+        if trace:
+            self.headers[TRACE_HEADER] = "1"
 
     def close(self) -> None:
         self.conn.close()
@@ -79,12 +85,13 @@ class LlmClient:
         body = json.dumps(req.body).encode()
         headers = {**self.headers, **req.headers}
         local_prompt_tokens = prompt.prompt_tokens or 0
+        clock = self.conn.clock
         start_time = time.time()
-        t0 = perf_counter()
+        t0 = clock()
         try:
             resp = self.conn.request("POST", req.path, headers, body)
         except TransportError as e:
-            return failed_record(start_time=start_time, t_sent=t0, t_end=perf_counter(), kind=e.kind,
+            return failed_record(start_time=start_time, t_sent=t0, t_end=self.conn.clock(), kind=e.kind,
                                  message=str(e), prompt_tokens_local=local_prompt_tokens)
         t_sent = resp.t_sent
         start_time += t_sent - t0
@@ -93,7 +100,7 @@ class LlmClient:
                 detail = resp.read()[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
             except TransportError:
                 detail = ""
-            rec = failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
+            rec = failed_record(start_time=start_time, t_sent=t_sent, t_end=self.conn.clock(),
                                 kind=http_error_kind(resp.status), status=resp.status,
                                 message=f"HTTP {resp.status} {resp.reason}: {detail}".strip(),
                                 prompt_tokens_local=local_prompt_tokens)
@@ -104,53 +111,62 @@ class LlmClient:
         return self._read_stream(resp, start_time, t_sent, local_prompt_tokens)
 
     def _read_body(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
+        clock = self.conn.clock
         try:
             raw = resp.read()
-            t_end = perf_counter()
+            t_end = clock()
             text, reasoning, usage = self.adapter.read_body(json.loads(raw))
         except TransportError as e:
-            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(),
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=clock(),
                                  kind=_after_start(e.kind), message=str(e), status=resp.status,
                                  prompt_tokens_local=local_prompt_tokens)
         except (ValueError, MalformedStream) as e:
-            return failed_record(start_time=start_time, t_sent=t_sent, t_end=perf_counter(), kind=MALFORMED_SSE,
+            return failed_record(start_time=start_time, t_sent=t_sent, t_end=clock(), kind=MALFORMED_SSE,
                                  message=f"unreadable response body: {e}", status=resp.status,
                                  prompt_tokens_local=local_prompt_tokens)
-        return build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
-                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
-                                 count=self.count_tokens)
+        rec = build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
+                                text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
+                                count=self.count_tokens)
+        rec.kernel_stamps = self.conn.kernel_stamps
+        return rec
 
     def _read_stream(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
-        adapter = self.adapter
+        read_event = self.adapter.read_event
         parser = SseParser()
         times: list[float] = []
         texts: list[str] = []
         usage = Usage()
         error_kind = error_message = None
         t_end = None
-        lines = resp.iter_lines()
+        reasoning_streamed = False
+        pieces = resp.iter_pieces()
         try:
-            for line, t in lines:
-                ev = parser.feed(line, t)
-                if ev is None:
-                    continue
-                delta = adapter.read_event(ev)
-                if delta.text or delta.reasoning:
-                    times.append(ev.t)
-                    texts.append(delta.reasoning + delta.text)
-                if delta.usage is not None:
-                    usage.update(delta.usage)
-                if delta.error is not None:
-                    error_kind, error_message = STREAM_ERROR, delta.error
-                    t_end = ev.t
-                    break
-                if delta.done:
-                    t_end = ev.t
+            for piece, t in pieces:
+                for ev in parser.feed_piece(piece, t):
+                    delta = read_event(ev)
+                    if delta.text or delta.reasoning:
+                        times.append(ev.t)
+                        if delta.reasoning:
+                            reasoning_streamed = True
+                            texts.append(delta.reasoning + delta.text)
+                        else:
+                            texts.append(delta.text)
+                    if delta.usage is not None:
+                        usage.update(delta.usage)
+                    if delta.error is not None:
+                        error_kind, error_message = STREAM_ERROR, delta.error
+                        t_end = ev.t
+                        break
+                    if delta.done:
+                        t_end = ev.t
+                        break
+                if t_end is not None:
                     break
             else:
-                ev = parser.finish()
-                if ev is not None:
-                    delta = adapter.read_event(ev)
+                for ev in parser.end_of_body(self.conn.clock()):
+                    delta = read_event(ev)
+                    if delta.usage is not None:
+                        usage.update(delta.usage)
                     if delta.done:
                         t_end = ev.t
                 if t_end is None:
@@ -167,14 +183,24 @@ class LlmClient:
         finally:
             if t_end is not None and error_kind is None:
                 try:  # read the rest of the body (the last chunk) so the connection can be reused
-                    for _ in lines:
+                    for _ in pieces:
                         pass
                 except TransportError:
                     pass
-            lines.close()  # an unfinished body closes the connection
+            pieces.close()  # an unfinished body closes the connection
         if t_end is None:
-            t_end = perf_counter()
-        return build_stream_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
-                                   event_times=times, event_texts=texts, usage=usage,
-                                   prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
-                                   error_kind=error_kind, error_message=error_message)
+            t_end = self.conn.clock()
+        rec = build_stream_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
+                                  event_times=times, event_texts=texts, usage=usage,
+                                  prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
+                                  error_kind=error_kind, error_message=error_message,
+                                  reasoning_streamed=reasoning_streamed)
+        rec.kernel_stamps = self.conn.kernel_stamps
+        if parser.trace is not None and rec.ok:
+            try:
+                trace = json.loads(parser.trace)
+            except ValueError:
+                trace = None
+            if isinstance(trace, dict):
+                apply_trace(rec, times, trace)
+        return rec

@@ -77,8 +77,24 @@ class Histogram:
             self.max = ms
 
     def record_many(self, values: Iterable[float]) -> None:
-        for v in values:
-            self.record(v)
+        """record() each value (the same buckets and sums), in one tight loop: a request's ITL samples."""
+        values = values if isinstance(values, (list, tuple)) else list(values)
+        if not values:
+            return
+        counts = self.counts
+        width = LINEAR_WIDTH_MS
+        sum_ns = 0
+        for ms in values:
+            i = (int(ms / width) if ms > 0 else 0) if ms < LINEAR_LIMIT_MS else bucket_index(ms)
+            counts[i] = counts.get(i, 0) + 1
+            sum_ns += int(round(ms * 1e6))
+        self.count += len(values)
+        self.sum_ns += sum_ns
+        low, high = min(values), max(values)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
 
     def merge(self, other: Histogram) -> None:
         """Add another histogram's samples to this one (exact)."""
@@ -109,6 +125,18 @@ class Histogram:
                 lo, hi = bucket_bounds(i)
                 return min(max((lo + hi) / 2, self.min), self.max)
         return self.max  # pragma: no cover - rank never exceeds count
+
+    def value_at_rank(self, rank: int) -> float | None:
+        """The rank-th smallest sample (1-based), as its bucket's midpoint clamped to [min, max]."""
+        if not self.count:
+            return None
+        seen = 0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            if seen >= rank:
+                lo, hi = bucket_bounds(i)
+                return min(max((lo + hi) / 2, self.min), self.max)
+        return self.max
 
     def percentiles(self, pcts: Iterable[float]) -> dict[float, float | None]:
         """Several percentiles in one pass over the sorted buckets."""
@@ -157,3 +185,71 @@ class Histogram:
 
     def __repr__(self) -> str:
         return f"Histogram(count={self.count}, mean={self.mean}, min={self.min}, max={self.max})"
+
+
+class SignedHistogram:
+    """Samples that may be negative (a measurement error: client minus server): two Histograms, one per sign.
+
+    Merges exactly, as Histogram does; percentiles use the nearest rank over all samples.
+    """
+
+    __slots__ = ("pos", "neg")
+
+    def __init__(self) -> None:
+        self.pos = Histogram()
+        self.neg = Histogram()
+        """Magnitudes of the negative samples."""
+
+    @property
+    def count(self) -> int:
+        return self.pos.count + self.neg.count
+
+    @property
+    def mean(self) -> float | None:
+        n = self.count
+        return (self.pos.sum_ns - self.neg.sum_ns) / 1e6 / n if n else None
+
+    def record(self, ms: float) -> None:
+        if ms < 0:
+            self.neg.record(-ms)
+        else:
+            self.pos.record(ms)
+
+    def record_many(self, values: Iterable[float]) -> None:
+        for v in values:
+            self.record(v)
+
+    def merge(self, other: SignedHistogram) -> None:
+        self.pos.merge(other.pos)
+        self.neg.merge(other.neg)
+
+    def percentile(self, pct: float) -> float | None:
+        n = self.count
+        if not n:
+            return None
+        rank = max(1, math.ceil(pct / 100.0 * n - 1e-9))
+        if rank <= self.neg.count:  # the negatives, most negative first
+            v = self.neg.value_at_rank(self.neg.count - rank + 1)
+            return None if v is None else -v
+        return self.pos.value_at_rank(rank - self.neg.count)
+
+    def abs_percentile(self, pct: float) -> float | None:
+        """A percentile of the magnitudes (|sample|)."""
+        both = Histogram()
+        both.merge(self.pos)
+        both.merge(self.neg)
+        return both.percentile(pct)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"pos": self.pos.to_wire(), "neg": self.neg.to_wire()}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SignedHistogram:
+        h = cls()
+        h.pos, h.neg = Histogram.from_wire(data["pos"]), Histogram.from_wire(data["neg"])
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SignedHistogram):
+            return NotImplemented
+        return self.pos == other.pos and self.neg == other.neg

@@ -2,7 +2,10 @@
 
 TTFT   request write -> first event carrying generated content (text or reasoning).
 ITL    gap between consecutive content events; an event of k > 1 tokens gives k samples of gap/k.
-TPOT   (E2E - TTFT) / (output_tokens - 1), requests with >= 2 output tokens.
+       k comes from the server's count of streamed tokens when usage reports it (split_tokens), else
+       from tiktoken on the event's text.
+TPOT   (E2E - TTFT) / (visible_tokens - 1), requests with >= 2 visible tokens; visible tokens are
+       output_tokens minus the hidden reasoning tokens usage reports (hidden reasoning is inside TTFT).
 E2E    request write -> end of stream (the terminator event).
 output_tokens  the server's usage when present, else tiktoken on the received text.
 """
@@ -65,6 +68,22 @@ class RequestRecord:
     usage_reported: bool = False
     retry_after_s: float | None = None
     """An HTTP error's retry hint (retry-after-ms / retry-after), for --retry-429."""
+    warmup: bool = False
+    """A warm-up request (--llm-warmup): left out of every figure."""
+    kernel_stamps: bool = False
+    """Its times come from the kernel's receive timestamps (else from user-space stamps)."""
+    traced: bool = False
+    """The server sent its own timings for it (x-llmsim-trace); the fields below compare them."""
+    ttft_error_ms: float | None = None
+    """Client TTFT minus the server's (request arrival to first content written): the client's own error
+    plus the network's transit time both ways."""
+    gap_errors_ms: list[float] = field(default_factory=list)
+    """Per gap between content events: the client's gap minus the gap the server emitted."""
+    server_ttft_vs_plan_ms: float | None = None
+    server_gaps_vs_plan_ms: list[float] = field(default_factory=list)
+    """The server's own pacing error: what it emitted minus what it planned."""
+    trace_mismatch: bool = False
+    """The trace did not fit: the server counted another number of content events than the client."""
 
     @property
     def ok(self) -> bool:
@@ -93,36 +112,75 @@ def itl_samples(event_times: Sequence[float], event_tokens: Sequence[int]) -> li
     return out
 
 
-def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int) -> float | None:
-    if ttft_ms is None or output_tokens < 2:
+def split_tokens(texts: Sequence[str], streamed: int | None, count: Callable[[str], int]) -> list[int]:
+    """Tokens per content event (the k of the ITL split; DESIGN.md, "ITL split").
+
+    `streamed` is the server's count of the tokens it streamed, when its usage
+    reports one. Then the counts add up to it: one token per event when the
+    events equal the tokens (no tokenizer involved), else `streamed` shared out
+    in proportion to tiktoken's count of each event's text (largest remainder,
+    at least one per event). A server that reports fewer tokens than events
+    gets one per event: a gap is never split into less than one sample.
+    With no count from the server, tiktoken on each event's text decides.
+    """
+    n = len(texts)
+    if streamed is None:
+        return [max(1, count(t)) for t in texts]
+    if streamed <= n:
+        return [1] * n
+    weights = [max(1, count(t)) for t in texts]
+    total = sum(weights)
+    shares = [streamed * w / total for w in weights]
+    out = [max(1, int(x)) for x in shares]
+    rest = streamed - sum(out)
+    if rest > 0:  # the largest remainders get one more
+        for i in sorted(range(n), key=lambda i: out[i] - shares[i])[:rest]:
+            out[i] += 1
+    while rest < 0:  # min-1 bumps overshot: take back from the events most over their share
+        i = max((i for i in range(n) if out[i] > 1), key=lambda i: out[i] - shares[i])
+        out[i] -= 1
+        rest += 1
+    return out
+
+
+def tpot_ms(e2e_ms: float, ttft_ms: float | None, visible_tokens: int) -> float | None:
+    """(E2E - TTFT) / (visible_tokens - 1): the tokens streamed after the first one share that time."""
+    if ttft_ms is None or visible_tokens < 2:
         return None
-    return (e2e_ms - ttft_ms) / (output_tokens - 1)
+    return (e2e_ms - ttft_ms) / (visible_tokens - 1)
 
 
 def build_stream_record(*, start_time: float, t_sent: float, t_end: float, status: int,
                         event_times: Sequence[float], event_texts: Sequence[str], usage: Usage,
                         prompt_tokens_local: int, count: Callable[[str], int],
-                        error_kind: str | None = None, error_message: str | None = None) -> RequestRecord:
+                        error_kind: str | None = None, error_message: str | None = None,
+                        reasoning_streamed: bool = False) -> RequestRecord:
     """Turn the raw observations of one streamed response into a record.
 
-    `event_times` are perf_counter() arrival stamps of the content events and
-    `event_texts` their text (visible plus reasoning); `count` counts tokens in
-    the model's encoding. Token counting happens here, after the stream, so it
-    never delays a timestamp.
+    `event_times` are the arrival stamps (s) of the content events, in the
+    clock of `t_sent`, and `event_texts` their text (visible plus reasoning);
+    `count` counts tokens in the model's encoding. `reasoning_streamed` says
+    whether any event carried reasoning text: then the reasoning tokens usage
+    reports were streamed, not hidden. Token counting happens here, after the
+    stream, so it never delays a timestamp.
     """
     e2e = (t_end - t_sent) * 1000.0
     ttft = (event_times[0] - t_sent) * 1000.0 if event_times else None
-    event_tokens = [count(t) for t in event_texts]
     if usage.output_tokens is not None:
         output_tokens, reported = usage.output_tokens, True
+        hidden = 0 if reasoning_streamed else (usage.reasoning_tokens or 0)
+        streamed: int | None = max(0, output_tokens - hidden)
     else:
         output_tokens, reported = count("".join(event_texts)), False
+        streamed = None
+    event_tokens = split_tokens(event_texts, streamed, count)
     if error_kind is None and not event_times:
         error_kind, error_message = EMPTY_OUTPUT, "the stream carried no generated content"
     return RequestRecord(
         start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
         error_kind=error_kind, error_message=error_message, ttft_ms=ttft,
-        itl_ms=itl_samples(event_times, event_tokens), tpot_ms=tpot_ms(e2e, ttft, output_tokens),
+        itl_ms=itl_samples(event_times, event_tokens),
+        tpot_ms=tpot_ms(e2e, ttft, streamed if streamed is not None else output_tokens),
         output_tokens=output_tokens,
         prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
         reasoning_tokens=usage.reasoning_tokens, usage_reported=reported,
@@ -151,3 +209,36 @@ def failed_record(*, start_time: float, t_sent: float, t_end: float, kind: str, 
     e2e = (t_end - t_sent) * 1000.0
     return RequestRecord(start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
                          error_kind=kind, error_message=message, prompt_tokens=prompt_tokens_local)
+
+
+def apply_trace(rec: RequestRecord, event_times: Sequence[float], trace: dict) -> None:
+    """Compare a successful record with the server's trace of the same request (DESIGN.md; llmsim's
+    `: llmsim-trace {json}` comment): client minus server for TTFT and for each gap between content events,
+    and the server's own emitted-minus-planned. A trace whose gap count differs from the client's
+    sets trace_mismatch and compares TTFT only."""
+    def number(v: object) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def numbers(v: object) -> list[float] | None:
+        if not isinstance(v, list):
+            return None
+        out = [number(x) for x in v]
+        return None if any(x is None for x in out) else out  # type: ignore[return-value]
+
+    server_ttft = number(trace.get("ttft_ms"))
+    gaps = numbers(trace.get("gaps_ms"))
+    if server_ttft is None or gaps is None:
+        return
+    rec.traced = True
+    if rec.ttft_ms is not None:
+        rec.ttft_error_ms = rec.ttft_ms - server_ttft
+    planned_ttft = number(trace.get("planned_ttft_ms"))
+    if planned_ttft is not None:
+        rec.server_ttft_vs_plan_ms = server_ttft - planned_ttft
+    planned = numbers(trace.get("planned_gaps_ms"))
+    if planned is not None and len(planned) == len(gaps):
+        rec.server_gaps_vs_plan_ms = [a - b for a, b in zip(gaps, planned, strict=True)]
+    if len(gaps) != len(event_times) - 1:
+        rec.trace_mismatch = True
+        return
+    rec.gap_errors_ms = [(event_times[i + 1] - event_times[i]) * 1000.0 - g for i, g in enumerate(gaps)]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..profiles import ModelProfile, ProfileError, ProfileRegistry, load_profile_file
-from ..tokens import get_encoding
+from ..tokens import encoding_name_for_model, get_encoding
 from .adapters import Prompt
 from .prompts import PromptError, load_prompts, make_prompts, synthetic_prompt
 from .scoring import Tolerance, ToleranceError
@@ -25,6 +25,9 @@ DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_TOLERANCE = str(Tolerance())
 DEFAULT_RETRY_429 = 3
+SCORE_MODES = ("auto", "on", "off")
+TRACE_MODES = ("auto", "on", "off")
+DEFAULT_TRACE_LIMIT_MS = 1.0
 
 
 class OptionError(ValueError):
@@ -46,6 +49,39 @@ def _tolerance(text: str) -> str:
         Tolerance.parse(text)
     except ToleranceError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def parse_warmup(text: str) -> tuple[int, float]:
+    """--llm-warmup: 'N' requests or 'Ns' seconds -> (requests, seconds); '0' is no warm-up."""
+    t = str(text).strip()
+    try:
+        if t.endswith("s"):
+            seconds = float(t[:-1])
+            if not (seconds >= 0 and seconds != float("inf")):
+                raise ValueError
+            return 0, seconds
+        n = int(t)
+        if n < 0:
+            raise ValueError
+        return n, 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of requests (20) or of seconds (10s), got {text!r}") \
+            from None
+
+
+def _non_negative_ms(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0, got {text!r}")
+    return v
+
+
+def _warmup(text: str) -> str:
+    parse_warmup(text)
     return text
 
 
@@ -86,6 +122,21 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--llm-profile", type=_profile, default=None, metavar="NAME|FILE.yaml",
                        help="score against this profile (a built-in name or a profile YAML; a YAML is also "
                             "loaded into the embedded server) instead of the model's own")
+    group.add_argument("--llm-score", choices=SCORE_MODES, default="auto",
+                       help="score the run against the profile (on), or only measure and print the figures, "
+                            "exit code 0 whatever they are (off); auto (the default) scores when a profile "
+                            "applies: --llm-profile, or a built-in one that covers --llm-model")
+    group.add_argument("--llm-warmup", type=_warmup, default="0", metavar="N|Ns",
+                       help="leave the first N requests (each Locust process counts its own), or the requests "
+                            "that start in the first N seconds, out of every figure of the summary, the report "
+                            "and the scores; Locust's own rows still count them (default 0: none)")
+    group.add_argument("--llm-trace", choices=TRACE_MODES, default="auto",
+                       help="send x-llmsim-trace: 1, so that an llmsim server returns its own timings of each "
+                            "request, and report the client's measurement error (client minus server) for TTFT "
+                            "and ITL; auto (the default) is on with the embedded server (no --host) when streaming")
+    group.add_argument("--llm-trace-limit", type=_non_negative_ms, default=DEFAULT_TRACE_LIMIT_MS, metavar="MS",
+                       help=f"with --llm-trace: a measurement error p99 above this says the load generator, not "
+                            f"the server, is the bottleneck (default {DEFAULT_TRACE_LIMIT_MS:g})")
     group.add_argument("--llm-api-key", default=None, metavar="KEY",
                        help="API key (default: $OPENAI_API_KEY, or the adapter's own variable)")
     group.add_argument("--prompt-tokens", type=_positive_int, default=None, metavar="N",
@@ -115,7 +166,8 @@ class LoadTestSettings:
     """The resolved options of a run, the same in every Locust process."""
 
     model: str
-    profile: ModelProfile
+    profile: ModelProfile | None
+    """The profile the run is scored against (and the embedded server serves); None when none applies."""
     profile_file: str | None
     registry: ProfileRegistry
     api_key: str | None
@@ -127,13 +179,31 @@ class LoadTestSettings:
     report_path: str | None
     retry_429: int = 0
     """--retry-429: how many times a 429 is retried (0: never)."""
+    encoding: str = "o200k_base"
+    """tiktoken encoding of the model: the profile's, or o200k_base when no profile applies."""
+    score: bool = True
+    """Whether the run is scored (--llm-score, resolved); False: measure only, exit code 0."""
+    warmup: str = "0"
+    """--llm-warmup as given, for the report."""
+    warmup_requests: int = 0
+    warmup_s: float = 0.0
+    trace_mode: str = "auto"
+    """--llm-trace as given: auto is resolved by the plugin once it knows whether the server is embedded."""
+    trace_limit_ms: float = DEFAULT_TRACE_LIMIT_MS
+
+    @property
+    def trace(self) -> bool:
+        """Whether requests ask the server for its trace (auto counts as off until resolved)."""
+        return self.trace_mode == "on"
 
     @classmethod
     def from_options(cls, opts: Any) -> LoadTestSettings:
         """Resolve parsed options; OptionError (one line) if they do not fit together."""
         model = getattr(opts, "llm_model", None) or DEFAULT_MODEL
         profile_arg = getattr(opts, "llm_profile", None)
+        score_mode = getattr(opts, "llm_score", None) or "auto"
         profile_file = None
+        profile: ModelProfile | None
         try:
             if profile_arg and is_profile_file(profile_arg):
                 profile_file = str(Path(profile_arg))
@@ -151,12 +221,15 @@ class LoadTestSettings:
                 try:
                     profile = registry.resolve(model)
                 except KeyError:
-                    raise OptionError(f"--llm-model: no profile covers model {model!r}; pass --llm-profile "
-                                      "NAME|FILE.yaml to say what to score against") from None
+                    if score_mode == "on":
+                        raise OptionError(f"--llm-score on: no profile covers model {model!r}; pass --llm-profile "
+                                          "NAME|FILE.yaml to say what to score against") from None
+                    profile = None  # measure only
         except ProfileError as e:
             raise OptionError(f"--llm-profile: {e}") from None
 
-        enc = get_encoding(profile.encoding)
+        encoding = profile.encoding if profile is not None else encoding_name_for_model(model, registry)
+        enc = get_encoding(encoding)
         if getattr(opts, "prompts", None):
             if getattr(opts, "prompt_tokens", None):
                 raise OptionError("--prompt-tokens and --prompts exclude each other")
@@ -167,6 +240,11 @@ class LoadTestSettings:
         else:
             n = getattr(opts, "prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
             prompts = make_prompts([({"role": "user", "content": synthetic_prompt(n, enc)},)], enc)
+        warmup = str(getattr(opts, "llm_warmup", None) or "0")
+        try:
+            warmup_requests, warmup_s = parse_warmup(warmup)
+        except argparse.ArgumentTypeError as e:
+            raise OptionError(f"--llm-warmup: {e}") from None
         try:
             tolerance = Tolerance.parse(getattr(opts, "llm_tolerance", None) or DEFAULT_TOLERANCE)
         except ToleranceError as e:
@@ -178,6 +256,10 @@ class LoadTestSettings:
             stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
             report_path=getattr(opts, "llm_report", None),
             retry_429=getattr(opts, "retry_429", None) or 0,
+            encoding=encoding, score=profile is not None and score_mode != "off",
+            warmup=warmup, warmup_requests=warmup_requests, warmup_s=warmup_s,
+            trace_mode=getattr(opts, "llm_trace", None) or "auto",
+            trace_limit_ms=float(getattr(opts, "llm_trace_limit", DEFAULT_TRACE_LIMIT_MS)),
         )
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
@@ -48,6 +49,8 @@ class LoadTestRun:
         self.scored = True
         """False when the whole run's verdict must not decide the exit code (capacity.py judges each step)."""
         self._expected_cache: tuple[Any, Any] | None = None
+        self._warmup_left = settings.warmup_requests
+        self._warmup_until = time.time() + settings.warmup_s
 
     @property
     def is_worker(self) -> bool:
@@ -57,10 +60,26 @@ class LoadTestRun:
     def is_master(self) -> bool:
         return isinstance(self.environment.runner, MasterRunner)
 
+    @property
+    def is_scored(self) -> bool:
+        """Whether the whole run's verdict is printed and decides the exit code."""
+        return self.scored and self.settings.score and self.settings.profile is not None
+
+    def begin_request(self) -> bool:
+        """Called as a request starts: whether it is a warm-up request (--llm-warmup), left out of every figure."""
+        if self._warmup_left > 0:
+            self._warmup_left -= 1
+            return True
+        return self.settings.warmup_s > 0 and time.time() < self._warmup_until
+
     def record(self, rec: RequestRecord) -> None:
-        """Count one finished request in this process."""
-        good = request_meets_slo(rec, self.settings.profile.slo)
-        (self.pending if self.is_worker else self.stats).add(rec, good)
+        """Count one finished request in this process (a warm-up request only as such)."""
+        stats = self.pending if self.is_worker else self.stats
+        if rec.warmup:
+            stats.warmup += 1
+            return
+        profile = self.settings.profile
+        stats.add(rec, profile is not None and request_meets_slo(rec, profile.slo))
 
     def record_retry(self, wait_s: float) -> None:
         """Count one retried 429 in this process."""
@@ -70,6 +89,8 @@ class LoadTestRun:
         self.stats = RunStats()
         self.pending = RunStats()
         self.workers = {}
+        self._warmup_left = self.settings.warmup_requests
+        self._warmup_until = time.time() + self.settings.warmup_s
 
     # ------------------------------------------------------------------ distributed
 
@@ -91,13 +112,18 @@ class LoadTestRun:
     def report(self, *, fresh: bool = True) -> dict[str, Any]:
         """The full report of the figures so far. Live (web UI) reports reuse expected values per token shape."""
         s = self.settings
-        conc = self.stats.concurrency
-        shape = (tuple(sorted(self.stats.mix)), None if conc is None else round(conc, 1))
-        if fresh or self._expected_cache is None or self._expected_cache[0] != shape:
-            self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc))
-        card = score(self.stats, s.profile, s.tolerance, stream=s.stream, expected=self._expected_cache[1])
-        return build_report(self.stats, card, model=s.model, profile_source=s.profile.source,
+        card = None
+        if s.score and s.profile is not None:
+            conc = self.stats.concurrency
+            shape = (tuple(sorted(self.stats.mix)), None if conc is None else round(conc, 1))
+            if fresh or self._expected_cache is None or self._expected_cache[0] != shape:
+                self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc))
+            card = score(self.stats, s.profile, s.tolerance, stream=s.stream, expected=self._expected_cache[1])
+        return build_report(self.stats, card, model=s.model,
+                            profile=s.profile.name if s.profile is not None else None,
+                            profile_source=s.profile.source if s.profile is not None else None,
                             host=self.environment.host, stream=s.stream, max_tokens=s.max_tokens,
+                            warmup=s.warmup, trace=s.trace, trace_limit_ms=s.trace_limit_ms,
                             workers=self.workers if self.is_master else None)
 
     def finish(self) -> dict[str, Any]:
@@ -108,7 +134,7 @@ class LoadTestRun:
             print(format_verdicts(report), flush=True)
         if self.settings.report_path:
             write_json(report, self.settings.report_path)
-        if self.scored and report["verdict"] != "PASS":
+        if self.is_scored and report["verdict"] != "PASS":
             self.environment.process_exit_code = EXIT_VERDICT_FAIL
         return report
 
@@ -139,7 +165,7 @@ def get_run(environment: Any) -> LoadTestRun:
     return run
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"locust: error: {message}\n")
     sys.stderr.flush()
     raise SystemExit(2)
@@ -150,8 +176,11 @@ def start_embedded_server(run: LoadTestRun) -> str:
     from ..testing import start_server
 
     s = run.settings
-    run.server = start_server(latency_profile=s.profile.name,
-                              profile_files=[s.profile_file] if s.profile_file else ())
+    if s.profile is not None:
+        run.server = start_server(latency_profile=s.profile.name,
+                                  profile_files=[s.profile_file] if s.profile_file else ())
+    else:  # measure only: the server answers the unknown model with its default profile
+        run.server = start_server(config={"models": {"allow_unknown": True}})
     warm_up(run.server.url, s)
     return run.server.url
 
@@ -162,7 +191,7 @@ def warm_up(url: str, settings: LoadTestSettings) -> None:
     from .adapters import ChatCompletionsAdapter
     from .client import LlmClient
 
-    enc = get_encoding(settings.profile.encoding)
+    enc = get_encoding(settings.encoding)
     client = LlmClient(url, ChatCompletionsAdapter(), model=settings.model, count_tokens=lambda t: len(enc.encode(t)))
     try:
         client.run(settings.prompts[0], max_tokens=1)
@@ -177,8 +206,44 @@ def _on_parser(parser: Any, **_kw: Any) -> None:
     add_arguments(parser)
 
 
+def refresh_loop_clock() -> None:
+    """Bring gevent's cached loop time up to date after start-up work that did not yield.
+
+    Locust arms the -t timer right after the init event, with gevent.spawn_later,
+    which counts from the loop's cached "now". Resolving options, loading profiles
+    and encodings and building prompts take a second or more without a loop
+    iteration, so without this the run ended that much early (-t 15s ran 12.9 s).
+    """
+    import gevent
+
+    gevent.get_hub().loop.update_now()
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up made (Locust, Flask, profiles, encodings, the embedded server) out of the
+    garbage collector's view.
+
+    A full collection walks every tracked object: with them in view it stops the
+    event loop for tens of milliseconds, and every stream whose next event arrives
+    meanwhile gets it merged with the one after (DESIGN.md: a kernel receive time
+    is the last merged segment's). Frozen, a full collection takes microseconds.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_kw: Any) -> None:
+    try:
+        _init(environment)
+    finally:
+        freeze_startup_objects()
+        refresh_loop_clock()
+
+
+def _init(environment: Any) -> None:
     try:
         run = get_run(environment)
     except OptionError as e:
@@ -190,10 +255,18 @@ def _on_init(environment: Any, **_kw: Any) -> None:
     if run.is_worker:
         return
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
-    if not environment.host and not any(user_hosts):
+    embedded = not environment.host and not any(user_hosts)
+    if run.settings.trace_mode == "auto":
+        # Resolved here, in the options too: workers take their settings from the master's options.
+        # The trace comes inside the event stream: a --no-stream run has nowhere to carry it.
+        run.settings.trace_mode = "on" if embedded and run.settings.stream else "off"
+        if environment.parsed_options is not None:
+            environment.parsed_options.llm_trace = run.settings.trace_mode
+    if embedded:
         environment.host = start_embedded_server(run)
+        p = run.settings.profile
         log.info("No --host: started the embedded llmsim server at %s (profile %s)", environment.host,
-                 run.settings.profile.name)
+                 p.name if p is not None else "the server's default")
     if environment.web_ui is not None:
         install_web_ui(environment.web_ui, lambda: run.report(fresh=False) if run.stats else None)
 

@@ -56,7 +56,7 @@ def record_from_sim(res: SimResult, reasoning_tokens: int, prompt_tokens: int) -
     ttft = res.ttft_s * 1000.0
     output = len(res.token_times) + reasoning_tokens
     return RequestRecord(start_time=res.arrival_s, end_time=res.end_s, e2e_ms=e2e, status=200, ttft_ms=ttft,
-                         itl_ms=[g * 1000.0 for g in res.itls_s], tpot_ms=tpot_ms(e2e, ttft, output),
+                         itl_ms=[g * 1000.0 for g in res.itls_s], tpot_ms=tpot_ms(e2e, ttft, len(res.token_times)),
                          output_tokens=output, prompt_tokens=prompt_tokens,
                          reasoning_tokens=reasoning_tokens or None)
 

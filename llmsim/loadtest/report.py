@@ -8,39 +8,97 @@ from collections.abc import Callable
 from typing import Any
 
 from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
+from .histogram import SignedHistogram
 from .scoring import Scorecard
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
 FAILURE_LABELS = {"429": "429", "4xx": "other 4xx", "5xx": "5xx", "timeout": "timeout", "connection": "connection",
                   "midstream_cut": "mid-stream cut", "malformed_stream": "malformed stream"}
 UI_TAB_KEY = "llmsim"
+TIMESTAMP_TEXT = {
+    "kernel": "kernel receive times (SO_TIMESTAMPNS): the load generator's own delays, up to one ITL, are not "
+              "in the figures",
+    "user-space": "user-space (each read stamped when it returned; kernel receive times need Linux and plain "
+                  "http)",
+    "mixed": "kernel receive times for {kernel_requests} requests, user-space stamps for {user_space_requests}",
+}
 
 
-def build_report(stats: RunStats, card: Scorecard, *, model: str, profile_source: str, host: str | None,
-                 stream: bool, max_tokens: int | None, workers: dict[str, dict[str, Any]] | None = None
-                 ) -> dict[str, Any]:
-    """Every figure of the run, the expected values and the verdicts (the --llm-report JSON)."""
+def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile: str | None,
+                 profile_source: str | None, host: str | None, stream: bool, max_tokens: int | None,
+                 warmup: str = "0", trace: bool = False, trace_limit_ms: float = 1.0,
+                 workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every figure of the run, the expected values and the verdicts (the --llm-report JSON).
+
+    With no scorecard (measure only: --llm-score off, or no profile applies) the
+    report has the figures, `score: "off"` and `verdict: null`.
+    """
     report: dict[str, Any] = {
         "model": model,
-        "profile": card.profile,
+        "profile": profile,
         "profile_source": profile_source,
+        "score": "on" if card is not None else "off",
         "host": host,
         "stream": stream,
         "max_tokens": max_tokens,
         "window_s": stats.window_s,
+        "timestamps": {"source": stats.timestamps, "kernel_requests": stats.kernel_stamped,
+                       "user_space_requests": stats.ok - stats.kernel_stamped},
+        "warmup": {"setting": warmup, "requests": stats.warmup},
         "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
                      "failures": stats.failures_by_class,
                      "errors_by_kind": dict(sorted(stats.errors.items())),
                      "retries_429": stats.retries_429, "retry_wait_s": stats.retry_wait_ms / 1000},
-        "tokens": {"output": stats.output_tokens, "prompt": stats.prompt_tokens},
+        "tokens": {"output": stats.output_tokens, "visible": stats.visible_tokens, "prompt": stats.prompt_tokens},
         "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
+                       "visible_tokens_per_s": stats.rate(stats.visible_tokens),
                        "requests_per_s": stats.rate(stats.requests)},
         "metrics": {m: stats.metric_summary(m) for m in METRICS},
+        "measurement_error": measurement_error(stats, trace_limit_ms) if trace else None,
     }
-    report.update(card.to_dict())
+    if card is not None:
+        report.update(card.to_dict())
+    else:
+        report["verdict"] = None
     if workers is not None:
         report["workers"] = workers
     return report
+
+
+def _signed_summary(h: SignedHistogram, *, with_abs: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": h.count, "mean": h.mean, "p50": h.percentile(50), "p99": h.percentile(99)}
+    if with_abs:
+        out["abs_p99"] = h.abs_percentile(99)
+    return out
+
+
+def measurement_error(stats: RunStats, limit_ms: float) -> dict[str, Any]:
+    """The client's own measurement error, from the server's traces (--llm-trace), and whether it says the
+    load generator is the bottleneck.
+
+    TTFT: client minus server TTFT per request (the network's transit time is in it, so its spread,
+    p99 - p50, is what is held against the limit). ITL: client minus server per gap between content
+    events; its p99 of |error| is held against the limit. `server_pacing` is the server's emitted
+    minus planned, for the same requests.
+    """
+    ttft, itl = stats.error["ttft"], stats.error["itl"]
+    out: dict[str, Any] = {
+        "traced_requests": stats.traced,
+        "mismatched_traces": stats.trace_mismatch,
+        "ttft_ms": _signed_summary(ttft),
+        "itl_ms": _signed_summary(itl, with_abs=True),
+        "server_pacing": {"ttft_ms": _signed_summary(stats.pacing["ttft"]),
+                          "itl_ms": _signed_summary(stats.pacing["itl"], with_abs=True)},
+        "limit_ms": limit_ms,
+    }
+    ttft_spread = None
+    if ttft.count:
+        ttft_spread = (ttft.percentile(99) or 0.0) - (ttft.percentile(50) or 0.0)
+    out["ttft_ms"]["spread_p99_p50"] = ttft_spread
+    itl_abs = out["itl_ms"]["abs_p99"]
+    out["load_generator_bottleneck"] = bool((itl_abs is not None and itl_abs > limit_ms)
+                                            or (ttft_spread is not None and ttft_spread > limit_ms))
+    return out
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
@@ -76,7 +134,10 @@ def format_summary(report: dict[str, Any]) -> str:
         s = report["metrics"][m]
         lines.append(f"{LABELS[m]:<8}{s['count']:>9}" + "".join(_ms(s[c]) for c in cols))
     tp = report["throughput"]
-    lines.append(f"output tokens: {report['tokens']['output']} ({_rate(tp['output_tokens_per_s'])} tok/s)   "
+    tok = report["tokens"]
+    visible = "" if tok.get("visible", tok["output"]) == tok["output"] else \
+        f"; visible {tok['visible']}, {_rate(tp.get('visible_tokens_per_s'))} tok/s"
+    lines.append(f"output tokens: {tok['output']} ({_rate(tp['output_tokens_per_s'])} tok/s{visible})   "
                  f"requests: {req['ok']} ok, {req['failed']} failed ({_rate(tp['requests_per_s'])} req/s)")
     failures = {k: n for k, n in req["failures"].items() if n}
     lines.append("failures: " + (", ".join(f"{FAILURE_LABELS[k]} {n}" for k, n in failures.items())
@@ -85,11 +146,49 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
     if req["retries_429"]:
         lines.append(f"429 retries (--retry-429): {req['retries_429']}, {req['retry_wait_s']:.1f} s waited in all")
+    ts = report.get("timestamps") or {}
+    if ts.get("source"):
+        lines.append("timestamps: " + TIMESTAMP_TEXT[ts["source"]].format(**ts))
+    lines += _measurement_error_lines(report.get("measurement_error"))
+    warmup = report.get("warmup") or {}
+    if warmup.get("requests"):
+        lines.append(f"warm-up (--llm-warmup {warmup['setting']}): {warmup['requests']} requests left out of "
+                     "every figure above")
     return "\n".join(lines)
+
+
+def _measurement_error_lines(err: dict[str, Any] | None) -> list[str]:
+    if err is None:
+        return []
+    if not err["traced_requests"]:
+        return ["measurement error: no server trace came back (--llm-trace needs an llmsim server that answers "
+                "x-llmsim-trace)"]
+    t, i = err["ttft_ms"], err["itl_ms"]
+    lines = [f"measurement error (client - server, {err['traced_requests']} traced requests): "
+             f"TTFT p50 {_ms(t['p50'], 0)} p99 {_ms(t['p99'], 0)} ms, "
+             f"ITL per gap p50 {_ms(i['p50'], 0)} p99 {_ms(i['p99'], 0)} ms (|error| p99 {_ms(i['abs_p99'], 0)} ms)"]
+    if err["mismatched_traces"]:
+        lines.append(f"  {err['mismatched_traces']} traces counted other content events than the client "
+                     "(their TTFT is compared, not their gaps)")
+    if err["load_generator_bottleneck"]:
+        worst = max(i["abs_p99"] or 0.0, t.get("spread_p99_p50") or 0.0)
+        lines.append(f"The load generator, not the server, is the bottleneck: its own measurement error "
+                     f"({worst:.2f} ms at p99) is above --llm-trace-limit {err['limit_ms']:g} ms, so spread the "
+                     "users over more Locust processes (--processes N) or machines.")
+    return lines
+
+
+def not_scored_reason(report: dict[str, Any]) -> str:
+    if report["profile"] is None:
+        return f"no profile covers model {report['model']} (give --llm-profile to score)"
+    return "--llm-score off"
 
 
 def verdict_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """The verdict table as rows of strings: the console and the web UI tab show the same rows."""
+    if report.get("score") == "off":
+        return [{"check": "RESULT", "measured": "", "expected": "", "allowed": "",
+                 "verdict": f"not scored: {not_scored_reason(report)}"}]
     rows = []
     for v in report["verdicts"]:
         rows.append({
@@ -128,6 +227,9 @@ VERDICT_COLUMNS = (("check", "check"), ("measured", "measured ms"), ("expected",
 
 
 def format_verdicts(report: dict[str, Any]) -> str:
+    if report.get("score") == "off":
+        return (f"Not scored: {not_scored_reason(report)}. Measure only: the figures above are the result, "
+                "and the exit code does not depend on them.")
     rows = verdict_rows(report)
     widths = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in VERDICT_COLUMNS}
     head = f"Scored against profile {report['profile']} ({report['profile_source']}), tolerance " \

@@ -209,8 +209,8 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
         gen = _sum_draws(itl, max(visible - 1, 0), rng)
         ttft_s.append(ttft)
         e2e_s.append(ttft + gen)
-        if output >= 2:
-            tpot_s.append(gen / (output - 1))
+        if visible >= 2:
+            tpot_s.append(gen / (visible - 1))
     if not closed_ttft:
         out["ttft"] = _stats_of(ttft_s)
     out["e2e"] = _stats_of(e2e_s)

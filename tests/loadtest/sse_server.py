@@ -13,6 +13,12 @@ token in every OpenAI encoding. The request's model picks a behaviour:
   "mode-not-sse"          200 with a plain JSON body (no event stream)
   "mode-chunky"           3 tokens per event, one event every 3 ITLs
   "mode-close"            no chunked encoding: the body ends when the connection closes
+  "mode-wordy"            one token per event (as usage counts), but each event's text is a rare word
+                          that tiktoken counts as several tokens
+  "mode-wordy-no-usage"   the same without a usage chunk
+With the request header `x-llmsim-trace: 1` it sends, just before `data: [DONE]`, the trace comment an
+llmsim server sends (`: llmsim-trace {json}`): its own TTFT from the request's first byte to the first
+content event written, each gap between content events as written, and what it planned.
 Run as a script (python sse_server.py TTFT_MS ITL_MS) it prints its URL and serves until killed.
 """
 
@@ -26,6 +32,8 @@ import gevent
 from gevent.server import StreamServer
 
 WORDS = (" the", " of", " and", " to", " in")
+RARE_WORDS = (" xylophonist", " Zqvx", " antidisestablishment")
+"""Each is 3-4 tokens for tiktoken (o200k_base and cl100k_base); mode-wordy streams them as one token each."""
 
 
 class MiniServer:
@@ -57,10 +65,13 @@ class MiniServer:
         buf = b""
         try:
             while True:
+                arrival = time.monotonic() if buf else None
                 while b"\r\n\r\n" not in buf:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if arrival is None:
+                        arrival = time.monotonic()
                     buf += data
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 headers = {}
@@ -72,15 +83,19 @@ class MiniServer:
                     buf += sock.recv(65536)
                 body, buf = buf[:length], buf[length:]
                 self.requests += 1
-                if not self._respond(sock, json.loads(body or b"{}")):
+                if not self._respond(sock, json.loads(body or b"{}"), headers, arrival):
                     return
         except OSError:  # the client went away (Locust stops users mid-stream)
             return
         finally:
             sock.close()
 
-    def _respond(self, sock, req: dict) -> bool:
+    def _respond(self, sock, req: dict, headers: dict | None = None, arrival: float | None = None) -> bool:
         t0 = time.monotonic()
+        trace = (headers or {}).get("x-llmsim-trace") == "1"
+        arrival = t0 if arrival is None else arrival
+        written: list[float] = []  # when each content event was written
+        planned: list[float] = []  # when it was due
         model = req.get("model", "")
         n = int(req.get("max_tokens") or 16)
         if model == "mode-http-429":
@@ -121,8 +136,10 @@ class MiniServer:
             i = 0
             while i < n:
                 k = min(per_event, n - i)
-                self._sleep_until(t0 + (self.ttft_ms + (i + k - 1) * self.itl_ms) / 1000.0)
-                text = "".join(WORDS[(i + j) % len(WORDS)] for j in range(k))
+                due = t0 + (self.ttft_ms + (i + k - 1) * self.itl_ms) / 1000.0
+                self._sleep_until(due)
+                words = RARE_WORDS if model.startswith("mode-wordy") else WORDS
+                text = "".join(words[(i + j) % len(words)] for j in range(k))
                 if model == "mode-malformed" and i == 2:
                     send(b"data: {not json\n\n")
                     break
@@ -130,11 +147,20 @@ class MiniServer:
                     send(event({"error": {"message": "overloaded", "type": "server_error"}}))
                     break
                 send(chunk({"content": text}))
+                written.append(time.monotonic())
+                planned.append(due)
                 i += k
         send(chunk({}, "length"))
-        if (req.get("stream_options") or {}).get("include_usage"):
+        if (req.get("stream_options") or {}).get("include_usage") and model != "mode-wordy-no-usage":
             send(event({"id": "x", "object": "chat.completion.chunk", "choices": [],
                         "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}}))
+        if trace and written:
+            ms = lambda a, b: round((a - b) * 1000.0, 4)  # noqa: E731
+            send(b": llmsim-trace " + json.dumps({
+                "id": "x", "queue_ms": 0.0, "ttft_ms": ms(written[0], arrival),
+                "gaps_ms": [ms(b, a) for a, b in zip(written, written[1:])],
+                "planned_ttft_ms": ms(planned[0], t0),
+                "planned_gaps_ms": [ms(b, a) for a, b in zip(planned, planned[1:])]}).encode() + b"\n\n")
         if model != "mode-no-done":
             send(b"data: [DONE]\n\n")
         if close:

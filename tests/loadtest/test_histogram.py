@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -74,10 +73,17 @@ def test_merge_is_exact_and_order_free():
 
 
 def _rec(i: int, ok: bool = True) -> RequestRecord:
-    return RequestRecord(start_time=1000.0 + i, end_time=1000.5 + i, e2e_ms=500.0 + i, status=200,
-                         error_kind=None if ok else "http_500", ttft_ms=100.0 + i if ok else None,
-                         itl_ms=[10.0, 11.0] if ok else [], tpot_ms=10.5 if ok else None,
-                         output_tokens=3 if ok else 0, prompt_tokens=8, reasoning_tokens=None)
+    rec = RequestRecord(start_time=1000.0 + i, end_time=1000.5 + i, e2e_ms=500.0 + i, status=200,
+                        error_kind=None if ok else "http_500", ttft_ms=100.0 + i if ok else None,
+                        itl_ms=[10.0, 11.0] if ok else [], tpot_ms=10.5 if ok else None,
+                        output_tokens=3 if ok else 0, prompt_tokens=8, reasoning_tokens=None,
+                        kernel_stamps=i % 3 == 0)
+    if ok and i % 4:
+        from llmsim.loadtest.metrics import apply_trace
+
+        apply_trace(rec, [0.1, 0.11, 0.121], {"ttft_ms": 99.9 + i - 0.01 * i, "gaps_ms": [10.0 - 0.01 * i, 11.0],
+                                              "planned_ttft_ms": 99.9, "planned_gaps_ms": [10.0, 10.0]})
+    return rec
 
 
 def test_runstats_merge_equals_single_process():
@@ -100,6 +106,59 @@ def test_runstats_merge_equals_single_process():
     for m in ("ttft", "itl", "tpot", "e2e"):
         assert merged.hist[m] == whole.hist[m]
     assert merged.metric_summary("itl")["p50"] == pytest.approx(10.0, abs=0.01)
+    assert merged.kernel_stamped == whole.kernel_stamped and merged.timestamps == "mixed"
+    assert merged.traced == whole.traced == 24
+    for m in ("ttft", "itl"):
+        assert merged.error[m] == whole.error[m] and merged.pacing[m] == whole.pacing[m]
+    assert merged.error["itl"].count == 48 and merged.error["itl"].percentile(100) <= 0.4 + 0.01
+
+
+def test_trace_that_does_not_fit_compares_ttft_only():
+    from llmsim.loadtest.metrics import apply_trace
+
+    rec = _rec(1)
+    rec.traced, rec.ttft_error_ms, rec.gap_errors_ms = False, None, []
+    apply_trace(rec, [0.1, 0.11, 0.121], {"ttft_ms": 95.0, "gaps_ms": [10.0], "planned_ttft_ms": 90.0,
+                                          "planned_gaps_ms": [10.0]})
+    assert rec.traced and rec.trace_mismatch and rec.gap_errors_ms == []
+    assert rec.ttft_error_ms == pytest.approx(6.0) and rec.server_ttft_vs_plan_ms == pytest.approx(5.0)
+    rec = _rec(1)
+    rec.traced = False
+    apply_trace(rec, [0.1], {"ttft_ms": "soon", "gaps_ms": []})  # not a trace: ignored
+    assert not rec.traced
+
+
+def test_record_many_equals_record_one_by_one():
+    import random
+
+    rng = random.Random(3)
+    values = [rng.choice([0.0, -1.0, 99.999, 100.0, 5000.0]) if rng.random() < 0.1 else rng.expovariate(0.05)
+              for _ in range(5000)]
+    one, many = Histogram(), Histogram()
+    for v in values:
+        one.record(v)
+    many.record_many(values[:10])
+    many.record_many(iter(values[10:]))
+    assert one == many and one.sum_ns == many.sum_ns
+
+
+def test_signed_histogram_percentiles_and_merge():
+    from llmsim.loadtest.histogram import SignedHistogram
+
+    values = [-3.0, -1.0, -0.5, 0.0, 0.2, 0.4, 2.0, 7.0]
+    h = SignedHistogram()
+    h.record_many(values)
+    assert h.count == 8 and h.mean == pytest.approx(sum(values) / 8)
+    assert h.percentile(1) == pytest.approx(-3.0, abs=0.01)
+    assert h.percentile(25) == pytest.approx(-1.0, abs=0.01)  # nearest rank 2
+    assert h.percentile(50) == pytest.approx(0.0, abs=0.01)  # rank 4
+    assert h.percentile(100) == pytest.approx(7.0, abs=0.01)
+    assert h.abs_percentile(50) == pytest.approx(0.5, abs=0.01)  # |values| sorted: 0, .2, .4, .5, ...
+    a, b = SignedHistogram(), SignedHistogram()
+    a.record_many(values[:3])
+    b.record_many(values[3:])
+    a.merge(SignedHistogram.from_wire(b.to_wire()))
+    assert a == h
 
 
 def test_one_nearest_rank_definition():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from llmsim.loadtest.transport import KERNEL_STAMPS_SUPPORTED
+
 from .locust_helpers import BUSY_TOLERANCE, MEDIAN_ITL_MS, PROFILES, free_port, locust_rows, run_locust, within
 from .sse_server import MiniServer
 
@@ -45,6 +47,8 @@ def test_default_command_embedded_server_passes(tmp_path):
     assert req["total_content_length"] == report["tokens"]["output"]
     assert rows["TTFT"]["num_requests"] == report["metrics"]["ttft"]["count"]
     assert rows["ITL"]["num_requests"] == report["metrics"]["itl"]["count"]
+    # The embedded server is asked for its own timings (--llm-trace auto); the report has the section.
+    assert report["measurement_error"] is not None and "measurement error" in out
 
 
 def test_any_endpoint_matching_profile_passes(tmp_path, endpoint):
@@ -60,6 +64,11 @@ def test_any_endpoint_matching_profile_passes(tmp_path, endpoint):
     assert within(m["e2e"]["p50"], 30.0 + 19 * 4.0)
     assert report["tokens"]["output"] == 20 * report["requests"]["ok"]  # from the server's usage
     assert report["verdict"] == "PASS"
+    # Plain http on Linux: every time is a kernel receive time, and the report says so.
+    if KERNEL_STAMPS_SUPPORTED:
+        assert report["timestamps"] == {"source": "kernel", "kernel_requests": report["requests"]["ok"],
+                                        "user_space_requests": 0}
+        assert "timestamps: kernel receive times (SO_TIMESTAMPNS)" in proc.stdout
 
 
 def test_different_profile_fails_with_nonzero_exit(tmp_path, endpoint):
@@ -71,6 +80,72 @@ def test_different_profile_fails_with_nonzero_exit(tmp_path, endpoint):
     failed = {(v["metric"], v["stat"]) for v in report["verdicts"] if v["verdict"] == "FAIL"}
     assert ("ttft", "p50") in failed
     assert "FAIL" in proc.stdout
+
+
+def test_measure_only_when_no_profile_applies(tmp_path, endpoint):
+    """A model with no built-in profile and no --llm-profile: the figures, no verdict, exit 0."""
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-model", "my-llama", "--max-tokens", "10",
+                              "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["score"] == "off" and report["verdict"] is None and report["profile"] is None
+    assert "verdicts" not in report
+    assert report["requests"]["ok"] > 0 and report["metrics"]["ttft"]["count"] == report["requests"]["ok"]
+    assert "Not scored: no profile covers model my-llama" in proc.stdout
+    assert "RESULT" not in proc.stdout
+
+
+def test_score_off_exits_0_when_the_profile_disagrees(tmp_path, endpoint):
+    # The same run as test_different_profile_fails_with_nonzero_exit, measured only.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", "fast", "--llm-score", "off",
+                              "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["score"] == "off" and report["profile"] == "fast" and report["verdict"] is None
+    assert "Not scored: --llm-score off." in proc.stdout
+
+
+def test_warmup_requests_are_left_out_of_every_figure(tmp_path, endpoint):
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-warmup", "5", "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["warmup"] == {"setting": "5", "requests": 5}
+    rows = locust_rows(tmp_path)
+    # Locust's own rows count every request; the toolkit's figures leave the first 5 out.
+    assert rows["/v1/chat/completions"]["num_requests"] == report["requests"]["total"] + 5
+    assert rows["TTFT"]["num_requests"] == report["metrics"]["ttft"]["count"] + 5
+    assert report["tokens"]["output"] == 10 * report["requests"]["ok"]
+    assert "warm-up (--llm-warmup 5): 5 requests left out" in proc.stdout
+
+
+def test_warmup_seconds(tmp_path, endpoint):
+    # Requests take about 30 + 9 * 4 = 66 ms: in the first second each of 2 users sends about 15.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-warmup", "1s", "--max-tokens", "10", "-u", "2", "-r", "2", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = locust_rows(tmp_path)
+    assert report["warmup"]["requests"] >= 4
+    assert rows["/v1/chat/completions"]["num_requests"] == report["requests"]["total"] + report["warmup"]["requests"]
+    assert report["requests"]["total"] >= 4
+
+
+def test_trace_reports_the_clients_measurement_error(tmp_path, endpoint):
+    """--llm-trace on against a server that answers x-llmsim-trace: client minus server in the summary and
+    the report; a limit below the error makes the summary name the load generator as the bottleneck."""
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--llm-trace", "on", "--llm-trace-limit", "0", "--max-tokens", "10",
+                              "-u", "4", "-r", "4", "-t", "2s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = report["measurement_error"]
+    assert err["traced_requests"] == report["requests"]["ok"] > 0 and err["mismatched_traces"] == 0
+    assert err["itl_ms"]["count"] == 9 * err["traced_requests"]
+    # Same machine, kernel stamps: the client is within a few ms of the server (generous for a busy machine).
+    assert -1.0 < err["ttft_ms"]["p50"] < 5.0 and err["itl_ms"]["abs_p99"] < 5.0
+    assert err["limit_ms"] == 0 and err["load_generator_bottleneck"]
+    assert "measurement error (client - server, " in proc.stdout
+    assert "The load generator, not the server, is the bottleneck" in proc.stdout
+    # Against a --host, auto means off: no header, no figures.
+    proc, report = run_locust(tmp_path, "--host", endpoint.url, "--llm-profile", str(PROFILES / "mini.yaml"),
+                              "--max-tokens", "5", "-u", "1", "-r", "1", "-t", "1s")
+    assert report["measurement_error"] is None and "measurement error" not in proc.stdout
 
 
 def test_failures_are_counted_by_kind(tmp_path, endpoint):
@@ -116,7 +191,8 @@ def test_processes_merge_exactly(tmp_path):
     (["--llm-profile", "no-such-profile"], "no profile named 'no-such-profile'"),
     (["--llm-profile", "missing.yaml"], "missing.yaml: file: cannot read"),
     (["--prompts", "missing.jsonl"], "missing.jsonl: cannot read"),
-    (["--llm-model", "llama-3-8b"], "no profile covers model 'llama-3-8b'"),
+    (["--llm-model", "llama-3-8b", "--llm-score", "on"], "no profile covers model 'llama-3-8b'"),
+    (["--llm-warmup", "ten"], "--llm-warmup"),
 ])
 
 def test_bad_options_give_one_line_errors(tmp_path, args, needle):
@@ -130,7 +206,7 @@ def test_bad_options_give_one_line_errors(tmp_path, args, needle):
 
 def test_options_work_from_a_locust_config_file(tmp_path):
     conf = tmp_path / "llm.conf"
-    conf.write_text("llm-model = model-from-conf\n")
+    conf.write_text("llm-model = model-from-conf\nllm-score = on\n")
     proc, report = run_locust(tmp_path, "--config", str(conf), "-u", "1", "-t", "1s", timeout=30)
     assert proc.returncode == 2
     assert "no profile covers model 'model-from-conf'" in proc.stderr

@@ -43,7 +43,33 @@ def test_profile_by_name_file_and_model():
     assert s.profile.name == "lt-mini" and s.profile_file and "lt-mini" in s.registry.names()
     assert LoadTestSettings.from_options(parse("--llm-model", "gpt-4o")).profile.name == "gpt-4o"
     with pytest.raises(OptionError, match="no profile covers model 'llama'"):
-        LoadTestSettings.from_options(parse("--llm-model", "llama"))
+        LoadTestSettings.from_options(parse("--llm-model", "llama", "--llm-score", "on"))
+
+
+def test_score_modes():
+    """auto scores when a profile applies; a model no profile covers is measured only, not refused."""
+    s = LoadTestSettings.from_options(parse("--llm-model", "llama"))
+    assert s.profile is None and not s.score and s.encoding == "o200k_base"
+    assert LoadTestSettings.from_options(parse()).score
+    assert not LoadTestSettings.from_options(parse("--llm-score", "off")).score
+    s = LoadTestSettings.from_options(parse("--llm-model", "llama", "--llm-profile", "fast"))
+    assert s.score and s.profile.name == "fast"
+    with pytest.raises(SystemExit):
+        parse("--llm-score", "maybe")
+
+
+@pytest.mark.parametrize("text, requests, seconds", [("0", 0, 0.0), ("20", 20, 0.0), ("10s", 0, 10.0),
+                                                       ("2.5s", 0, 2.5)])
+def test_warmup_values(text, requests, seconds):
+    s = LoadTestSettings.from_options(parse("--llm-warmup", text))
+    assert (s.warmup_requests, s.warmup_s, s.warmup) == (requests, seconds, text)
+
+
+@pytest.mark.parametrize("text", ["-1", "x", "5m", "-2s", "1.5"])
+def test_bad_warmup_is_one_line(text, capsys):
+    with pytest.raises(SystemExit):
+        parse("--llm-warmup", text)
+    assert "--llm-warmup" in capsys.readouterr().err
 
 
 def test_file_with_several_profiles_needs_a_covering_one(tmp_path):

@@ -55,8 +55,9 @@ def test_prefill_and_reasoning_shift_ttft():
     exp = expected_values(p, {(100, 8, 16, 8): 3})
     assert exp["ttft"]["p50"] == pytest.approx(460.0)
     assert exp["e2e"]["p50"] == pytest.approx(460.0 + 7 * 20)
-    # TPOT divides the visible stream time by all output tokens, as the definition says.
-    assert exp["tpot"]["p50"] == pytest.approx(7 * 20 / 15)
+    # TPOT divides the visible stream time by the visible tokens after the first, as the definition says:
+    # hidden reasoning is inside TTFT, so here TPOT is the ITL.
+    assert exp["tpot"]["p50"] == pytest.approx(7 * 20 / 7)
     # Reasoning not reported (-1): the profile's own ratio gives it.
     assert expected_values(p, {(100, 8, 8, -1): 1})["ttft"]["p50"] == pytest.approx(460.0)
 

@@ -77,3 +77,59 @@ def test_lines_are_stamped_when_their_bytes_arrive():
         assert conn._sock is not None  # chunked body read to its end: connection kept
     finally:
         srv.stop(timeout=0.1)
+
+
+class _ScriptedConnection(HttpConnection):
+    """An HttpConnection whose reads return the given byte strings, one per read."""
+
+    def __init__(self, reads):
+        super().__init__("http://127.0.0.1:9", kernel_stamps=False)
+        self._reads = list(reads)
+
+    def _recv(self):
+        self._buf_t = float(len(self._reads))
+        return self._reads.pop(0) if self._reads else b""
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_chunked_decoding_survives_any_split(seed):
+    import random
+
+    rng = random.Random(seed)
+    chunks = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(rng.randrange(1, 12))]
+    wire = b"".join(b"%x%s\r\n%s\r\n" % (len(c), b";ext=1" if rng.random() < 0.2 else b"", c) for c in chunks)
+    wire += b"0\r\n" + (b"X-Trailer: 1\r\n" if rng.random() < 0.5 else b"") + b"\r\nNEXT"
+    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randrange(0, 30))))
+    reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    conn = _ScriptedConnection(reads)
+    body = b"".join(piece for piece, _ in conn._chunked_pieces())
+    assert body == b"".join(chunks)
+    assert conn._buf + b"".join(conn._reads) == b"NEXT"  # nothing of the next response is eaten
+
+
+def test_bad_chunk_size_is_a_transport_error():
+    from llmsim.loadtest.transport import TransportError
+
+    conn = _ScriptedConnection([b"zz\r\nabc\r\n"])
+    with pytest.raises(TransportError, match="bad chunk size"):
+        list(conn._chunked_pieces())
+
+
+def test_feed_piece_equals_feeding_lines():
+    """Body pieces split anywhere give the events (and times) that feeding their lines gives."""
+    body = (b": ping\r\nevent: content_block_delta\r\ndata: {\"a\":\r\ndata:1}\r\n\r\n"
+            b"id: 7\nretry: 10\ndata: x\n\n: llmsim-trace {\"id\": \"r\"}\n\ndata: [DONE]\n\ndata: tail")
+    for cut in range(1, len(body)):
+        p = SseParser()
+        events = p.feed_piece(body[:cut], 1.0) + p.feed_piece(body[cut:], 2.0) + p.end_of_body(3.0)
+        assert [(e.event, e.data) for e in events] == [
+            ("content_block_delta", '{"a":\n1}'), (None, "x"), (None, "[DONE]"), (None, "tail")]
+        first_data_line_end = body.index(b"{\"a\":\r\n") + 7
+        assert events[0].t == (1.0 if cut >= first_data_line_end else 2.0)
+        assert events[-1].t == 3.0
+        assert p.trace == b'{"id": "r"}' and p.junk_lines == 0
+
+
+def test_feed_piece_rejects_bad_utf8():
+    with pytest.raises(MalformedStream):
+        SseParser().feed_piece(b"data: \xff\n", 0.0)
