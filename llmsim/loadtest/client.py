@@ -66,8 +66,10 @@ class LlmClient:
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
-                 kernel_stamps: bool = True, trace: bool = False) -> None:
+                 kernel_stamps: bool = True, trace: bool = False, keep_text: bool = False) -> None:
         self.adapter = adapter
+        self.keep_text = keep_text
+        """Keep each response's visible text in RequestRecord.text (multi-turn sessions send it back)."""
         self.model = model
         self.count_tokens = count_tokens
         self.conn = HttpConnection(base_url, timeout=timeout, verify=verify, kernel_stamps=kernel_stamps)
@@ -79,9 +81,15 @@ class LlmClient:
     def close(self) -> None:
         self.conn.close()
 
-    def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True) -> RequestRecord:
-        """Send one request and measure it. Never raises for a failed request: the record says why."""
+    def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True,
+            extra: Mapping[str, object] | None = None) -> RequestRecord:
+        """Send one request and measure it. Never raises for a failed request: the record says why.
+
+        `extra` fields are added to the adapter's body (ignore_eos, min_tokens: workloads.py).
+        """
         req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
+        if extra:
+            req.body.update(extra)
         body = json.dumps(req.body).encode()
         headers = {**self.headers, **req.headers}
         local_prompt_tokens = prompt.prompt_tokens or 0
@@ -128,6 +136,10 @@ class LlmClient:
                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
                                 count=self.count_tokens)
         rec.kernel_stamps = self.conn.kernel_stamps
+        if usage is not None:
+            rec.cached_tokens = usage.cached_tokens
+        if self.keep_text:
+            rec.text = text
         return rec
 
     def _read_stream(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
@@ -139,6 +151,8 @@ class LlmClient:
         error_kind = error_message = None
         t_end = None
         reasoning_streamed = False
+        visible: dict[int, str] = {}
+        """The visible part of the events that also carried reasoning (by index in texts)."""
         pieces = resp.iter_pieces()
         try:
             for piece, t in pieces:
@@ -148,6 +162,7 @@ class LlmClient:
                         times.append(ev.t)
                         if delta.reasoning:
                             reasoning_streamed = True
+                            visible[len(texts)] = delta.text
                             texts.append(delta.reasoning + delta.text)
                         else:
                             texts.append(delta.text)
@@ -196,6 +211,9 @@ class LlmClient:
                                   error_kind=error_kind, error_message=error_message,
                                   reasoning_streamed=reasoning_streamed)
         rec.kernel_stamps = self.conn.kernel_stamps
+        rec.cached_tokens = usage.cached_tokens
+        if self.keep_text:
+            rec.text = "".join(visible.get(i, t) for i, t in enumerate(texts)) if visible else "".join(texts)
         if parser.trace is not None and rec.ok:
             try:
                 trace = json.loads(parser.trace)
