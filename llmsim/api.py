@@ -9,12 +9,14 @@ tool calls the same way, and adding an API is one module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 from .engine import Generation, Request
 from .errors import ApiError
 from .stream import Block
+from .trace import trace_comment, trace_record
 
 
 class StreamEncoder:
@@ -73,6 +75,14 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     A block opens with its first token (the start event and the first delta
     go out together), and closes when the next block begins or the answer
     ends; blocks with no tokens still open and close, in order.
+
+    Each content chunk's emit time goes into `gen.emitted` when the generator
+    resumes after yielding it: the WSGI server (pywsgi) writes a yielded chunk
+    to the socket before asking for the next, so the stamp is taken just after
+    the chunk's bytes were handed to the kernel. A traced request (see
+    llmsim/trace.py) gets its trace as an SSE comment in the same write as the
+    terminator, the last event of `closing()`; `gen.ended` is stamped once the
+    terminator was written.
     """
     blocks = gen.plan.blocks or [Block("text", gen.plan.text, start=0, end=len(gen.plan.pieces))]
     yield from enc.opening()
@@ -81,16 +91,23 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         yield enc.block_start(0, blocks[0])
         current = 0
     delta = enc.delta
+    stamp, clock = gen.emitted.append, time.monotonic
     for index, text in gen.paced():
         if index != current:
             yield _advance(enc, blocks, current, index) + delta(index, blocks[index], text)
             current = index
         else:
             yield delta(index, blocks[index], text)
+        stamp(clock())
     tail = _advance(enc, blocks, current, len(blocks))
     if tail:
         yield tail
-    yield from enc.closing()
+    closing = list(enc.closing())
+    if gen.trace_id is not None and closing:
+        gen.trace = trace_record(gen)
+        closing[-1] = trace_comment(gen.trace) + closing[-1]
+    yield from closing
+    gen.ended = clock()
 
 
 def _advance(enc: StreamEncoder, blocks: list[Block], current: int, target: int) -> bytes:

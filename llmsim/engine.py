@@ -28,11 +28,13 @@ from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
+from .precise import precise_timer
 from .stats import ServerStats
 from .stream import Block, Pacer, TokenPlan, TokenStreamBuilder
 from .tokens import count_prompt_bounded, get_encoding, max_token_bytes, message_text
 from .toolcalls import (OutputFormat, Tool, ToolChoice, ToolSettings, structured_json, tool_call_blocks,
                         tools_prompt_text, tools_to_call)
+from .trace import TraceStore
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
@@ -95,6 +97,15 @@ class Generation:
     charge: Charge | None = None
     watch: Any = None
     """A hangup.SocketWatch: queue and TTFT waits end as soon as the client leaves."""
+    emitted: list[float] = field(default_factory=list)
+    """Monotonic time each content chunk went out: a stream's just after the chunk was handed to
+    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it."""
+    ended: float | None = None
+    """When the response ended: a stream's terminator was written, or the answer was ready."""
+    trace_id: str | None = None
+    """The request id, when the request asked for a trace (x-llmsim-trace: 1)."""
+    trace: dict | None = None
+    """The trace record sent with the stream (llmsim/trace.py), once built."""
 
     @property
     def model(self) -> str:
@@ -111,10 +122,17 @@ class Generation:
         for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
             yield owner[i], pieces[i]
 
+    def start_trace(self, request_id: str) -> None:
+        """Record this request's planned deadlines beside its emit times (see llmsim/trace.py)."""
+        self.trace_id = request_id
+        self.pacer.planned = []
+
     def wait_all(self) -> None:
         """Take as long as the stream would, holding the slot as the stream would."""
+        plan, stamps, clock = self.plan, self.emitted, time.monotonic
         with self.slot:
-            self.pacer.wait_all(self.plan, self._start())
+            for _ in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
+                stamps.append(clock())
 
 
 class Engine:
@@ -137,6 +155,7 @@ class Engine:
             self.named_profile(default_profile, "models.default_profile")
         self.generator = generator if isinstance(generator, Generator) else make_generator(generator, target_tokens)
         self.stats = ServerStats()
+        self.traces = TraceStore()
         self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
         self._fault_counter = itertools.count()
@@ -301,8 +320,12 @@ class Engine:
         plan, scripted = self.plan(req, profile, enc, rng)
         charge = None
         if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens
-            charge = self.limiter.admit(req.api_key, req.model, prompt_tokens,
-                                        max_tokens if max_tokens is not None else plan.completion_tokens)
+            try:
+                charge = self.limiter.admit(req.api_key, req.model, prompt_tokens,
+                                            max_tokens if max_tokens is not None else plan.completion_tokens)
+            except ApiError:
+                self.stats.record_rate_limited()
+                raise
         try:
             # Faults before the batch slot: a request that fails up front never holds one.
             fault = scripted or self.faults.decide(req.model, profile.name, fault_rng)
@@ -313,11 +336,13 @@ class Engine:
                 self.limiter.settle(charge, 0)
             raise
         pacer = Pacer(profile.latency, rng, prompt_tokens=prompt_tokens, slot=slot, cut=cut,
-                      first_sleep=watch.sleep if watch is not None else None)
+                      first_sleep=watch.sleep if watch is not None else None, precise=precise_timer())
         if watch is not None and not req.stream:
             pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
-        return Generation(request=req, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
-                          created=int(time.time()), slot=slot, arrival=arrival, charge=charge, watch=watch)
+        gen = Generation(request=req, profile=profile, plan=plan, prompt_tokens=prompt_tokens, pacer=pacer,
+                         created=int(time.time()), slot=slot, arrival=arrival, charge=charge, watch=watch)
+        self.stats.generation_started(gen)
+        return gen
 
     def admit(self, profile: ModelProfile) -> Slot:
         """A batch slot on the profile's deployment (granted or queued), or the overloaded error."""
@@ -333,20 +358,27 @@ class Engine:
             return fault.cut(len(plan.pieces))
         if fault.kind == "timeout":
             self.sleep(fault.settings.timeout_after_ms / 1000.0)
+            self.stats.record_error("timeout")
             raise ConnectionDrop()
         raise fault.error(model)
 
     def finish(self, gen: Generation, completed: bool) -> None:
-        """A response ended: count its tokens and correct the rate-limit charge to them.
+        """A response ended: count its tokens and latencies, correct the rate-limit charge to them,
+        and keep its trace if it asked for one.
 
         A stream cut short (client gone, injected cut) counts what it delivered.
         """
+        if gen.ended is None:
+            gen.ended = time.monotonic()
         if completed:
             tokens = gen.plan.completion_tokens
         else:
             sent = gen.pacer.sent_tokens
             tokens = sent + gen.plan.reasoning_tokens if sent else 0
         self.stats.record_tokens(gen.prompt_tokens, tokens)
+        self.stats.record_generation(gen, completed, tokens)
+        if completed and gen.trace is not None:
+            self.traces.add(gen.trace)
         if self.limiter is not None:
             self.limiter.settle(gen.charge, tokens)
 

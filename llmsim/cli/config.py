@@ -45,6 +45,18 @@ def _str(v: Any) -> str:
     return v
 
 
+def _seconds(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number of seconds, got {v!r}")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number of seconds, got {v!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise ValueError(f"must be a number of seconds above 0, got {v!r}")
+    return x
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -86,6 +98,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", _bool, False, "log one line per request", flag=False),
     Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
+    Option("stats_interval", _seconds, None, "print a one-line status (req/s, tokens/s, active, queued, TTFT and "
+                                             "ITL p50/p99, errors) every S seconds", "S"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "tools")
@@ -105,6 +119,7 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     access_log: bool = False
     admin_token: str | None = None
+    stats_interval: float | None = None
     allow_unknown_models: bool = False
     default_profile: str = "gpt-4o"
     sections: dict[str, Any] = field(default_factory=dict)

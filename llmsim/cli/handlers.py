@@ -13,7 +13,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from ..anthropic.messages import Messages, parse_count_tokens_request
@@ -27,12 +28,17 @@ from ..hangup import ClientGone, SocketWatch
 from ..openai.chat import ChatCompletions
 from ..openai.responses import Responses
 from ..tokens import get_encoding
-from .access import install_access
+from ..stats import metrics_registry
+from ..trace import TRACE_HEADER, wants_trace
+from .access import install_access, is_api_path
+from .dashboard import dashboard_html
 from .admin import admin_blueprint
 from .state import AppState, Generation
 
 SOCKET_KEY = "llmsim.socket"
 """The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
+T0_KEY = "llmsim.t0"
+"""The environ key of the monotonic time the request's first line was read (TTFT runs from it)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 MODEL_CREATED = 1_700_000_000
 OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
@@ -45,8 +51,12 @@ def provider_for_path(path: str) -> str:
     return "openai"
 
 
-def error_response(err: ApiError, provider: str | None = None) -> Response:
+def error_response(err: ApiError, provider: str | None = None, *, count: bool = True) -> Response:
+    """The error in the provider's envelope; counted in the server's errors by kind unless count=False."""
     provider = provider or provider_for_path(request.path)
+    state = current_app.extensions.get("llmsim_state")
+    if state is not None and count:
+        state.stats.record_error(err.kind)
     resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
                     mimetype="application/json")
     for k, v in err.headers_for(provider).items():
@@ -94,7 +104,7 @@ class StreamBody:
             return
         self._ended = True
         self.gen.slot.release()
-        self.state.stats.stream_ended(disconnected=not (completed or cut))
+        self.state.stats.stream_ended(disconnected=not (completed or cut), cut=cut)
         self.state.finish(self.gen, completed)
 
     def close(self) -> None:
@@ -144,9 +154,11 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
     def view() -> Response:
         req = api.parse(read_body())
         req.api_key = g.get("api_key")
-        req.arrival = g.get("t0")
+        req.arrival = g.get("t0")  # the request's first bytes (T0_KEY), when the server stamped them
         req.conversation = request.headers.get("x-llmsim-conversation")
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
+        if req.stream and wants_trace(request.headers.get(TRACE_HEADER)):
+            gen.start_trace(g.request_id)
         if not req.stream:
             wait_for(state, gen)
             return jsonify(api.body(gen))
@@ -250,7 +262,7 @@ def create_app(state: AppState) -> Flask:
     @app.before_request
     def _start() -> None:
         g.request_id = "req_" + new_id("")
-        g.t0 = time.monotonic()
+        g.t0 = request.environ.get(T0_KEY) or time.monotonic()
 
     install_access(app, state)  # after _start: auth answers carry the request id
 
@@ -260,12 +272,15 @@ def create_app(state: AppState) -> Flask:
         if provider_for_path(request.path) == "openai":
             resp.headers["openai-processing-ms"] = str(int((time.monotonic() - g.get("t0", time.monotonic())) * 1000))
             resp.headers["openai-version"] = "2020-10-01"
-        state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
+        state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code,
+                                   api=is_api_path(request.path))
         return resp
 
     @app.get("/health")
     def health() -> Response:
         return jsonify({"status": "ok", "profiles": len(state.registry)})
+
+    registry = metrics_registry(state.stats, state.schedulers)
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
@@ -273,8 +288,19 @@ def create_app(state: AppState) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(state.stats.to_prometheus() + state.schedulers.to_prometheus(),
-                        mimetype="text/plain; version=0.0.4")
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.get("/llmsim/requests/<request_id>")
+    def trace(request_id: str) -> Response:
+        record = state.traces.get(request_id)
+        if record is None:
+            raise ApiError("not_found", f"No trace for request {request_id!r}: the server keeps the last "
+                                        f"{state.traces.size} streamed requests sent with `{TRACE_HEADER}: 1`.")
+        return jsonify(record)
+
+    @app.get("/llmsim/")
+    def dashboard() -> Response:
+        return Response(dashboard_html(), mimetype="text/html")
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
@@ -283,9 +309,10 @@ def create_app(state: AppState) -> Flask:
     @app.errorhandler(StreamCut)
     def _cut_before_answer(e: StreamCut) -> Response:
         # An injected mid-stream fault on a non-streaming request: it fails before its answer.
+        state.stats.record_error("midstream")
         if e.cut.error is None:
             raise ConnectionDrop()
-        return error_response(server_error())
+        return error_response(server_error(), count=False)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

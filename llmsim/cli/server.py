@@ -2,6 +2,10 @@
 
 pywsgi never sets TCP_NODELAY; without it Nagle plus delayed ACK add ~40 ms to
 TTFT on keep-alive connections and merge small ITL gaps (see DESIGN.md).
+
+The handler stamps each request when its first line has been read, before
+headers, body and JSON are parsed: that is when the server's TTFT clock
+starts. The server runs the stats sampler (one tick a second) while it serves.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import gevent
@@ -27,9 +32,17 @@ class _QuietHandler(WSGIHandler):
     response, no terminating chunk in the middle of one.
     """
 
+    _t0: float | None = None
+
+    def read_requestline(self) -> str:
+        line = super().read_requestline()
+        self._t0 = time.monotonic()  # the request's first bytes are in: its TTFT clock starts here
+        return line
+
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
+        environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
         return environ
 
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
@@ -46,6 +59,19 @@ class _QuietHandler(WSGIHandler):
 
 class NoDelayWSGIServer(WSGIServer):
     handler_class = _QuietHandler
+    state: AppState | None = None
+    _sampler: Any = None
+
+    def start(self) -> None:
+        super().start()
+        if self.state is not None and self._sampler is None:
+            self._sampler = gevent.spawn(self.state.stats.run_sampler)
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+            self._sampler = None
+        super().stop(timeout)
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
@@ -72,6 +98,7 @@ def build_server(config: ServerConfig, state: AppState | None = None) -> tuple[N
     listener = make_listener(config.host, config.port)
     server = NoDelayWSGIServer(listener, create_app(state), log="default" if config.access_log else None,
                                error_log="default")
+    server.state = state
     return server, state
 
 
@@ -97,6 +124,14 @@ def describe(state: AppState) -> str:
     return f"generator {state.config.generator}, {profiles}" + "".join(f"; {e}" for e in extras)
 
 
+def print_status(state: AppState, interval: float, out: Any = None) -> None:
+    """Print the one-line status (ServerStats.status_line) every `interval` seconds, forever."""
+    out = out or sys.stdout
+    while True:
+        gevent.sleep(interval)
+        print(state.stats.status_line(), file=out, flush=True)
+
+
 def serve(config: ServerConfig) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     server, state = build_server(config)
@@ -109,7 +144,10 @@ def serve(config: ServerConfig) -> int:
 
     gevent.signal_handler(signal.SIGTERM, _stop)
     gevent.signal_handler(signal.SIGINT, _stop)
+    reporter = gevent.spawn(print_status, state, config.stats_interval) if config.stats_interval else None
     stopping.wait()
+    if reporter is not None:
+        reporter.kill(block=False)
     server.stop(timeout=2)
     print("llmsim stopped", file=sys.stderr, flush=True)
     return 0
