@@ -116,7 +116,7 @@ class TimerfdTimer(PreciseTimer):
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._armed: float | None = None
-        # ref=False: a pending precise wait never keeps a finished loop alive on its own.
+        # Unreferenced while idle: an unused timer never keeps a finished loop alive.
         self._io = hub.loop.io(fd, 1, ref=False)
         self._io.start(self._fire)
         weakref.finalize(self, os.close, fd)
@@ -134,6 +134,7 @@ class TimerfdTimer(PreciseTimer):
             value.tv_sec, value.tv_nsec = sec, max(1, int((deadline - sec) * 1e9))
         self._settime(self.fd, _TFD_TIMER_ABSTIME, self._spec_ref, None)
         self._armed = deadline
+        self._io.ref = deadline is not None  # keep the loop alive only while someone waits
 
     def _fire(self) -> None:
         heap = self._heap
