@@ -52,10 +52,11 @@ def provider_for_path(path: str) -> str:
 
 
 def error_response(err: ApiError, provider: str | None = None, *, count: bool = True) -> Response:
-    """The error in the provider's envelope; counted in the server's errors by kind unless count=False."""
+    """The error in the provider's envelope. On an API path it counts in the server's errors by kind
+    (unless count=False); a 404 for /favicon.ico is no request that failed."""
     provider = provider or provider_for_path(request.path)
     state = current_app.extensions.get("llmsim_state")
-    if state is not None and count:
+    if state is not None and count and is_api_path(request.path):
         state.stats.record_error(err.kind)
     resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
                     mimetype="application/json")
