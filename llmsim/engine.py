@@ -377,6 +377,9 @@ class Engine:
             tokens = sent + gen.plan.reasoning_tokens if sent else 0
         self.stats.record_tokens(gen.prompt_tokens, tokens)
         self.stats.record_generation(gen, completed, tokens)
+        pacer = gen.pacer
+        if gen.request.stream and gen.emitted and pacer.first_precise is not None and pacer.precise is not None:
+            pacer.precise.observe(gen.emitted[0] - pacer.first_precise)  # how late the write came
         if completed and gen.trace is not None:
             self.traces.add(gen.trace)
         if self.limiter is not None:

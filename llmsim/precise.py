@@ -15,6 +15,13 @@ therefore sleeps until `PRECISE_MARGIN_S` before a deadline and lets a
   costs CPU for the whole margin, so the Pacer uses it for the first token
   (TTFT) only.
 
+Waking on the deadline is not yet writing on it: building the chunk and
+handing it to the socket take tens to hundreds of microseconds more. Each
+timer therefore learns a `lead` (at most `MAX_LEAD_S`) from the streams it
+serves: `observe()` gets how late a first chunk was written against its
+deadline, and later waits end that much earlier, so written times centre on
+the deadlines.
+
 A timer belongs to one gevent hub (one per thread); `precise_timer()` returns
 the current hub's, creating it on first use, or None when precise waits are
 switched off (`LLMSIM_PRECISE_WAITS=0`).
@@ -31,18 +38,35 @@ import time
 import weakref
 from typing import Any
 
-__all__ = ["PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer"]
+__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer"]
 
 PRECISE_MARGIN_S = 0.002
 """The coarse sleep ends this long before the deadline; the precise wait does the rest.
 Larger than the loop's worst usual overshoot (1 ms rounding plus a little scheduling)."""
 
 
+MAX_LEAD_S = 0.0003
+LEAD_GAIN = 0.1
+
+
 class PreciseTimer:
-    """Wakes the calling greenlet at a monotonic deadline."""
+    """Wakes the calling greenlet at a monotonic deadline (less the learned lead)."""
 
     every_token = False
     """True when cheap enough for every token, not only the first (no spinning)."""
+    lead = 0.0
+    """Seconds before a deadline a wait ends, so the chunk is written on it (learned by observe())."""
+    observed = 0
+
+    def observe(self, late: float) -> None:
+        """A chunk aimed at a deadline was written `late` seconds after it (negative: before).
+
+        The lead moves by a share of it: the running mean over the first observations, then
+        an exponential average (LEAD_GAIN), clipped so one stall cannot swing it."""
+        late = max(-MAX_LEAD_S, min(MAX_LEAD_S, late))  # a stalled loop says nothing about the write path
+        self.observed += 1
+        gain = max(LEAD_GAIN, 1.0 / self.observed)
+        self.lead = max(0.0, min(MAX_LEAD_S, self.lead + gain * late))
 
     @property
     def waiting(self) -> int:
@@ -68,6 +92,7 @@ class SpinTimer(PreciseTimer):
 
     def until(self, deadline: float) -> None:
         clock, sleep = time.monotonic, self._sleep
+        deadline -= self.lead
         self._n += 1
         try:
             while clock() < deadline:
@@ -147,6 +172,7 @@ class TimerfdTimer(PreciseTimer):
         self._arm(heap[0][0] if heap else None)
 
     def until(self, deadline: float) -> None:
+        deadline -= self.lead
         if deadline <= time.monotonic():
             return
         waiter = self._waiter()

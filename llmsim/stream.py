@@ -225,6 +225,9 @@ class Pacer:
         self.sent_tokens = 0  # visible tokens released so far (what a cut stream really delivered)
         self.planned: list[float] | None = None
         """When a list (a traced request), every chunk's deadline is appended to it as it is set."""
+        self.first_precise: float | None = None
+        """The first chunk's deadline, when a precise wait ended on it (the engine tells the timer
+        how late that chunk was written, see PreciseTimer.observe)."""
 
     def _itl_s(self) -> float:
         return self.latency.sample_itl_ms(self.rng) * self.slot.multiplier() / 1000.0
@@ -269,6 +272,8 @@ class Pacer:
                     if wait > PRECISE_MARGIN_S:
                         sleep(wait - PRECISE_MARGIN_S)
                     precise.until(deadline)
+                    if i == 0:
+                        self.first_precise = deadline
                 else:
                     sleep(wait)
             sleep = self.sleep
