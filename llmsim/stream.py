@@ -196,9 +196,10 @@ FULL_SPEED: Slot = _FullSpeed()
 
 
 PRECISE_MAX_WAITING = 8
-"""Later chunks finish their waits precisely only while fewer precise waits than this are
-pending: under load, precision would cost a wake-up per token for little gain (the loop's
-own latency dominates), and the first chunk (TTFT) stays precise at any load."""
+"""Later chunks wait on the precise timer only while fewer waits than this are pending on it:
+under load every distinct deadline would cost the loop a wake-up of its own (gevent's timers
+share whole milliseconds), for little gain when the loop's own latency dominates. The first
+chunk (TTFT) stays precise at any load."""
 
 
 class Pacer:
@@ -218,6 +219,7 @@ class Pacer:
 
             sleep = gevent.sleep
         self.sleep = sleep
+        self._plain_sleep = sleep
         self.cut = cut
         self.first_sleep = first_sleep
         self.precise = precise
@@ -259,6 +261,10 @@ class Pacer:
         deadline = self.first_deadline(clock() if start is None else start, reasoning_tokens)
         sleep = self.first_sleep or self.sleep
         every = precise is not None and precise.every_token
+        # Later chunks of a stream wait on the precise timer alone (one wake-up per chunk); a wait that
+        # watches the client (the first, or any of a non-streamed answer) sleeps through it until
+        # just before the deadline.
+        direct = self.sleep is self._plain_sleep
         for i, ntok in enumerate(piece_tokens):
             for _ in range(ntok - 1 if i == 0 else ntok):
                 deadline += itl()
@@ -269,7 +275,7 @@ class Pacer:
                 # Sleep to just before the deadline, then finish precisely: always for the
                 # first chunk (TTFT), for later ones while few waits are pending.
                 if precise is not None and (i == 0 or (every and precise.waiting < PRECISE_MAX_WAITING)):
-                    if wait > PRECISE_MARGIN_S:
+                    if wait > PRECISE_MARGIN_S and (i == 0 or not direct):
                         sleep(wait - PRECISE_MARGIN_S)
                     precise.until(deadline)
                     if i == 0:
