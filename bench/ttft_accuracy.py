@@ -15,7 +15,12 @@ Never fails: it reports.
 
 `--streams 1` (the default first row) is the low-load case: one request at a
 time. Larger counts run that many concurrent clients, each sending requests
-back to back.
+back to back, their starts spread over one response.
+
+    python bench/ttft_accuracy.py --pacer-cpu 1 8 50 200 --tokens 200
+
+paces streams in this process without HTTP, with precise waits on and off in
+turn, and prints the CPU each costs per token.
 """
 
 from gevent import monkey
@@ -24,6 +29,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import re  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
@@ -85,7 +91,8 @@ def one_request(sock: socket.socket, body: bytes) -> tuple[float, list[float]]:
     return (arrivals[0] - t0) / 1e6, arrivals
 
 
-def client(port: int, requests: int, body: bytes, ttfts: list, gaps: list) -> None:
+def client(port: int, requests: int, body: bytes, ttfts: list, gaps: list, delay: float = 0.0) -> None:
+    gevent.sleep(delay)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -118,8 +125,13 @@ def run(args: argparse.Namespace, streams: int) -> None:
         ttfts: list[float] = []
         gaps: list[float] = []
         per_client = max(1, args.requests // streams)
+        # Starts spread over one response: constant latencies would otherwise keep the clients in step,
+        # and the figures would measure N requests arriving at once, not the server's pacing.
+        spread = 0.0 if streams == 1 else (args.ttft_ms + args.tokens * args.itl_ms) / 1000
+        rng = random.Random(1)
         c0, w0 = cpu_s(proc.pid), time.monotonic()
-        gevent.joinall([gevent.spawn(client, port, per_client, body, ttfts, gaps) for _ in range(streams)])
+        gevent.joinall([gevent.spawn(client, port, per_client, body, ttfts, gaps, rng.random() * spread)
+                        for _ in range(streams)])
         wall, cpu = time.monotonic() - w0, cpu_s(proc.pid) - c0
         tokens = len(gaps) + len(ttfts)
         e = [t - args.ttft_ms for t in ttfts]
@@ -133,6 +145,30 @@ def run(args: argparse.Namespace, streams: int) -> None:
         proc.wait()
 
 
+def pacer_cpu(streams: int, tokens: int, itl_ms: float, precise: bool) -> tuple[float, float, float]:
+    """In this process: CPU µs per token of pacing alone, and lateness p50/p99 (ms) against the deadlines."""
+    from llmsim.latency import Distribution, LatencyProfile
+    from llmsim.precise import precise_timer
+    from llmsim.stream import Pacer
+
+    latency = LatencyProfile(ttft=Distribution("constant", itl_ms), itl=Distribution("constant", itl_ms))
+    late: list[float] = []
+
+    def one(delay: float) -> None:
+        gevent.sleep(delay)
+        pacer = Pacer(latency, random.Random(0), precise=precise_timer() if precise else None)
+        pacer.planned = []
+        for i in pacer.paced_indices([1] * tokens):
+            late.append(time.monotonic() - pacer.planned[i])
+
+    rng = random.Random(2)
+    c0, w0 = time.process_time(), time.monotonic()
+    gevent.joinall([gevent.spawn(one, rng.random() * itl_ms / 1000) for _ in range(streams)])
+    cpu = time.process_time() - c0
+    late.sort()
+    return 1e6 * cpu / len(late), 1000 * late[len(late) // 2], 1000 * late[int(len(late) * 0.99)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default=None, help="run the server from this checkout (prepended to PYTHONPATH)")
@@ -141,7 +177,19 @@ def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=20.0)
     ap.add_argument("--itl-ms", type=float, default=10.0)
     ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--pacer-cpu", type=int, nargs="*", metavar="STREAMS",
+                    help="instead: pace this many streams in this process (no HTTP), precise waits on and off "
+                         "in turn, and print the CPU per token of pacing alone")
     args = ap.parse_args()
+    if args.pacer_cpu is not None:
+        print(f"pacing only, in this process: {args.tokens} tokens per stream, ITL {args.itl_ms} ms; "
+              "lateness = wake-up time - deadline")
+        for n in args.pacer_cpu or [1, 8, 50, 200]:
+            for precise in (False, True, False, True):
+                cpu, p50, p99 = pacer_cpu(n, args.tokens, args.itl_ms, precise)
+                print(f"streams={n:4d} precise={'on ' if precise else 'off'}  CPU {cpu:6.1f} µs/token   "
+                      f"lateness p50={p50:+.3f} p99={p99:+.3f} ms", flush=True)
+        return
     where = args.src or "this checkout"
     print(f"llmsim serve from {where}; constant profile TTFT {args.ttft_ms} ms, ITL {args.itl_ms} ms, "
           f"{args.tokens} tokens; wire times from kernel receive stamps"

@@ -396,8 +396,26 @@ def test_stats_interval_option():
         resolve_config({"stats_interval": "0"}, env={})
 
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+
+
+def test_docs_examples_match_the_server(url):
+    text = DOC.read_text()
+    example = text.split("<!-- trace-example -->\n```\n", 1)[1].split("\n```", 1)[0]
+    assert example.startswith(": llmsim-trace {") and "\n" not in example
+    assert list(json.loads(example[len(": llmsim-trace "):])) == TRACE_KEYS
+    stats = json.loads(text.split("<!-- stats-example -->\n```json\n", 1)[1].split("\n```", 1)[0])
+    requests.post(url + "/v1/chat/completions", json={"model": "const", "messages": MESSAGES}, timeout=30)
+    real = requests.get(url + "/llmsim/stats", timeout=10).json()
+    assert list(stats) == list(real)
+    assert list(stats["latency_ms"]) == list(real["latency_ms"])
+    assert stats["latency_ms"]["10s"].keys() == real["latency_ms"]["10s"].keys()
+    assert stats["rates"]["1s"].keys() == real["rates"]["1s"].keys()
+    assert stats["models"]["gpt-4o"].keys() == real["models"]["const"].keys()
+
+
 def test_docs_page_names_every_metric():
-    text = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    text = DOC.read_text()
     from llmsim.stats import VLLM_HISTOGRAMS
 
     for name, _, _ in VLLM_HISTOGRAMS:
