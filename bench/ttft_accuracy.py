@@ -118,7 +118,8 @@ def cpu_s(pid: int) -> float:
 
 def run(args: argparse.Namespace, streams: int) -> None:
     proc, port = start_server(args.src, args.ttft_ms, args.itl_ms, args.tokens)
-    body = ('{"model":"bench","stream":true,"messages":[{"role":"user","content":"go"}]}').encode()
+    prompt = ("go " * (args.prompt_chars // 3 + 1))[:max(2, args.prompt_chars)]
+    body = ('{"model":"bench","stream":true,"messages":[{"role":"user","content":"%s"}]}' % prompt).encode()
     try:
         warm: list = []
         client(port, 3, body, warm, [])  # connection set-up and first-request costs stay out
@@ -136,8 +137,9 @@ def run(args: argparse.Namespace, streams: int) -> None:
         tokens = len(gaps) + len(ttfts)
         e = [t - args.ttft_ms for t in ttfts]
         g = [x - args.itl_ms for x in gaps]
-        print(f"streams={streams:3d} requests={len(ttfts):4d}  TTFT-profile p50={pct(e, 50):+6.3f} "
-              f"p90={pct(e, 90):+6.3f} p99={pct(e, 99):+6.3f} ms   ITL-profile p50={pct(g, 50):+6.3f} "
+        print(f"streams={streams:3d} requests={len(ttfts):4d}  TTFT-profile p10={pct(e, 10):+6.3f} "
+              f"p50={pct(e, 50):+6.3f} p90={pct(e, 90):+6.3f} p99={pct(e, 99):+6.3f} ms   "
+              f"ITL-profile p50={pct(g, 50):+6.3f} "
               f"p99={pct(g, 99):+6.3f} ms   server CPU={100 * cpu / wall:5.1f}% "
               f"({1e6 * cpu / max(1, tokens):5.1f} µs/token, {tokens / wall:6.0f} tokens/s)", flush=True)
     finally:
@@ -162,7 +164,7 @@ def pacer_cpu(streams: int, tokens: int, itl_ms: float, precise: bool) -> tuple[
             late.append(time.monotonic() - pacer.planned[i])
 
     rng = random.Random(2)
-    c0, w0 = time.process_time(), time.monotonic()
+    c0 = time.process_time()
     gevent.joinall([gevent.spawn(one, rng.random() * itl_ms / 1000) for _ in range(streams)])
     cpu = time.process_time() - c0
     late.sort()
@@ -177,6 +179,7 @@ def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=20.0)
     ap.add_argument("--itl-ms", type=float, default=10.0)
     ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--prompt-chars", type=int, default=2, help="prompt length (parsing and counting it take time)")
     ap.add_argument("--pacer-cpu", type=int, nargs="*", metavar="STREAMS",
                     help="instead: pace this many streams in this process (no HTTP), precise waits on and off "
                          "in turn, and print the CPU per token of pacing alone")
@@ -191,9 +194,10 @@ def main() -> None:
                       f"lateness p50={p50:+.3f} p99={p99:+.3f} ms", flush=True)
         return
     where = args.src or "this checkout"
+    switch = os.environ.get("LLMSIM_PRECISE_WAITS")
     print(f"llmsim serve from {where}; constant profile TTFT {args.ttft_ms} ms, ITL {args.itl_ms} ms, "
-          f"{args.tokens} tokens; wire times from kernel receive stamps"
-          f"{'; LLMSIM_PRECISE_WAITS=' + os.environ['LLMSIM_PRECISE_WAITS'] if 'LLMSIM_PRECISE_WAITS' in os.environ else ''}")
+          f"{args.tokens} tokens, {args.prompt_chars}-character prompt; wire times from kernel receive stamps"
+          f"{'' if switch is None else '; LLMSIM_PRECISE_WAITS=' + switch}")
     for n in args.streams:
         run(args, n)
 

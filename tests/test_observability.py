@@ -294,7 +294,8 @@ def test_metrics_count_faults_rate_limits_and_disconnects(profiles_dir):
 def test_metrics_registry_is_per_server(profiles_dir):
     with run_server(profiles_dir=profiles_dir, target_tokens=3) as a, run_server(profiles_dir=profiles_dir) as b:
         requests.post(a + "/v1/chat/completions", json={"model": "const", "messages": MESSAGES}, timeout=10)
-        assert 'vllm:prompt_tokens_total{engine="0",model_name="const"}' in requests.get(a + "/metrics", timeout=10).text
+        exposed = requests.get(a + "/metrics", timeout=10).text
+        assert 'vllm:prompt_tokens_total{engine="0",model_name="const"}' in exposed
         assert 'model_name="const"' not in requests.get(b + "/metrics", timeout=10).text
 
 
