@@ -142,7 +142,7 @@ class TimerfdTimer(PreciseTimer):
         self._seq = itertools.count()
         self._armed: float | None = None
         # Unreferenced while idle: an unused timer never keeps a finished loop alive.
-        self._io = hub.loop.io(fd, 1, ref=False)
+        self._io = hub.loop.io(fd, 1, ref=False, priority=2)
         self._io.start(self._fire)
         weakref.finalize(self, os.close, fd)
 
