@@ -10,16 +10,20 @@ import gevent
 import pytest
 
 from llmsim.latency import Distribution, LatencyProfile
-from llmsim.precise import SpinTimer, TimerfdTimer, precise_timer
+from gevent import get_hub
+
+from llmsim import precise as precise_module
+from llmsim.precise import MAX_LEAD_S, SpinTimer, TimerfdTimer, precise_timer
 from llmsim.stream import Pacer
 
 
+def fresh_timerfd() -> TimerfdTimer | None:
+    """A timer of its own (the hub's shared one may have learned a lead from earlier tests' servers)."""
+    return None if precise_module._LIBC is None else TimerfdTimer(precise_module._LIBC, get_hub())
+
+
 def timers():
-    out = [SpinTimer()]
-    t = precise_timer()
-    if isinstance(t, TimerfdTimer):
-        out.append(t)
-    return out
+    return [SpinTimer()] + ([fresh_timerfd()] if precise_module._LIBC is not None else [])
 
 
 @pytest.mark.parametrize("timer", timers(), ids=lambda t: type(t).__name__)
@@ -35,8 +39,8 @@ def test_never_early_and_close(timer):
 
 
 def test_timerfd_wakes_many_waiters_in_deadline_order():
-    timer = precise_timer()
-    if not isinstance(timer, TimerfdTimer):
+    timer = fresh_timerfd()
+    if timer is None:
         pytest.skip("no timerfd here")
     woke: list[int] = []
     base = time.monotonic() + 0.01
@@ -51,8 +55,8 @@ def test_timerfd_wakes_many_waiters_in_deadline_order():
 
 
 def test_a_killed_waiter_leaves_the_timer_working():
-    timer = precise_timer()
-    if not isinstance(timer, TimerfdTimer):
+    timer = fresh_timerfd()
+    if timer is None:
         pytest.skip("no timerfd here")
     victim = gevent.spawn(timer.until, time.monotonic() + 0.02)
     gevent.sleep(0.001)
@@ -75,6 +79,28 @@ def test_precise_pacer_is_closer_than_plain_sleeps():
             out.append(time.monotonic() - pacer.planned[i])
         return out
 
-    plain, precise = lateness(None), lateness(precise_timer())
+    plain, precise = lateness(None), lateness(fresh_timerfd() or SpinTimer())
     assert min(precise) >= 0
     assert statistics.median(precise) <= statistics.median([abs(x) for x in plain]) + 0.0005
+
+
+def test_the_lead_is_learned_from_late_writes_and_bounded():
+    timer = SpinTimer()
+    timer.observe(0.0001)  # the first observation sets it
+    assert timer.lead == pytest.approx(0.0001)
+    timer.observe(-0.00005)  # written early: back off by a share
+    assert timer.lead == pytest.approx(0.0001 - 0.00005 / 2)
+    for _ in range(200):
+        timer.observe(0.5)  # a stalled loop: clipped, and the lead stays bounded
+    assert timer.lead == pytest.approx(MAX_LEAD_S)
+    for _ in range(200):
+        timer.observe(-0.5)
+    assert timer.lead == 0.0
+    timer.lead = 0.0002
+    deadline = time.monotonic() + 0.005
+    timer.until(deadline)
+    assert time.monotonic() >= deadline - 0.0002
+
+
+def test_the_hub_has_one_timer():
+    assert precise_timer() is precise_timer()
