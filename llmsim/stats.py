@@ -283,7 +283,9 @@ class ServerStats:
         arrival = gen.arrival if gen.arrival is not None else gen.slot.submitted_at
         emitted = gen.emitted
         end = gen.ended if gen.ended is not None else self.clock()
-        values: dict[str, list[float]] = {"e2e": [end - arrival], "queue": [gen.slot.queue_wait_s]}
+        values: dict[str, list[float]] = {"e2e": [end - arrival]}
+        if gen.slot.granted:  # a request abandoned in the queue never finished waiting
+            values["queue"] = [gen.slot.queue_wait_s]
         visible = gen.pacer.sent_tokens
         if emitted:
             values["ttft"] = [emitted[0] - arrival]
