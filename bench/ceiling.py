@@ -18,14 +18,11 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 BARE_APP = textwrap.dedent('''
     from gevent import monkey; monkey.patch_all()

@@ -9,12 +9,14 @@ tool calls the same way, and adding an API is one module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 from .engine import Generation, Request
 from .errors import ApiError
 from .stream import Block
+from .trace import trace_comment, trace_record
 
 
 class StreamEncoder:
@@ -86,6 +88,14 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     go out together), and closes when the next block begins or the answer
     ends; blocks with no tokens still open and close, in order. With n > 1
     choices, each choice's events interleave in time order (see stream_choices).
+
+    Each content chunk's emit time goes into `gen.emitted` when the generator
+    resumes after yielding it: the WSGI server (pywsgi) writes a yielded chunk
+    to the socket before asking for the next, so the stamp is taken just after
+    the chunk's bytes were handed to the kernel. A traced request (see
+    llmsim/trace.py) gets its trace as an SSE comment in the same write as the
+    terminator, the last event of `closing()`; `gen.ended` is stamped once the
+    terminator was written.
     """
     if gen.choices:
         yield from stream_choices(gen, enc)
@@ -97,17 +107,29 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         yield enc.block_start(0, blocks[0])
         current = 0
     delta = enc.delta
+    stamp, clock = gen.emitted.append, time.monotonic
     for index, text in gen.paced():
         if index != current:
             yield _advance(enc, blocks, current, index) + delta(index, blocks[index], text)
             current = index
         else:
             yield delta(index, blocks[index], text)
+        stamp(clock())
     tail = _advance(enc, blocks, current, len(blocks))
     if tail:
         yield tail
     yield from enc.choice_closing()
-    yield from enc.closing()
+    yield from _closing(gen, enc)
+
+
+def _closing(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
+    """The closing events; a traced request's trace rides in the same write as the terminator."""
+    closing = list(enc.closing())
+    if gen.trace_id is not None and closing:
+        gen.trace = trace_record(gen)
+        closing[-1] = trace_comment(gen.trace) + closing[-1]
+    yield from closing
+    gen.ended = time.monotonic()
 
 
 def stream_choices(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
@@ -119,6 +141,7 @@ def stream_choices(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     pieces = [c.plan.pieces for c in choices]
     left = [len(p) for p in pieces]
     current = [-1] * len(choices)
+    stamp, clock = gen.emitted.append, time.monotonic
     for e in encs:
         yield from e.opening()
     for k, e in enumerate(encs):
@@ -135,7 +158,8 @@ def stream_choices(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         if not left[k]:
             out += _advance(e, b, index, len(b)) + b"".join(e.choice_closing())
         yield out
-    yield from enc.closing()
+        stamp(clock())
+    yield from _closing(gen, enc)
 
 
 def _advance(enc: StreamEncoder, blocks: list[Block], current: int, target: int) -> bytes:

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, ScriptTurn, make_generator
 from .logprobs import TokenLogprob, token_logprobs
+from .precise import precise_timer
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
@@ -55,6 +56,7 @@ from .toolcalls import (
     tools_prompt_text,
     tools_to_call,
 )
+from .trace import TraceStore
 
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
@@ -152,6 +154,15 @@ class Generation:
     """Which choice this is (0 unless the request asked for n > 1)."""
     choices: list[Generation] = field(default_factory=list)
     """Every choice, this one first, when n > 1 (empty otherwise)."""
+    emitted: list[float] = field(default_factory=list)
+    """Monotonic time each content chunk went out: a stream's just after the chunk was handed to
+    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it."""
+    ended: float | None = None
+    """When the response ended: a stream's terminator was written, or the answer was ready."""
+    trace_id: str | None = None
+    """The request id, when the request asked for a trace (x-llmsim-trace: 1)."""
+    trace: dict | None = None
+    """The trace record sent with the stream (llmsim/trace.py), once built."""
 
     @property
     def model(self) -> str:
@@ -251,9 +262,10 @@ class Generation:
 
     def wait_all(self) -> None:
         """Take as long as the stream would, holding the slots as the stream would."""
+        stamps, clock = self.emitted, time.monotonic
         try:
             for _ in self.paced_choices():
-                pass
+                stamps.append(clock())
         finally:
             self.release()
 
@@ -261,6 +273,12 @@ class Generation:
         """Free every choice's batch slot (idempotent)."""
         for c in self.all:
             c.slot.release()
+
+    def start_trace(self, request_id: str) -> None:
+        """Record this request's planned deadlines beside its emit times (see llmsim/trace.py)."""
+        self.trace_id = request_id
+        self.pacer.planned = []
+
 
 
 class Engine:
@@ -287,6 +305,7 @@ class Engine:
         """--target-tokens (or a Generator object) was given: it sets the length, not the profiles'
         `output_tokens` distributions."""
         self.stats = ServerStats()
+        self.traces = TraceStore()
         self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
         self._fault_counter = itertools.count()
@@ -477,9 +496,13 @@ class Engine:
         plan = plans[0]
         charge = None
         if self.limiter is not None:  # charged as OpenAI estimates: prompt + max_tokens (per choice)
-            charge = self.limiter.admit(req.api_key, req.model, prompt_tokens,
-                                        max_tokens * len(plans) if max_tokens is not None
-                                        else sum(p.completion_tokens for p in plans))
+            try:
+                charge = self.limiter.admit(req.api_key, req.model, prompt_tokens,
+                                            max_tokens * len(plans) if max_tokens is not None
+                                            else sum(p.completion_tokens for p in plans))
+            except ApiError:
+                self.stats.record_rate_limited()
+                raise
         slots: list[Slot] = []
         try:
             # Faults before the batch slot: a request that fails up front never holds one.
@@ -502,13 +525,15 @@ class Engine:
             # Each further choice draws its own timing, from its own RNG: choice 0 keeps the request's.
             prng = rng if k == 0 else random.Random(rng.getrandbits(64))
             pacer = Pacer(profile.latency, prng, prompt_tokens=prompt_tokens, slot=slot, cut=cut if k == 0 else None,
-                          first_sleep=watch.sleep if watch is not None and k == 0 else None)
+                          first_sleep=watch.sleep if watch is not None and k == 0 else None,
+                          precise=precise_timer())
             if watch is not None and not req.stream:
                 pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
             gens.append(Generation(request=req, profile=profile, plan=p, prompt_tokens=prompt_tokens, pacer=pacer,
                                    created=created, slot=slot, arrival=arrival, charge=charge, watch=watch, index=k))
         if len(gens) > 1:
             gens[0].choices = gens
+        self.stats.generation_started(gens[0])
         return gens[0]
 
     def header_fault(self, value: str | None) -> tuple[str, str | None] | None:
@@ -619,14 +644,18 @@ class Engine:
             return fault.cut(len(plan.pieces))
         if fault.kind == "timeout":
             self.sleep(fault.settings.timeout_after_ms / 1000.0)
+            self.stats.record_error("timeout")
             raise ConnectionDrop()
         raise fault.error(model)
 
     def finish(self, gen: Generation, completed: bool) -> None:
-        """A response ended: count its tokens (every choice's) and correct the rate-limit charge to them.
+        """A response ended: count its tokens (every choice's) and latencies, correct the rate-limit
+        charge to them, and keep its trace if it asked for one.
 
         A stream cut short (client gone, injected cut) counts what it delivered.
         """
+        if gen.ended is None:
+            gen.ended = time.monotonic()
         tokens = 0
         for c in gen.all:
             if completed:
@@ -635,6 +664,12 @@ class Engine:
                 sent = c.pacer.sent_tokens
                 tokens += sent + c.plan.reasoning_tokens if sent else 0
         self.stats.record_tokens(gen.prompt_tokens, tokens)
+        self.stats.record_generation(gen, completed, tokens)
+        pacer = gen.pacer
+        if gen.request.stream and gen.emitted and pacer.first_precise is not None and pacer.precise is not None:
+            pacer.precise.observe(gen.emitted[0] - pacer.first_precise)  # how late the write came
+        if completed and gen.trace is not None:
+            self.traces.add(gen.trace)
         if self.limiter is not None:
             self.limiter.settle(gen.charge, tokens)
 

@@ -357,26 +357,6 @@ class Schedulers:
     def snapshot(self) -> dict[str, dict]:
         return {name: s.snapshot() for name, s in self._by_name.items()}
 
-    _PROM = (
-        ("llmsim_batch_active", "gauge", "active", "Streams holding a batch slot now."),
-        ("llmsim_batch_waiting", "gauge", "waiting", "Requests queued for a batch slot now."),
-        ("llmsim_batch_itl_multiplier", "gauge", "multiplier", "Current decode slowdown (ITL multiplier)."),
-        ("llmsim_batch_queued_total", "counter", "queued", "Requests that had to queue."),
-        ("llmsim_batch_rejected_total", "counter", "rejected", "Requests refused with a full queue (429/529)."),
-        ("llmsim_batch_queue_wait_seconds_total", "counter", "queue_wait_s_total", "Summed queue wait."),
-    )
-
-    def to_prometheus(self) -> str:
-        """Per-profile gauges and counters in Prometheus text format (empty before the first request)."""
-        snaps = self.snapshot()
-        if not snaps:
-            return ""
-        lines: list[str] = []
-        for metric, kind, key, help_ in self._PROM:
-            lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}"]
-            lines += [f'{metric}{{profile="{name}"}} {snap[key]}' for name, snap in snaps.items()]
-        return "\n".join(lines) + "\n"
-
 
 # --------------------------------------------------------------------------- simulation
 

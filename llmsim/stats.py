@@ -1,31 +1,241 @@
-"""Server-side counters, exposed as JSON (/llmsim/stats) and Prometheus text (/metrics).
+"""Server-side statistics: counters, latencies as emitted, recent rates; as JSON and as Prometheus metrics.
 
-Updated once per request and once per stream end, never per token, so the
-counters cost nothing on the streaming hot path.
+Nothing here runs per token. A stream keeps its emit times in a plain list
+while it runs (llmsim/api.py, stream_bytes); when its response ends,
+`record_generation()` buckets its TTFT, gaps, TPOT, E2E and queue wait in one
+pass. A sampler (`run_sampler`, one greenlet per server) takes a snapshot of
+the cumulative counters every second, which gives the request and token rates
+over the last second and minute and the latency percentiles of recent
+windows.
+
+Histograms have fixed buckets: 0.1 ms wide below 100 ms, 1 ms to 1 s, 10 ms
+to 10 s, then a tenth of the decade up to 10,000 s. Every bucket bound of
+vLLM's histograms is one of those bounds, so the per-model vLLM histograms
+of /metrics are exact sums of them, and percentiles are within half a bucket.
+
+The model label is bounded: the first `MAX_MODEL_LABELS` model names seen get
+their own, later ones are counted as "other".
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+import weakref
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Generation
+    from .scheduler import Schedulers
+
+__all__ = ["EDGES", "Distribution", "ServerStats", "VLLM_BUCKETS", "bucket_index", "metrics_registry"]
+
+MAX_MODEL_LABELS = 50
+OTHER = "other"
+WINDOW_TICKS = 60
+"""Seconds of history the sampler keeps (rates and latency windows)."""
+RATE_WINDOWS = {"1s": 1.0, "60s": 60.0}
+LATENCY_WINDOWS = {"10s": 10, "60s": 60}
+
+# vLLM's bucket bounds (vllm/v1/metrics/loggers.py), so its dashboards read these unchanged.
+VLLM_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+VLLM_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                    40.0, 80.0)
+VLLM_REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                        240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+METRICS = ("ttft", "itl", "tpot", "e2e", "queue")
+"""The latency series: time to first token, inter-token latency (per token), time per output token
+(per request), end to end, queue wait."""
+VLLM_BUCKETS = {"ttft": VLLM_TTFT_BUCKETS, "itl": VLLM_ITL_BUCKETS, "tpot": VLLM_ITL_BUCKETS,
+                "e2e": VLLM_REQUEST_BUCKETS, "queue": VLLM_REQUEST_BUCKETS}
+VLLM_HISTOGRAMS = (  # (vLLM name, its help text, our series)
+    ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", "ttft"),
+    ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", "itl"),
+    ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds."
+                                           "DEPRECATED: Use vllm:inter_token_latency_seconds instead.", "itl"),
+    ("vllm:request_time_per_output_token_seconds", "Histogram of time_per_output_token_seconds per request.",
+     "tpot"),
+    ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", "e2e"),
+    ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", "queue"),
+)
+VLLM_FINISH_REASONS = ("stop", "length", "abort")
+VLLM_ENGINE = "0"
 
 
-@dataclass
+def _edges() -> list[float]:
+    out: set[float] = set()
+    for den, lo, hi in ((10_000, 1, 1000), (1000, 101, 1000), (100, 101, 1000), (10, 101, 1000)):
+        out.update(k / den for k in range(lo, hi + 1))
+    for mul in (1, 10):
+        out.update(float(k * mul) for k in range(101, 1001))
+    return sorted(out)
+
+
+EDGES: list[float] = _edges()
+"""Upper bounds (seconds, inclusive) of the fine buckets; one more bucket holds anything above the last."""
+
+
+def bucket_index(seconds: float) -> int:
+    """The fine bucket a value falls into: bucket i holds (EDGES[i-1], EDGES[i]]."""
+    return bisect_left(EDGES, seconds)
+
+
+def _bucket_mid(i: int) -> float:
+    hi = EDGES[i] if i < len(EDGES) else EDGES[-1] * 2
+    lo = EDGES[i - 1] if i > 0 else 0.0
+    return (lo + hi) / 2
+
+
+def _coarse_lut(bounds: tuple[float, ...]) -> list[int]:
+    """Fine bucket -> index of the vLLM bucket holding it (len(bounds) for +Inf)."""
+    return [bisect_left(bounds, e) for e in EDGES] + [len(bounds)]
+
+
+_LUTS = {name: _coarse_lut(b) for name, b in VLLM_BUCKETS.items()}
+
+
+class Distribution:
+    """Counts of values (seconds) in the fine buckets, with exact count, sum, min and max."""
+
+    __slots__ = ("counts", "count", "sum", "min", "max")
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, indices: list[int], values: list[float]) -> None:
+        if not values:
+            return
+        self.counts.update(indices)
+        self.count += len(values)
+        self.sum += math.fsum(values)
+        lo, hi = min(values), max(values)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
+
+    def merge(self, other: Distribution) -> None:
+        self.counts.update(other.counts)
+        self.count += other.count
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def percentiles(self, pcts: Iterable[float]) -> dict[float, float | None]:
+        """Nearest-rank percentiles (seconds): the bucket's midpoint, clamped to [min, max]."""
+        pcts = sorted(pcts)
+        out: dict[float, float | None] = {p: None for p in pcts}
+        if not self.count:
+            return out
+        ranks = [(max(1, math.ceil(p / 100.0 * self.count - 1e-9)), p) for p in pcts]
+        j = seen = 0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            while j < len(ranks) and seen >= ranks[j][0]:
+                out[ranks[j][1]] = min(max(_bucket_mid(i), self.min), self.max)
+                j += 1
+            if j == len(ranks):
+                break
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """count, mean, p50, p90, p99 and max, in milliseconds (None when empty)."""
+        p = self.percentiles((50, 90, 99))
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1000, 3)
+
+        return {"count": self.count, "mean": ms(self.sum / self.count) if self.count else None,
+                "p50": ms(p[50]), "p90": ms(p[90]), "p99": ms(p[99]), "max": ms(self.max if self.count else None)}
+
+
+class _VllmHistogram:
+    """One series in vLLM's buckets, per model label: [bucket counts..., +Inf], sum."""
+
+    __slots__ = ("bounds", "lut", "by_model")
+
+    def __init__(self, name: str) -> None:
+        self.bounds = VLLM_BUCKETS[name]
+        self.lut = _LUTS[name]
+        self.by_model: dict[str, list] = {}
+
+    def add(self, model: str, indices: list[int], values: list[float]) -> None:
+        row = self.by_model.get(model)
+        if row is None:
+            row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
+        counts, lut = row[0], self.lut
+        for i in indices:
+            counts[lut[i]] += 1
+        row[1] += math.fsum(values)
+
+
+class _ModelStats:
+    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "finished")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finished: Counter[str] = Counter()  # vLLM finished_reason -> n
+
+
 class ServerStats:
-    started: float = field(default_factory=time.time)
-    requests: Counter = field(default_factory=Counter)  # (endpoint, status) -> n
-    active_streams: int = 0
-    output_tokens: int = 0
-    prompt_tokens: int = 0
-    disconnects: int = 0
-    faults: Counter = field(default_factory=Counter)  # injected fault kind -> n
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Everything /llmsim/stats and /metrics report, updated once per request (never per token)."""
 
-    def record_request(self, endpoint: str, status: int) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, int]] = Counter()  # (endpoint, status) -> n
+        self.api_requests = 0  # requests on the API paths (what req/s counts)
+        self.active_streams = 0
+        self.output_tokens = 0  # completion tokens (hidden reasoning included), as usage reports them
+        self.prompt_tokens = 0
+        self.emitted_tokens = 0  # visible tokens of finished responses, as released
+        self.disconnects = 0
+        self.rate_limited = 0  # refused by the rate limiter (not injected)
+        self.faults: Counter[str] = Counter()  # injected fault kind -> n
+        self.errors: Counter[str] = Counter()  # error kind -> n (see docs/observability.md)
+        self.models: dict[str, _ModelStats] = {}
+        self.live: weakref.WeakValueDictionary[int, Generation] = weakref.WeakValueDictionary()
+        self.total = {m: Distribution() for m in METRICS}
+        self.vllm = {m: _VllmHistogram(m) for m in METRICS}
+        self._current = {m: Distribution() for m in METRICS}
+        self._ticks: deque[dict[str, Distribution]] = deque(maxlen=WINDOW_TICKS)
+        self._samples: deque[tuple[float, int, int, int]] = deque(maxlen=WINDOW_TICKS + 2)
+
+    # ------------------------------------------------------------------ recording
+
+    def model_label(self, model: str) -> str:
+        """The model's own label while fewer than MAX_MODEL_LABELS are known, else "other"."""
+        if model in self.models:
+            return model
+        if len(self.models) < MAX_MODEL_LABELS or model == OTHER:
+            self.models[model] = _ModelStats()
+            return model
+        if OTHER not in self.models:
+            self.models[OTHER] = _ModelStats()
+        return OTHER
+
+    def record_request(self, endpoint: str, status: int, api: bool = True) -> None:
         with self._lock:
             self.requests[(endpoint, status)] += 1
+            if api:
+                self.api_requests += 1
 
     def record_tokens(self, prompt: int, output: int) -> None:
         with self._lock:
@@ -36,52 +246,294 @@ class ServerStats:
         with self._lock:
             self.faults[kind] += 1
 
+    def record_error(self, kind: str) -> None:
+        with self._lock:
+            self.errors[kind] += 1
+
+    def record_rate_limited(self) -> None:
+        with self._lock:
+            self.rate_limited += 1
+
     def stream_started(self) -> None:
         with self._lock:
             self.active_streams += 1
 
-    def stream_ended(self, disconnected: bool = False) -> None:
+    def stream_ended(self, disconnected: bool = False, cut: bool = False) -> None:
         with self._lock:
             self.active_streams -= 1
             if disconnected:
                 self.disconnects += 1
+                self.errors["client_disconnect"] += 1
+            if cut:
+                self.errors["midstream"] += 1
 
     def record_disconnect(self) -> None:
         """A non-streaming client that left before its answer."""
         with self._lock:
             self.disconnects += 1
+            self.errors["client_disconnect"] += 1
 
-    def to_dict(self) -> dict:
+    def generation_started(self, gen: Generation) -> None:
+        """A request got its generation (and its batch slot, granted or queued)."""
+        with self._lock:
+            self.live[id(gen)] = gen
+            self.models[self.model_label(gen.request.model)].requests += 1
+
+    def record_generation(self, gen: Generation, completed: bool, completion_tokens: int) -> None:
+        """A response ended: its latencies as emitted, its tokens and how it finished (once per request)."""
+        arrival = gen.arrival if gen.arrival is not None else gen.slot.submitted_at
+        emitted = gen.emitted
+        end = gen.ended if gen.ended is not None else self.clock()
+        values: dict[str, list[float]] = {"e2e": [end - arrival]}
+        if gen.slot.granted:  # a request abandoned in the queue never finished waiting
+            values["queue"] = [gen.slot.queue_wait_s]
+        visible = gen.pacer.sent_tokens
+        if emitted:
+            values["ttft"] = [emitted[0] - arrival]
+            gaps = [b - a for a, b in pairwise(emitted)]
+            if visible != len(emitted):  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
+                per_token: list[float] = []
+                for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
+                    per_token.extend([gap / k] * k)
+                gaps = per_token
+            values["itl"] = gaps
+            if visible >= 2:
+                values["tpot"] = [(emitted[-1] - emitted[0]) / (visible - 1)]
+        reason = _finished_reason(gen.plan.finish_reason) if completed else "abort"
+        with self._lock:
+            self.live.pop(id(gen), None)
+            self.emitted_tokens += visible
+            label = self.model_label(gen.request.model)
+            m = self.models[label]
+            m.prompt_tokens += gen.prompt_tokens
+            m.completion_tokens += completion_tokens
+            m.finished[reason] += 1
+            current = self._current
+            for name, vals in values.items():
+                idx = [bisect_left(EDGES, v) for v in vals]
+                self.total[name].add(idx, vals)
+                current[name].add(idx, vals)
+                self.vllm[name].add(label, idx, vals)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _emitted_now(self) -> int:
+        return self.emitted_tokens + sum(g.pacer.sent_tokens for g in list(self.live.values()))
+
+    def tick(self, now: float | None = None) -> None:
+        """One sampler step: snapshot the counters, start a new latency window slot."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            self._samples.append((now, self.api_requests, self._emitted_now(), sum(self.errors.values())))
+            self._ticks.append(self._current)
+            self._current = {m: Distribution() for m in METRICS}
+
+    def run_sampler(self, interval: float = 1.0) -> None:
+        """Tick every `interval` seconds, forever (run it in a greenlet; kill it to stop)."""
+        import gevent
+
+        self.tick()
+        while True:
+            gevent.sleep(interval)
+            self.tick()
+
+    def rates(self, now: float | None = None) -> dict[str, dict[str, float]]:
+        """Requests, tokens and errors per second over about the last 1 s and 60 s (from the sampler)."""
+        now = self.clock() if now is None else now
+        current = (now, self.api_requests, self._emitted_now(), sum(self.errors.values()))
+        out = {}
+        for name, window in RATE_WINDOWS.items():
+            base = None
+            for s in reversed(self._samples):  # the newest sample at least `window` old, else the oldest
+                base = s
+                if now - s[0] >= window:
+                    break
+            span = now - base[0] if base is not None else 0.0
+            if base is None or span <= 0:
+                out[name] = {"requests_per_s": 0.0, "tokens_per_s": 0.0, "errors_per_s": 0.0}
+                continue
+            out[name] = {"requests_per_s": round((current[1] - base[1]) / span, 3),
+                         "tokens_per_s": round((current[2] - base[2]) / span, 3),
+                         "errors_per_s": round((current[3] - base[3]) / span, 3)}
+        return out
+
+    def window(self, ticks: int) -> dict[str, Distribution]:
+        """Latencies of responses that ended in about the last `ticks` seconds."""
+        out = {m: Distribution() for m in METRICS}
+        recent = list(self._ticks)[-ticks:] + [self._current]
+        for slot in recent:
+            for m in METRICS:
+                out[m].merge(slot[m])
+        return out
+
+    # ------------------------------------------------------------------ reading
+
+    def running_waiting(self) -> dict[str, tuple[int, int]]:
+        """Per model label: requests holding a batch slot, and requests queued for one."""
+        out: dict[str, list[int]] = {}
+        for gen in list(self.live.values()):
+            row = out.setdefault(self.model_label(gen.request.model), [0, 0])
+            row[0 if gen.slot.granted else 1] += 1
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def to_dict(self, now: float | None = None) -> dict:
         with self._lock:
             by_endpoint: dict[str, dict[str, int]] = {}
             for (endpoint, status), n in sorted(self.requests.items()):
                 by_endpoint.setdefault(endpoint, {})[str(status)] = n
+            rw = self.running_waiting()
+            models = {}
+            for label, m in self.models.items():
+                running, waiting = rw.get(label, (0, 0))
+                models[label] = {"requests": m.requests, "running": running, "waiting": waiting,
+                                 "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
+                                 "finished": dict(sorted(m.finished.items()))}
+            windows = {name: self.window(ticks) for name, ticks in LATENCY_WINDOWS.items()}
+            latency = {name: {m: d[m].summary() for m in METRICS} for name, d in windows.items()}
+            latency["total"] = {m: self.total[m].summary() for m in METRICS}
             return {
                 "uptime_s": round(time.time() - self.started, 3),
                 "requests": by_endpoint,
                 "requests_total": sum(self.requests.values()),
+                "active": sum(r for r, _ in rw.values()),
+                "queued": sum(w for _, w in rw.values()),
                 "active_streams": self.active_streams,
+                "models": models,
                 "prompt_tokens_total": self.prompt_tokens,
                 "output_tokens_total": self.output_tokens,
+                "streamed_tokens_total": self._emitted_now(),
                 "client_disconnects_total": self.disconnects,
+                "rate_limited_total": self.rate_limited,
                 "faults_injected": dict(sorted(self.faults.items())),
+                "errors": dict(sorted(self.errors.items())),
+                "rates": self.rates(now),
+                "latency_ms": latency,
             }
 
-    def to_prometheus(self) -> str:
-        with self._lock:
-            lines = ["# HELP llmsim_requests_total Requests answered, by endpoint and status.",
-                     "# TYPE llmsim_requests_total counter"]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'llmsim_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            lines += ["# HELP llmsim_faults_injected_total Faults injected (config errors:), by kind.",
-                      "# TYPE llmsim_faults_injected_total counter"]
-            for kind, n in sorted(self.faults.items()):
-                lines.append(f'llmsim_faults_injected_total{{kind="{kind}"}} {n}')
-            for name, kind, value, help_ in (
-                ("llmsim_active_streams", "gauge", self.active_streams, "Streams being generated now."),
-                ("llmsim_prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens received."),
-                ("llmsim_output_tokens_total", "counter", self.output_tokens, "Output tokens sent."),
-                ("llmsim_client_disconnects_total", "counter", self.disconnects, "Streams cut by the client."),
-            ):
-                lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-            return "\n".join(lines) + "\n"
+    def status_line(self) -> str:
+        """One line for `llmsim serve --stats-interval`: rates, state and recent latencies."""
+        d = self.to_dict()
+        r = d["rates"]["1s"]
+        lat = d["latency_ms"]["10s"]
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1f}"
+
+        errors = sum(d["errors"].values())
+        return (f"llmsim: {r['requests_per_s']:.1f} req/s, {r['tokens_per_s']:.0f} tokens/s, "
+                f"active {d['active']}, queued {d['queued']}, TTFT p50/p99 {ms(lat['ttft']['p50'])}/"
+                f"{ms(lat['ttft']['p99'])} ms, ITL p50/p99 {ms(lat['itl']['p50'])}/{ms(lat['itl']['p99'])} ms, "
+                f"requests {d['requests_total']}, errors {errors}")
+
+
+def _finished_reason(finish_reason: str) -> str:
+    """vLLM's finished_reason of a completed response (a tool call ends as "stop" in the engine)."""
+    return "length" if finish_reason == "length" else "stop"
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+class _Collector(Collector):
+    """Reads ServerStats and the schedulers at scrape time (nothing is observed twice)."""
+
+    def __init__(self, stats: ServerStats, schedulers: Schedulers | None) -> None:
+        self.stats, self.schedulers = stats, schedulers
+
+    def collect(self) -> Iterator[Any]:
+        st = self.stats
+        with st._lock:
+            yield from self._vllm(st)
+            yield from self._own(st)
+        if self.schedulers is not None:
+            yield from _scheduler_families(self.schedulers.snapshot())
+
+    @staticmethod
+    def _vllm(st: ServerStats) -> Iterator[Any]:
+        labels = ["model_name", "engine"]
+        rw = st.running_waiting()
+        running = GaugeMetricFamily("vllm:num_requests_running", "Number of requests in model execution batches.",
+                                    labels=labels)
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                                    labels=labels)
+        prompt = CounterMetricFamily("vllm:prompt_tokens", "Number of prefill tokens processed.", labels=labels)
+        generation = CounterMetricFamily("vllm:generation_tokens", "Number of generation tokens processed.",
+                                         labels=labels)
+        success = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
+                                      labels=labels + ["finished_reason"])
+        for label, m in st.models.items():
+            key = [label, VLLM_ENGINE]
+            r, w = rw.get(label, (0, 0))
+            running.add_metric(key, r)
+            waiting.add_metric(key, w)
+            prompt.add_metric(key, m.prompt_tokens)
+            generation.add_metric(key, m.completion_tokens)
+            for reason in VLLM_FINISH_REASONS:
+                success.add_metric(key + [reason], m.finished.get(reason, 0))
+        yield from (running, waiting, prompt, generation, success)
+        for name, help_, series in VLLM_HISTOGRAMS:
+            h = st.vllm[series]
+            fam = HistogramMetricFamily(name, help_, labels=labels)
+            for label in st.models:
+                counts, total = h.by_model.get(label) or ([0] * (len(h.bounds) + 1), 0.0)
+                cumulative, buckets = 0, []
+                for bound, n in zip([*map(_le, h.bounds), "+Inf"], counts, strict=True):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                fam.add_metric([label, VLLM_ENGINE], buckets, total)
+            yield fam
+
+    @staticmethod
+    def _own(st: ServerStats) -> Iterator[Any]:
+        requests = CounterMetricFamily("llmsim_requests", "Requests answered, by endpoint and status.",
+                                       labels=["endpoint", "status"])
+        for (endpoint, status), n in sorted(st.requests.items()):
+            requests.add_metric([endpoint, str(status)], n)
+        faults = CounterMetricFamily("llmsim_faults_injected", "Faults injected (config errors:), by kind.",
+                                     labels=["kind"])
+        for kind, n in sorted(st.faults.items()):
+            faults.add_metric([kind], n)
+        errors = CounterMetricFamily("llmsim_errors", "Requests that failed, by kind: the API error kind answered, "
+                                     "midstream, timeout or client_disconnect.", labels=["kind"])
+        for kind, n in sorted(st.errors.items()):
+            errors.add_metric([kind], n)
+        yield from (requests, faults, errors)
+        yield CounterMetricFamily("llmsim_rate_limit_rejections", "Requests refused by the rate limiter (429).",
+                                  value=st.rate_limited)
+        yield CounterMetricFamily("llmsim_client_disconnects", "Responses cut short by the client.",
+                                  value=st.disconnects)
+        yield GaugeMetricFamily("llmsim_active_streams", "Streams being generated now.", value=st.active_streams)
+        yield CounterMetricFamily("llmsim_prompt_tokens", "Prompt tokens received.", value=st.prompt_tokens)
+        yield CounterMetricFamily("llmsim_output_tokens", "Completion tokens generated (hidden reasoning included).",
+                                  value=st.output_tokens)
+
+
+_SCHEDULER_METRICS = (
+    ("llmsim_batch_active", "gauge", "active", "Streams holding a batch slot now."),
+    ("llmsim_batch_waiting", "gauge", "waiting", "Requests queued for a batch slot now."),
+    ("llmsim_batch_itl_multiplier", "gauge", "multiplier", "Current decode slowdown (ITL multiplier)."),
+    ("llmsim_batch_queued", "counter", "queued", "Requests that had to queue."),
+    ("llmsim_batch_rejected", "counter", "rejected", "Requests refused with a full queue (429/529)."),
+    ("llmsim_batch_queue_wait_seconds", "counter", "queue_wait_s_total", "Summed queue wait."),
+)
+
+
+def _scheduler_families(snaps: dict[str, dict]) -> Iterator[Any]:
+    if not snaps:
+        return
+    for name, kind, key, help_ in _SCHEDULER_METRICS:
+        fam = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, help_, labels=["profile"])
+        for profile, snap in snaps.items():
+            fam.add_metric([profile], snap[key])
+        yield fam
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def metrics_registry(stats: ServerStats, schedulers: Schedulers | None = None) -> CollectorRegistry:
+    """A registry of its own (not prometheus_client's global one) exposing this server's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(stats, schedulers))
+    return registry

@@ -5,8 +5,10 @@ Two steps, so each can be tested alone:
   max_tokens) and split every block (text, reasoning, tool call) into chunk
   texts of k tokens, never splitting a UTF-8 character, on one flat timeline;
 - Pacer.paced() releases those chunks at t0 + ttft + Σ itl·slowdown, sleeping
-  only for the time remaining, so overshoot never accumulates. A planned Cut
-  (an injected mid-stream failure) ends it with StreamCut at the next deadline.
+  only for the time remaining, so overshoot never accumulates; given a
+  PreciseTimer it wakes just before each deadline and finishes the wait on it.
+  A planned Cut (an injected mid-stream failure) ends it with StreamCut at the
+  next deadline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tiktoken
 
 from .errors import Cut, StreamCut
 from .latency import LatencyProfile
+from .precise import PRECISE_MARGIN_S, PreciseTimer
 from .tokens import encode
 
 BLOCK_KINDS = ("text", "reasoning", "tool_call")
@@ -234,13 +237,20 @@ class _FullSpeed:
 FULL_SPEED: Slot = _FullSpeed()
 
 
+PRECISE_MAX_WAITING = 8
+"""Later chunks wait on the precise timer only while fewer waits than this are pending on it:
+under load every distinct deadline would cost the loop a wake-up of its own (gevent's timers
+share whole milliseconds), for little gain when the loop's own latency dominates. The first
+chunk (TTFT) stays precise at any load."""
+
+
 class Pacer:
     """Releases chunks on absolute deadlines derived from a latency profile."""
 
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None, cut: Cut | None = None,
-                 first_sleep: Callable[[float], None] | None = None) -> None:
+                 first_sleep: Callable[[float], None] | None = None, precise: PreciseTimer | None = None) -> None:
         self.latency = latency
         self.rng = rng
         self.prompt_tokens = prompt_tokens
@@ -251,9 +261,17 @@ class Pacer:
 
             sleep = gevent.sleep
         self.sleep = sleep
+        self._plain_sleep = sleep
         self.cut = cut
         self.first_sleep = first_sleep
+        self.precise = precise
+        """Finishes each wait on its deadline (see llmsim/precise.py); None: plain sleeps."""
         self.sent_tokens = 0  # visible tokens released so far (what a cut stream really delivered)
+        self.planned: list[float] | None = None
+        """When a list (a traced request), every chunk's deadline is appended to it as it is set."""
+        self.first_precise: float | None = None
+        """The first chunk's deadline, when a precise wait ended on it (the engine tells the timer
+        how late that chunk was written, see PreciseTimer.observe)."""
 
     def _itl_s(self) -> float:
         return self.latency.sample_itl_ms(self.rng) * self.slot.multiplier() / 1000.0
@@ -302,16 +320,32 @@ class Pacer:
         the model "fails" while generating.
         """
         # deadlines() and release() inlined: this loop runs once per streamed token.
-        cut = self.cut
+        cut, planned, precise = self.cut, self.planned, self.precise
         clock, itl = self.clock, self._itl_s
         deadline = self.first_deadline(clock() if start is None else start, reasoning_tokens)
         sleep = self.first_sleep or self.sleep
+        every = precise is not None and precise.every_token
+        # Later chunks of a stream wait on the precise timer alone (one wake-up per chunk); a wait that
+        # watches the client (the first, or any of a non-streamed answer) sleeps through it until
+        # just before the deadline.
+        direct = self.sleep is self._plain_sleep
         for i, ntok in enumerate(piece_tokens):
             for _ in range(ntok - 1 if i == 0 else ntok):
                 deadline += itl()
+            if planned is not None:
+                planned.append(deadline)
             wait = deadline - clock()
             if wait > 0:
-                sleep(wait)
+                # Sleep to just before the deadline, then finish precisely: always for the
+                # first chunk (TTFT), for later ones while few waits are pending.
+                if precise is not None and (i == 0 or (every and precise.waiting < PRECISE_MAX_WAITING)):
+                    if wait > PRECISE_MARGIN_S and (i == 0 or not direct):
+                        sleep(wait - PRECISE_MARGIN_S)
+                    precise.until(deadline)
+                    if i == 0:
+                        self.first_precise = deadline
+                else:
+                    sleep(wait)
             sleep = self.sleep
             if cut is not None and i >= cut.after_pieces:
                 raise StreamCut(cut)

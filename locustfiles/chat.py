@@ -3,9 +3,7 @@
     locust -f locustfiles/chat.py --headless -u 20 -r 20 -t 30s            # embedded llmsim, gpt-5 profile
     locust -f locustfiles/chat.py --host https://api.example.com --llm-model my-model --llm-profile my.yaml
 
-Options: --llm-model, --llm-profile, --llm-score, --llm-warmup, --llm-trace, --llm-trace-limit, --llm-api-key,
---prompt-tokens, --prompts, --max-tokens, --no-stream, --llm-tolerance, --llm-report, --retry-429
-(see docs/locust.md).
+Every option (--llm-model, --llm-profile, --llm-score, --max-tokens, ...) is in docs/locust.md.
 """
 
 from llmsim.loadtest.users import ChatCompletionsUser

@@ -84,6 +84,14 @@ def _str(v: Any) -> str:
     return v
 
 
+def _interval(v: Any) -> float:
+    """A positive number of seconds (an interval cannot be 0)."""
+    x = _seconds(v)
+    if x <= 0:
+        raise ValueError(f"must be a number of seconds above 0, got {v!r}")
+    return x
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -134,6 +142,8 @@ OPTIONS: tuple[Option, ...] = (
                                    "and queue; auto = one per available core (see docs/scaling.md)", "N"),
     Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
                                             "the workers exit", "S"),
+    Option("stats_interval", _interval, None, "print a one-line status (req/s, tokens/s, active, queued, TTFT and "
+                                             "ITL p50/p99, errors) every S seconds", "S"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "tools")
@@ -157,6 +167,7 @@ class ServerConfig:
     admin_token: str | None = None
     workers: int | str = 1
     grace_period: float = 10.0
+    stats_interval: float | None = None
     allow_unknown_models: bool = False
     default_profile: str = "gpt-4o"
     sections: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from ..anthropic.messages import Messages, parse_count_tokens_request
@@ -28,14 +29,19 @@ from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import embeddings_body, parse_embeddings_request
 from ..openai.responses import Responses
+from ..stats import metrics_registry
 from ..tokens import get_encoding
-from .access import install_access
+from ..trace import TRACE_HEADER, wants_trace
+from .access import install_access, is_api_path
 from .admin import admin_blueprint
 from .body import read_body_bytes
+from .dashboard import dashboard_html
 from .state import AppState, Generation
 
 SOCKET_KEY = "llmsim.socket"
 """The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
+T0_KEY = "llmsim.t0"
+"""The environ key of the monotonic time the request's first line was read (TTFT runs from it)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 MODEL_CREATED = 1_700_000_000
 OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
@@ -48,8 +54,13 @@ def provider_for_path(path: str) -> str:
     return "openai"
 
 
-def error_response(err: ApiError, provider: str | None = None) -> Response:
+def error_response(err: ApiError, provider: str | None = None, *, count: bool = True) -> Response:
+    """The error in the provider's envelope. On an API path it counts in the server's errors by kind
+    (unless count=False); a 404 for /favicon.ico is no request that failed."""
     provider = provider or provider_for_path(request.path)
+    state = current_app.extensions.get("llmsim_state")
+    if state is not None and count and is_api_path(request.path):
+        state.stats.record_error(err.kind)
     resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
                     mimetype="application/json")
     for k, v in err.headers_for(provider).items():
@@ -97,7 +108,7 @@ class StreamBody:
             return
         self._ended = True
         self.gen.release()  # every choice's slot
-        self.state.stats.stream_ended(disconnected=not (completed or cut))
+        self.state.stats.stream_ended(disconnected=not (completed or cut), cut=cut)
         self.state.finish(self.gen, completed)
 
     def close(self) -> None:
@@ -146,12 +157,14 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
     def view() -> Response:
         req = api.parse(read_body())
         req.api_key = g.get("api_key")
-        # TTFT runs from the request's arrival, not counting the wait for a slow client's body:
-        # a real server cannot start on a prompt it has not received.
-        req.arrival = g.t0 + g.get("body_wait", 0.0) if "t0" in g else None
+        # TTFT runs from the request's first bytes (T0_KEY, when the server stamped them), not counting
+        # the wait for a slow client's body: a real server cannot start on a prompt it has not received.
+        req.arrival = g.t0 + g.get("body_wait", 0.0) if g.get("t0") is not None else None
         req.conversation = request.headers.get("x-llmsim-conversation")
         req.forced_fault = request.headers.get(FAULT_HEADER)
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
+        if req.stream and wants_trace(request.headers.get(TRACE_HEADER)):
+            gen.start_trace(g.request_id)
         if not req.stream:
             wait_for(state, gen)
             return jsonify(api.body(gen))
@@ -270,7 +283,7 @@ def create_app(state: AppState) -> Flask:
     @app.before_request
     def _start() -> None:
         g.request_id = "req_" + new_id("")
-        g.t0 = time.monotonic()
+        g.t0 = request.environ.get(T0_KEY) or time.monotonic()
 
     install_access(app, state)  # after _start: auth answers carry the request id
 
@@ -280,12 +293,15 @@ def create_app(state: AppState) -> Flask:
         if provider_for_path(request.path) == "openai":
             resp.headers["openai-processing-ms"] = str(int((time.monotonic() - g.get("t0", time.monotonic())) * 1000))
             resp.headers["openai-version"] = "2020-10-01"
-        state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
+        state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code,
+                                   api=is_api_path(request.path))
         return resp
 
     @app.get("/health")
     def health() -> Response:
         return jsonify({"status": "ok", "profiles": len(state.registry)})
+
+    registry = metrics_registry(state.stats, state.schedulers)
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
@@ -293,8 +309,19 @@ def create_app(state: AppState) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(state.stats.to_prometheus() + state.schedulers.to_prometheus(),
-                        mimetype="text/plain; version=0.0.4")
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.get("/llmsim/requests/<request_id>")
+    def trace(request_id: str) -> Response:
+        record = state.traces.get(request_id)
+        if record is None:
+            raise ApiError("not_found", f"No trace for request {request_id!r}: the server keeps the last "
+                                        f"{state.traces.size} streamed requests sent with `{TRACE_HEADER}: 1`.")
+        return jsonify(record)
+
+    @app.get("/llmsim/")
+    def dashboard() -> Response:
+        return Response(dashboard_html(), mimetype="text/html")
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
@@ -303,9 +330,10 @@ def create_app(state: AppState) -> Flask:
     @app.errorhandler(StreamCut)
     def _cut_before_answer(e: StreamCut) -> Response:
         # An injected mid-stream fault on a non-streaming request: it fails before its answer.
+        state.stats.record_error("midstream")
         if e.cut.error is None:
             raise ConnectionDrop()
-        return error_response(server_error())
+        return error_response(server_error(), count=False)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -10,6 +10,10 @@ not an empty answer and a traceback. A connection must deliver its headers
 within the header timeout and may sit idle between requests for the idle
 timeout; running out of file descriptors pauses accepting (one log line, with
 back-off) instead of printing a traceback per attempt.
+
+The handler stamps each request when its first line has been read, before
+headers, body and JSON are parsed: that is when the server's TTFT clock
+starts. The server runs the stats sampler (one tick a second) while it serves.
 """
 
 from __future__ import annotations
@@ -96,9 +100,12 @@ class _QuietHandler(WSGIHandler):
     response, no terminating chunk in the middle of one.
     """
 
+    _t0: float | None = None
+
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
+        environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
         return environ
 
     server: NoDelayWSGIServer
@@ -134,10 +141,12 @@ class _QuietHandler(WSGIHandler):
             self._deadline = gevent.Timeout(max(left, 0.001), _HeaderTimeout("request headers not received in time"))
             self._deadline.start()
         try:
-            return super().read_requestline()
+            line = super().read_requestline()
         except _HeaderTimeout:
             self._late = True
             raise
+        self._t0 = time.monotonic()  # the request's first bytes are in: its TTFT clock starts here
+        return line
 
     def handle_one_request(self) -> Any:
         self._late = False
@@ -261,6 +270,20 @@ class NoDelayWSGIServer(WSGIServer):
         except Exception:  # pragma: no cover - a closed or broken log stream
             pass
 
+    state: AppState | None = None
+    _sampler: Any = None
+
+    def start(self) -> None:
+        super().start()
+        if self.state is not None and self._sampler is None:
+            self._sampler = gevent.spawn(self.state.stats.run_sampler)
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+            self._sampler = None
+        super().stop(timeout)
+
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -321,6 +344,7 @@ def build_server(config: ServerConfig, state: AppState | None = None) -> tuple[N
     server = NoDelayWSGIServer(listener, app, log="default" if config.access_log else None, error_log="default")
     server.header_timeout = config.header_timeout
     server.idle_timeout = config.idle_timeout
+    server.state = state
     return server, state
 
 
@@ -346,6 +370,14 @@ def describe(state: AppState) -> str:
     return f"generator {state.config.generator}, {profiles}" + "".join(f"; {e}" for e in extras)
 
 
+def print_status(state: AppState, interval: float, out: Any = None) -> None:
+    """Print the one-line status (ServerStats.status_line) every `interval` seconds, forever."""
+    out = out or sys.stdout
+    while True:
+        gevent.sleep(interval)
+        print(state.stats.status_line(), file=out, flush=True)
+
+
 def serve(config: ServerConfig) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     from . import workers
@@ -364,7 +396,10 @@ def serve(config: ServerConfig) -> int:
 
     gevent.signal_handler(signal.SIGTERM, _stop)
     gevent.signal_handler(signal.SIGINT, _stop)
+    reporter = gevent.spawn(print_status, state, config.stats_interval) if config.stats_interval else None
     stopping.wait()
+    if reporter is not None:
+        reporter.kill(block=False)
     server.stop(timeout=2)
     print("llmsim stopped", file=sys.stderr, flush=True)
     return 0

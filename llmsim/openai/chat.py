@@ -45,12 +45,7 @@ def parse_chat_request(body: dict) -> Request:
     model = get_str(body, "model", required=True, nonempty=True) or ""
     raw_messages = get_list(body, "messages", required=True, nonempty=True) or []
     messages = [_message(msg, f"messages[{i}]") for i, msg in enumerate(raw_messages)]
-    stream = get_bool(body, "stream")
-    options = get_object(body, "stream_options")
-    if options is not None and not stream:
-        raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                      param="stream_options", code="invalid_value")
-    include_usage = get_bool(options or {}, "include_usage", param="stream_options.include_usage")
+    stream, include_usage = stream_options(body)
     n = get_int(body, "n", minimum=1, maximum=128) or 1
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = get_int(body, max_tokens_param, minimum=1)
@@ -82,6 +77,16 @@ def parse_chat_request(body: dict) -> Request:
                    answers_tool_result=raw_messages[-1].get("role") in ("tool", "function"),
                    include_usage=include_usage, n=n, seed=seed, logprobs=logprobs, ignore_eos=ignore_eos,
                    min_tokens=min_tokens)
+
+
+def stream_options(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage), as Chat and legacy Completions take them."""
+    stream = get_bool(body, "stream")
+    options = get_object(body, "stream_options")
+    if options is not None and not stream:
+        raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                      param="stream_options", code="invalid_value")
+    return stream, get_bool(options or {}, "include_usage", param="stream_options.include_usage")
 
 
 def length_controls(body: dict, max_tokens: int | None) -> tuple[bool, int | None]:

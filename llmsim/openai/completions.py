@@ -20,10 +20,10 @@ from typing import Any
 from ..api import Api, StreamEncoder
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
-from ..fields import MISSING, get_bool, get_int, get_number, get_object, get_stop, get_str, json_type, wrong_type
+from ..fields import MISSING, get_bool, get_int, get_number, get_stop, get_str, json_type, wrong_type
 from ..logprobs import legacy_logprobs
 from ..stream import Block
-from .chat import length_controls
+from .chat import length_controls, stream_options
 
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default when a Completions request sets no max_tokens."""
@@ -78,12 +78,7 @@ def parse_completions_request(body: dict) -> Request:
     if body.get("suffix") not in (None, ""):
         get_str(body, "suffix")  # a wrong type is named as such first
         raise invalid("Unrecognized request argument supplied: suffix", param="suffix")
-    stream = get_bool(body, "stream")
-    options = get_object(body, "stream_options")
-    if options is not None and not stream:
-        raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                      param="stream_options", code="invalid_value")
-    include_usage = get_bool(options or {}, "include_usage", param="stream_options.include_usage")
+    stream, include_usage = stream_options(body)
     max_tokens = get_int(body, "max_tokens", minimum=0)
     n = get_int(body, "n", minimum=1, maximum=128)
     best_of = get_int(body, "best_of", minimum=0, maximum=20)

@@ -1,0 +1,100 @@
+"""Timing fidelity under a ramp of arrivals: how late each content chunk leaves the server.
+
+N streams (TTFT 100 ms, ITL 20 ms, 100 tokens by default) arrive spread evenly
+over one second. Every request asks for its server-side trace
+(`x-llmsim-trace: 1`): the emit time of each chunk (just after its bytes went
+to the socket) and its planned deadline (arrival + TTFT + i·ITL). Lateness is
+emitted minus planned, so a client that is itself late cannot blur it.
+Prints lateness p50/p99/p99.9/max per N, and the server's CPU share. Never fails.
+
+    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+CLIENT = textwrap.dedent('''
+    from gevent import monkey; monkey.patch_all()
+    import json, socket, sys, time, gevent
+    host, port, n, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    body = json.dumps({"model": "bench-arrival", "stream": True, "max_tokens": tokens,
+                       "messages": [{"role": "user", "content": "go"}]}).encode()
+    req = (b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: b\\r\\nContent-Type: application/json\\r\\n"
+           b"x-llmsim-trace: 1\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)) + body
+    traces = []
+    def one(delay):
+        gevent.sleep(delay)
+        s = socket.create_connection((host, port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(req); buf = b""
+        while b"data: [DONE]" not in buf:
+            d = s.recv(65536)
+            if not d: break
+            buf += d
+        s.close()
+        m = buf.split(b": llmsim-trace ", 1)
+        if len(m) == 2:
+            traces.append(json.loads(m[1].split(b"\\n", 1)[0]))
+    gevent.joinall([gevent.spawn(one, i / n) for i in range(n)])
+    print(json.dumps(traces))
+''')
+
+
+def lateness(trace: dict) -> list[float]:
+    """Each chunk's emit time minus its planned deadline, ms."""
+    out, at, plan = [], trace["ttft_ms"], trace["planned_ttft_ms"]
+    if at is None or plan is None:
+        return out
+    out.append(at - plan)
+    for g, p in zip(trace["gaps_ms"], trace["planned_gaps_ms"], strict=False):
+        at, plan = at + g, plan + p
+        out.append(at - plan)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, nargs="+", default=[100, 250, 500])
+    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--workers", default="1")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, "arrival.yaml"), "w") as f:
+        f.write("profiles:\n  - name: bench-arrival\n    models: [bench-arrival]\n"
+                "    ttft: {distribution: constant, mean_ms: 100}\n    itl: {distribution: constant, mean_ms: 20}\n")
+    print(f"{'streams':>8} {'chunks':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}  "
+          f"(lateness of each chunk on the server, --workers {args.workers})")
+    for n in args.streams:
+        server = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d,
+                                   "--target-tokens", str(args.tokens), "--workers", args.workers],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            m = re.search(r"http://([\d.]+):(\d+)", server.stdout.readline())
+            assert m, "the server did not start"
+            out = subprocess.run([sys.executable, "-c", CLIENT, m.group(1), m.group(2), str(n), str(args.tokens)],
+                                 capture_output=True, text=True, check=True).stdout
+            late = [x for t in json.loads(out) for x in lateness(t)]
+            if late:
+                print(f"{n:>8} {len(late):>8} {pct(late, 50):>8.2f} {pct(late, 99):>8.2f} {pct(late, 99.9):>9.2f} "
+                      f"{max(late):>8.2f}")
+            else:
+                print(f"{n:>8} no traces came back")
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()

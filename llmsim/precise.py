@@ -1,0 +1,223 @@
+"""Precise waits: finish a sleep on its deadline instead of up to a millisecond after it.
+
+gevent's default loop (libev, epoll backend) rounds every wait up to the next
+whole millisecond, so `gevent.sleep(d)` returns about 0.25-0.6 ms late (p50)
+and a TTFT or a token goes out that much after its deadline. The Pacer
+therefore sleeps until `PRECISE_MARGIN_S` before a deadline and lets a
+`PreciseTimer` finish the wait:
+
+* On Linux, `TimerfdTimer` arms one kernel timer (timerfd, CLOCK_MONOTONIC,
+  the clock `time.monotonic()` reads) for the earliest pending deadline and
+  watches it with the event loop; when it fires, every waiter whose deadline
+  has come is woken. No spinning: the loop blocks until the kernel wakes it,
+  within tens of microseconds of the deadline.
+* Elsewhere, `SpinTimer` yields (`gevent.sleep(0)`) until the deadline. That
+  costs CPU for the whole margin, so the Pacer uses it for the first token
+  (TTFT) only.
+
+Waking on the deadline is not yet writing on it: building the chunk and
+handing it to the socket take tens to hundreds of microseconds more. Each
+timer therefore learns a `lead` (at most `MAX_LEAD_S`) from the streams it
+serves: `observe()` gets how late a first chunk was written against its
+deadline, and later waits end that much earlier, so written times centre on
+the deadlines.
+
+A timer belongs to one gevent hub (one per thread); `precise_timer()` returns
+the current hub's, creating it on first use, or None when precise waits are
+switched off (`LLMSIM_PRECISE_WAITS=0`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import os
+import sys
+import time
+import weakref
+from typing import Any
+
+__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer"]
+
+PRECISE_MARGIN_S = 0.002
+"""The coarse sleep ends this long before the deadline; the precise wait does the rest.
+Larger than the loop's worst usual overshoot (1 ms rounding plus a little scheduling)."""
+
+
+MAX_LEAD_S = 0.0003
+LEAD_GAIN = 0.1
+
+
+class PreciseTimer:
+    """Wakes the calling greenlet at a monotonic deadline (less the learned lead)."""
+
+    every_token = False
+    """True when cheap enough for every token, not only the first (no spinning)."""
+    lead = 0.0
+    """Seconds before a deadline a wait ends, so the chunk is written on it (learned by observe())."""
+    observed = 0
+
+    def observe(self, late: float) -> None:
+        """A chunk aimed at a deadline was written `late` seconds after it (negative: before).
+
+        The lead moves by a share of it: the running mean over the first observations, then
+        an exponential average (LEAD_GAIN), clipped so one stall cannot swing it."""
+        late = max(-MAX_LEAD_S, min(MAX_LEAD_S, late))  # a stalled loop says nothing about the write path
+        self.observed += 1
+        gain = max(LEAD_GAIN, 1.0 / self.observed)
+        self.lead = max(0.0, min(MAX_LEAD_S, self.lead + gain * late))
+
+    @property
+    def waiting(self) -> int:
+        """Waits in progress right now (the Pacer stops using it for later tokens when busy)."""
+        return 0
+
+    def until(self, deadline: float) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SpinTimer(PreciseTimer):
+    """Yield to other greenlets until the deadline: precise, but busy for the whole wait."""
+
+    def __init__(self) -> None:
+        import gevent
+
+        self._sleep = gevent.sleep
+        self._n = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._n
+
+    def until(self, deadline: float) -> None:
+        clock, sleep = time.monotonic, self._sleep
+        deadline -= self.lead
+        self._n += 1
+        try:
+            while clock() < deadline:
+                sleep(0)
+        finally:
+            self._n -= 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = getattr(os, "O_CLOEXEC", 0o2000000)
+_TFD_TIMER_ABSTIME = 1
+
+
+class TimerfdTimer(PreciseTimer):
+    """One Linux timerfd per hub, armed for the earliest pending deadline.
+
+    Waiters sit in a heap; the loop watches the timerfd and, when it fires,
+    wakes every waiter that is due (and any due within `SLACK_S`, so waiters a
+    few microseconds apart share one wake-up), then re-arms it for the next.
+    Re-arming also clears the timer's readable state, so no read() is needed.
+    """
+
+    every_token = True
+    SLACK_S = 20e-6
+
+    def __init__(self, libc: Any, hub: Any) -> None:
+        from gevent.hub import Waiter
+
+        self._waiter = Waiter
+        self._settime = libc.timerfd_settime
+        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self.fd = fd
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._armed: float | None = None
+        # Unreferenced while idle: an unused timer never keeps a finished loop alive.
+        self._io = hub.loop.io(fd, 1, ref=False, priority=2)
+        self._io.start(self._fire)
+        weakref.finalize(self, os.close, fd)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._heap)
+
+    def _arm(self, deadline: float | None) -> None:
+        value = self._spec.it_value
+        if deadline is None:
+            value.tv_sec = value.tv_nsec = 0  # disarm
+        else:
+            sec = int(deadline)
+            value.tv_sec, value.tv_nsec = sec, max(1, int((deadline - sec) * 1e9))
+        self._settime(self.fd, _TFD_TIMER_ABSTIME, self._spec_ref, None)
+        self._armed = deadline
+        self._io.ref = deadline is not None  # keep the loop alive only while someone waits
+
+    def _fire(self) -> None:
+        heap = self._heap
+        due = time.monotonic() + self.SLACK_S
+        while heap and heap[0][0] <= due:
+            waiter = heapq.heappop(heap)[2]
+            if waiter is not None:
+                waiter.switch(None)
+        # Re-arm (or disarm) even if nothing changed: it clears the readable state.
+        self._arm(heap[0][0] if heap else None)
+
+    def until(self, deadline: float) -> None:
+        deadline -= self.lead
+        if deadline <= time.monotonic():
+            return
+        waiter = self._waiter()
+        entry = [deadline, next(self._seq), waiter]
+        heapq.heappush(self._heap, entry)
+        if self._armed is None or deadline < self._armed:
+            self._arm(deadline)
+        try:
+            waiter.get()
+        finally:
+            entry[2] = None  # killed while waiting: never switch into a finished greenlet
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.timerfd_create  # noqa: B018 - probe
+        libc.timerfd_settime  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+_ATTR = "_llmsim_precise_timer"
+
+
+def precise_timer() -> PreciseTimer | None:
+    """The current hub's precise timer (timerfd on Linux, else spinning), or None when switched off."""
+    if os.environ.get("LLMSIM_PRECISE_WAITS", "1") in ("0", "false", "no", "off"):
+        return None
+    from gevent import get_hub
+
+    hub = get_hub()
+    timer = getattr(hub, _ATTR, None)
+    if timer is None:
+        timer = None
+        if _LIBC is not None:
+            try:
+                timer = TimerfdTimer(_LIBC, hub)
+            except OSError:
+                timer = None
+        if timer is None:
+            timer = SpinTimer()
+        setattr(hub, _ATTR, timer)
+    return timer
