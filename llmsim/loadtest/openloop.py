@@ -29,6 +29,7 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.pool import Group
 
+from ..precise import PRECISE_MARGIN_S, precise_timer
 from .metrics import RequestRecord
 
 
@@ -106,9 +107,17 @@ class OpenLoopSource:
             self.group.join()
 
     def _at(self, t: float) -> None:
+        """Wait until `t`: a coarse sleep (the loop rounds waits up to the next millisecond), then the
+        precise timer for the last PRECISE_MARGIN_S (llmsim.precise: timerfd on Linux)."""
         wait = t - self.clock()
-        if wait > 0:
-            gevent.sleep(wait)
+        timer = precise_timer() if wait > 0 and self.clock is time.time else None
+        if timer is None:
+            if wait > 0:
+                gevent.sleep(wait)
+            return
+        if wait > PRECISE_MARGIN_S:
+            gevent.sleep(wait - PRECISE_MARGIN_S)
+        timer.until(time.monotonic() + (t - time.time()))
 
     def _one(self, intended: float, *item: Any) -> None:
         with self.track(intended), self.slots:

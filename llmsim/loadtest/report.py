@@ -263,7 +263,9 @@ def workload_lines(w: dict[str, Any] | None) -> list[str]:
         lines.append(f"  output lengths: {e['requests_exact']} of {e['requests_checked']} requests got exactly "
                      "the length they asked for")
     c = w.get("prefix_cache")
-    if c:
+    if c and not c["cached_requests"]:
+        lines.append(f"prefix cache: usage reported no cached prompt tokens ({c['requests']} requests)")
+    elif c:
         tc, tu = c["ttft_cached_ms"], c["ttft_uncached_ms"]
         share = "-" if c["token_share"] is None else f"{c['token_share'] * 100:.1f}%"
         lines.append(f"prefix cache: {c['cached_requests']} of {c['requests']} requests "

@@ -30,7 +30,7 @@ from .client import LlmClient
 from .metrics import RequestRecord
 from .openloop import OpenLoopSource
 from .plugin import get_run
-from .workloads import TRACE_MAX_IN_FLIGHT, Work
+from .workloads import TRACE_MAX_IN_FLIGHT, TraceReplay, Work
 
 METRIC_ROW_TYPE = "LLM"
 RETRY_ROW = "429 retry"
@@ -157,10 +157,16 @@ class LlmUser(User):
         if self.replay_source is None:
             self.replay_source = OpenLoopSource(
                 None, TRACE_MAX_IN_FLIGHT, new_client=self.new_client,
-                send=lambda client, _intended, work: self.send(client=client, work=work),
+                send=lambda client, _intended, work: self._replay_one(replay, client, work),
                 track=_no_tracking, schedule=replay.arrivals(), rng=self._rng)
             self.replay_source.run()
         gevent.sleep(1.0)  # this user's part is done: idle until the run ends (end_run, or -t)
+
+    def _replay_one(self, replay: TraceReplay, client: LlmClient, work: Work) -> None:
+        try:
+            self.send(client=client, work=work)
+        finally:
+            replay.done_one()
 
     def send(self, prompt: Prompt | None = None, *, max_tokens: int | None = None,
              stream: bool | None = None, client: LlmClient | None = None, work: Work | None = None) -> RequestRecord:
