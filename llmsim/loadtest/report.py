@@ -256,7 +256,7 @@ def workload_lines(w: dict[str, Any] | None) -> list[str]:
     e = w["exact_output"]
     if e["refused"]:
         lines.append(f"  exact output: the server refused ignore_eos/min_tokens ({e['refused'][:120]}); the "
-                     "requests went out again without them, and the rest of the run did not send them")
+                     "refused request went out again without them, and no later request of the run sent them")
     elif e["requests_with_fields"]:
         lines.append(f"  exact output: ignore_eos and min_tokens sent with {e['requests_with_fields']} requests")
     if e["requests_checked"] and (e["requests_with_fields"] or e["refused"]):
