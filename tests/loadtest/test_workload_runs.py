@@ -22,7 +22,7 @@ from locust.env import Environment
 from llmsim.loadtest import plugin  # noqa: F401 - registers the listeners
 from llmsim.loadtest.report import format_summary
 from llmsim.loadtest.users import ChatCompletionsUser, MessagesUser
-from llmsim.loadtest.workloads import load_dataset
+from llmsim.loadtest.workloads import load_dataset, load_trace
 from llmsim.testing import run_server
 from llmsim.tokens import get_encoding
 
@@ -353,3 +353,75 @@ def test_trace_replay_sends_at_the_recorded_offsets(tmp_path, speed):
     assert rp["from_intended_ms"]["ttft"]["count"] == len(rows)
     assert rp["from_intended_ms"]["ttft"]["p50"] >= report["metrics"]["ttft"]["p50"]
     assert "trace replay: 20 requests sent late by" in format_summary(report)
+
+
+# --------------------------------------------------------------------------- headless runs (subprocesses)
+
+@pytest.mark.slow
+def test_headless_trace_replay_ends_by_itself(tmp_path):
+    from .locust_helpers import run_locust
+
+    t0 = time.monotonic()
+    proc, report = run_locust(tmp_path, "-u", "1", "-t", "60s", "--llm-model", "gpt-4o", "--llm-profile", "instant",
+                              "--llm-score", "off", "--trace", str(DATASETS / "mooncake-sample.jsonl"),
+                              "--trace-speed", "4", timeout=90)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 40  # the trace lasts 1.5 s at 4x: the run did not wait for -t
+    w = report["workload"]
+    assert w["source"] == "trace" and w["entries"] == 40 and w["trace"]["speed"] == 4.0
+    assert w["replay"]["requests"] == 40 and report["requests"]["ok"] == 40
+    trace = load_trace(str(DATASETS / "mooncake-sample.jsonl"))
+    assert w["realised"]["output_tokens"]["mean"] == pytest.approx(statistics.fmean(e.output_length
+                                                                                    for e in trace.entries))
+    assert "trace replay: 40 requests sent late by" in proc.stdout
+    assert "Trace replay: 40 requests sent and answered" in proc.stderr
+
+
+@pytest.mark.slow
+def test_headless_trace_replay_split_over_processes(tmp_path):
+    from .locust_helpers import run_locust
+
+    proc, report = run_locust(tmp_path, "--processes", "2", "-u", "2", "-r", "2", "-t", "60s", "--llm-model", "gpt-4o",
+                              "--llm-profile", "instant", "--llm-score", "off",
+                              "--trace", str(DATASETS / "mooncake-sample.jsonl"), "--trace-speed", "4", timeout=90)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["workload"]["replay"]["requests"] == 40 and report["requests"]["ok"] == 40
+    assert sorted(w["requests"] for w in report["workers"].values()) == [20, 20]
+    assert "every worker has sent its share" in proc.stderr
+
+
+@pytest.mark.slow
+def test_headless_responses_with_distributions_states_the_workload(tmp_path):
+    from .locust_helpers import RESPONSES, run_locust
+
+    proc, report = run_locust(tmp_path, "-u", "2", "-r", "2", "-t", "3s", "--llm-model", "gpt-4o", "--llm-profile",
+                              "instant", "--llm-score", "off", "--prompt-tokens", "uniform:100,200",
+                              "--max-tokens", "40", "--shared-prefix-tokens", "64", "--workload-seed", "11",
+                              locustfile=RESPONSES)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w = report["workload"]
+    assert (w["source"], w["seed"], w["shared_prefix"]) == ("synthetic", 11, {"tokens": 64, "groups": 1})
+    assert w["prompt_tokens"] == {"spec": "uniform:100,200", "distribution": "uniform", "min": 100, "max": 200}
+    p = w["realised"]["prompt_tokens"]
+    framing = p["min"] - 100  # the shared prefix and the framing, the same for every request
+    assert 64 < framing < 90 and p["max"] <= 200 + framing
+    assert abs(p["mean"] - (150 + framing)) < 4 * 29 / math.sqrt(p["count"]) + 1
+    # Responses has no ignore_eos: nothing is sent, and the answers are the server's own length up to 40.
+    assert w["exact_output"]["requests_with_fields"] == 0 and w["realised"]["output_tokens"]["max"] <= 40
+    assert "workload: synthetic, prompt tokens uniform:100,200, max tokens 40; shared prefix 64 tokens" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle", [
+    (["--trace", str(DATASETS / "mooncake-sample.jsonl")], "--trace replays the trace's own arrival times"),
+    (["--turns", "2", "--arrival-rate", "1"], "--turns needs each reply"),
+])
+def test_capacity_refuses_workloads_it_cannot_run(tmp_path, args, needle):
+    from .locust_helpers import REPO as ROOT
+    from .locust_helpers import run_locust
+
+    proc, report = run_locust(tmp_path, "--llm-profile", "fast", *args, "-t", "5s", timeout=60,
+                              locustfile=str(ROOT / "locustfiles" / "capacity.py"))
+    assert proc.returncode == 2 and report is None
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
