@@ -2,10 +2,8 @@
 
     locust -f locustfiles/chat.py --headless -u 20 -r 20 -t 30s            # embedded llmsim, gpt-5 profile
     locust -f locustfiles/chat.py --host https://api.example.com --llm-model my-model --llm-profile my.yaml
-    locust -f locustfiles/chat.py --headless -u 8 -t 1m --dataset datasets/sharegpt-sample.json --turns 3
 
-Every option (--llm-model, --llm-profile, --llm-score, --max-tokens, ...) is in docs/locust.md; what to send
-(datasets, length distributions, shared prefixes, multi-turn sessions, trace replay) in docs/workloads.md.
+Every option (--llm-model, --llm-profile, --llm-score, --max-tokens, ...) is in docs/locust.md.
 """
 
 from llmsim.loadtest.users import ChatCompletionsUser

@@ -117,7 +117,8 @@ class OpenLoopSource:
             return
         if wait > PRECISE_MARGIN_S:
             gevent.sleep(wait - PRECISE_MARGIN_S)
-        timer.until(time.monotonic() + (t - time.time()))
+        # The timer ends waits its learned lead early (for the server's writes); a send must not be early.
+        timer.until(time.monotonic() + (t - time.time()) + timer.lead)
 
     def _one(self, intended: float, *item: Any) -> None:
         with self.track(intended), self.slots:
