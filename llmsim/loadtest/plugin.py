@@ -125,12 +125,15 @@ class LoadTestRun:
     def trace_replay(self) -> TraceReplay:
         """This process's share of the trace (created when its first user starts replaying)."""
         if self.replay is None:
-            opts = self.environment.parsed_options
-            processes = max(1, int(getattr(opts, "expect_workers", 1) or 1)) if self.is_worker else 1
-            process = getattr(self.environment.runner, "worker_index", 0) if self.is_worker else 0
+            process, processes = 0, 1
+            if self.is_worker:
+                index = getattr(self.environment.runner, "worker_index", 0)
+                shares = str(getattr(self.environment.parsed_options, "llm_trace_workers", "") or "")
+                workers = [int(i) for i in shares.split(",") if i.strip()]
+                if workers:  # a worker that joined after the start replays nothing (-1)
+                    process, processes = (workers.index(index) if index in workers else -1), len(workers)
             rng = random.Random(f"{self.workload.spec.seed}/trace/{process}")
-            self.replay = TraceReplay(self.workload, process % processes, processes, rng,
-                                      time.time() + TRACE_LEAD_S)
+            self.replay = TraceReplay(self.workload, process, processes, rng, time.time() + TRACE_LEAD_S)
             self.replay.on_finished.append(self._trace_finished)
         return self.replay
 
@@ -375,6 +378,12 @@ def _on_test_start(environment: Any, **_kw: Any) -> None:
     elif run is None:
         run = get_run(environment)
     run.reset()
+    if run.is_master and environment.parsed_options is not None:
+        # The workers a trace replay is split over: their Locust indexes, sent with the spawn messages.
+        runner = environment.runner
+        active = runner.clients.ready + runner.clients.running + runner.clients.spawning
+        environment.parsed_options.llm_trace_workers = ",".join(
+            str(i) for i in sorted(runner.get_worker_index(w.id) for w in active))
 
 
 @events.report_to_master.add_listener

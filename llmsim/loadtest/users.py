@@ -177,7 +177,11 @@ class LlmUser(User):
         """
         s = self.settings
         if work is None:
-            work = Work(prompt, max_tokens or s.max_tokens) if prompt is not None else self.next_work()
+            if prompt is None:
+                work = self.next_work()
+            else:  # the caller's own prompt: its max_tokens (or --max-tokens) is an asked length only if given
+                work = Work(prompt, max_tokens or s.max_tokens,
+                            length_asked=max_tokens is not None or self.workload.spec.max_tokens_given)
         elif max_tokens:
             work.max_tokens = max_tokens
         client = client or self.llm

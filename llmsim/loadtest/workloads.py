@@ -719,8 +719,8 @@ TRACE_MAX_IN_FLIGHT = 1000
 
 
 class TraceReplay:
-    """One process's share of a trace: entry i goes to process i mod `processes`, sent at
-    t0 + (timestamp - first timestamp) / speed. Users of the process pull from one shared schedule."""
+    """One process's share of a trace: entry i goes to process i mod `processes` (none to process -1), sent
+    at t0 + (timestamp - first timestamp) / speed. Users of the process pull from one shared schedule."""
 
     def __init__(self, workload: Workload, process: int, processes: int, rng: random.Random,
                  start: float) -> None:
@@ -731,7 +731,7 @@ class TraceReplay:
         self.t0 = start
         self.first_ms = trace.entries[0].t_ms
         self.speed = workload.spec.trace_speed
-        self.entries = trace.entries[process::processes]
+        self.entries = trace.entries[process::processes] if process >= 0 else []
         self._next = 0
         self.pending = 0
         self.sent = 0

@@ -425,3 +425,18 @@ def test_capacity_refuses_workloads_it_cannot_run(tmp_path, args, needle):
     assert proc.returncode == 2 and report is None
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_capacity_test_runs_sessions_from_a_dataset(tmp_path):
+    """The capacity test takes the same workload options: ShareGPT sessions, and capacity.json states them."""
+    from .test_capacity import run_capacity
+
+    proc, result = run_capacity(tmp_path, "--llm-profile", "fast", "--start-users", "1", "--step-users", "1",
+                                "--step-time", "2", "--max-users", "2", "--dataset",
+                                str(DATASETS / "sharegpt-sample.json"), "--turns", "3", "--max-tokens", "12")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w = result["workload"]
+    assert w["source"] == "dataset" and w["format"] == "sharegpt" and w["turns"] == 3
+    assert [t["turn"] for t in w["per_turn"]][:2] == [1, 2] and w["realised"]["requests"] > 0
+    assert len(result["steps"]) == 2
