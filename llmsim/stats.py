@@ -21,6 +21,8 @@ class ServerStats:
     prompt_tokens: int = 0
     disconnects: int = 0
     faults: Counter = field(default_factory=Counter)  # injected fault kind -> n
+    cache_queries: Counter = field(default_factory=Counter)  # model -> prompt tokens looked up in a prefix cache
+    cache_hits: Counter = field(default_factory=Counter)  # model -> of those, tokens found (not prefilled)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_request(self, endpoint: str, status: int) -> None:
@@ -35,6 +37,12 @@ class ServerStats:
     def record_fault(self, kind: str) -> None:
         with self._lock:
             self.faults[kind] += 1
+
+    def record_prefix_cache(self, model: str, queries: int, hits: int) -> None:
+        """A request met its deployment's prefix cache: `queries` prompt tokens looked up, `hits` reused."""
+        with self._lock:
+            self.cache_queries[model] += queries
+            self.cache_hits[model] += hits
 
     def stream_started(self) -> None:
         with self._lock:
@@ -65,7 +73,14 @@ class ServerStats:
                 "output_tokens_total": self.output_tokens,
                 "client_disconnects_total": self.disconnects,
                 "faults_injected": dict(sorted(self.faults.items())),
+                "prefix_cache": self._cache_dict(),
             }
+
+    def _cache_dict(self) -> dict:
+        queries, hits = sum(self.cache_queries.values()), sum(self.cache_hits.values())
+        return {"queries_total": queries, "hits_total": hits, "hit_rate": round(hits / queries, 6) if queries else 0.0,
+                "models": {m: {"queries_total": q, "hits_total": self.cache_hits[m]}
+                           for m, q in sorted(self.cache_queries.items())}}
 
     def to_prometheus(self) -> str:
         with self._lock:
@@ -84,4 +99,19 @@ class ServerStats:
                 ("llmsim_client_disconnects_total", "counter", self.disconnects, "Streams cut by the client."),
             ):
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+            # vLLM's names, so dashboards built for vLLM read the simulator too.
+            for name, counts, help_ in (
+                ("vllm:prefix_cache_queries_total", self.cache_queries,
+                 "Prefix cache queries, in terms of number of queried tokens."),
+                ("vllm:prefix_cache_hits_total", self.cache_hits,
+                 "Prefix cache hits, in terms of number of cached tokens."),
+            ):
+                if counts:
+                    lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+                    lines += [f'{name}{{model_name="{_label(m)}"}} {n}' for m, n in sorted(counts.items())]
             return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
