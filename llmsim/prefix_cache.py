@@ -278,10 +278,16 @@ class PrefixCache:
                 break
             hit_blocks += 1
         cached = self.reusable(hit_blocks * bt, prompt_tokens)
-        # Head blocks most recently used: when room runs out, a prompt's tail goes first.
+        # The prompt's blocks end most recently used in reverse order (its tail is evicted first, as
+        # vLLM frees a request's blocks), and its hit blocks are never evicted to make room for the rest.
         keep = hashes[:self.capacity_tokens // bt]
-        for key in reversed(keep):
+        entries = self._entries
+        for key in reversed(keep[:hit_blocks]):
+            entries.move_to_end(key)
+        for key in reversed(keep[hit_blocks:]):
             self._put(key, bt, now=now)
+        for key in reversed(keep[:hit_blocks]):
+            entries.move_to_end(key)
         self._count(prompt_tokens, cached)
         return CacheUsage(read=cached)
 
