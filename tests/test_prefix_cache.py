@@ -264,3 +264,37 @@ def test_an_embedding_profile_has_no_cache():
     with pytest.raises(ProfileError) as e:
         parse_profiles_document("emb.yaml", text)
     assert e.value.key == "profiles[e].cache"
+
+
+# ------------------------------------------------------------------ across --workers
+
+def test_worker_totals_add_cache_counters_and_work_the_hit_rate_out_again():
+    from llmsim.cli import workerstats as ws
+
+    def doc(queries, hits, cached):
+        pc = cache(capacity=10_000)
+        pc.stats.queries, pc.stats.hits, pc.tokens = queries, hits, cached
+        return {"prefix_cache": {"queries_total": queries, "hits_total": hits,
+                                 "hit_rate": round(hits / queries, 6), "models": {}},
+                "schedulers": {"p": {"admitted": 1, "prefix_cache": pc.snapshot()}}}
+
+    merged = ws.merge_stats([doc(1000, 500, 320), doc(3000, 0, 160)])
+    pc = merged["schedulers"]["p"]["prefix_cache"]
+    assert pc["queries_total"] == 4000 and pc["hits_total"] == 500 and pc["hit_rate"] == 0.125
+    assert pc["cached_tokens"] == 480 and pc["capacity_tokens"] == 20_000  # the fleet's caches
+    assert pc["block_tokens"] == 16 and pc["rule"] == "vllm"
+    assert merged["prefix_cache"]["hit_rate"] == 0.125
+    retired = ws.counters_only(doc(1000, 1000, 320))
+    assert "cached_tokens" not in retired["schedulers"]["p"]["prefix_cache"]
+    again = ws.merge_stats([doc(1000, 0, 0)], retired)
+    assert again["prefix_cache"]["hit_rate"] == 0.5 and again["schedulers"]["p"]["prefix_cache"]["hit_rate"] == 0.5
+
+
+def test_worker_metrics_sum_the_vllm_cache_counters():
+    from llmsim.cli import workerstats as ws
+
+    text = ('# HELP vllm:prefix_cache_hits_total Prefix cache hits.\n# TYPE vllm:prefix_cache_hits_total counter\n'
+            'vllm:prefix_cache_hits_total{model_name="m"} %d\n')
+    own, other = (ws.Snapshot(i, 100 + i, 0.0, 0.0, {}, text % v) for i, v in ((0, 30), (1, 12)))
+    merged = ws.cluster_metrics(text % 30, own, [other], {"count": 0, "stats": {}, "metrics": ""})
+    assert 'vllm:prefix_cache_hits_total{model_name="m"} 42' in merged
