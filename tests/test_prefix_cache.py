@@ -298,3 +298,21 @@ def test_worker_metrics_sum_the_vllm_cache_counters():
     own, other = (ws.Snapshot(i, 100 + i, 0.0, 0.0, {}, text % v) for i, v in ((0, 30), (1, 12)))
     merged = ws.cluster_metrics(text % 30, own, [other], {"count": 0, "stats": {}, "metrics": ""})
     assert 'vllm:prefix_cache_hits_total{model_name="m"} 42' in merged
+
+
+def test_builtin_profiles_cache_as_their_providers_do():
+    from llmsim.profiles import default_registry
+
+    reg = default_registry()
+
+    def rule(model):
+        p = reg.resolve(model)
+        return p.cache.rule_for(p.provider), p.cache.block_tokens, p.cache.min_prefix_tokens
+
+    assert rule("gpt-4o") == ("openai", 128, 1024) and rule("gpt-5") == ("openai", 128, 1024)
+    assert rule("meta-llama/Llama-3.1-8B-Instruct") == ("vllm", 16, 0)
+    assert rule("openai/gpt-oss-20b") == ("vllm", 16, 0)  # served by vLLM, whoever made it
+    assert rule("claude-sonnet-4-5")[::2] == ("anthropic", 1024)
+    assert rule("claude-haiku-4-5")[::2] == ("anthropic", 4096)
+    assert reg.resolve("gpt-3.5-turbo").cache is None  # OpenAI caches gpt-4o and newer
+    assert reg.get("fast").cache is None and reg.get("instant").cache is None
