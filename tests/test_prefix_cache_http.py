@@ -38,13 +38,21 @@ profiles:
     itl: {distribution: constant, mean_ms: 1}
     cache: {capacity_tokens: 1000000, min_prefix_tokens: 1024}
   - name: sim-prefill-cache
-    models: [sim-prefill-cache, sim-prefill-claude]
+    models: [sim-prefill-cache]
     provider: any
     encoding: o200k_base
     ttft: {distribution: constant, mean_ms: 50}
     itl: {distribution: constant, mean_ms: 1}
     prefill: {tokens_per_s: 2000}
     cache: {capacity_tokens: 1000000}
+  - name: sim-prefill-claude
+    models: [sim-prefill-claude]
+    provider: anthropic
+    encoding: cl100k_base
+    ttft: {distribution: constant, mean_ms: 50}
+    itl: {distribution: constant, mean_ms: 1}
+    prefill: {tokens_per_s: 2000}
+    cache: {capacity_tokens: 1000000, min_prefix_tokens: 1024}
 """
 O200K = get_encoding("o200k_base")
 CL100K = get_encoding("cl100k_base")
@@ -294,20 +302,38 @@ def test_cached_prefix_is_not_prefilled(oai):
     assert cached_ttft <= uncached - 1.5
 
 
-def test_anthropic_cache_read_is_not_prefilled_but_a_write_is(claude):
-    # The same deployment through the Messages API (a vllm-rule profile): block-granular reads.
-    system = doc(2000)
+def test_multi_turn_ttft_is_what_the_profile_predicts(oai):
+    # Each turn resends the history: only its new tokens are prefilled, as usage's cached_tokens says.
+    messages = [{"role": "system", "content": doc(2000)}, {"role": "user", "content": "First?"}]
+    for turn in range(3):
+        t0 = time.monotonic()
+        stream = oai.chat.completions.create(model="sim-prefill-cache", max_tokens=30, messages=messages,
+                                             stream=True, stream_options={"include_usage": True})
+        ttft, text, usage = None, "", None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = ttft if ttft is not None else time.monotonic() - t0
+                text += chunk.choices[0].delta.content
+            usage = chunk.usage or usage
+        predicted = 0.050 + (usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens) / 2000
+        assert (usage.prompt_tokens_details.cached_tokens > 0) == (turn > 0)
+        assert predicted - 0.01 <= ttft <= predicted + 0.4, (turn, ttft, predicted)
+        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"Turn {turn + 2}?"}]
+
+
+def test_anthropic_cache_write_is_prefilled_and_a_read_is_not(claude):
+    text = doc(2000)
     times, usages = [], []
     for q in ("Alpha?", "Beta?"):
         t0 = time.monotonic()
-        with claude.messages.stream(model="sim-prefill-claude", max_tokens=8, system=system,
+        with claude.messages.stream(model="sim-prefill-claude", max_tokens=8, system=cached_system(text),
                                     messages=[{"role": "user", "content": q}]) as stream:
             for event in stream:
                 if event.type == "content_block_delta":
                     times.append(time.monotonic() - t0)
                     break
             usages.append(stream.get_final_message().usage)
-    assert usages[0].cache_read_input_tokens == 0 and usages[1].cache_read_input_tokens > 1900
+    assert usages[0].cache_creation_input_tokens == usages[1].cache_read_input_tokens == system_prefix(text)
     assert times[0] >= 0.9 and times[1] <= times[0] - 0.6
 
 
