@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .tokens import OFFLOAD_CHARS, TOKENS_PER_MESSAGE, _in_gevent_loop, count_text_bounded, prompt_token_ids
+from .tokens import OFFLOAD_CHARS, TOKENS_PER_MESSAGE, _count_slices, _in_gevent_loop, prompt_token_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import tiktoken
@@ -147,7 +147,7 @@ def segment_prefixes(segments: Sequence[Segment], encoding: tiktoken.Encoding) -
         h, total = _ROOT, 0
         for seg in segments:
             h = hash((h, seg.role, seg.key))
-            total += count_text_bounded(seg.text, encoding)[0] if seg.text else 0
+            total += _count_slices(seg.text, encoding, None)[0] if seg.text else 0  # no second threadpool hop
             if seg.role is not None:
                 total += TOKENS_PER_MESSAGE + len(encoding.encode_ordinary(seg.role))
             hashes.append(h)

@@ -200,6 +200,19 @@ def test_messages_write_then_read_a_breakpoint(claude):
     assert u2.input_tokens == 3 + 3 + n("user", CL100K) + n("Beta, please?", CL100K)
 
 
+def test_big_prompts_are_keyed_off_the_event_loop(oai, claude):
+    # Past tokens.OFFLOAD_CHARS the token ids and hashes are worked out in gevent's threadpool.
+    text = " ".join(f"item{i}" for i in range(8000))
+    assert len(text) > 40_000
+    chat(oai, "sim-vllm-cache", text, "Alpha?")
+    assert chat(oai, "sim-vllm-cache", text, "Beta?").usage.prompt_tokens_details.cached_tokens == \
+        shared_prefix(text) // 16 * 16
+    kw = {"model": "sim-claude-cache", "max_tokens": 8, "system": cached_system(text)}
+    claude.messages.create(messages=[{"role": "user", "content": "Alpha?"}], **kw)
+    u = claude.messages.create(messages=[{"role": "user", "content": "Beta?"}], **kw).usage
+    assert u.cache_read_input_tokens == system_prefix(text)
+
+
 def test_messages_stream_usage_carries_the_cache(claude):
     text = doc(2500)
     kw = {"model": "sim-claude-cache", "max_tokens": 8, "system": cached_system(text, "1h"),
