@@ -316,3 +316,11 @@ def test_builtin_profiles_cache_as_their_providers_do():
     assert rule("claude-haiku-4-5")[::2] == ("anthropic", 4096)
     assert reg.resolve("gpt-3.5-turbo").cache is None  # OpenAI caches gpt-4o and newer
     assert reg.get("fast").cache is None and reg.get("instant").cache is None
+
+
+def test_a_forced_latency_profile_brings_its_own_cache():
+    from llmsim.engine import Engine
+
+    assert Engine(latency_profile="fast").resolve_profile("gpt-4o").cache is None
+    forced = Engine(latency_profile="llama-3-small").resolve_profile("gpt-4o")
+    assert forced.cache is not None and forced.cache.rule_for(forced.provider) == "openai"  # the model's API rule
