@@ -4,8 +4,8 @@
     locust -f locustfiles/chat.py --host https://api.example.com --llm-model my-model --llm-profile my.yaml
 
 Options: --llm-model, --llm-profile, --llm-score, --llm-warmup, --llm-trace, --llm-trace-limit, --llm-api-key,
---prompt-tokens, --prompts, --max-tokens, --no-stream, --llm-tolerance, --llm-report, --retry-429
-(see docs/locust.md).
+--prompt-tokens, --prompts, --max-tokens, --no-stream, --tools, --tool-choice, --llm-tolerance, --llm-report,
+--retry-429 (see docs/locust.md).
 """
 
 from llmsim.loadtest.users import ChatCompletionsUser

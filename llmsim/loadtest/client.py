@@ -12,6 +12,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .adapters import ApiAdapter, Prompt, Usage
 from .metrics import (
@@ -66,7 +67,8 @@ class LlmClient:
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
-                 kernel_stamps: bool = True, trace: bool = False) -> None:
+                 kernel_stamps: bool = True, trace: bool = False, tools: list[dict[str, Any]] | None = None,
+                 tool_choice: str = "auto") -> None:
         self.adapter = adapter
         self.model = model
         self.count_tokens = count_tokens
@@ -75,6 +77,8 @@ class LlmClient:
                         "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
         if trace:
             self.headers[TRACE_HEADER] = "1"
+        self.body_fields = adapter.tool_fields(tools, tool_choice) if tools else {}
+        """Sent in every request's body: the tools (--tools, --tool-choice) in the adapter's shape."""
 
     def close(self) -> None:
         self.conn.close()
@@ -82,6 +86,8 @@ class LlmClient:
     def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True) -> RequestRecord:
         """Send one request and measure it. Never raises for a failed request: the record says why."""
         req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
+        if self.body_fields:
+            req.body.update(self.body_fields)
         body = json.dumps(req.body).encode()
         headers = {**self.headers, **req.headers}
         local_prompt_tokens = prompt.prompt_tokens or 0
