@@ -267,7 +267,11 @@ class MessagesAdapter(ApiAdapter):
         if not isinstance(u, dict):
             return None
         # message_start's output_tokens is a placeholder (1); only message_delta's count is final.
-        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")) if output else None)
+        if not output:
+            return Usage(_int_or_none(u.get("input_tokens")))
+        d = u.get("output_tokens_details")  # thinking tokens, where the server breaks them out
+        thinking = _int_or_none(d.get("thinking_tokens")) if isinstance(d, dict) else None
+        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")), thinking)
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         obj = _object(event.data, self.load_json)

@@ -132,7 +132,7 @@ class LlmClient:
                                  prompt_tokens_local=local_prompt_tokens)
         rec = build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
-                                count=self.count_tokens)
+                                count=self.count_tokens, reasoning=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         return rec
 
@@ -144,7 +144,7 @@ class LlmClient:
         usage = Usage()
         error_kind = error_message = None
         t_end = None
-        reasoning_streamed = False
+        reasoning: list[str] = []
         pieces = resp.iter_pieces()
         try:
             for piece, t in pieces:
@@ -153,7 +153,7 @@ class LlmClient:
                     if delta.text or delta.reasoning:
                         times.append(ev.t)
                         if delta.reasoning:
-                            reasoning_streamed = True
+                            reasoning.append(delta.reasoning)
                             texts.append(delta.reasoning + delta.text)
                         else:
                             texts.append(delta.text)
@@ -200,7 +200,7 @@ class LlmClient:
                                   event_times=times, event_texts=texts, usage=usage,
                                   prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
                                   error_kind=error_kind, error_message=error_message,
-                                  reasoning_streamed=reasoning_streamed)
+                                  reasoning_texts=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         if parser.trace is not None and rec.ok:
             try:
