@@ -12,6 +12,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .adapters import ApiAdapter, Prompt, Usage
 from .metrics import (
@@ -66,7 +67,8 @@ class LlmClient:
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
-                 kernel_stamps: bool = True, trace: bool = False) -> None:
+                 kernel_stamps: bool = True, trace: bool = False, tools: list[dict[str, Any]] | None = None,
+                 tool_choice: str = "auto") -> None:
         self.adapter = adapter
         self.model = model
         self.count_tokens = count_tokens
@@ -75,6 +77,8 @@ class LlmClient:
                         "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
         if trace:
             self.headers[TRACE_HEADER] = "1"
+        self.body_fields = adapter.tool_fields(tools, tool_choice) if tools else {}
+        """Sent in every request's body: the tools (--tools, --tool-choice) in the adapter's shape."""
 
     def close(self) -> None:
         self.conn.close()
@@ -82,6 +86,8 @@ class LlmClient:
     def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True) -> RequestRecord:
         """Send one request and measure it. Never raises for a failed request: the record says why."""
         req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
+        if self.body_fields:
+            req.body.update(self.body_fields)
         body = json.dumps(req.body).encode()
         headers = {**self.headers, **req.headers}
         local_prompt_tokens = prompt.prompt_tokens or 0
@@ -126,7 +132,7 @@ class LlmClient:
                                  prompt_tokens_local=local_prompt_tokens)
         rec = build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
-                                count=self.count_tokens)
+                                count=self.count_tokens, reasoning=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         return rec
 
@@ -138,7 +144,7 @@ class LlmClient:
         usage = Usage()
         error_kind = error_message = None
         t_end = None
-        reasoning_streamed = False
+        reasoning: list[str] = []
         pieces = resp.iter_pieces()
         try:
             for piece, t in pieces:
@@ -147,7 +153,7 @@ class LlmClient:
                     if delta.text or delta.reasoning:
                         times.append(ev.t)
                         if delta.reasoning:
-                            reasoning_streamed = True
+                            reasoning.append(delta.reasoning)
                             texts.append(delta.reasoning + delta.text)
                         else:
                             texts.append(delta.text)
@@ -194,7 +200,7 @@ class LlmClient:
                                   event_times=times, event_texts=texts, usage=usage,
                                   prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
                                   error_kind=error_kind, error_message=error_message,
-                                  reasoning_streamed=reasoning_streamed)
+                                  reasoning_texts=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         if parser.trace is not None and rec.ok:
             try:

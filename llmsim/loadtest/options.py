@@ -19,6 +19,7 @@ from ..tokens import encoding_name_for_model, get_encoding
 from .adapters import Prompt
 from .prompts import PromptError, load_prompts, make_prompts, synthetic_prompt
 from .scoring import Tolerance, ToleranceError
+from .tools import DEFAULT_TOOL_CHOICE, TOOL_CHOICES, ToolsError, load_tools
 
 DEFAULT_MODEL = "gpt-5"
 DEFAULT_PROMPT_TOKENS = 128
@@ -113,6 +114,14 @@ def _prompts_file(text: str) -> str:
     return text
 
 
+def _tools_file(text: str) -> str:
+    try:
+        load_tools(text)
+    except ToolsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def add_arguments(parser: Any) -> None:
     """Register the --llm-* options on Locust's parser (events.init_command_line_parser)."""
     group = parser.add_argument_group("llmsim", "LLM load test: what to send and how to score it")
@@ -149,6 +158,13 @@ def add_arguments(parser: Any) -> None:
                        help=f"max_tokens of each request (default {DEFAULT_MAX_TOKENS})")
     group.add_argument("--no-stream", action="store_true", default=False,
                        help="send non-streaming requests (only E2E and tokens are measured)")
+    group.add_argument("--tools", type=_tools_file, default=None, metavar="FILE.json",
+                       help="send these tools with every request: a JSON list of tools in OpenAI Chat shape "
+                            "({\"type\": \"function\", \"function\": {name, description, parameters}}), "
+                            "converted to each API's own shape")
+    group.add_argument("--tool-choice", choices=TOOL_CHOICES, default=None,
+                       help=f"with --tools: the tool_choice of every request (default {DEFAULT_TOOL_CHOICE}; "
+                            "Messages: auto, any, none)")
     group.add_argument("--llm-tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="REL%,ABSms",
                        help=f"a metric passes when |measured-expected| <= max(ABS, REL x expected) "
                             f"(default {DEFAULT_TOLERANCE})".replace("%", "%%"))  # argparse %-formats help
@@ -190,6 +206,9 @@ class LoadTestSettings:
     trace_mode: str = "auto"
     """--llm-trace as given: auto is resolved by the plugin once it knows whether the server is embedded."""
     trace_limit_ms: float = DEFAULT_TRACE_LIMIT_MS
+    tools: list[dict[str, Any]] | None = None
+    """--tools: tool definitions (OpenAI Chat shape) sent with every request; None: no tools."""
+    tool_choice: str = DEFAULT_TOOL_CHOICE
 
     @property
     def trace(self) -> bool:
@@ -249,6 +268,14 @@ class LoadTestSettings:
             tolerance = Tolerance.parse(getattr(opts, "llm_tolerance", None) or DEFAULT_TOLERANCE)
         except ToleranceError as e:
             raise OptionError(f"--llm-tolerance: {e}") from None
+        tools = None
+        if getattr(opts, "tools", None):
+            try:
+                tools = load_tools(opts.tools)
+            except ToolsError as e:
+                raise OptionError(f"--tools: {e}") from None
+        elif getattr(opts, "tool_choice", None):
+            raise OptionError("--tool-choice needs --tools (the tools to choose from)")
         return cls(
             model=model, profile=profile, profile_file=profile_file, registry=registry,
             api_key=getattr(opts, "llm_api_key", None),
@@ -260,6 +287,7 @@ class LoadTestSettings:
             warmup=warmup, warmup_requests=warmup_requests, warmup_s=warmup_s,
             trace_mode=getattr(opts, "llm_trace", None) or "auto",
             trace_limit_ms=float(getattr(opts, "llm_trace_limit", DEFAULT_TRACE_LIMIT_MS)),
+            tools=tools, tool_choice=getattr(opts, "tool_choice", None) or DEFAULT_TOOL_CHOICE,
         )
 
 

@@ -254,6 +254,11 @@ def _init(environment: Any) -> None:
         return
     if run.is_worker:
         return
+    if run.settings.tools:
+        for u in environment.user_classes:
+            adapter = getattr(u, "adapter", None)
+            if adapter is not None and not adapter.supports_tools:
+                _fail(f"--tools: {u.__name__} sends the {adapter.name} API, which has no tools")
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
     embedded = not environment.host and not any(user_hosts)
     if run.settings.trace_mode == "auto":

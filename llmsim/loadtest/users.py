@@ -111,7 +111,8 @@ class LlmUser(User):
         encode = get_encoding(self.settings.encoding).encode_ordinary
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
         return LlmClient(self.host or "", self.adapter, model=self.settings.model, api_key=api_key,
-                         count_tokens=lambda text: len(encode(text)), trace=self.settings.trace)
+                         count_tokens=lambda text: len(encode(text)), trace=self.settings.trace,
+                         tools=self.settings.tools, tool_choice=self.settings.tool_choice)
 
     def next_prompt(self) -> Prompt:
         """The prompt of the next request: the only one, or one at random from --prompts."""
