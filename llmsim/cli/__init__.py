@@ -1,4 +1,4 @@
-"""The `llmsim` command: `serve` and `profiles`."""
+"""The `llmsim` command: `serve`, `profiles`, `record`, `replay` and `profile fit`."""
 
 from gevent import monkey
 
@@ -24,6 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("name", nargs="?", help="profile or model name (with show)")
     prof.add_argument("--profiles-dir", default=None, help="directory of extra or overriding profile YAMLs")
     prof.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/profiles.md)")
+    rec = sub.add_parser("record", help="a proxy that records every request and response (with timing) as JSONL")
+    rec.add_argument("--upstream", required=True, metavar="URL",
+                     help="the OpenAI- or Anthropic-compatible API to forward to (http:// or https://)")
+    rec.add_argument("--out", required=True, metavar="FILE.jsonl", help="the record file (one JSON line per request)")
+    rec.add_argument("--append", action="store_true", help="append to FILE.jsonl instead of starting it afresh")
+    rec.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    rec.add_argument("--port", type=int, default=8081, help="port to bind; 0 picks a free one (default %(default)s)")
+    rec.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                     help="give up on an upstream that sends nothing for S seconds (default %(default)g)")
     return parser
 
 
@@ -73,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "profiles":
             return _profiles(args)
+        if args.command == "record":
+            from .proxy import run as run_proxy
+
+            return run_proxy(args.upstream, args.out, args.host, args.port, args.timeout, args.append)
         from .server import serve
 
         flags = {k: v for k, v in vars(args).items() if k != "command"}
