@@ -33,7 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--port", type=int, default=8081, help="port to bind; 0 picks a free one (default %(default)s)")
     rec.add_argument("--timeout", type=float, default=600.0, metavar="S",
                      help="give up on an upstream that sends nothing for S seconds (default %(default)g)")
+    rep = sub.add_parser("replay", help="serve recorded answers with their recorded timing (the generator answers "
+                                         "the rest)")
+    rep.add_argument("records", nargs="+", metavar="FILE.jsonl", help="record files written by `llmsim record`")
+    rep.add_argument("--match", default=None, metavar="FIELD,...",
+                     help="match requests on these top-level body fields (and stream) instead of the exact body, "
+                          "e.g. model,messages")
+    rep.add_argument("--strict", action="store_true",
+                     help="answer an unmatched request with 404 in the provider's envelope instead of generating")
+    add_server_flags(rep)
     return parser
+
+
+def _replay_book(args: argparse.Namespace):  # -> ReplayBook
+    from ..replay import ReplayBook
+
+    fields = [f.strip() for f in args.match.split(",") if f.strip()] if args.match else None
+    if args.match is not None and not fields:
+        raise ProfileError("command line", "--match", "give one or more field names, e.g. model,messages")
+    return ReplayBook.load(args.records, fields, strict=args.strict)
 
 
 def _profiles(args: argparse.Namespace) -> int:
@@ -88,8 +106,17 @@ def main(argv: list[str] | None = None) -> int:
             return run_proxy(args.upstream, args.out, args.host, args.port, args.timeout, args.append)
         from .server import serve
 
-        flags = {k: v for k, v in vars(args).items() if k != "command"}
-        return serve(resolve_config(flags))
+        replay = None
+        if args.command == "replay":
+            from ..replay import ReplayError
+
+            try:
+                replay = _replay_book(args)
+            except ReplayError as e:
+                print(f"llmsim: {e}", file=sys.stderr)
+                return 2
+        flags = {k: v for k, v in vars(args).items() if k not in ("command", "records", "match", "strict")}
+        return serve(resolve_config(flags), replay=replay)
     except ProfileError as e:  # ConfigError too: one line, no traceback
         print(f"llmsim: {e}", file=sys.stderr)
         return 2

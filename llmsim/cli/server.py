@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -18,6 +18,9 @@ from ..errors import ConnectionDrop
 from .config import ServerConfig
 from .handlers import create_app
 from .state import AppState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..replay import ReplayBook
 
 
 class _QuietHandler(WSGIHandler):
@@ -66,11 +69,12 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(config: ServerConfig, state: AppState | None = None) -> tuple[NoDelayWSGIServer, AppState]:
-    """A bound (not yet serving) server and its state."""
+def build_server(config: ServerConfig, state: AppState | None = None,
+                 replay: ReplayBook | None = None) -> tuple[NoDelayWSGIServer, AppState]:
+    """A bound (not yet serving) server and its state (`replay`: `llmsim replay`'s recordings)."""
     state = state or AppState(config)
     listener = make_listener(config.host, config.port)
-    server = NoDelayWSGIServer(listener, create_app(state), log="default" if config.access_log else None,
+    server = NoDelayWSGIServer(listener, create_app(state, replay), log="default" if config.access_log else None,
                                error_log="default")
     return server, state
 
@@ -97,10 +101,12 @@ def describe(state: AppState) -> str:
     return f"generator {state.config.generator}, {profiles}" + "".join(f"; {e}" for e in extras)
 
 
-def serve(config: ServerConfig) -> int:
+def serve(config: ServerConfig, replay: ReplayBook | None = None) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
-    server, state = build_server(config)
+    server, state = build_server(config, replay=replay)
     server.start()
+    if replay is not None:
+        print(f"llmsim replaying {', '.join(replay.files)}: {replay.describe()}", flush=True)
     print(f"llmsim serving on {server_url(server)} ({describe(state)})", flush=True)
     stopping = gevent.event.Event()
 
