@@ -108,6 +108,9 @@ def add_arguments(parser: Any) -> None:
                        help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
                             "what retry-after-ms/retry-after says; every retry is counted in the summary. "
                             "Off by default: nothing is retried")
+    group.add_argument("--llm-records", default=None, metavar="FILE",
+                       help="write one JSON line per request (timings, token counts, status, users) to FILE, "
+                            "for `llmsim profile fit`")
 
 
 @dataclass
@@ -127,6 +130,8 @@ class LoadTestSettings:
     report_path: str | None
     retry_429: int = 0
     """--retry-429: how many times a 429 is retried (0: never)."""
+    records_path: str | None = None
+    """--llm-records: the per-request JSONL file, if any."""
 
     @classmethod
     def from_options(cls, opts: Any) -> "LoadTestSettings":
@@ -178,6 +183,7 @@ class LoadTestSettings:
             stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
             report_path=getattr(opts, "llm_report", None),
             retry_429=getattr(opts, "retry_429", None) or 0,
+            records_path=getattr(opts, "llm_records", None),
         )
 
 

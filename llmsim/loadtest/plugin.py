@@ -22,6 +22,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from .aggregate import RunStats
 from .metrics import RequestRecord
 from .options import LoadTestSettings, OptionError, add_arguments
+from .records import RecordsFile, record_line
 from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
 from .scoring import expected_values, request_meets_slo, score
 
@@ -48,6 +49,8 @@ class LoadTestRun:
         self.scored = True
         """False when the whole run's verdict must not decide the exit code (capacity.py judges each step)."""
         self._expected_cache: tuple[Any, Any] | None = None
+        self.records: RecordsFile | None = None
+        """--llm-records: this process's lines, opened on the first request."""
 
     @property
     def is_worker(self) -> bool:
@@ -61,6 +64,17 @@ class LoadTestRun:
         """Count one finished request in this process."""
         good = request_meets_slo(rec, self.settings.profile.slo)
         (self.pending if self.is_worker else self.stats).add(rec, good)
+        if self.settings.records_path:
+            self.write_record(rec)
+
+    def write_record(self, rec: RequestRecord) -> None:
+        """--llm-records: the request as one JSON line."""
+        s = self.settings
+        if self.records is None or self.records.path != s.records_path:
+            self.records = RecordsFile(s.records_path or "")
+        runner = self.environment.runner
+        self.records.write(record_line(rec, model=s.model, stream=s.stream,
+                                       users=getattr(runner, "user_count", None) if runner is not None else None))
 
     def record_retry(self, wait_s: float) -> None:
         """Count one retried 429 in this process."""
@@ -113,6 +127,8 @@ class LoadTestRun:
         return report
 
     def stop_server(self) -> None:
+        if self.records is not None:
+            self.records.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -189,6 +205,11 @@ def _on_init(environment: Any, **_kw: Any) -> None:
         return
     if run.is_worker:
         return
+    if run.settings.records_path:
+        try:
+            RecordsFile.start(run.settings.records_path)
+        except OSError as e:
+            _fail(f"--llm-records: cannot write {run.settings.records_path} ({e.strerror or e})")
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
     if not environment.host and not any(user_hosts):
         environment.host = start_embedded_server(run)
