@@ -42,7 +42,42 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--strict", action="store_true",
                      help="answer an unmatched request with 404 in the provider's envelope instead of generating")
     add_server_flags(rep)
+    pf = sub.add_parser("profile", help="work with measured traffic: `profile fit`")
+    pf_sub = pf.add_subparsers(dest="profile_command", required=True)
+    fit = pf_sub.add_parser("fit", help="fit a profile YAML (latency, prefill, reasoning, load model) to recorded "
+                                        "traffic and print how well each part fits")
+    fit.add_argument("files", nargs="+", metavar="FILE",
+                     help="`llmsim record` JSONL and/or Locust --llm-records JSONL files")
+    fit.add_argument("--out", default=None, metavar="PROFILE.yaml",
+                     help="write the profile here (default: print it to stdout, the report to stderr)")
+    fit.add_argument("--name", default=None, help="the profile's name (default: MODEL-fitted)")
+    fit.add_argument("--models", default=None, metavar="M1,M2",
+                     help="fit only records of these models (names or globs) and list them as the profile's models "
+                          "(default: every model in the records)")
     return parser
+
+
+def _profile_fit(args: argparse.Namespace) -> int:
+    from ..fit import FitError, fit, format_report, load_observations, profile_yaml
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    try:
+        observations, files = load_observations(args.files)
+        result = fit(observations, files, models)
+    except FitError as e:
+        print(f"llmsim profile fit: {e}", file=sys.stderr)
+        return 2
+    name = args.name or (f"{result.models[0]}-fitted" if result.models else "fitted")
+    text = profile_yaml(result, name)
+    report = format_report(result)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(report + f"\nWrote profile {name!r} to {args.out} (use: llmsim serve --profiles-dir DIR)", flush=True)
+    else:
+        print(report, file=sys.stderr, flush=True)
+        print(text, end="", flush=True)
+    return 0
 
 
 def _replay_book(args: argparse.Namespace):  # -> ReplayBook
@@ -100,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "profiles":
             return _profiles(args)
+        if args.command == "profile":
+            return _profile_fit(args)
         if args.command == "record":
             from .proxy import run as run_proxy
 
