@@ -60,7 +60,13 @@ PREFILL_MIN_CV = 0.1
 """Prompt lengths vary enough for a prefill fit when their coefficient of variation is at least this."""
 PREFILL_MIN_T = 5.0
 """...and the slope is at least this many standard errors above zero."""
+SPAN_MIN_REQUESTS = 100
+"""From this many streamed requests on, the ITL spread comes from whole-request spans (robust to delivery jitter)."""
 SIGNAL_RATIO = 3.0
+LEVEL_SPAN = 2.0
+"""A capacity test's levels span at least this factor (e.g. 4 to 8 in flight) for a load model to be fitted."""
+MIN_LOAD_R2 = 0.7
+"""...and the fitted load model explains at least this share of the level means' variance (each metric that votes)."""
 """A metric votes on max_concurrent when its level means spread at least this much beyond their noise."""
 OVERLOAD_STATUSES = (429, 503, 529)
 
@@ -239,7 +245,9 @@ def in_flight_from_intervals(observations: Sequence[Observation]) -> None:
         starts = sorted(o.start for o in timed)  # type: ignore[misc]
         ends = sorted(o.end for o in timed)  # type: ignore[misc]
         for o in timed:
-            o.concurrency = float(bisect.bisect_right(starts, o.start) - bisect.bisect_right(ends, o.start))
+            # Started by then (itself included), less those ended by then (itself only if it took no time).
+            ended = bisect.bisect_right(ends, o.start) - (1 if o.end <= o.start else 0)  # type: ignore[operator]
+            o.concurrency = float(bisect.bisect_right(starts, o.start) - ended)
     for o in observations:
         if o.concurrency is None and o.users is not None:
             o.concurrency = float(o.users)
@@ -256,6 +264,8 @@ class DistFit:
     sd: float
     n: int
     ks: dict[str, float] = field(default_factory=dict)
+    per_gap_sd: float | None = None
+    """ITL only: the spread of single gaps, when `sd` comes from request spans instead."""
 
     def to_yaml(self) -> dict[str, Any]:
         d: dict[str, Any] = {"distribution": self.kind, "mean_ms": _round_ms(self.mean)}
@@ -457,6 +467,9 @@ def fit_load_model(observations: Sequence[Observation]) -> tuple[LoadFit | None,
         return None, (f"no load model: needs {MIN_LEVELS}+ concurrency levels with {MIN_LEVEL_REQUESTS}+ successful "
                       f"streamed requests each (levels seen: {seen})"), levels
     cs = [lv.concurrency for lv in used]
+    if cs[-1] < LEVEL_SPAN * cs[0]:
+        return None, (f"no load model: the concurrency levels ({cs[0]}-{cs[-1]} in flight) span less than a factor "
+                      f"of {LEVEL_SPAN:g}: not a capacity test"), levels
     itl_y = [lv.itl_mean for lv in used]  # type: ignore[misc]
     ttft_y = [lv.ttft_mean for lv in used]  # type: ignore[misc]
     itl_sst, itl_votes = _signal(itl_y, [lv.itl_se for lv in used])
@@ -465,7 +478,7 @@ def fit_load_model(observations: Sequence[Observation]) -> tuple[LoadFit | None,
         return None, (f"no load model: neither ITL nor TTFT changes with concurrency beyond noise across levels "
                       f"{cs[0]}-{cs[-1]} (capacity not reached, or not limited)"), levels
     best: tuple[float, int] | None = None
-    for m in range(1, cs[-1] + 1):
+    for m in range(cs[0], cs[-1] + 1):  # cs[-1]: no knee inside the tested range
         score = 0.0
         if itl_votes:
             score += _itl_fit(cs, itl_y, m)[2] / itl_sst
@@ -483,13 +496,21 @@ def fit_load_model(observations: Sequence[Observation]) -> tuple[LoadFit | None,
     if m >= cs[-1]:
         return None, (f"no load model: no queueing knee up to {cs[-1]} in flight (max_concurrent is at least "
                       f"{cs[-1]}; test higher concurrency)"), levels
+    itl_r2 = 1 - itl_sse / itl_sst if itl_sst > 0 else None
+    ttft_r2 = 1 - ttft_sse / ttft_sst if ttft_sst > 0 else None
+    poor = [f"{name} R² {r2:.2f}" for name, r2, votes in (("ITL", itl_r2, itl_votes), ("TTFT", ttft_r2, ttft_votes))
+            if votes and (r2 is None or r2 < MIN_LOAD_R2)]
+    if poor:
+        return None, (f"no load model: the best knee ({m} in flight) explains the levels poorly ({', '.join(poor)} "
+                      f"< {MIN_LOAD_R2}): the changes with concurrency do not follow the load model"), levels
     notes = []
-    refusing = [lv.concurrency for lv in levels if lv.refused > 0.01 * lv.requests]
+    # A request admitted with c in flight says queue_limit >= c - M; refusals say the test went past it.
+    refused = sum(lv.refused for lv in levels)
     queue_limit = None
-    if refusing:
-        calm = [lv.concurrency for lv in levels if lv.concurrency < refusing[0]]
-        queue_limit = max(0, (calm[-1] if calm else m) - m)
-        notes.append(f"refusals from {refusing[0]} in flight: queue_limit {queue_limit}")
+    if refused > 0.01 * sum(lv.requests for lv in levels):
+        admitted = max(lv.concurrency for lv in levels if lv.streamed_ok >= MIN_LEVEL_REQUESTS)
+        queue_limit = max(0, admitted - m)
+        notes.append(f"{refused} requests refused; admitted up to {admitted} in flight: queue_limit {queue_limit}")
     else:
         notes.append(f"no refusal up to {levels[-1].concurrency} in flight: queue_limit is at least "
                      f"{max(0, levels[-1].concurrency - m)} (1024 written)")
@@ -498,8 +519,7 @@ def fit_load_model(observations: Sequence[Observation]) -> tuple[LoadFit | None,
         s = 1.0
     if not ttft_votes:
         notes.append("TTFT shows no queueing knee beyond noise: max_concurrent from the ITL plateau alone")
-    return LoadFit(m, s, b, queue_limit, 1 - itl_sse / itl_sst if itl_sst > 0 else None,
-                   1 - ttft_sse / ttft_sst if ttft_sst > 0 else None, used, notes), "", levels
+    return LoadFit(m, s, b, queue_limit, itl_r2, ttft_r2, used, notes), "", levels
 
 
 # --------------------------------------------------------------------------- the whole fit
@@ -570,17 +590,25 @@ def fit(observations: list[Observation], files: dict[str, int] | None = None,
     load, load_note, levels = fit_load_model(obs)
 
     # ITL: per-token samples; a k-token event's gap is k draws: centre it on k·mean and scale by 1/sqrt(k).
-    itl_samples: list[float] = []
-    raw: list[tuple[float, int, float]] = []
+    per_request: list[list[tuple[float, int]]] = []
     for o in streamed_ok:
         mult = load.multiplier(o.concurrency) if load else 1.0
-        raw += [(g / mult, k, mult) for g, k in o.gaps if k > 0]
-    if not raw:
+        gaps = [(g / mult, k) for g, k in o.gaps if k > 0]
+        if gaps:
+            per_request.append(gaps)
+    if not per_request:
         raise FitError("no request streamed two or more content events: no ITL to fit")
-    mu = sum(g for g, _, _ in raw) / sum(k for _, k, _ in raw)
-    itl_samples = [g if k == 1 else mu + (g - k * mu) / math.sqrt(k) for g, k, _ in raw]
-    itl = fit_distribution(itl_samples)
-    itl_note = "divided by the fitted slowdown at each request's concurrency" if load else ""
+    mu = sum(g for r in per_request for g, _ in r) / sum(k for r in per_request for _, k in r)
+    itl = fit_distribution([g if k == 1 else mu + (g - k * mu) / math.sqrt(k) for r in per_request for g, k in r])
+    notes = ["divided by the fitted slowdown at each request's concurrency"] if load else []
+    if itl.kind != "constant" and len(per_request) >= SPAN_MIN_REQUESTS:
+        # Delivery jitter (a late event lengthens one gap and shortens the next) widens the spread of
+        # single gaps, but hardly that of a whole stream: take the spread from each request's span.
+        spans = [(sum(g for g, _ in r), sum(k for _, k in r)) for r in per_request]
+        itl.per_gap_sd = itl.sd
+        itl.sd = math.sqrt(sum((span - n * mu) ** 2 for span, n in spans) / sum(n for _, n in spans))
+        notes.append(f"sd from {len(spans)} request spans; single gaps spread {itl.per_gap_sd:.2f} ms")
+    itl_note = "; ".join(notes)
 
     # TTFT: requests that did not queue, less their hidden reasoning time.
     calm = [o for o in streamed_ok if load is None or o.concurrency is None or o.concurrency <= load.max_concurrent]
@@ -595,6 +623,12 @@ def fit(observations: list[Observation], files: dict[str, int] | None = None,
         ttft_vals = [t - prefill.ms_per_token * (o.prompt_tokens or 0) for o, t in zip(calm, ttft_vals)]
         ttft_note += ("; " if ttft_note else "") + "prefill removed"
     ttft = fit_distribution(ttft_vals)
+    if any(o.hidden_reasoning for o in calm) and ttft.kind != "constant":
+        # Each hidden reasoning token added one ITL draw: take their spread out of the TTFT's.
+        extra = statistics.fmean(o.hidden_reasoning * (itl.sd * (load.multiplier(o.concurrency) if load else 1.0)) ** 2
+                                 for o in calm)
+        ttft.sd = math.sqrt(max(0.0, ttft.sd ** 2 - extra))
+        ttft_note += " (and the spread of those ITLs)"
 
     # Output length and reasoning.
     ok = [o for o in obs if o.ok]
