@@ -143,7 +143,7 @@ def _num(v: Any) -> float | None:
 
 def _from_record(line: dict[str, Any], where: str, registry: ProfileRegistry) -> Observation:
     req = line.get("request") or {}
-    body = req.get("body") if isinstance(req.get("body"), dict) else {}
+    body: dict[str, Any] = req["body"] if isinstance(req.get("body"), dict) else {}
     resp = line.get("response")
     usage = line.get("usage") or {}
     timing = line.get("timing") or {}
@@ -240,14 +240,15 @@ def load_observations(paths: Sequence[str], registry: ProfileRegistry | None = N
 def in_flight_from_intervals(observations: Sequence[Observation]) -> None:
     """Set each request's concurrency to the requests in flight when it started (itself included),
     from the start and end times of all of them; lines without times keep their `users`."""
-    timed = [o for o in observations if o.concurrency is None and o.start is not None and o.end is not None]
+    timed = [(o, o.start, o.end) for o in observations
+             if o.concurrency is None and o.start is not None and o.end is not None]
     if len(timed) >= 2:
-        starts = sorted(o.start for o in timed)  # type: ignore[misc]
-        ends = sorted(o.end for o in timed)  # type: ignore[misc]
-        for o in timed:
+        starts = sorted(start for _, start, _ in timed)
+        ends = sorted(end for _, _, end in timed)
+        for o, start, end in timed:
             # Started by then (itself included), less those ended by then (itself only if it took no time).
-            ended = bisect.bisect_right(ends, o.start) - (1 if o.end <= o.start else 0)  # type: ignore[operator]
-            o.concurrency = float(bisect.bisect_right(starts, o.start) - ended)
+            ended = bisect.bisect_right(ends, start) - (1 if end <= start else 0)
+            o.concurrency = float(bisect.bisect_right(starts, start) - ended)
     for o in observations:
         if o.concurrency is None and o.users is not None:
             o.concurrency = float(o.users)
@@ -470,8 +471,8 @@ def fit_load_model(observations: Sequence[Observation]) -> tuple[LoadFit | None,
     if cs[-1] < LEVEL_SPAN * cs[0]:
         return None, (f"no load model: the concurrency levels ({cs[0]}-{cs[-1]} in flight) span less than a factor "
                       f"of {LEVEL_SPAN:g}: not a capacity test"), levels
-    itl_y = [lv.itl_mean for lv in used]  # type: ignore[misc]
-    ttft_y = [lv.ttft_mean for lv in used]  # type: ignore[misc]
+    itl_y = [lv.itl_mean or 0.0 for lv in used]  # `used` levels have both means
+    ttft_y = [lv.ttft_mean or 0.0 for lv in used]
     itl_sst, itl_votes = _signal(itl_y, [lv.itl_se for lv in used])
     ttft_sst, ttft_votes = _signal(ttft_y, [lv.ttft_se for lv in used])
     if not itl_votes and not ttft_votes:
@@ -612,8 +613,8 @@ def fit(observations: list[Observation], files: dict[str, int] | None = None,
 
     # TTFT: requests that did not queue, less their hidden reasoning time.
     calm = [o for o in streamed_ok if load is None or o.concurrency is None or o.concurrency <= load.max_concurrent]
-    ttft_vals = [o.ttft_ms - o.hidden_reasoning * itl.mean * (load.multiplier(o.concurrency) if load else 1.0)
-                 for o in calm]  # type: ignore[operator]
+    ttft_vals = [(o.ttft_ms or 0.0) - o.hidden_reasoning * itl.mean * (load.multiplier(o.concurrency) if load else 1.0)
+                 for o in calm]  # streamed_ok: every one has a TTFT
     ttft_note = f"requests with at most {load.max_concurrent} in flight" if load else ""
     if any(o.hidden_reasoning for o in calm):
         ttft_note += ("; " if ttft_note else "") + "hidden reasoning time (tokens × ITL) removed"

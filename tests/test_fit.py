@@ -16,7 +16,7 @@ import pytest
 import yaml
 from gevent.pool import Pool
 
-from llmsim.fit import FitError, fit, fit_distribution, fit_prefill, format_report, load_observations, profile_yaml
+from llmsim.fit import FitError, fit, fit_distribution, fit_prefill, format_report, load_observations
 from llmsim.latency import Distribution, LatencyProfile
 from llmsim.profiles import Capacity, ProfileRegistry
 from llmsim.scheduler import SimRequest, simulate, simulate_closed_loop
@@ -148,7 +148,7 @@ def test_no_load_model_without_levels_and_clear_errors(tmp_path):
         load_observations([str(bad)])
 
 
-def _observations(lines: list[dict], tmp: list[str] = []) -> list:
+def _observations(lines: list[dict]) -> list:
     import tempfile
 
     fd, path = tempfile.mkstemp(suffix=".jsonl")

@@ -1,4 +1,4 @@
-"""`llmsim record`: the proxy forwards unchanged and as it arrives, and its JSONL holds what the client got, minus keys."""
+"""`llmsim record`: the proxy forwards unchanged, as it arrives; its JSONL holds what the client got, minus keys."""
 
 from __future__ import annotations
 

@@ -31,9 +31,9 @@ def install_replay(app: Flask, book: ReplayBook) -> None:
         rec = book.take(request.method, path, body)
         if rec is None:
             if book.strict:
+                on = "the exact body" if not book.fields else ", ".join(book.fields)
                 raise ApiError("not_found", f"llmsim replay --strict: no recording matches {request.method} {path} "
-                                            f"(matched on {'the exact body' if not book.fields else ', '.join(book.fields)}"
-                                            ")")
+                                            f"(matched on {on})")
             return None
         t0 = g.get("t0") or time.monotonic()
         if rec.streamed:
