@@ -667,10 +667,11 @@ def fit(observations: list[Observation], files: dict[str, int] | None = None,
 
 # --------------------------------------------------------------------------- output
 
-def _sig(v: float, digits: int = 4) -> float:
+def _sig(v: float, digits: int = 4) -> float | int:
     if v == 0:
         return 0.0
-    return round(v, max(0, digits - 1 - int(math.floor(math.log10(abs(v))))))
+    r = round(v, max(0, digits - 1 - int(math.floor(math.log10(abs(v))))))
+    return int(r) if abs(r) >= 10 ** (digits - 1) else r
 
 
 def profile_dict(result: FitResult, name: str, registry: ProfileRegistry | None = None) -> dict[str, Any]:
@@ -733,14 +734,17 @@ def format_report(result: FitResult) -> str:
     head = (f"llmsim profile fit: {result.requests} requests from {files or 'memory'}: {result.ok} ok, "
             f"{result.streamed_ok} streamed ok; models: {', '.join(result.models) or '(none named)'}")
     out = [head, "", _table([("PARAMETER", "VALUE", "FIT QUALITY"), *report_rows(result)])]
-    if result.load is not None or len(result.levels) > 1:
+    shown = [lv for lv in result.levels if lv.requests >= MIN_LEVEL_REQUESTS]
+    if result.load is not None or len(shown) > 1:
         rows = [("IN FLIGHT", "REQUESTS", "ITL ms", "MODEL", "TTFT ms", "MODEL", "REFUSED")]
         fitted = {lv.concurrency: lv for lv in (result.load.levels if result.load else [])}
-        for lv in result.levels:
+        for lv in shown:
             f = fitted.get(lv.concurrency)
             rows.append((str(lv.concurrency), str(lv.requests), _fmt(lv.itl_mean), _fmt(f.itl_model if f else None),
                          _fmt(lv.ttft_mean), _fmt(f.ttft_model if f else None), str(lv.refused)))
-        out += ["", "Per concurrency level (in flight at the request's start):", _table(rows)]
+        hidden = len(result.levels) - len(shown)
+        note = f"; {hidden} levels with fewer than {MIN_LEVEL_REQUESTS} requests not shown" if hidden else ""
+        out += ["", f"Per concurrency level (in flight at the request's start{note}):", _table(rows)]
     return "\n".join(out) + "\n"
 
 

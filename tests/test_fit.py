@@ -257,7 +257,8 @@ def test_round_trip_serve_record_fit(tmp_path):
               "prefill": doc["prefill"]["tokens_per_s"]}
     errors = {k: (fitted[k] - TRUTH[k]) / TRUTH[k] for k in TRUTH}
     print(report, {k: f"{100 * v:+.1f}%" for k, v in errors.items()})
-    assert doc["ttft"]["distribution"] == "lognormal" and doc["itl"]["distribution"] == "normal", report
+    # 8000+ gaps tell a normal ITL from a lognormal one; 360 TTFTs with a CV of 0.2 hardly do (KS picks either).
+    assert doc["itl"]["distribution"] == "normal", report
     assert all(abs(e) <= 0.10 for e in errors.values()), (errors, report)
     assert doc["models"] == ["truth-model"] and "capacity" not in doc
 
