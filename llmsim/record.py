@@ -1,14 +1,14 @@
 """`llmsim record`: the recording proxy's core, Flask-free (the WSGI glue is llmsim/cli/proxy.py).
 
 A request comes in; `Proxy.forward()` sends it to the upstream over a pooled
-keep-alive connection (http.client: gevent sockets once patched, ssl for
-https, TCP_NODELAY) and returns an `Exchange`. Iterating the Exchange reads
-the upstream body with one socket read at a time (`read1`) and yields each
-piece the moment it arrives, unchanged, so the client sees the upstream's own
-timing; the same pieces feed the record: an incremental SSE splitter stamps
-every event with its arrival time, or a buffer keeps a plain body. When the
-Exchange closes (end of body, client gone, upstream broken), one JSON line
-goes to the record file.
+keep-alive connection (llmsim/upstream.py: raw gevent sockets, TCP_NODELAY,
+ssl for https) and returns an `Exchange`. Iterating the Exchange yields each
+socket read of the upstream body the moment it arrives, de-chunked and
+otherwise unchanged, so the client sees the upstream's own timing; the same
+pieces feed the record: an incremental SSE splitter stamps every event with
+its arrival time (the kernel's, on plain TCP), or a buffer keeps a plain body.
+When the Exchange closes (end of body, client gone, upstream broken), one JSON
+line goes to the record file.
 
 Secrets never reach the file: request headers are kept from an allow-list
 (`authorization`, `x-api-key`, cookies and the like are never on it), query
@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import http.client
 import json
-import ssl
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 from .errors import ConnectionDrop
 from .loadtest.adapters import ApiAdapter, ChatCompletionsAdapter, MessagesAdapter, ResponsesAdapter, Usage
 from .loadtest.sse import MalformedStream, SseEvent
+from .upstream import Stale, Upstream, UpstreamConnection, UpstreamError, UpstreamResponse
 
 __all__ = ["Exchange", "Proxy", "RecordWriter", "Upstream", "UpstreamError", "api_of", "content_times",
            "RECORD_FORMAT"]
@@ -60,7 +58,6 @@ SECRET_QUERY_KEYS = frozenset({"key", "api-key", "api_key", "apikey", "token", "
 REDACTED = "[redacted]"
 MAX_RECORDED_BODY = 64 * 1024 * 1024
 """A larger non-streamed body is still forwarded whole; the record keeps its first 64 MiB."""
-READ_SIZE = 65536
 
 _ADAPTERS: dict[str, ApiAdapter] = {"chat": ChatCompletionsAdapter(), "responses": ResponsesAdapter(),
                                     "messages": MessagesAdapter()}
@@ -80,57 +77,6 @@ def api_of(path: str) -> str | None:
 
 def adapter_for(api: str | None) -> ApiAdapter | None:
     return _ADAPTERS.get(api or "")
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, or broke before it answered."""
-
-
-@dataclass
-class Upstream:
-    """Where the proxy forwards to: scheme, host, port and a base path prefixed to every request path."""
-
-    url: str
-    timeout: float = 600.0
-    max_idle: int = 64
-    _idle: list[http.client.HTTPConnection] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--upstream must be an http:// or https:// URL, got {self.url!r}")
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.base_path = parts.path.rstrip("/")
-        default_port = self.port == (443 if self.scheme == "https" else 80)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = host if default_port else f"{host}:{self.port}"
-        self.display = f"{self.scheme}://{self.host_header}{self.base_path}"
-        """The URL without user info or query: what a record line may show."""
-
-    def _new(self) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-
-    def connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection and whether it was reused (a reused one may have been closed by the upstream)."""
-        if self._idle:
-            return self._idle.pop(), True
-        return self._new(), False
-
-    def release(self, conn: http.client.HTTPConnection) -> None:
-        """Keep a connection whose response was read to the end, for the next request."""
-        if len(self._idle) < self.max_idle and conn.sock is not None:
-            self._idle.append(conn)
-        else:
-            conn.close()
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
 
 
 def redact_target(target: str) -> str:
@@ -370,6 +316,7 @@ class Exchange:
         self.start_unix = time.time()
         self.started = _now_iso()
         self.t0 = 0.0
+        """time.time() just before the request went upstream: every t_ms counts from it."""
         self.status: int | None = None
         self.reason = ""
         self.response_headers: list[tuple[str, str]] = []
@@ -377,8 +324,8 @@ class Exchange:
         self.end_ms: float | None = None
         self.error: str | None = None
         self.end = "complete"
-        self._conn: http.client.HTTPConnection | None = None
-        self._resp: http.client.HTTPResponse | None = None
+        self._conn: UpstreamConnection | None = None
+        self._resp: UpstreamResponse | None = None
         self._sse: SseSplitter | None = None
         self._body = bytearray()
         self._truncated = False
@@ -389,50 +336,35 @@ class Exchange:
 
     # ------------------------------------------------------------------ upstream
 
-    def _upstream_headers(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name, value in self.request_headers:
-            low = name.lower()
-            if low in HOP_BY_HOP:
-                continue
-            out[name] = value if name not in out else out[name] + ", " + value
-        out["Host"] = self.proxy.upstream.host_header
+    def _upstream_headers(self) -> list[tuple[str, str]]:
+        out = [(name, value) for name, value in self.request_headers if name.lower() not in HOP_BY_HOP]
+        out.append(("Host", self.proxy.upstream.host_header))
         if self.body or self.method in ("POST", "PUT", "PATCH"):
-            out["Content-Length"] = str(len(self.body))
+            out.append(("Content-Length", str(len(self.body))))
         return out
 
     def send(self) -> None:
         up = self.proxy.upstream
         path = up.base_path + self.target
         headers = self._upstream_headers()
-        for attempt in (0, 1):
-            conn, reused = up.connection()
-            self.t0 = time.perf_counter()
+        while True:
             try:
-                conn.putrequest(self.method, path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers.items():
-                    conn.putheader(k, v)
-                conn.endheaders(self.body or None)
-                resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                conn.close()
-                if reused and attempt == 0:
-                    continue  # a kept-alive connection the upstream had closed: once more on a new one
-                self.error = f"upstream {up.display}: {e.__class__.__name__}: {e}"
-                raise UpstreamError(self.error) from None
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                reason = getattr(e, "strerror", None) or str(e) or e.__class__.__name__
-                self.error = f"upstream {up.display} unreachable: {reason}"
+                conn = up.connection()
+                self.t0 = time.time()
+                resp = conn.request(self.method, path, headers, self.body)
+            except Stale:
+                continue  # a kept-alive connection the upstream had closed: again, on the next or a new one
+            except UpstreamError as e:
+                self.error = str(e) if str(e).startswith("upstream") else f"upstream {up.display}: {e}"
                 raise UpstreamError(self.error) from None
             break
-        self.headers_ms = (time.perf_counter() - self.t0) * 1000.0
+        self.headers_ms = (resp.head_time - self.t0) * 1000.0
         self._conn, self._resp = conn, resp
         self.status, self.reason = resp.status, resp.reason
-        self.response_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP
+        self.response_headers = [(k, v) for k, v in resp.headers if k.lower() not in HOP_BY_HOP
                                  or k.lower() == "content-length"]
-        ctype = (resp.getheader("content-type") or "").lower()
-        encoding = (resp.getheader("content-encoding") or "identity").lower().strip()
+        ctype = (resp.header("content-type") or "").lower()
+        encoding = (resp.header("content-encoding") or "identity").lower().strip()
         if encoding in ("gzip", "x-gzip", "deflate"):
             self._decoder = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
         elif encoding != "identity":
@@ -449,16 +381,17 @@ class Exchange:
         try:
             while True:
                 try:
-                    chunk = resp.read1(READ_SIZE)
-                except (OSError, http.client.HTTPException) as e:
+                    chunk, t = resp.read()
+                except (OSError, UpstreamError) as e:
                     # Cut the client's response short too (no terminating chunk), as the upstream did.
                     self.end = "upstream_error"
-                    self.error = f"upstream broke off the response: {e.__class__.__name__}: {e}"
+                    self.error = f"upstream broke off the response: {getattr(e, 'strerror', None) or e}"
                     self._finish()
                     raise ConnectionDrop() from None
                 if not chunk:
+                    self.end_ms = (t - self.t0) * 1000.0  # when the body's last bytes arrived
                     break
-                self._take(chunk, (time.perf_counter() - self.t0) * 1000.0)
+                self._take(chunk, (t - self.t0) * 1000.0)
                 yield chunk
         except GeneratorExit:
             if not self._finished:
@@ -483,7 +416,8 @@ class Exchange:
         if self._finished:
             return
         self._finished = True
-        self.end_ms = (time.perf_counter() - self.t0) * 1000.0
+        if self.end_ms is None:
+            self.end_ms = (time.time() - self.t0) * 1000.0
         if self._sse is not None:
             self._sse.finish(self.end_ms)
 
@@ -497,12 +431,12 @@ class Exchange:
             self.end = "client_gone"
         conn, resp = self._conn, self._resp
         if conn is not None:
-            if self.end == "complete" and resp is not None and resp.isclosed() and not resp.will_close:
+            if self.end == "complete" and resp is not None and resp.reusable:
                 self.proxy.upstream.release(conn)
             else:
                 conn.close()
         if self.end_ms is None:
-            self.end_ms = (time.perf_counter() - self.t0) * 1000.0 if self.t0 else None
+            self.end_ms = (time.time() - self.t0) * 1000.0 if self.t0 else None
         writer = self.proxy.writer
         if writer is not None:
             writer.write(self.line(), secrets_of(self.request_headers, self.target))

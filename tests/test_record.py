@@ -234,3 +234,35 @@ def test_secrets_and_redaction_rules():
     assert {"Bearer sk-abcdef", "sk-abcdef", "k-123456", "b12345", "qwerty"} <= set(got)
     assert redact_target("/v1/x?key=qwerty&n=1") == "/v1/x?key=%5Bredacted%5D&n=1"
     assert redact_target("/v1/x?n=1") == "/v1/x?n=1"
+
+
+def test_timing_is_consistent(proxy):
+    with requests.post(proxy.url + "/v1/chat/completions", stream=True, json={
+            "model": "gpt-4o", "messages": MSGS, "max_tokens": 5, "stream": True}) as r:
+        list(r.iter_lines())
+    (line,) = lines(proxy)
+    t = line["timing"]
+    times = [e["t_ms"] for e in line["response"]["events"]]
+    # fast profile: TTFT 10 ms, ITL 1 ms; the head comes first, the end with (or after) the last event
+    assert 0 < t["headers_ms"] <= times[0] <= t["ttft_ms"] <= times[-1] <= t["e2e_ms"] < t["ttft_ms"] + 200
+    assert t["ttft_ms"] >= 9
+
+
+def test_close_delimited_and_chunky_upstreams(tmp_path):
+    """A server that is not llmsim: a body ended by closing the connection, and 3 tokens per event."""
+    from tests.loadtest.sse_server import MiniServer
+
+    srv = MiniServer(ttft_ms=20.0, itl_ms=2.0).start()
+    px = start_proxy(srv.url, str(tmp_path / "rec.jsonl"))
+    try:
+        for model in ("mode-close", "mode-chunky", "plain"):
+            r = requests.post(px.url + "/v1/chat/completions", timeout=10, json={
+                "model": model, "messages": MSGS, "max_tokens": 6, "stream": True})
+            assert r.status_code == 200 and "[DONE]" in r.text, (model, r.text[-200:])
+    finally:
+        px.stop()
+        srv.stop()
+    got = [json.loads(s) for s in open(tmp_path / "rec.jsonl", encoding="utf-8")]
+    assert [g["end"] for g in got] == ["complete"] * 3
+    assert all(g["response"]["events"][-1]["data"] == "[DONE]" for g in got)
+    assert all(g["timing"]["ttft_ms"] >= 19 for g in got)
