@@ -56,6 +56,8 @@ MIN_LEVEL_REQUESTS = 5
 """A concurrency level takes part in the load-model fit with at least this many successful streamed requests."""
 MIN_LEVELS = 3
 KS_MAX_SAMPLES = 50_000
+LOGNORMAL_MAX_ZEROS = 0.01
+"""Lognormal stays a candidate when at most this share of the samples is zero or less."""
 PREFILL_MIN_CV = 0.1
 """Prompt lengths vary enough for a prefill fit when their coefficient of variation is at least this."""
 PREFILL_MIN_T = 5.0
@@ -311,12 +313,14 @@ def fit_distribution(samples: Sequence[float], seed: int = 0) -> DistFit:
     test.sort()
     fits: dict[str, tuple[float, float]] = {"normal": (mean, sd)}
     ks = {"normal": _ks(test, NormalDist(mean, sd).cdf)}
-    if min(xs) > 0:
-        logs = [math.log(x) for x in xs]
+    positive = [x for x in xs if x > 0]
+    if len(positive) >= max(2, (1 - LOGNORMAL_MAX_ZEROS) * n):
+        # A few zero gaps are events that arrived in one read (measurement), not the model's: not held against it.
+        logs = [math.log(x) for x in positive]
         mu, sigma = statistics.fmean(logs), statistics.pstdev(logs)
         if sigma > 0:
             ln = NormalDist(mu, sigma)
-            ks["lognormal"] = _ks(test, lambda x: ln.cdf(math.log(x)))
+            ks["lognormal"] = _ks(test, lambda x: ln.cdf(math.log(x)) if x > 0 else 0.0)
             lmean = math.exp(mu + sigma * sigma / 2)
             fits["lognormal"] = (lmean, lmean * math.sqrt(math.expm1(sigma * sigma)))
     kind = min(ks, key=lambda k: ks[k])
