@@ -32,7 +32,9 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 def start(args: list[str], pattern: str) -> tuple[subprocess.Popen, str, int]:
-    prof = ["-m", "cProfile", "-o", os.environ["PROFILE_OUT"]] if args[0] == "record" and os.environ.get("PROFILE_OUT") else []
+    # PROFILE_OUT=FILE: run the proxy under cProfile (written when it stops).
+    profile = os.environ.get("PROFILE_OUT") if args[0] == "record" else None
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
     p = subprocess.Popen([sys.executable, *prof, "-m", "llmsim", *args], stdout=subprocess.PIPE, text=True)
     m = re.search(pattern, p.stdout.readline())
     if not m:
