@@ -45,9 +45,9 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key",
                             "cookie", "set-cookie"})
 """Headers that carry credentials: forwarded to the upstream as they are, never written."""
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                        "upgrade", "host", "content-length"})
+                        "upgrade", "host", "content-length", "expect"})
 """Not forwarded as they are: they describe one connection, not the message (Host and Content-Length are
-set again for the upstream connection)."""
+set again for the upstream connection; the body has already been read, so no 100-continue either)."""
 REQUEST_HEADERS_KEPT = frozenset({"content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta",
                                   "user-agent", "x-llmsim-conversation"})
 RESPONSE_HEADERS_KEPT = frozenset({"content-type", "content-encoding", "retry-after", "retry-after-ms",
