@@ -266,3 +266,34 @@ def test_close_delimited_and_chunky_upstreams(tmp_path):
     assert [g["end"] for g in got] == ["complete"] * 3
     assert all(g["response"]["events"][-1]["data"] == "[DONE]" for g in got)
     assert all(g["timing"]["ttft_ms"] >= 19 for g in got)
+
+
+def test_record_command_line(upstream, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "cli.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "llmsim", "record", "--upstream", upstream.url, "--out", str(out),
+                          "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        m = re.match(rf"llmsim recording on (http://127\.0\.0\.1:\d+) -> {re.escape(upstream.url)} \(to {out}\)$",
+                     line.strip())
+        assert m, line
+        r = requests.post(m.group(1) + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MSGS,
+                                                                     "max_tokens": 3})
+        assert r.status_code == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+    assert "1 request recorded" in p.stderr.read()
+    assert json.loads(out.read_text())["usage"]["output_tokens"] == 3
+    for args, message in ((["--upstream", "ftp://x", "--out", str(out)], "must be an http:// or https:// URL"),
+                          (["--upstream", upstream.url, "--out", str(tmp_path / "no" / "x.jsonl")], "cannot write")):
+        r = subprocess.run([sys.executable, "-m", "llmsim", "record", *args], capture_output=True, text=True,
+                           timeout=60, env=env)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

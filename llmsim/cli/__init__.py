@@ -71,8 +71,12 @@ def _profile_fit(args: argparse.Namespace) -> int:
     text = profile_yaml(result, name)
     report = format_report(result)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            print(f"llmsim profile fit: cannot write {args.out} ({e.strerror or e})", file=sys.stderr)
+            return 2
         print(report + f"\nWrote profile {name!r} to {args.out} (use: llmsim serve --profiles-dir DIR)", flush=True)
     else:
         print(report, file=sys.stderr, flush=True)

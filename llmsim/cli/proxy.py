@@ -81,6 +81,11 @@ def start_proxy(upstream: str, out: str | None, *, host: str = "127.0.0.1", port
 def run(upstream: str, out: str, host: str, port: int, timeout: float, append: bool) -> int:
     """`llmsim record`: serve until SIGINT/SIGTERM."""
     try:
+        open(out, "a" if append else "w", encoding="utf-8").close()
+    except OSError as e:
+        print(f"llmsim record: cannot write {out} ({e.strerror or e})", file=sys.stderr)
+        return 2
+    try:
         running = start_proxy(upstream, out, host=host, port=port, timeout=timeout, append=append)
     except ValueError as e:
         print(f"llmsim: {e}", file=sys.stderr)
