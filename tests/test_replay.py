@@ -154,6 +154,7 @@ def test_replayed_stream_keeps_recorded_gaps(tmp_path):
     path = record(tmp_path, send, latency_profile="gappy", profile_files=[str(prof)])
     events = json.loads(open(path, encoding="utf-8").readline())["response"]["events"]
     recorded = [e["t_ms"] for e in events]
+    assert recorded[-1] - recorded[0] > 200  # 8 tokens of 40±20 ms: gaps worth keeping
     srv = replay_server(path)
     try:
         t0 = time.monotonic()
@@ -167,11 +168,13 @@ def test_replayed_stream_keeps_recorded_gaps(tmp_path):
         srv.stop()
     assert len(arrivals) == len(recorded)
     content = [i for i, e in enumerate(events) if '"content":"' in e["data"] and '"content":""' not in e["data"]]
-    rec_gaps = [recorded[b] - recorded[a] for a, b in zip(content, content[1:])]
-    got_gaps = [arrivals[b] - arrivals[a] for a, b in zip(content, content[1:])]
-    # Absolute deadlines from arrival: each content event within a few ms of its recorded time, gaps too.
-    assert abs(arrivals[content[0]] - recorded[content[0]]) < 25
-    assert sum(abs(g - r) for g, r in zip(got_gaps, rec_gaps)) / len(rec_gaps) < 10, (got_gaps, rec_gaps)
+    # Absolute deadlines from arrival: every content event lands at its recorded time plus one constant offset
+    # (the request's trip), so the recorded gaps are kept. Medians: one late wake-up on a busy machine moves one
+    # event, not the others.
+    offsets = sorted(arrivals[i] - recorded[i] for i in content)
+    median = offsets[len(offsets) // 2]
+    spread = sorted(abs(o - median) for o in offsets)[len(offsets) // 2]
+    assert -5 < median < 25 and spread < 5, (offsets, recorded)
 
 
 def test_match_keys():
