@@ -175,6 +175,9 @@ def add_arguments(parser: Any) -> None:
                        help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
                             "what retry-after-ms/retry-after says; every retry is counted in the summary. "
                             "Off by default: nothing is retried")
+    group.add_argument("--llm-records", default=None, metavar="FILE",
+                       help="write one JSON line per request (timings, token counts, status, users) to FILE, "
+                            "for `llmsim profile fit`")
 
 
 @dataclass
@@ -214,6 +217,8 @@ class LoadTestSettings:
     def trace(self) -> bool:
         """Whether requests ask the server for its trace (auto counts as off until resolved)."""
         return self.trace_mode == "on"
+    records_path: str | None = None
+    """--llm-records: the per-request JSONL file, if any."""
 
     @classmethod
     def from_options(cls, opts: Any) -> LoadTestSettings:
@@ -288,6 +293,8 @@ class LoadTestSettings:
             trace_mode=getattr(opts, "llm_trace", None) or "auto",
             trace_limit_ms=float(getattr(opts, "llm_trace_limit", DEFAULT_TRACE_LIMIT_MS)),
             tools=tools, tool_choice=getattr(opts, "tool_choice", None) or DEFAULT_TOOL_CHOICE,
+
+            records_path=getattr(opts, "llm_records", None),
         )
 
 

@@ -23,6 +23,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from .aggregate import RunStats
 from .metrics import RequestRecord
 from .options import LoadTestSettings, OptionError, add_arguments
+from .records import RecordsFile, record_line
 from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
 from .scoring import expected_values, request_meets_slo, score
 
@@ -51,6 +52,8 @@ class LoadTestRun:
         self._expected_cache: tuple[Any, Any] | None = None
         self._warmup_left = settings.warmup_requests
         self._warmup_until = time.time() + settings.warmup_s
+        self.records: RecordsFile | None = None
+        """--llm-records: this process's lines, opened on the first request."""
 
     @property
     def is_worker(self) -> bool:
@@ -80,6 +83,17 @@ class LoadTestRun:
             return
         profile = self.settings.profile
         stats.add(rec, profile is not None and request_meets_slo(rec, profile.slo))
+        if self.settings.records_path:
+            self.write_record(rec)
+
+    def write_record(self, rec: RequestRecord) -> None:
+        """--llm-records: the request as one JSON line."""
+        s = self.settings
+        if self.records is None or self.records.path != s.records_path:
+            self.records = RecordsFile(s.records_path or "")
+        runner = self.environment.runner
+        self.records.write(record_line(rec, model=s.model, stream=s.stream,
+                                       users=getattr(runner, "user_count", None) if runner is not None else None))
 
     def record_retry(self, wait_s: float) -> None:
         """Count one retried 429 in this process."""
@@ -139,6 +153,8 @@ class LoadTestRun:
         return report
 
     def stop_server(self) -> None:
+        if self.records is not None:
+            self.records.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -259,6 +275,11 @@ def _init(environment: Any) -> None:
             adapter = getattr(u, "adapter", None)
             if adapter is not None and not adapter.supports_tools:
                 _fail(f"--tools: {u.__name__} sends the {adapter.name} API, which has no tools")
+    if run.settings.records_path:
+        try:
+            RecordsFile.start(run.settings.records_path)
+        except OSError as e:
+            _fail(f"--llm-records: cannot write {run.settings.records_path} ({e.strerror or e})")
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
     embedded = not environment.host and not any(user_hosts)
     if run.settings.trace_mode == "auto":
