@@ -373,8 +373,12 @@ def test_stats_and_metrics_show_the_cache(tmp_path):
         assert top["models"]["sim-vllm-cache"] == {"queries_total": pc["queries_total"], "hits_total": hits}
         assert "prefix_cache" not in stats["schedulers"].get("sim-openai-cache", {})
         metrics = requests.get(srv.url + "/metrics", timeout=10).text
-        assert f'vllm:prefix_cache_queries_total{{model_name="sim-vllm-cache"}} {pc["queries_total"]}' in metrics
-        assert f'vllm:prefix_cache_hits_total{{model_name="sim-vllm-cache"}} {hits}' in metrics
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {(s.name, s.labels.get("model_name")): s.value
+                   for fam in text_string_to_metric_families(metrics) for s in fam.samples}
+        assert samples[("vllm:prefix_cache_queries_total", "sim-vllm-cache")] == pc["queries_total"]
+        assert samples[("vllm:prefix_cache_hits_total", "sim-vllm-cache")] == hits
         assert "# TYPE vllm:prefix_cache_hits_total counter" in metrics
     finally:
         srv.stop()
