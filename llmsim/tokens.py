@@ -24,8 +24,8 @@ from tiktoken_ext import openai_public
 from .profiles import ENCODINGS, ProfileRegistry, default_registry
 
 DEFAULT_ENCODING = "o200k_base"
-OFFLOAD_CHARS = 20_000
-"""Texts longer than this are encoded in gevent's threadpool (about 2 ms of work)
+OFFLOAD_CHARS = 4_096
+"""Texts longer than this are encoded in gevent's threadpool (about 0.3 ms of work or more)
 so a big prompt does not stall every other stream on the event loop."""
 
 _BLOB_URLS = {
