@@ -24,6 +24,8 @@ class Prompt:
     messages: tuple[dict[str, Any], ...]
     prompt_tokens: int | None = None
     """Tokens the client counted for it (used when the server reports no usage)."""
+    cache_after: tuple[int, ...] = ()
+    """Indices of messages that end a reusable prefix: Anthropic `cache_control` breakpoints (workloads.py)."""
 
     @classmethod
     def of_text(cls, text: str, prompt_tokens: int | None = None) -> Prompt:
@@ -37,12 +39,14 @@ class Usage:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    """Prompt tokens served from the server's prefix cache (None: the server does not say)."""
 
     def update(self, other: Usage | None) -> None:
         """Take every field `other` reports (APIs like Messages spread usage over several events)."""
         if other is None:
             return
-        for name in ("prompt_tokens", "output_tokens", "reasoning_tokens"):
+        for name in ("prompt_tokens", "output_tokens", "reasoning_tokens", "cached_tokens"):
             v = getattr(other, name)
             if v is not None:
                 setattr(self, name, v)
@@ -127,13 +131,16 @@ def _int_or_none(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def usage_from(u: Any, prompt: str, output: str, details: str) -> Usage | None:
-    """A usage object under the API's own names; reasoning tokens from `details`.reasoning_tokens."""
+def usage_from(u: Any, prompt: str, output: str, details: str, prompt_details: str | None = None) -> Usage | None:
+    """A usage object under the API's own names; reasoning tokens from `details`.reasoning_tokens, cached
+    prompt tokens from `prompt_details`.cached_tokens."""
     if not isinstance(u, dict):
         return None
     d = u.get(details)
     reasoning = _int_or_none(d.get("reasoning_tokens")) if isinstance(d, dict) else None
-    return Usage(_int_or_none(u.get(prompt)), _int_or_none(u.get(output)), reasoning)
+    p = u.get(prompt_details) if prompt_details else None
+    cached = _int_or_none(p.get("cached_tokens")) if isinstance(p, dict) else None
+    return Usage(_int_or_none(u.get(prompt)), _int_or_none(u.get(output)), reasoning, cached)
 
 
 class ChatCompletionsAdapter(ApiAdapter):
@@ -158,7 +165,7 @@ class ChatCompletionsAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details")
+        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details", "prompt_tokens_details")
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         data = event.data
@@ -260,18 +267,45 @@ class MessagesAdapter(ApiAdapter):
                                 "messages": messages, "stream": stream}
         if system:
             body["system"] = "\n\n".join(s if isinstance(s, str) else json.dumps(s) for s in system)
+        if prompt.cache_after:
+            self._cache_control(body, prompt, len(system))
         return HttpRequest(self.path, body)
+
+    @staticmethod
+    def _cache_control(body: dict[str, Any], prompt: Prompt, n_system: int) -> None:
+        """Anthropic caches only up to explicit breakpoints: mark the system prompt and the messages that
+        end a reusable prefix (`Prompt.cache_after`) with `cache_control: ephemeral`."""
+        def block(content: Any) -> list[Any]:
+            mark = {"cache_control": {"type": "ephemeral"}}
+            if isinstance(content, list) and content and isinstance(content[-1], dict):
+                return [*content[:-1], {**content[-1], **mark}]
+            text = content if isinstance(content, str) else json.dumps(content)
+            return [{"type": "text", "text": text, **mark}]
+
+        roles = [m.get("role") for m in prompt.messages]
+        if n_system and any(roles[i] in ("system", "developer") for i in prompt.cache_after if i < len(roles)):
+            body["system"] = block(body["system"])
+        others = [i for i, r in enumerate(roles) if r not in ("system", "developer")]
+        marked = set(prompt.cache_after)
+        body["messages"] = [{**m, "content": block(m.get("content"))} if i in marked else m
+                            for i, m in zip(others, body["messages"], strict=True)]
 
     @staticmethod
     def _usage(u: Any, *, output: bool = True) -> Usage | None:
         if not isinstance(u, dict):
             return None
         # message_start's output_tokens is a placeholder (1); only message_delta's count is final.
+        # input_tokens leaves out the cached and the newly cached tokens: the prompt is their sum.
+        prompt = _int_or_none(u.get("input_tokens"))
+        read = _int_or_none(u.get("cache_read_input_tokens"))
+        created = _int_or_none(u.get("cache_creation_input_tokens"))
+        if prompt is not None and (read or created):
+            prompt += (read or 0) + (created or 0)
         if not output:
-            return Usage(_int_or_none(u.get("input_tokens")))
+            return Usage(prompt, cached_tokens=read)
         d = u.get("output_tokens_details")  # thinking tokens, where the server breaks them out
         thinking = _int_or_none(d.get("thinking_tokens")) if isinstance(d, dict) else None
-        return Usage(_int_or_none(u.get("input_tokens")), _int_or_none(u.get("output_tokens")), thinking)
+        return Usage(prompt, _int_or_none(u.get("output_tokens")), thinking, cached_tokens=read)
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         obj = _object(event.data, self.load_json)
@@ -328,7 +362,7 @@ class ResponsesAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        return usage_from(u, "input_tokens", "output_tokens", "output_tokens_details")
+        return usage_from(u, "input_tokens", "output_tokens", "output_tokens_details", "input_tokens_details")
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         obj = _object(event.data, self.load_json)
@@ -390,7 +424,7 @@ class CompletionsAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details")
+        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details", "prompt_tokens_details")
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         data = event.data

@@ -14,6 +14,7 @@ from typing import Any
 
 from .histogram import Histogram, SignedHistogram
 from .metrics import FAILURE_CLASSES, RequestRecord, failure_class
+from .openloop import from_intended, scheduled_delay_ms
 
 METRICS = ("ttft", "itl", "tpot", "e2e")
 TRACED = ("ttft", "itl")
@@ -60,11 +61,15 @@ class RunStats:
         """Client minus server, per traced request (ttft) and per gap (itl)."""
         self.pacing: dict[str, SignedHistogram] = {m: SignedHistogram() for m in TRACED}
         """The server's emitted minus planned, from the same traces."""
+        self.workload = WorkloadStats()
+        """What the workload asked for and got: exact lengths, prefix cache, turns, trace lateness."""
 
     # ------------------------------------------------------------------ building
 
-    def add(self, rec: RequestRecord, good: bool = False) -> None:
-        """Count one finished request; `good` is whether it met every SLO (goodput)."""
+    def add(self, rec: RequestRecord, good: bool = False, work: Any = None) -> None:
+        """Count one finished request; `good` is whether it met every SLO (goodput); `work` is the
+        workload's Work it answered (workloads.py), if any."""
+        self.workload.add(rec, work)
         self.requests += 1
         self.output_tokens += rec.output_tokens
         self.visible_tokens += rec.visible_tokens
@@ -124,6 +129,7 @@ class RunStats:
         for m in TRACED:
             self.error[m].merge(other.error[m])
             self.pacing[m].merge(other.pacing[m])
+        self.workload.merge(other.workload)
 
     # ------------------------------------------------------------------ reading
 
@@ -185,6 +191,7 @@ class RunStats:
             "traced": self.traced, "trace_mismatch": self.trace_mismatch,
             "error": {m: h.to_wire() for m, h in self.error.items()},
             "pacing": {m: h.to_wire() for m, h in self.pacing.items()},
+            "workload": self.workload.to_wire(),
         }
 
     @classmethod
@@ -206,10 +213,152 @@ class RunStats:
         if "error" in d:
             s.error = {m: SignedHistogram.from_wire(d["error"][m]) for m in TRACED}
             s.pacing = {m: SignedHistogram.from_wire(d["pacing"][m]) for m in TRACED}
+        if "workload" in d:
+            s.workload = WorkloadStats.from_wire(d["workload"])
         return s
 
     def __bool__(self) -> bool:
         return self.requests > 0 or self.retries_429 > 0 or self.warmup > 0
+
+
+class TurnStats:
+    """One turn index of multi-turn sessions: its requests, their prompt sizes and TTFT."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.ok = 0
+        self.prompt_tokens = 0
+        """Of the successful requests."""
+        self.ttft = Histogram()
+
+    def merge(self, other: TurnStats) -> None:
+        self.requests += other.requests
+        self.ok += other.ok
+        self.prompt_tokens += other.prompt_tokens
+        self.ttft.merge(other.ttft)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"requests": self.requests, "ok": self.ok, "prompt_tokens": self.prompt_tokens,
+                "ttft": self.ttft.to_wire()}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> TurnStats:
+        t = cls()
+        t.requests, t.ok, t.prompt_tokens = int(d["requests"]), int(d["ok"]), int(d["prompt_tokens"])
+        t.ttft = Histogram.from_wire(d["ttft"])
+        return t
+
+
+INTENDED = ("ttft", "e2e")
+"""Metrics that change when measured from the intended send time (trace replay)."""
+
+
+class WorkloadStats:
+    """The workload's own figures, merged exactly across processes like the rest of RunStats.
+
+    - exact output: successful requests with a requested length, how many got exactly that many output
+      tokens, how many carried ignore_eos/min_tokens, and the server's refusal of them (if any);
+    - prefix cache: successful requests whose usage reports cached prompt tokens, how many had some,
+      the cached and prompt token sums, and TTFT of cached vs uncached requests;
+    - turns: per turn index of multi-turn sessions;
+    - trace replay: how late each request left, and TTFT/E2E from its intended send time.
+    """
+
+    def __init__(self) -> None:
+        self.requested = 0
+        self.exact = 0
+        self.exact_sent = 0
+        self.exact_refused: str | None = None
+        """The first refusal of ignore_eos/min_tokens (then the run stopped sending them)."""
+        self.cache_reported = 0
+        self.cached_requests = 0
+        self.cached_tokens = 0
+        self.cache_prompt_tokens = 0
+        self.ttft_cached = Histogram()
+        self.ttft_uncached = Histogram()
+        self.turns: dict[int, TurnStats] = {}
+        self.scheduled = 0
+        """Requests sent on a schedule (trace replay), failed ones included."""
+        self.lateness = Histogram()
+        self.intended: dict[str, Histogram] = {m: Histogram() for m in INTENDED}
+
+    def add(self, rec: RequestRecord, work: Any) -> None:
+        if work is not None:
+            if work.turn:
+                t = self.turns.setdefault(work.turn, TurnStats())
+                t.requests += 1
+                if rec.ok:
+                    t.ok += 1
+                    t.prompt_tokens += rec.prompt_tokens
+                    if rec.ttft_ms is not None:
+                        t.ttft.record(rec.ttft_ms)
+            if work.intended is not None:
+                self.scheduled += 1
+                self.lateness.record(scheduled_delay_ms(rec.start_time, work.intended))
+                if rec.ok:
+                    seen = from_intended(rec, work.intended)
+                    self.intended["e2e"].record(seen.e2e_ms)
+                    if seen.ttft_ms is not None:
+                        self.intended["ttft"].record(seen.ttft_ms)
+            if rec.ok and rec.usage_reported:
+                self.requested += 1
+                self.exact += rec.output_tokens == work.max_tokens
+            self.exact_sent += bool(getattr(work, "exact_sent", False))
+        if not rec.ok or rec.cached_tokens is None:
+            return
+        self.cache_reported += 1
+        self.cache_prompt_tokens += rec.prompt_tokens
+        self.cached_tokens += rec.cached_tokens
+        cached = rec.cached_tokens > 0
+        self.cached_requests += cached
+        if rec.ttft_ms is not None:
+            (self.ttft_cached if cached else self.ttft_uncached).record(rec.ttft_ms)
+
+    def refused(self, message: str) -> None:
+        if self.exact_refused is None:
+            self.exact_refused = message
+
+    def merge(self, other: WorkloadStats) -> None:
+        for name in ("requested", "exact", "exact_sent", "cache_reported", "cached_requests", "cached_tokens",
+                     "cache_prompt_tokens", "scheduled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.exact_refused is not None:
+            self.refused(other.exact_refused)
+        self.ttft_cached.merge(other.ttft_cached)
+        self.ttft_uncached.merge(other.ttft_uncached)
+        for k, t in other.turns.items():
+            self.turns.setdefault(k, TurnStats()).merge(t)
+        self.lateness.merge(other.lateness)
+        for m in INTENDED:
+            self.intended[m].merge(other.intended[m])
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"requested": self.requested, "exact": self.exact, "exact_sent": self.exact_sent,
+                "exact_refused": self.exact_refused, "cache_reported": self.cache_reported,
+                "cached_requests": self.cached_requests, "cached_tokens": self.cached_tokens,
+                "cache_prompt_tokens": self.cache_prompt_tokens, "ttft_cached": self.ttft_cached.to_wire(),
+                "ttft_uncached": self.ttft_uncached.to_wire(),
+                "turns": [[k, t.to_wire()] for k, t in self.turns.items()],
+                "scheduled": self.scheduled, "lateness": self.lateness.to_wire(),
+                "intended": {m: h.to_wire() for m, h in self.intended.items()}}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> WorkloadStats:
+        s = cls()
+        for name in ("requested", "exact", "exact_sent", "cache_reported", "cached_requests", "cached_tokens",
+                     "cache_prompt_tokens", "scheduled"):
+            setattr(s, name, int(d[name]))
+        s.exact_refused = d["exact_refused"]
+        s.ttft_cached = Histogram.from_wire(d["ttft_cached"])
+        s.ttft_uncached = Histogram.from_wire(d["ttft_uncached"])
+        s.turns = {int(k): TurnStats.from_wire(t) for k, t in d["turns"]}
+        s.lateness = Histogram.from_wire(d["lateness"])
+        s.intended = {m: Histogram.from_wire(d["intended"][m]) for m in INTENDED}
+        return s
+
+    def __bool__(self) -> bool:
+        return bool(self.requested or self.exact_sent or self.exact_refused or self.cache_reported or self.turns
+                    or self.scheduled)
 
 
 def histogram_summary(h: Histogram) -> dict[str, Any]:

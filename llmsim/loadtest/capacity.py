@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 from locust import events
 from locust.runners import STATE_MISSING, WorkerRunner
 from locust.util.timespan import parse_timespan
@@ -31,6 +32,7 @@ from .openloop import OpenLoopSource
 from .options import OptionError, _positive_int
 from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run, refresh_loop_clock
 from .prediction import TokenShape, predict_step
+from .report import workload_section
 from .shapes import Step, StepPlan, StepSchedule, StepShape
 from .steps import SLICE_S, InFlight, SliceBook, StepStats, summarize, window_slices
 from .users import LlmUser
@@ -302,6 +304,9 @@ class CapacityRun:
         self.result = build_result(self.rows, self.predict(), settings=self.settings, profile=self.profile,
                                    model=run.settings.model, host=self.environment.host,
                                    stop_reason=self.schedule.stop_reason or "interrupted before the last verdict")
+        workload = run.settings.workload
+        self.result["workload"] = None if workload is None else \
+            workload_section(workload.describe(), run.stats)
         write_outputs(self.result, self.settings.report_prefix)
         passed = self.result["min_capacity_met"] is not False
         self.environment.process_exit_code = 0 if passed else EXIT_VERDICT_FAIL
@@ -349,13 +354,16 @@ class CapacityUser(LlmUser):
         if self.source is not None:
             self.source.run()  # returns only when the user is stopped
             return
+        work = self.next_work()
+        if work.think_s > 0:  # between the turns of a session: the user is not waiting for a reply
+            gevent.sleep(work.think_s)
         with self.capacity.inflight.track(time.time()):
-            self.send()
+            self.send(work=work)
 
     def send(self, prompt: Any = None, *, max_tokens: int | None = None, stream: bool | None = None,
-             client: Any = None, intended: float | None = None) -> Any:
+             client: Any = None, work: Any = None, intended: float | None = None) -> Any:
         """Send, report to Locust and the toolkit (LlmUser.send), then file the record by step."""
-        rec = super().send(prompt, max_tokens=max_tokens, stream=stream, client=client)
+        rec = super().send(prompt, max_tokens=max_tokens, stream=stream, client=client, work=work)
         if not rec.warmup:
             self.capacity.record(rec, intended)
         return rec
@@ -403,6 +411,13 @@ def _init(environment: Any) -> None:
         get_capacity(environment)
     except OptionError as e:
         _fail(str(e))
+    workload = toolkit.settings.workload
+    if workload is not None and workload.trace is not None:
+        _fail("--trace replays the trace's own arrival times; the capacity test steps the users up instead "
+              "(run the trace with chat.py or another locustfile)")
+    if workload is not None and workload.multi_turn and get_capacity(environment).settings.open_loop:
+        _fail("--turns needs each reply before the next turn; the open loop (--arrival-rate) does not wait "
+              "for replies")
     p = toolkit.settings.profile
     if p is None:
         _fail(f"--llm-profile: no profile covers model {toolkit.settings.model!r}; the capacity test judges each "

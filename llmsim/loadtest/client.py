@@ -68,8 +68,10 @@ class LlmClient:
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
                  kernel_stamps: bool = True, trace: bool = False, tools: list[dict[str, Any]] | None = None,
-                 tool_choice: str = "auto") -> None:
+                 tool_choice: str = "auto", keep_text: bool = False) -> None:
         self.adapter = adapter
+        self.keep_text = keep_text
+        """Keep each response's visible text in RequestRecord.text (multi-turn sessions send it back)."""
         self.model = model
         self.count_tokens = count_tokens
         self.conn = HttpConnection(base_url, timeout=timeout, verify=verify, kernel_stamps=kernel_stamps)
@@ -83,11 +85,17 @@ class LlmClient:
     def close(self) -> None:
         self.conn.close()
 
-    def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True) -> RequestRecord:
-        """Send one request and measure it. Never raises for a failed request: the record says why."""
+    def run(self, prompt: Prompt, *, max_tokens: int | None, stream: bool = True,
+            extra: Mapping[str, object] | None = None) -> RequestRecord:
+        """Send one request and measure it. Never raises for a failed request: the record says why.
+
+        `extra` fields are added to the adapter's body (ignore_eos, min_tokens: workloads.py).
+        """
         req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
         if self.body_fields:
             req.body.update(self.body_fields)
+        if extra:
+            req.body.update(extra)
         body = json.dumps(req.body).encode()
         headers = {**self.headers, **req.headers}
         local_prompt_tokens = prompt.prompt_tokens or 0
@@ -134,6 +142,10 @@ class LlmClient:
                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
                                 count=self.count_tokens, reasoning=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
+        if usage is not None:
+            rec.cached_tokens = usage.cached_tokens
+        if self.keep_text:
+            rec.text = text
         return rec
 
     def _read_stream(self, resp, start_time: float, t_sent: float, local_prompt_tokens: int) -> RequestRecord:
@@ -145,6 +157,8 @@ class LlmClient:
         error_kind = error_message = None
         t_end = None
         reasoning: list[str] = []
+        visible: dict[int, str] = {}
+        """The visible part of the events that also carried reasoning (by index in texts)."""
         pieces = resp.iter_pieces()
         try:
             for piece, t in pieces:
@@ -154,6 +168,7 @@ class LlmClient:
                         times.append(ev.t)
                         if delta.reasoning:
                             reasoning.append(delta.reasoning)
+                            visible[len(texts)] = delta.text
                             texts.append(delta.reasoning + delta.text)
                         else:
                             texts.append(delta.text)
@@ -202,6 +217,9 @@ class LlmClient:
                                   error_kind=error_kind, error_message=error_message,
                                   reasoning_texts=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
+        rec.cached_tokens = usage.cached_tokens
+        if self.keep_text:
+            rec.text = "".join(visible.get(i, t) for i, t in enumerate(texts)) if visible else "".join(texts)
         if parser.trace is not None and rec.ok:
             try:
                 trace = json.loads(parser.trace)

@@ -89,6 +89,10 @@ class RequestRecord:
     """The server's own pacing error: what it emitted minus what it planned."""
     trace_mismatch: bool = False
     """The trace did not fit: the server counted another number of content events than the client."""
+    cached_tokens: int | None = None
+    """Prompt tokens the server's usage says came from its prefix cache (None: usage does not say)."""
+    text: str | None = None
+    """The visible text received, kept only when a client is asked to (multi-turn sessions carry it on)."""
 
     @property
     def ok(self) -> bool:

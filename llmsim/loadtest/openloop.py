@@ -29,6 +29,7 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.pool import Group
 
+from ..precise import PRECISE_MARGIN_S, precise_timer
 from .metrics import RequestRecord
 
 
@@ -63,18 +64,25 @@ def from_intended(rec: RequestRecord, intended: float) -> RequestRecord:
 
 
 class OpenLoopSource:
-    """One Locust user's Poisson arrivals: each becomes a request on its own connection.
+    """One Locust user's Poisson arrivals, or a given schedule: each becomes a request on its own connection.
 
     At most `max_in_flight` requests are outstanding; an arrival beyond that
     waits for one to finish and is still sent and counted, its wait showing in
     the latency from the intended send time. `send(client, intended)` sends
     one request; `track(intended)` brackets an arrival until it is recorded.
+    With `schedule` (an iterator of (intended time, item) in time order, e.g. a
+    trace replay) instead of `rate`, `send(client, intended, item)` is called,
+    and run() returns once the schedule is exhausted and its requests are done.
     """
 
-    def __init__(self, rate: float, max_in_flight: int, *, new_client: Callable[[], Any],
-                 send: Callable[[Any, float], object], track: Callable[[float], Any],
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, rate: float | None, max_in_flight: int, *, new_client: Callable[[], Any],
+                 send: Callable[..., object], track: Callable[[float], Any],
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time,
+                 schedule: Iterator[tuple[float, Any]] | None = None) -> None:
+        if (rate is None) == (schedule is None):
+            raise ValueError("give either a rate or a schedule")
         self.rate = rate
+        self.schedule = schedule
         self.slots = Semaphore(max_in_flight)
         self.new_client = new_client
         self.send = send
@@ -86,18 +94,37 @@ class OpenLoopSource:
         self.clients: list[Any] = []
 
     def run(self) -> None:
-        """Dispatch arrivals until the user is stopped (this greenlet killed)."""
-        for t in poisson_arrivals(self.rate, self.rng, self.clock()):
-            wait = t - self.clock()
+        """Dispatch arrivals until the user is stopped (this greenlet killed), or the schedule is done."""
+        if self.schedule is None:
+            assert self.rate is not None
+            for t in poisson_arrivals(self.rate, self.rng, self.clock()):
+                self._at(t)
+                self.group.spawn(self._one, t)
+        else:
+            for t, item in self.schedule:
+                self._at(t)
+                self.group.spawn(self._one, t, item)
+            self.group.join()
+
+    def _at(self, t: float) -> None:
+        """Wait until `t`: a coarse sleep (the loop rounds waits up to the next millisecond), then the
+        precise timer for the last PRECISE_MARGIN_S (llmsim.precise: timerfd on Linux)."""
+        wait = t - self.clock()
+        timer = precise_timer() if wait > 0 and self.clock is time.time else None
+        if timer is None:
             if wait > 0:
                 gevent.sleep(wait)
-            self.group.spawn(self._one, t)
+            return
+        if wait > PRECISE_MARGIN_S:
+            gevent.sleep(wait - PRECISE_MARGIN_S)
+        # The timer ends waits its learned lead early (for the server's writes); a send must not be early.
+        timer.until(time.monotonic() + (t - time.time()) + timer.lead)
 
-    def _one(self, intended: float) -> None:
+    def _one(self, intended: float, *item: Any) -> None:
         with self.track(intended), self.slots:
             client = self.free.pop() if self.free else self._new()
             try:
-                self.send(client, intended)
+                self.send(client, intended, *item)
             finally:
                 self.free.append(client)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,19 @@ from typing import Any
 from ..profiles import ModelProfile, ProfileError, ProfileRegistry, load_profile_file
 from ..tokens import encoding_name_for_model, get_encoding
 from .adapters import Prompt
-from .prompts import PromptError, load_prompts, make_prompts, synthetic_prompt
 from .scoring import Tolerance, ToleranceError
 from .tools import DEFAULT_TOOL_CHOICE, TOOL_CHOICES, ToolsError, load_tools
+from .workloads import (
+    DEFAULT_BLOCK_TOKENS,
+    EXACT_MODES,
+    Workload,
+    WorkloadError,
+    WorkloadSpec,
+    load_dataset,
+    load_trace,
+    parse_seconds_spread,
+    parse_tokens_spread,
+)
 
 DEFAULT_MODEL = "gpt-5"
 DEFAULT_PROMPT_TOKENS = 128
@@ -106,10 +117,10 @@ def _profile(text: str) -> str:
     return text
 
 
-def _prompts_file(text: str) -> str:
+def _dataset_file(text: str) -> str:
     try:
-        load_prompts(text)
-    except PromptError as e:
+        load_dataset(text)
+    except WorkloadError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
@@ -120,6 +131,58 @@ def _tools_file(text: str) -> str:
     except ToolsError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _prompts_file(text: str) -> str:
+    try:
+        load_dataset(text, "--prompts")
+    except WorkloadError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _trace_file(text: str) -> str:
+    try:
+        load_trace(text)
+    except WorkloadError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _tokens_spread(text: str) -> str:
+    try:
+        parse_tokens_spread(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _seconds_spread(text: str) -> str:
+    try:
+        parse_seconds_spread(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
+    return v
+
+
+def _speed(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text!r}")
+    return v
 
 
 def add_arguments(parser: Any) -> None:
@@ -148,14 +211,16 @@ def add_arguments(parser: Any) -> None:
                             f"the server, is the bottleneck (default {DEFAULT_TRACE_LIMIT_MS:g})")
     group.add_argument("--llm-api-key", default=None, metavar="KEY",
                        help="API key (default: $OPENAI_API_KEY, or the adapter's own variable)")
-    group.add_argument("--prompt-tokens", type=_positive_int, default=None, metavar="N",
-                       help=f"synthetic prompt of exactly N tokens in the model's encoding "
-                            f"(default {DEFAULT_PROMPT_TOKENS})")
+    group.add_argument("--prompt-tokens", type=_tokens_spread, default=None, metavar="N|DIST",
+                       help=f"synthetic prompts of exactly N tokens in the model's encoding, new text for every "
+                            f"request; N may be a distribution: MEAN,STDDEV (normal), lognormal:MEAN,STDDEV or "
+                            f"uniform:MIN,MAX (default {DEFAULT_PROMPT_TOKENS})")
     group.add_argument("--prompts", type=_prompts_file, default=None, metavar="FILE.jsonl",
                        help="prompts, one per line: a string, {\"prompt\": ...}, {\"messages\": [...]} or a "
-                            "message list")
-    group.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS, metavar="N",
-                       help=f"max_tokens of each request (default {DEFAULT_MAX_TOKENS})")
+                            "message list (the same as --dataset)")
+    group.add_argument("--max-tokens", type=_tokens_spread, default=DEFAULT_MAX_TOKENS, metavar="N|DIST",
+                       help=f"max_tokens of each request, or a distribution like --prompt-tokens; given, it is the "
+                            f"output length the run asks for (see --exact-output) (default {DEFAULT_MAX_TOKENS})")
     group.add_argument("--no-stream", action="store_true", default=False,
                        help="send non-streaming requests (only E2E and tokens are measured)")
     group.add_argument("--tools", type=_tools_file, default=None, metavar="FILE.json",
@@ -178,6 +243,42 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--llm-records", default=None, metavar="FILE",
                        help="write one JSON line per request (timings, token counts, status, users) to FILE, "
                             "for `llmsim profile fit`")
+    add_workload_arguments(group)
+
+
+def add_workload_arguments(group: Any) -> None:
+    """The workload options (workloads.py), in the same group: every locustfile and the capacity test share them."""
+    group.add_argument("--dataset", type=_dataset_file, default=None, metavar="FILE",
+                       help="prompts from a local file: JSONL with \"prompt\" or \"messages\" (and an optional "
+                            "\"output_tokens\") per line, or ShareGPT conversations (a .json list); each request "
+                            "picks an entry at random")
+    group.add_argument("--exact-output", choices=EXACT_MODES, default="auto",
+                       help="send ignore_eos and min_tokens (Chat and legacy Completions) so that each answer is "
+                            "exactly the requested length: on, off, or auto (the default: when the run asks for "
+                            "lengths, i.e. --max-tokens, a dataset's or a trace's; a server that refuses them gets "
+                            "the request again without, and no more for the run)")
+    group.add_argument("--shared-prefix-tokens", type=_non_negative_int, default=0, metavar="N",
+                       help="each request starts with a shared system prompt of N tokens (one of --prefix-groups)")
+    group.add_argument("--prefix-groups", type=_positive_int, default=1, metavar="G",
+                       help="with --shared-prefix-tokens: G different shared system prompts, one picked at random "
+                            "per request or session (default 1)")
+    group.add_argument("--turns", type=_positive_int, default=1, metavar="N",
+                       help="multi-turn sessions of N turns; each turn sends the whole history, the assistant's "
+                            "replies as received (a ShareGPT conversation: up to N of its own turns) (default 1)")
+    group.add_argument("--think-time", type=_seconds_spread, default=None, metavar="S|DIST",
+                       help="with --turns: seconds between a reply and the next turn, or a distribution like "
+                            "--prompt-tokens (default 0)")
+    group.add_argument("--trace", type=_trace_file, default=None, metavar="FILE.jsonl",
+                       help="replay a Mooncake trace (timestamp ms, input_length, output_length, hash_ids) open "
+                            "loop at its recorded times; the run ends when the trace has been sent and answered")
+    group.add_argument("--trace-speed", type=_speed, default=1.0, metavar="X",
+                       help="with --trace: replay X times faster (2 halves every gap) (default 1)")
+    group.add_argument("--trace-block-tokens", type=_positive_int, default=DEFAULT_BLOCK_TOKENS, metavar="N",
+                       help=f"with --trace: tokens per hash id block (default {DEFAULT_BLOCK_TOKENS}, as in "
+                            f"Mooncake's traces)")
+    group.add_argument("--workload-seed", type=_non_negative_int, default=None, metavar="N",
+                       help="seed of the prompt texts, lengths and picks, for a run that repeats another "
+                            "(default: a new one each run, stated in the report)")
 
 
 @dataclass
@@ -192,7 +293,9 @@ class LoadTestSettings:
     api_key: str | None
     """--llm-api-key; when None each user falls back to its adapter's variable (OPENAI_API_KEY)."""
     prompts: list[Prompt]
+    """A typical prompt of the workload (the warm-up request's); requests take theirs from `workload`."""
     max_tokens: int
+    """The mean of --max-tokens (what a request asks for when nothing else says)."""
     stream: bool
     tolerance: Tolerance
     report_path: str | None
@@ -212,6 +315,8 @@ class LoadTestSettings:
     tools: list[dict[str, Any]] | None = None
     """--tools: tool definitions (OpenAI Chat shape) sent with every request; None: no tools."""
     tool_choice: str = DEFAULT_TOOL_CHOICE
+    workload: Workload | None = None
+    """What each request sends (workloads.py); set by from_options."""
 
     @property
     def trace(self) -> bool:
@@ -254,16 +359,7 @@ class LoadTestSettings:
 
         encoding = profile.encoding if profile is not None else encoding_name_for_model(model, registry)
         enc = get_encoding(encoding)
-        if getattr(opts, "prompts", None):
-            if getattr(opts, "prompt_tokens", None):
-                raise OptionError("--prompt-tokens and --prompts exclude each other")
-            try:
-                prompts = make_prompts(load_prompts(opts.prompts), enc)
-            except PromptError as e:
-                raise OptionError(f"--prompts: {e}") from None
-        else:
-            n = getattr(opts, "prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
-            prompts = make_prompts([({"role": "user", "content": synthetic_prompt(n, enc)},)], enc)
+        workload = Workload(workload_spec(opts), enc)
         warmup = str(getattr(opts, "llm_warmup", None) or "0")
         try:
             warmup_requests, warmup_s = parse_warmup(warmup)
@@ -284,7 +380,7 @@ class LoadTestSettings:
         return cls(
             model=model, profile=profile, profile_file=profile_file, registry=registry,
             api_key=getattr(opts, "llm_api_key", None),
-            prompts=prompts, max_tokens=getattr(opts, "max_tokens", None) or DEFAULT_MAX_TOKENS,
+            prompts=[workload.sample_prompt()], max_tokens=max(1, round(workload.spec.max_tokens.mean)),
             stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
             report_path=getattr(opts, "llm_report", None),
             retry_429=getattr(opts, "retry_429", None) or 0,
@@ -295,6 +391,7 @@ class LoadTestSettings:
             tools=tools, tool_choice=getattr(opts, "tool_choice", None) or DEFAULT_TOOL_CHOICE,
 
             records_path=getattr(opts, "llm_records", None),
+            workload=workload,
         )
 
 
@@ -307,3 +404,52 @@ def _pick_from_file(profiles: list[ModelProfile], model: str, path: str) -> Mode
         return profiles[0]
     raise OptionError(f"--llm-profile: {path} holds several profiles ({', '.join(p.name for p in profiles)}) "
                       f"and none covers model {model!r}")
+
+
+def workload_spec(opts: Any) -> WorkloadSpec:
+    """The workload options, checked together; OptionError (one line) if they do not fit."""
+    def opt(name: str, default: Any = None) -> Any:
+        v = getattr(opts, name, None)
+        return default if v is None else v
+
+    prompt_tokens, max_tokens = opt("prompt_tokens"), opt("max_tokens", DEFAULT_MAX_TOKENS)
+    dataset_path, prompts_path, trace_path = opt("dataset"), opt("prompts"), opt("trace")
+    shared, groups, turns = opt("shared_prefix_tokens", 0), opt("prefix_groups", 1), opt("turns", 1)
+    think = opt("think_time")
+    if dataset_path and prompts_path:
+        raise OptionError("--dataset and --prompts exclude each other (--prompts is the same as --dataset)")
+    source = "--dataset" if dataset_path else "--prompts" if prompts_path else None
+    if source and prompt_tokens:
+        raise OptionError(f"--prompt-tokens and {source} exclude each other: the file gives the prompts")
+    if trace_path:
+        clashes = [name for name, given in (("--dataset", dataset_path), ("--prompts", prompts_path),
+                                            ("--prompt-tokens", prompt_tokens),
+                                            ("--max-tokens", isinstance(max_tokens, str)),
+                                            ("--shared-prefix-tokens", shared), ("--turns", turns > 1)) if given]
+        if clashes:
+            raise OptionError(f"--trace gives every request's lengths, prefixes and send time; it excludes "
+                              f"{', '.join(clashes)}")
+    if groups > 1 and not shared:
+        raise OptionError("--prefix-groups needs --shared-prefix-tokens N (the length of each group's prefix)")
+    if think is not None and turns < 2:
+        raise OptionError("--think-time is the wait between the turns of a session: give --turns N (N >= 2)")
+    try:
+        spec = WorkloadSpec(
+            prompt_tokens=parse_tokens_spread(str(prompt_tokens or DEFAULT_PROMPT_TOKENS)),
+            max_tokens=parse_tokens_spread(str(max_tokens)),
+            max_tokens_given=isinstance(max_tokens, str),
+            shared_prefix_tokens=shared, prefix_groups=groups, turns=turns,
+            think_time=parse_seconds_spread(str(think or 0)),
+            exact_output=opt("exact_output", "auto"),
+            seed=opt("workload_seed", random.randrange(2 ** 31)),
+            trace_speed=float(opt("trace_speed", 1.0)), block_tokens=opt("trace_block_tokens", DEFAULT_BLOCK_TOKENS))
+    except ValueError as e:
+        raise OptionError(f"--prompt-tokens/--max-tokens/--think-time: {e}") from None
+    try:
+        if source:
+            spec.dataset, spec.dataset_option = load_dataset(dataset_path or prompts_path, source), source
+        if trace_path:
+            spec.trace = load_trace(trace_path)
+    except WorkloadError as e:
+        raise OptionError(f"{source or '--trace'}: {e}") from None
+    return spec

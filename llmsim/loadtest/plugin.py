@@ -13,6 +13,7 @@ Importing this module (users.py does) registers listeners on locust.events:
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from typing import Any, NoReturn
@@ -26,12 +27,15 @@ from .options import LoadTestSettings, OptionError, add_arguments
 from .records import RecordsFile, record_line
 from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
 from .scoring import expected_values, request_meets_slo, score
+from .workloads import TRACE_LEAD_S, TraceReplay, Work, refuses_exact_fields
 
 log = logging.getLogger("llmsim.loadtest")
 
 EXIT_VERDICT_FAIL = 3
 """Process exit code when any verdict or SLO check fails (Locust itself uses 1 for failed requests)."""
 WIRE_KEY = "llmsim"
+TRACE_DONE_MESSAGE = "llmsim_trace_done"
+"""A worker tells the master it has replayed its share of the trace."""
 
 
 class LoadTestRun:
@@ -54,6 +58,13 @@ class LoadTestRun:
         self._warmup_until = time.time() + settings.warmup_s
         self.records: RecordsFile | None = None
         """--llm-records: this process's lines, opened on the first request."""
+        self.users_started = 0
+        """Users started in this process: each gets its own random stream of the workload."""
+        self.exact_refused: str | None = None
+        """The server refused ignore_eos/min_tokens (this process then stops sending them)."""
+        self.replay: TraceReplay | None = None
+        self.trace_workers_done: set[str] = set()
+        """Master: the workers that have replayed their share of the trace."""
 
     @property
     def is_worker(self) -> bool:
@@ -75,14 +86,14 @@ class LoadTestRun:
             return True
         return self.settings.warmup_s > 0 and time.time() < self._warmup_until
 
-    def record(self, rec: RequestRecord) -> None:
+    def record(self, rec: RequestRecord, work: Work | None = None) -> None:
         """Count one finished request in this process (a warm-up request only as such)."""
         stats = self.pending if self.is_worker else self.stats
         if rec.warmup:
             stats.warmup += 1
             return
         profile = self.settings.profile
-        stats.add(rec, profile is not None and request_meets_slo(rec, profile.slo))
+        stats.add(rec, profile is not None and request_meets_slo(rec, profile.slo), work)
         if self.settings.records_path:
             self.write_record(rec)
 
@@ -95,6 +106,59 @@ class LoadTestRun:
         self.records.write(record_line(rec, model=s.model, stream=s.stream,
                                        users=getattr(runner, "user_count", None) if runner is not None else None))
 
+
+    # ------------------------------------------------------------------ workload
+
+    def user_rng(self) -> random.Random:
+        """A random stream for the next user of this process: the seed, the process and the user's number."""
+        self.users_started += 1
+        worker = getattr(self.environment.runner, "worker_index", 0) if self.is_worker else 0
+        return random.Random(f"{self.workload.spec.seed}/{worker}/{self.users_started}")
+
+    @property
+    def workload(self) -> Any:
+        assert self.settings.workload is not None
+        return self.settings.workload
+
+    def exact_fields(self, api: str, work: Work) -> dict[str, Any] | None:
+        """ignore_eos/min_tokens for this request, unless the server has refused them in this run."""
+        return None if self.exact_refused is not None else self.workload.exact_fields(api, work)
+
+    def exact_refusal(self, rec: RequestRecord) -> bool:
+        """Whether this failed answer refuses ignore_eos/min_tokens (--exact-output auto): if so, they are
+        not sent again in this run, and the report says why."""
+        if self.settings.workload is None or self.workload.spec.exact_output != "auto" or \
+                not refuses_exact_fields(rec.status, rec.error_message):
+            return False
+        if self.exact_refused is None:
+            self.exact_refused = (rec.error_message or "")[:200]
+            (self.pending if self.is_worker else self.stats).workload.refused(self.exact_refused)
+            log.warning("The server refused ignore_eos/min_tokens (%s); sending without them from now on",
+                        self.exact_refused)
+        return True
+
+    def trace_replay(self) -> TraceReplay:
+        """This process's share of the trace (created when its first user starts replaying)."""
+        if self.replay is None:
+            opts = self.environment.parsed_options
+            processes = max(1, int(getattr(opts, "expect_workers", 1) or 1)) if self.is_worker else 1
+            process = getattr(self.environment.runner, "worker_index", 0) if self.is_worker else 0
+            rng = random.Random(f"{self.workload.spec.seed}/trace/{process}")
+            self.replay = TraceReplay(self.workload, process % processes, processes, rng,
+                                      time.time() + TRACE_LEAD_S)
+            self.replay.on_finished.append(self._trace_finished)
+        return self.replay
+
+    def _trace_finished(self) -> None:
+        """This process has sent its share of the trace and every answer is in: end the run (a worker tells
+        the master, which ends it once every worker has)."""
+        runner = self.environment.runner
+        log.info("Trace replay: %d requests sent and answered", self.replay.sent if self.replay else 0)
+        if self.is_worker:
+            runner.send_message(TRACE_DONE_MESSAGE, {"sent": self.replay.sent if self.replay else 0})
+        else:
+            end_run(self.environment)
+
     def record_retry(self, wait_s: float) -> None:
         """Count one retried 429 in this process."""
         (self.pending if self.is_worker else self.stats).add_retry(wait_s)
@@ -105,6 +169,9 @@ class LoadTestRun:
         self.workers = {}
         self._warmup_left = self.settings.warmup_requests
         self._warmup_until = time.time() + self.settings.warmup_s
+        self.exact_refused = None
+        self.replay = None
+        self.trace_workers_done = set()
 
     # ------------------------------------------------------------------ distributed
 
@@ -138,7 +205,8 @@ class LoadTestRun:
                             profile_source=s.profile.source if s.profile is not None else None,
                             host=self.environment.host, stream=s.stream, max_tokens=s.max_tokens,
                             warmup=s.warmup, trace=s.trace, trace_limit_ms=s.trace_limit_ms,
-                            workers=self.workers if self.is_master else None)
+                            workers=self.workers if self.is_master else None,
+                            workload=s.workload.describe() if s.workload is not None else None)
 
     def finish(self) -> dict[str, Any]:
         """End of run (local or master): print, write JSON, set the exit code."""
@@ -158,6 +226,17 @@ class LoadTestRun:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+def end_run(environment: Any) -> None:
+    """End the run from inside it (a replayed trace is done): quit a headless run, stop one in the web UI."""
+    import gevent
+
+    runner = environment.runner
+    opts = environment.parsed_options
+    headless = bool(getattr(opts, "headless", False) or getattr(opts, "autoquit", -1) != -1)
+    # Spawned: quitting kills the users' greenlets, possibly the caller's own.
+    gevent.spawn(runner.quit if headless else runner.stop)
 
 
 def default_model(model: str) -> None:
@@ -280,6 +359,11 @@ def _init(environment: Any) -> None:
             RecordsFile.start(run.settings.records_path)
         except OSError as e:
             _fail(f"--llm-records: cannot write {run.settings.records_path} ({e.strerror or e})")
+    if environment.parsed_options is not None and run.settings.workload is not None:
+        # The workers build their prompts from the same seed (the shared prefixes and trace blocks must match).
+        environment.parsed_options.workload_seed = run.settings.workload.spec.seed
+    if run.is_master and TRACE_DONE_MESSAGE not in environment.runner.custom_messages:
+        environment.runner.register_message(TRACE_DONE_MESSAGE, _on_trace_done)
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
     embedded = not environment.host and not any(user_hosts)
     if run.settings.trace_mode == "auto":
@@ -295,6 +379,18 @@ def _init(environment: Any) -> None:
                  p.name if p is not None else "the server's default")
     if environment.web_ui is not None:
         install_web_ui(environment.web_ui, lambda: run.report(fresh=False) if run.stats else None)
+
+
+def _on_trace_done(environment: Any, msg: Any, **_kw: Any) -> None:
+    env = environment
+    run = getattr(env, "llmsim", None)
+    if run is None:
+        return
+    run.trace_workers_done.add(msg.node_id)
+    live = {w.id for w in env.runner.clients.all if w.state != "missing"}
+    if live <= run.trace_workers_done:
+        log.info("Trace replay: every worker has sent its share")
+        end_run(env)
 
 
 @events.test_start.add_listener

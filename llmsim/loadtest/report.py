@@ -7,8 +7,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .aggregate import METRICS, SUMMARY_PCTS, RunStats, pct_label
-from .histogram import SignedHistogram
+from .aggregate import INTENDED, METRICS, SUMMARY_PCTS, RunStats, histogram_summary, pct_label
+from .histogram import Histogram, SignedHistogram, nearest_rank
 from .scoring import Scorecard
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
@@ -27,7 +27,8 @@ TIMESTAMP_TEXT = {
 def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile: str | None,
                  profile_source: str | None, host: str | None, stream: bool, max_tokens: int | None,
                  warmup: str = "0", trace: bool = False, trace_limit_ms: float = 1.0,
-                 workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 workers: dict[str, dict[str, Any]] | None = None,
+                 workload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every figure of the run, the expected values and the verdicts (the --llm-report JSON).
 
     With no scorecard (measure only: --llm-score off, or no profile applies) the
@@ -55,6 +56,7 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
                        "requests_per_s": stats.rate(stats.requests)},
         "metrics": {m: stats.metric_summary(m) for m in METRICS},
         "measurement_error": measurement_error(stats, trace_limit_ms) if trace else None,
+        "workload": workload_section(workload, stats) if workload is not None else None,
     }
     if card is not None:
         report.update(card.to_dict())
@@ -98,6 +100,62 @@ def measurement_error(stats: RunStats, limit_ms: float) -> dict[str, Any]:
     itl_abs = out["itl_ms"]["abs_p99"]
     out["load_generator_bottleneck"] = bool((itl_abs is not None and itl_abs > limit_ms)
                                             or (ttft_spread is not None and ttft_spread > limit_ms))
+    return out
+
+
+def counts_summary(counts: dict[int, int]) -> dict[str, Any]:
+    """count, mean, p50, p90, min and max of whole numbers given as {value: how many}."""
+    n = sum(counts.values())
+    if not n:
+        return {"count": 0, "mean": None, "p50": None, "p90": None, "min": None, "max": None}
+    values = sorted(counts.items())
+
+    def pct(p: float) -> int:
+        rank, seen = nearest_rank(p, n), 0
+        for v, k in values:
+            seen += k
+            if seen >= rank:
+                return v
+        return values[-1][0]
+
+    return {"count": n, "mean": sum(v * k for v, k in values) / n, "p50": pct(50), "p90": pct(90),
+            "min": values[0][0], "max": values[-1][0]}
+
+
+def _short(h: Histogram) -> dict[str, Any]:
+    s = histogram_summary(h)
+    return {k: s[k] for k in ("count", "mean", "p50", "p90", "p99", "max")}
+
+
+def workload_section(desc: dict[str, Any], stats: RunStats) -> dict[str, Any]:
+    """The workload as configured (Workload.describe()) and as realised: the prompt and output lengths of the
+    successful requests (the server's usage, else the client's count), exact output lengths, the prefix
+    cache, per-turn figures and the lateness of a replayed trace."""
+    prompt: dict[int, int] = {}
+    output: dict[int, int] = {}
+    for (p, _visible, o, _reasoning), n in stats.mix.items():
+        prompt[p] = prompt.get(p, 0) + n
+        output[o] = output.get(o, 0) + n
+    w = stats.workload
+    out = dict(desc)
+    out["realised"] = {"requests": stats.ok, "prompt_tokens": counts_summary(prompt),
+                       "output_tokens": counts_summary(output)}
+    out["exact_output"] = {"mode": desc.get("exact_output"), "requests_with_fields": w.exact_sent,
+                           "refused": w.exact_refused, "requests_checked": w.requested,
+                           "requests_exact": w.exact}
+    out["prefix_cache"] = None if not w.cache_reported else {
+        "requests": w.cache_reported, "cached_requests": w.cached_requests,
+        "hit_share": w.cached_requests / w.cache_reported,
+        "cached_tokens": w.cached_tokens, "prompt_tokens": w.cache_prompt_tokens,
+        "token_share": w.cached_tokens / w.cache_prompt_tokens if w.cache_prompt_tokens else None,
+        "ttft_cached_ms": _short(w.ttft_cached), "ttft_uncached_ms": _short(w.ttft_uncached)}
+    out["per_turn"] = [
+        {"turn": k, "requests": t.requests, "ok": t.ok,
+         "prompt_tokens_mean": t.prompt_tokens / t.ok if t.ok else None, "ttft_ms": _short(t.ttft)}
+        for k, t in sorted(w.turns.items())] or None
+    out["replay"] = None if not w.scheduled else {
+        "requests": w.scheduled, "lateness_ms": _short(w.lateness),
+        "from_intended_ms": {m: _short(w.intended[m]) for m in INTENDED}}
     return out
 
 
@@ -150,11 +208,86 @@ def format_summary(report: dict[str, Any]) -> str:
     if ts.get("source"):
         lines.append("timestamps: " + TIMESTAMP_TEXT[ts["source"]].format(**ts))
     lines += _measurement_error_lines(report.get("measurement_error"))
+    lines += workload_lines(report.get("workload"))
     warmup = report.get("warmup") or {}
     if warmup.get("requests"):
         lines.append(f"warm-up (--llm-warmup {warmup['setting']}): {warmup['requests']} requests left out of "
                      "every figure above")
     return "\n".join(lines)
+
+
+def _num(v: float | None, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _spec(d: Any) -> str:
+    return d["spec"] if isinstance(d, dict) else str(d)
+
+
+def workload_lines(w: dict[str, Any] | None) -> list[str]:
+    """The workload in the console summary: what it was, what it realised, cache, turns, replay lateness."""
+    if not w:
+        return []
+    src = w["source"]
+    if src == "trace":
+        t = w["trace"]
+        head = f"workload: trace {w['file']} ({w['entries']} requests, Mooncake format, blocks of " \
+               f"{t['block_tokens']} tokens, replayed at {t['speed']:g}x over {t['duration_s']:.1f} s)"
+    else:
+        if src == "dataset":
+            skipped = f", {w['skipped']} skipped" if w.get("skipped") else ""
+            head = f"workload: dataset {w['file']} ({w['format']}, {w['entries']} entries{skipped}); " \
+                   f"max tokens {_spec(w['max_tokens'])} where an entry gives none"
+        else:
+            head = f"workload: synthetic, prompt tokens {_spec(w['prompt_tokens'])}, max tokens " \
+                   f"{_spec(w['max_tokens'])}"
+        if w.get("shared_prefix"):
+            sp = w["shared_prefix"]
+            head += f"; shared prefix {sp['tokens']} tokens x {sp['groups']} group{'s' if sp['groups'] > 1 else ''}"
+        if w.get("turns", 1) > 1:
+            head += f"; {w['turns']} turns, think time {_spec(w['think_time_s'])} s"
+    lines = [head + f"; seed {w['seed']}"]
+    r = w["realised"]
+    p, o = r["prompt_tokens"], r["output_tokens"]
+    if r["requests"]:
+        lines.append(f"  realised over {r['requests']} requests: prompt tokens mean {_num(p['mean'], 1)} p50 "
+                     f"{p['p50']} p90 {p['p90']} max {p['max']}; output tokens mean {_num(o['mean'], 1)} p50 "
+                     f"{o['p50']} p90 {o['p90']} max {o['max']}")
+    e = w["exact_output"]
+    if e["refused"]:
+        lines.append(f"  exact output: the server refused ignore_eos/min_tokens ({e['refused'][:120]}); the "
+                     "refused request went out again without them, and no later request of the run sent them")
+    elif e["requests_with_fields"]:
+        lines.append(f"  exact output: ignore_eos and min_tokens sent with {e['requests_with_fields']} requests")
+    if e["requests_checked"] and (e["requests_with_fields"] or e["refused"]):
+        lines.append(f"  output lengths: {e['requests_exact']} of {e['requests_checked']} requests got exactly "
+                     "the length they asked for")
+    c = w.get("prefix_cache")
+    if c and not c["cached_requests"]:
+        lines.append(f"prefix cache: usage reported no cached prompt tokens ({c['requests']} requests)")
+    elif c:
+        tc, tu = c["ttft_cached_ms"], c["ttft_uncached_ms"]
+        share = "-" if c["token_share"] is None else f"{c['token_share'] * 100:.1f}%"
+        lines.append(f"prefix cache: {c['cached_requests']} of {c['requests']} requests "
+                     f"({c['hit_share'] * 100:.1f}%) had cached prompt tokens, {share} of their prompt tokens; "
+                     f"TTFT cached p50 {_ms(tc['p50'], 0)} p99 {_ms(tc['p99'], 0)} ms ({tc['count']}), "
+                     f"uncached p50 {_ms(tu['p50'], 0)} p99 {_ms(tu['p99'], 0)} ms ({tu['count']})")
+    if w.get("per_turn"):
+        lines.append(f"{'turn':<6}{'requests':>9}{'ok':>7}{'prompt tok':>12}{'TTFT mean':>11}{'p50':>10}"
+                     f"{'p90':>10}{'p99':>10}   (ms)")
+        for t in w["per_turn"]:
+            f = t["ttft_ms"]
+            lines.append(f"{t['turn']:<6}{t['requests']:>9}{t['ok']:>7}{_num(t['prompt_tokens_mean'], 1):>12}"
+                         f"{_ms(f['mean'], 11)}{_ms(f['p50'])}{_ms(f['p90'])}{_ms(f['p99'])}")
+    rp = w.get("replay")
+    if rp:
+        late, fi = rp["lateness_ms"], rp["from_intended_ms"]
+        lines.append(f"trace replay: {rp['requests']} requests sent late by p50 {_ms(late['p50'], 0)} p99 "
+                     f"{_ms(late['p99'], 0)} max {_ms(late['max'], 0)} ms; from the intended send time "
+                     f"(coordinated omission corrected): TTFT p50 {_ms(fi['ttft']['p50'], 0)} p99 "
+                     f"{_ms(fi['ttft']['p99'], 0)} ms, E2E p50 {_ms(fi['e2e']['p50'], 0)} p99 "
+                     f"{_ms(fi['e2e']['p99'], 0)} ms")
+    return lines
 
 
 def _measurement_error_lines(err: dict[str, Any] | None) -> list[str]:

@@ -14,10 +14,10 @@ toolkit's own histograms (aggregate.py), which Locust's 1 ms buckets cannot matc
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gevent
@@ -28,7 +28,9 @@ from ..tokens import get_encoding
 from .adapters import ApiAdapter, ChatCompletionsAdapter, CompletionsAdapter, MessagesAdapter, Prompt, ResponsesAdapter
 from .client import LlmClient
 from .metrics import RequestRecord
+from .openloop import OpenLoopSource
 from .plugin import get_run
+from .workloads import TRACE_MAX_IN_FLIGHT, TraceReplay, Work
 
 METRIC_ROW_TYPE = "LLM"
 RETRY_ROW = "429 retry"
@@ -88,6 +90,11 @@ _ENTRY_FIELDS = ("last_request_timestamp", "use_response_times_cache", "_cache_r
 """The StatsEntry attributes log_samples updates (StatsEntry.log's own bookkeeping)."""
 
 
+@contextlib.contextmanager
+def _no_tracking(_intended: float) -> Iterator[None]:
+    yield
+
+
 class LlmRequestFailed(Exception):
     """How a failed LLM request shows in Locust's failures table: '<kind>: <message>'."""
 
@@ -103,8 +110,12 @@ class LlmUser(User):
         run = get_run(self.environment)
         self.settings = run.settings
         self._run = run
+        self._rng = run.user_rng()
+        self.workload = run.workload
+        self.works = self.workload.stream(self._rng)
+        """This user's requests (workloads.py): lengths, prompts, the session in progress."""
         self.llm = self.new_client()
-        self._rng = random.Random()
+        self.replay_source: OpenLoopSource | None = None
 
     def new_client(self) -> LlmClient:
         """A client (one keep-alive connection) for this user; a user with several requests in flight needs one each."""
@@ -112,41 +123,82 @@ class LlmUser(User):
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
         return LlmClient(self.host or "", self.adapter, model=self.settings.model, api_key=api_key,
                          count_tokens=lambda text: len(encode(text)), trace=self.settings.trace,
-                         tools=self.settings.tools, tool_choice=self.settings.tool_choice)
+                         tools=self.settings.tools, tool_choice=self.settings.tool_choice,
+                         keep_text=self.workload.multi_turn)
+
+    def next_work(self) -> Work:
+        """The next request of the workload: its prompt, its length, its turn and think time (sessions)."""
+        return self.works.next()
 
     def next_prompt(self) -> Prompt:
-        """The prompt of the next request: the only one, or one at random from --prompts."""
-        prompts = self.settings.prompts
-        return prompts[0] if len(prompts) == 1 else self._rng.choice(prompts)
+        """The prompt of the next request (next_work().prompt: for single requests, not sessions)."""
+        return self.next_work().prompt
 
     def on_stop(self) -> None:
+        if self.replay_source is not None:
+            self.replay_source.stop()
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
 
     @task
     def complete(self) -> None:
-        self.send()
+        if self.workload.trace is not None:
+            self.replay()
+            return
+        work = self.next_work()
+        if work.think_s > 0:
+            gevent.sleep(work.think_s)
+        self.send(work=work)
+
+    def replay(self) -> None:
+        """--trace: send this process's share of the trace at its recorded times, each request on its own
+        connection (open loop), until it is all sent and answered; then wait for the run to end."""
+        replay = self._run.trace_replay()
+        if self.replay_source is None:
+            self.replay_source = OpenLoopSource(
+                None, TRACE_MAX_IN_FLIGHT, new_client=self.new_client,
+                send=lambda client, _intended, work: self._replay_one(replay, client, work),
+                track=_no_tracking, schedule=replay.arrivals(), rng=self._rng)
+            self.replay_source.run()
+        gevent.sleep(1.0)  # this user's part is done: idle until the run ends (end_run, or -t)
+
+    def _replay_one(self, replay: TraceReplay, client: LlmClient, work: Work) -> None:
+        try:
+            self.send(client=client, work=work)
+        finally:
+            replay.done_one()
 
     def send(self, prompt: Prompt | None = None, *, max_tokens: int | None = None,
-             stream: bool | None = None, client: LlmClient | None = None) -> RequestRecord:
-        """Send one request (a prompt from --prompts/--prompt-tokens by default), report and return its record.
+             stream: bool | None = None, client: LlmClient | None = None, work: Work | None = None) -> RequestRecord:
+        """Send one request (the workload's next by default), report and return its record.
 
-        `client` defaults to the user's own connection.
+        `client` defaults to the user's own connection. A `prompt` (and `max_tokens`) given here is sent
+        instead of the workload's.
         """
         s = self.settings
-        prompt = prompt or self.next_prompt()
+        if work is None:
+            work = Work(prompt, max_tokens or s.max_tokens) if prompt is not None else self.next_work()
+        elif max_tokens:
+            work.max_tokens = max_tokens
+        client = client or self.llm
+        stream = s.stream if stream is None else stream
         warmup = self._run.begin_request()
+        extra = self._run.exact_fields(self.adapter.name, work)
         for attempt in range(s.retry_429 + 1):
-            rec = (client or self.llm).run(prompt, max_tokens=max_tokens or s.max_tokens,
-                                           stream=s.stream if stream is None else stream)
+            rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream, extra=extra)
+            if extra and not rec.ok and self._run.exact_refusal(rec):
+                extra = None  # the server refuses ignore_eos/min_tokens: once more without, and no more
+                rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream)
             wait = self.retry_wait(rec, attempt)
             if wait is None:
                 break
             self.report_retry(wait, warmup)
             gevent.sleep(wait)
+        work.exact_sent = extra is not None
         rec.warmup = warmup
-        self.report(rec)
+        self.works.finished(work, rec.ok, rec.text)
+        self.report(rec, work)
         return rec
 
     def retry_wait(self, rec: RequestRecord, attempt: int) -> float | None:
@@ -165,7 +217,7 @@ class LlmUser(User):
         if not warmup:
             self._run.record_retry(wait_s)
 
-    def report(self, rec: RequestRecord) -> None:
+    def report(self, rec: RequestRecord, work: Work | None = None) -> None:
         """Fire the Locust rows and count the record in the toolkit's own figures."""
         fire = self.environment.events.request.fire
         exc = None if rec.ok else LlmRequestFailed(f"{rec.error_kind}: {(rec.error_message or '')[:160]}")
@@ -176,7 +228,7 @@ class LlmUser(User):
             fire(request_type=METRIC_ROW_TYPE, name="TTFT", response_time=rec.ttft_ms, response_length=0,
                  exception=None, context=ctx)
             log_samples(self.environment, METRIC_ROW_TYPE, "ITL", rec.itl_ms)
-        self._run.record(rec)
+        self._run.record(rec, work)
 
 
 class ChatCompletionsUser(LlmUser):

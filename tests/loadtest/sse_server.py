@@ -16,6 +16,11 @@ token in every OpenAI encoding. The request's model picks a behaviour:
   "mode-wordy"            one token per event (as usage counts), but each event's text is a rare word
                           that tiktoken counts as several tokens
   "mode-wordy-no-usage"   the same without a usage chunk
+  "mode-strict"           HTTP 400 naming the field when the body has ignore_eos or min_tokens (OpenAI does)
+  "mode-cache"            a prefix cache: prompt tokens are the words of the messages; a system message seen
+                          before is cached (usage prompt_tokens_details.cached_tokens = its words) and the
+                          request's TTFT is a quarter of the configured one
+Every request is logged in `received` as (wall-clock arrival of its first bytes, parsed body).
 With the request header `x-llmsim-trace: 1` it sends, just before `data: [DONE]`, the trace comment an
 llmsim server sends (`: llmsim-trace {json}`): its own TTFT from the request's first byte to the first
 content event written, each gap between content events as written, and what it planned.
@@ -42,6 +47,8 @@ class MiniServer:
         self.itl_ms = itl_ms
         self.connections = 0
         self.requests = 0
+        self.received: list[tuple[float, dict]] = []
+        self.cached_prefixes: set[str] = set()
         self._server = StreamServer(("127.0.0.1", port), self._handle)
 
     def start(self) -> "MiniServer":
@@ -66,12 +73,13 @@ class MiniServer:
         try:
             while True:
                 arrival = time.monotonic() if buf else None
+                wall = time.time()
                 while b"\r\n\r\n" not in buf:
                     data = sock.recv(65536)
                     if not data:
                         return
                     if arrival is None:
-                        arrival = time.monotonic()
+                        arrival, wall = time.monotonic(), time.time()
                     buf += data
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 headers = {}
@@ -83,7 +91,9 @@ class MiniServer:
                     buf += sock.recv(65536)
                 body, buf = buf[:length], buf[length:]
                 self.requests += 1
-                if not self._respond(sock, json.loads(body or b"{}"), headers, arrival):
+                req = json.loads(body or b"{}")
+                self.received.append((wall, req))
+                if not self._respond(sock, req, headers, arrival):
                     return
         except OSError:  # the client went away (Locust stops users mid-stream)
             return
@@ -98,6 +108,28 @@ class MiniServer:
         planned: list[float] = []  # when it was due
         model = req.get("model", "")
         n = int(req.get("max_tokens") or 16)
+        refused = [f for f in ("ignore_eos", "min_tokens") if f in req]
+        if model == "mode-strict" and refused:
+            body = json.dumps({"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
+                                         "type": "invalid_request_error", "param": None, "code": None}}).encode()
+            sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            return True
+        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}
+        ttft_ms = self.ttft_ms
+        if model == "mode-cache":
+            msgs = req.get("messages") or []
+            words = [len(str(m.get("content", "")).split()) for m in msgs]
+            cached = 0
+            if msgs and msgs[0].get("role") == "system":
+                key = str(msgs[0].get("content"))
+                if key in self.cached_prefixes:
+                    cached = words[0]
+                self.cached_prefixes.add(key)
+            usage = {"prompt_tokens": sum(words), "completion_tokens": n, "total_tokens": sum(words) + n,
+                     "prompt_tokens_details": {"cached_tokens": cached}}
+            if cached:
+                ttft_ms = self.ttft_ms / 4
         if model == "mode-http-429":
             body = json.dumps({"error": {"message": "Rate limit reached", "type": "requests",
                                          "code": "rate_limit_exceeded"}}).encode()
@@ -105,11 +137,11 @@ class MiniServer:
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
             return True
         if not req.get("stream"):
-            self._sleep_until(t0 + (self.ttft_ms + (n - 1) * self.itl_ms) / 1000.0)
+            self._sleep_until(t0 + (ttft_ms + (n - 1) * self.itl_ms) / 1000.0)
             text = "".join(WORDS[i % len(WORDS)] for i in range(n))
             body = json.dumps({"id": "x", "object": "chat.completion", "model": model, "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}}).encode()
+                "usage": usage}).encode()
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                          % len(body) + body)
             return True
@@ -136,7 +168,7 @@ class MiniServer:
             i = 0
             while i < n:
                 k = min(per_event, n - i)
-                due = t0 + (self.ttft_ms + (i + k - 1) * self.itl_ms) / 1000.0
+                due = t0 + (ttft_ms + (i + k - 1) * self.itl_ms) / 1000.0
                 self._sleep_until(due)
                 words = RARE_WORDS if model.startswith("mode-wordy") else WORDS
                 text = "".join(words[(i + j) % len(words)] for j in range(k))
@@ -152,8 +184,7 @@ class MiniServer:
                 i += k
         send(chunk({}, "length"))
         if (req.get("stream_options") or {}).get("include_usage") and model != "mode-wordy-no-usage":
-            send(event({"id": "x", "object": "chat.completion.chunk", "choices": [],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}}))
+            send(event({"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": usage}))
         if trace and written:
             ms = lambda a, b: round((a - b) * 1000.0, 4)  # noqa: E731
             send(b": llmsim-trace " + json.dumps({

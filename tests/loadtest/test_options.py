@@ -100,7 +100,9 @@ def test_prompts_file_formats(tmp_path):
     prompts = load_prompts(f)
     assert [p[-1]["content"] for p in prompts] == ["just text", "with key", "u", "bare list"]
     s = LoadTestSettings.from_options(parse("--prompts", str(f)))
-    assert len(s.prompts) == 4 and all(p.prompt_tokens > 0 for p in s.prompts)
+    entries = s.workload.spec.dataset.entries
+    assert len(entries) == 4 and [e.messages[-1]["content"] for e in entries][:2] == ["just text", "with key"]
+    assert s.prompts[0].prompt_tokens > 0
     with pytest.raises(OptionError, match="exclude each other"):
         LoadTestSettings.from_options(parse("--prompts", str(f), "--prompt-tokens", "5"))
 
