@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 from .engine import Generation, Request
-from .errors import ApiError
+from .errors import ApiError, StreamCut
 from .stream import Block
 from .trace import trace_comment, trace_record
 
@@ -107,14 +107,32 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         yield enc.block_start(0, blocks[0])
         current = 0
     delta = enc.delta
-    stamp, clock = gen.emitted.append, time.monotonic
-    for index, text in gen.paced():
-        if index != current:
-            yield _advance(enc, blocks, current, index) + delta(index, blocks[index], text)
-            current = index
-        else:
-            yield delta(index, blocks[index], text)
-        stamp(clock())
+    emitted, clock, next_due = gen.emitted, time.monotonic, gen.pacer.next_due
+    due: list[bytes] = []  # chunks already due together, written in one send
+    try:
+        for index, text in gen.paced():
+            if index != current:
+                out = _advance(enc, blocks, current, index) + delta(index, blocks[index], text)
+                current = index
+            else:
+                out = delta(index, blocks[index], text)
+            nxt = next_due()
+            if nxt is not None and nxt <= clock():
+                due.append(out)  # the next chunk is due already (a late loop, or no delay at all)
+                continue
+            if due:
+                due.append(out)
+                out, n = b"".join(due), len(due)
+                due.clear()
+                yield out
+                emitted.extend([clock()] * n)
+            else:
+                yield out
+                emitted.append(clock())
+    except StreamCut:
+        if due:  # released before the cut: they go out first
+            yield b"".join(due)
+        raise
     tail = _advance(enc, blocks, current, len(blocks))
     if tail:
         yield tail

@@ -40,6 +40,7 @@ from .errors import (
 from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, ScriptTurn, make_generator
 from .logprobs import TokenLogprob, token_logprobs
 from .precise import precise_timer
+from .prefix_cache import NO_CACHE, CacheUsage, PrefixCache, Segment, prompt_blocks, segment_prefixes
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
 from .scheduler import NullScheduler, QueueFull, Schedulers, Slot
@@ -124,6 +125,9 @@ class Request:
     """Log-probabilities of every text token with this many alternatives each (0-20); None: not asked."""
     n: int = 1
     """Choices to generate: n sequences in the batch, each holding its own slot."""
+    cache_segments: list[Segment] | None = None
+    """Anthropic prompt caching: the prompt's content blocks in order, its `cache_control` breakpoints
+    marked; None when the request sets none."""
 
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
@@ -163,6 +167,8 @@ class Generation:
     """The request id, when the request asked for a trace (x-llmsim-trace: 1)."""
     trace: dict | None = None
     """The trace record sent with the stream (llmsim/trace.py), once built."""
+    cache: CacheUsage = NO_CACHE
+    """What the prompt read from (not prefilled) and wrote to the deployment's prefix cache."""
 
     @property
     def model(self) -> str:
@@ -396,7 +402,7 @@ class Engine:
             f = self.forced
             assert f is not None
             hit = replace(own, name=f.name, latency=f.latency, capacity=f.capacity, slo=f.slo,
-                          chunk_tokens=f.chunk_tokens)
+                          chunk_tokens=f.chunk_tokens, cache=f.cache)
             if len(self._forced_cache) < 1024:
                 self._forced_cache[own] = hit
         return hit
@@ -449,6 +455,46 @@ class Engine:
             raise self._too_long(req, profile, tokens, at_least=not exact)
         return tokens
 
+    def count_prompt_blocks(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding,
+                            block_tokens: int) -> tuple[int, list[int]]:
+        """count_prompt on a deployment with a block prefix cache: the same count and checks, and the
+        prompt's block hashes, from one encoding of the prompt (its token ids are needed anyway)."""
+        tools_text = tools_prompt_text(req.tools)
+        room = profile.context_window - (req.max_tokens or 0)
+        if req.prompt_ids is not None:
+            if len(req.prompt_ids) > room:
+                raise self._too_long(req, profile, len(req.prompt_ids), at_least=False)
+        else:
+            chars = sum(_text_chars(m) for m in req.messages) + len(tools_text)
+            floor = chars // max_token_bytes(enc)
+            if chars > EXACT_COUNT_CHARS and floor > room:
+                raise self._too_long(req, profile, floor, at_least=True)
+        tokens, hashes = prompt_blocks(req.messages, enc, block_tokens, extra_text=tools_text,
+                                       framing=req.prompt_framing, ids=req.prompt_ids)
+        if tokens > room:
+            raise self._too_long(req, profile, tokens, at_least=False)
+        return tokens, hashes
+
+    def _cache_lookup(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding
+                      ) -> tuple[int, Callable[[], CacheUsage] | None]:
+        """(prompt tokens, how the request uses its deployment's prefix cache once admitted, if at all).
+
+        Key material (token ids, hashes) is computed now, off the event loop for a big prompt;
+        the lookup itself runs later, on the loop, only for a request that gets its batch slot.
+        """
+        cache: PrefixCache | None = self.schedulers.cache(profile)
+        if cache is None:
+            return self.count_prompt(req, profile, enc), None
+        if cache.rule != "anthropic":
+            tokens, hashes = self.count_prompt_blocks(req, profile, enc, cache.block_tokens)
+            return tokens, lambda: cache.use_blocks(hashes, tokens)
+        tokens = self.count_prompt(req, profile, enc)
+        segments = req.cache_segments
+        if not segments:  # Anthropic caches only what a cache_control breakpoint marks
+            return tokens, None
+        prefixes, ends = segment_prefixes(segments, enc)
+        return tokens, lambda: cache.use_breakpoints(prefixes, ends, segments, tokens)
+
     @staticmethod
     def _too_long(req: Request, profile: ModelProfile, prompt_tokens: int, *, at_least: bool) -> ApiError:
         asked = req.max_tokens or 0
@@ -490,7 +536,7 @@ class Engine:
         enc = get_encoding(profile.encoding)
         if req.prompt_ids is not None:
             req.messages = [{"role": "user", "content": self.decode_prompt(req.prompt_ids, enc, req.prompt_param)}]
-        prompt_tokens = self.count_prompt(req, profile, enc)
+        prompt_tokens, use_cache = self._cache_lookup(req, profile, enc)
         rng = self.request_rng()
         plans, scripted = self.plan(req, profile, enc, rng, prompt_tokens=prompt_tokens)
         plan = plans[0]
@@ -519,18 +565,25 @@ class Engine:
             if self.limiter is not None:
                 self.limiter.settle(charge, 0)
             raise
+        cache = NO_CACHE
+        if use_cache is not None:  # admitted: the prompt meets the cache (a refused one never does)
+            cache = use_cache()
+            self.stats.record_prefix_cache(req.model, prompt_tokens, cache.read)
         created = int(time.time())
         gens = []
         for k, (p, slot) in enumerate(zip(plans, slots, strict=True)):
             # Each further choice draws its own timing, from its own RNG: choice 0 keeps the request's.
             prng = rng if k == 0 else random.Random(rng.getrandbits(64))
-            pacer = Pacer(profile.latency, prng, prompt_tokens=prompt_tokens, slot=slot, cut=cut if k == 0 else None,
+            # Prefill counts only what the cache did not hold.
+            pacer = Pacer(profile.latency, prng, prompt_tokens=prompt_tokens - cache.read, slot=slot,
+                          cut=cut if k == 0 else None,
                           first_sleep=watch.sleep if watch is not None and k == 0 else None,
                           precise=precise_timer())
             if watch is not None and not req.stream:
                 pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
             gens.append(Generation(request=req, profile=profile, plan=p, prompt_tokens=prompt_tokens, pacer=pacer,
-                                   created=created, slot=slot, arrival=arrival, charge=charge, watch=watch, index=k))
+                                   created=created, slot=slot, arrival=arrival, charge=charge, watch=watch, index=k,
+                                   cache=cache))
         if len(gens) > 1:
             gens[0].choices = gens
         self.stats.generation_started(gens[0])

@@ -43,6 +43,38 @@ class Capacity:
                 "slowdown_at_full": self.slowdown_at_full}
 
 
+CACHE_RULES = ("vllm", "openai", "anthropic")
+"""How a prefix cache reports and reuses hits (prefix_cache.py): vLLM's block-granular
+automatic prefix caching, OpenAI's automatic caching (from 1,024 tokens in 128-token steps),
+Anthropic's explicit `cache_control` breakpoints with TTLs."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A deployment's prefix (KV) cache (`cache:`): see prefix_cache.py."""
+
+    capacity_tokens: int
+    """Prompt tokens the cache holds (least recently used blocks are evicted beyond it)."""
+    block_tokens: int = 16
+    """Tokens per cached block (vLLM's --block-size): only whole blocks are cached and hit."""
+    min_prefix_tokens: int = 0
+    """A shorter cached prefix is not reused (Anthropic: the model's minimum cacheable length)."""
+    rule: str | None = None
+    """One of CACHE_RULES; None: by the profile's provider (openai, anthropic, else vllm)."""
+
+    def rule_for(self, provider: str) -> str:
+        if self.rule is not None:
+            return self.rule
+        return provider if provider in ("openai", "anthropic") else "vllm"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"capacity_tokens": self.capacity_tokens, "block_tokens": self.block_tokens,
+                             "min_prefix_tokens": self.min_prefix_tokens}
+        if self.rule is not None:
+            d["rule"] = self.rule
+        return d
+
+
 @dataclass(frozen=True)
 class EmbeddingSpec:
     """An embedding model (`embedding:`): its vector size, its latency and its input limit."""
@@ -94,6 +126,8 @@ class ModelProfile:
     """An embedding model: served by /v1/embeddings only, with no token timing."""
     output_tokens: LengthDistribution | None = None
     """How long its answers are (None: the generator's --target-tokens)."""
+    cache: CacheSpec | None = None
+    """The deployment's prefix (KV) cache; None: every prompt is prefilled in full."""
     source: str = "<built-in>"
 
     @property
@@ -134,6 +168,8 @@ class ModelProfile:
             d["tools"] = {"call_probability": self.tool_call_probability}
         if self.output_tokens is not None:
             d["output_tokens"] = self.output_tokens.to_dict()
+        if self.cache is not None:
+            d["cache"] = {**self.cache.to_dict(), "rule": self.cache.rule_for(self.provider)}
         return d
 
 
@@ -141,9 +177,9 @@ class ModelProfile:
 
 _TOP_KEYS = {"name", "models", "provider", "encoding", "context_window", "max_output_tokens", "ttft", "itl",
              "prefill", "reasoning", "capacity", "slo", "chunk_tokens", "tools", "embedding",
-             "output_tokens"}
+             "output_tokens", "cache"}
 _GENERATION_KEYS = ("context_window", "max_output_tokens", "ttft", "itl", "prefill", "reasoning", "slo",
-                    "chunk_tokens", "tools", "output_tokens")
+                    "chunk_tokens", "tools", "output_tokens", "cache")
 """What an embedding profile cannot have: it generates no tokens."""
 _EMBEDDING_KEYS = {"dimensions", "base_ms", "per_token_ms", "max_input_tokens", "dimensions_param"}
 
@@ -174,6 +210,24 @@ def _capacity(src: str, where: str, value: Any) -> Capacity | None:
         slowdown_at_full=number(src, f"{where}.capacity.slowdown_at_full", c.get("slowdown_at_full", 1.0),
                                  minimum=1),
     )
+
+
+def parse_cache(src: str, key: str, value: Any) -> CacheSpec:
+    """A `cache:` section -> CacheSpec, or ProfileError naming the key."""
+    c = mapping(src, key, value, {"capacity_tokens", "block_tokens", "min_prefix_tokens", "rule"})
+    if "capacity_tokens" not in c:
+        raise ProfileError(src, f"{key}.capacity_tokens", "is required (how many prompt tokens the cache holds)")
+    block = integer(src, f"{key}.block_tokens", c.get("block_tokens", 16), minimum=1)
+    capacity = integer(src, f"{key}.capacity_tokens", c["capacity_tokens"], minimum=1)
+    if capacity < block:
+        raise ProfileError(src, f"{key}.capacity_tokens", f"must hold at least one block ({block} tokens), "
+                                                          f"got {capacity}")
+    rule = c.get("rule")
+    if rule is not None and rule not in CACHE_RULES:
+        raise ProfileError(src, f"{key}.rule", f"must be one of {', '.join(CACHE_RULES)}, got {rule!r}")
+    return CacheSpec(capacity_tokens=capacity, block_tokens=block,
+                     min_prefix_tokens=integer(src, f"{key}.min_prefix_tokens", c.get("min_prefix_tokens", 0)),
+                     rule=rule)
 
 
 def parse_embedding(src: str, key: str, value: Any) -> EmbeddingSpec:
@@ -291,6 +345,7 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
             call_probability = number(src, f"{where}.tools.call_probability", t["call_probability"])
             if call_probability > 1:
                 raise ProfileError(src, f"{where}.tools.call_probability", f"must be <= 1, got {call_probability!r}")
+    cache = None if value.get("cache") is None else parse_cache(src, f"{where}.cache", value["cache"])
     return ModelProfile(
         name=name, models=tuple(models), provider=provider, encoding=encoding,
         context_window=context_window, max_output_tokens=max_out,
@@ -298,7 +353,7 @@ def parse_profile(src: str, value: Any, index: int = 0) -> ModelProfile:
                                reasoning_tokens_per_output_token=ratio, reasoning_visible=visible,
                                reasoning_on_request=on_request),
         capacity=capacity, slo=tuple(slo), chunk_tokens=chunk, tool_call_probability=call_probability,
-        output_tokens=output_tokens, source=src,
+        output_tokens=output_tokens, cache=cache, source=src,
     )
 
 

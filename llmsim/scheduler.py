@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from greenlet import getcurrent, greenlet
 
 from .latency import LatencyProfile
+from .prefix_cache import PrefixCache
 from .profiles import Capacity
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -339,11 +340,13 @@ def make_scheduler(profile: ModelProfile, *, clock: Clock = time.monotonic) -> S
 
 
 class Schedulers:
-    """One scheduler per profile deployment, created on first use (the server keeps one of these)."""
+    """One scheduler per profile deployment, created on first use (the server keeps one of these),
+    and next to it the deployment's prefix cache when its profile has `cache:`."""
 
     def __init__(self, *, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self._by_name: dict[str, Scheduler | NullScheduler] = {}
+        self._caches: dict[str, PrefixCache] = {}
 
     def get(self, profile: ModelProfile) -> Scheduler | NullScheduler:
         s = self._by_name.get(profile.name)
@@ -351,11 +354,30 @@ class Schedulers:
             s = self._by_name[profile.name] = make_scheduler(profile, clock=self.clock)
         return s
 
+    def cache(self, profile: ModelProfile) -> PrefixCache | None:
+        """The deployment's prefix cache (None without `cache:`), created with its scheduler."""
+        spec = profile.cache
+        if spec is None:
+            return None
+        c = self._caches.get(profile.name)
+        if c is None:
+            self.get(profile)
+            c = self._caches[profile.name] = PrefixCache(spec, spec.rule_for(profile.provider), clock=self.clock,
+                                                         name=profile.name)
+        return c
+
+    def caches(self) -> dict[str, PrefixCache]:
+        return dict(self._caches)
+
     def __iter__(self) -> Iterator[Scheduler | NullScheduler]:
         return iter(self._by_name.values())
 
     def snapshot(self) -> dict[str, dict]:
-        return {name: s.snapshot() for name, s in self._by_name.items()}
+        """Every deployment's load-model figures, with `prefix_cache` where it has one."""
+        out = {name: s.snapshot() for name, s in self._by_name.items()}
+        for name, c in self._caches.items():
+            out[name]["prefix_cache"] = c.snapshot()
+        return out
 
 
 # --------------------------------------------------------------------------- simulation

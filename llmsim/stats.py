@@ -210,6 +210,8 @@ class ServerStats:
         self.rate_limited = 0  # refused by the rate limiter (not injected)
         self.faults: Counter[str] = Counter()  # injected fault kind -> n
         self.errors: Counter[str] = Counter()  # error kind -> n (see docs/observability.md)
+        self.cache_queries: Counter[str] = Counter()  # model -> prompt tokens looked up in a prefix cache
+        self.cache_hits: Counter[str] = Counter()  # model -> of those, tokens found (not prefilled)
         self.models: dict[str, _ModelStats] = {}
         self.live: weakref.WeakValueDictionary[int, Generation] = weakref.WeakValueDictionary()
         self.total = {m: Distribution() for m in METRICS}
@@ -253,6 +255,12 @@ class ServerStats:
     def record_rate_limited(self) -> None:
         with self._lock:
             self.rate_limited += 1
+
+    def record_prefix_cache(self, model: str, queries: int, hits: int) -> None:
+        """A request met its deployment's prefix cache: `queries` prompt tokens looked up, `hits` reused."""
+        with self._lock:
+            self.cache_queries[model] += queries
+            self.cache_hits[model] += hits
 
     def stream_started(self) -> None:
         with self._lock:
@@ -408,7 +416,14 @@ class ServerStats:
                 "errors": dict(sorted(self.errors.items())),
                 "rates": self.rates(now),
                 "latency_ms": latency,
+                "prefix_cache": self._cache_dict(),
             }
+
+    def _cache_dict(self) -> dict:
+        queries, hits = sum(self.cache_queries.values()), sum(self.cache_hits.values())
+        return {"queries_total": queries, "hits_total": hits, "hit_rate": round(hits / queries, 6) if queries else 0.0,
+                "models": {m: {"queries_total": q, "hits_total": self.cache_hits[m]}
+                           for m, q in sorted(self.cache_queries.items())}}
 
     def status_line(self) -> str:
         """One line for `llmsim serve --stats-interval`: rates, state and recent latencies."""
@@ -470,7 +485,14 @@ class _Collector(Collector):
             generation.add_metric(key, m.completion_tokens)
             for reason in VLLM_FINISH_REASONS:
                 success.add_metric(key + [reason], m.finished.get(reason, 0))
-        yield from (running, waiting, prompt, generation, success)
+        queries = CounterMetricFamily("vllm:prefix_cache_queries",
+                                      "Prefix cache queries, in terms of number of queried tokens.", labels=labels)
+        hits = CounterMetricFamily("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+                                   labels=labels)
+        for model, n in sorted(st.cache_queries.items()):
+            queries.add_metric([model, VLLM_ENGINE], n)
+            hits.add_metric([model, VLLM_ENGINE], st.cache_hits.get(model, 0))
+        yield from (running, waiting, prompt, generation, success, queries, hits)
         for name, help_, series in VLLM_HISTOGRAMS:
             h = st.vllm[series]
             fam = HistogramMetricFamily(name, help_, labels=labels)

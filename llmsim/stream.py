@@ -264,6 +264,8 @@ class Pacer:
         self._plain_sleep = sleep
         self.cut = cut
         self.first_sleep = first_sleep
+        self._ahead: tuple[float, int] | None = None  # (last deadline, tokens of the next chunk)
+        self._ahead_due: float | None = None
         self.precise = precise
         """Finishes each wait on its deadline (see llmsim/precise.py); None: plain sleeps."""
         self.sent_tokens = 0  # visible tokens released so far (what a cut stream really delivered)
@@ -310,6 +312,17 @@ class Pacer:
             raise StreamCut(cut)
         self.sent_tokens += ntok
 
+    def next_due(self) -> float | None:
+        """The deadline of the chunk after the one just released, or None after the last."""
+        if self._ahead is None:
+            return None
+        if self._ahead_due is None:
+            due, ntok = self._ahead
+            for _ in range(ntok):
+                due += self._itl_s()
+            self._ahead_due = due
+        return self._ahead_due
+
     def paced_indices(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0,
                       start: float | None = None) -> Iterator[int]:
         """Yield each chunk's index at its deadline; a k-token chunk waits for its k-th token.
@@ -329,9 +342,11 @@ class Pacer:
         # watches the client (the first, or any of a non-streamed answer) sleeps through it until
         # just before the deadline.
         direct = self.sleep is self._plain_sleep
-        for i, ntok in enumerate(piece_tokens):
-            for _ in range(ntok - 1 if i == 0 else ntok):
+        last = len(piece_tokens) - 1
+        if last >= 0:
+            for _ in range(piece_tokens[0] - 1):
                 deadline += itl()
+        for i, ntok in enumerate(piece_tokens):
             if planned is not None:
                 planned.append(deadline)
             wait = deadline - clock()
@@ -350,7 +365,17 @@ class Pacer:
             if cut is not None and i >= cut.after_pieces:
                 raise StreamCut(cut)
             self.sent_tokens += ntok
+            # A writer may ask for the next chunk's deadline (next_due()) before this one goes
+            # out, to send chunks that are already due in one write; the next gap's draws are
+            # then taken at that moment, else when the generator resumes, as always.
+            self._ahead = (deadline, piece_tokens[i + 1]) if i < last else None
+            self._ahead_due = None
             yield i
+            if self._ahead_due is not None:
+                deadline = self._ahead_due
+            elif i < last:
+                for _ in range(piece_tokens[i + 1]):
+                    deadline += itl()
         if cut is not None:
             raise StreamCut(cut)
 

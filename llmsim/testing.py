@@ -44,11 +44,12 @@ class RunningServer:
 def start_server(*, latency_profile: str | None = None, profile_files: Iterable[str | os.PathLike] = (),
                  profiles_dir: str | None = None, generator: str = "lorem", target_tokens: int | None = None,
                  seed: int | None = None, config: dict | str | None = None, host: str = "127.0.0.1",
-                 port: int = 0, **settings: Any) -> RunningServer:
+                 port: int = 0, replay: Any = None, **settings: Any) -> RunningServer:
     """Start llmsim on an ephemeral port (by default) and return once it accepts connections.
 
     `config` is a config-file path or a dict of its settings; keyword arguments
-    override it, as flags do. `profile_files` are extra profile YAMLs.
+    override it, as flags do. `profile_files` are extra profile YAMLs. `replay`
+    is a llmsim.replay.ReplayBook: its recordings answer first, as with `llmsim replay`.
     """
     from .cli.config import resolve_config
     from .cli.server import build_server, server_url
@@ -66,7 +67,7 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
                                     extra_files=list(profile_files))
 
     if _patched():
-        server, state = build_server(cfg, AppState(cfg, registry))
+        server, state = build_server(cfg, AppState(cfg, registry), replay=replay)
         server.start()
         return RunningServer(server_url(server), state, lambda: server.stop(timeout=1))
 
@@ -77,7 +78,7 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
         import gevent
 
         try:
-            server, state = build_server(cfg, AppState(cfg, registry))
+            server, state = build_server(cfg, AppState(cfg, registry), replay=replay)
             server.start()
         except BaseException as e:  # surfaced to the caller below
             box["error"] = e

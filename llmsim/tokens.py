@@ -24,8 +24,8 @@ from tiktoken_ext import openai_public
 from .profiles import ENCODINGS, ProfileRegistry, default_registry
 
 DEFAULT_ENCODING = "o200k_base"
-OFFLOAD_CHARS = 20_000
-"""Texts longer than this are encoded in gevent's threadpool (about 2 ms of work)
+OFFLOAD_CHARS = 4_096
+"""Texts longer than this are encoded in gevent's threadpool (about 0.3 ms of work or more)
 so a big prompt does not stall every other stream on the event loop."""
 
 _BLOB_URLS = {
@@ -210,6 +210,46 @@ def count_prompt_bounded(messages: Sequence[dict], encoding: tiktoken.Encoding, 
         if limit is not None and total > limit and (not complete or i < len(texts) - 1):
             return total, False
     return total, True
+
+
+MESSAGE_MARK = (-3, -2, -1)
+"""Stand-in ids of a message's framing tokens (and of the reply priming, which opens the next
+message): prompt_token_ids gives them their place, hashing needs no real ids."""
+NAME_MARK = -4
+
+
+def prompt_token_ids(messages: Sequence[dict], encoding: tiktoken.Encoding, *, extra_text: str = "",
+                     framing: bool = True) -> list[int]:
+    """The prompt's token ids in the order count_prompt_bounded counts them, which is their number.
+
+    Tool definitions (`extra_text`) first, then per message its framing (MESSAGE_MARK), its role
+    and its content; the reply priming last. Long texts are encoded in the same slices as they are
+    counted. Framing tokens are stand-in negative ids: what the prefix cache hashes.
+    """
+    ids: list[int] = []
+
+    def add(text: str) -> None:
+        if len(text) <= OFFLOAD_CHARS:
+            ids.extend(encoding.encode_ordinary(text))
+            return
+        for piece in _slices(text):
+            ids.extend(encoding.encode_ordinary(piece))
+
+    if extra_text:
+        add(extra_text)
+    for msg in messages:
+        if framing:
+            ids.extend(MESSAGE_MARK)
+        for key, value in msg.items():
+            if key == "content":
+                add(message_text(value))
+            elif isinstance(value, str) and framing:
+                add(value)
+                if key == "name":
+                    ids.append(NAME_MARK)
+    if framing:
+        ids.extend(MESSAGE_MARK)  # the reply priming: the assistant message's opening
+    return ids
 
 
 def decode_ids(ids: Sequence[int], encoding: tiktoken.Encoding) -> str:

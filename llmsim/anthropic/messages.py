@@ -21,6 +21,7 @@ from ..api import Api, StreamEncoder
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import json_type
+from ..prefix_cache import ANTHROPIC_MAX_BREAKPOINTS, ANTHROPIC_TTLS, NO_CACHE, CacheUsage, Segment, segment_key
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
 from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
@@ -232,7 +233,70 @@ def parse_count_tokens_request(body: dict) -> Request:
     parallel = not (body.get("tool_choice") or {}).get("disable_parallel_tool_use", False) \
         if isinstance(body.get("tool_choice"), dict) else True
     return Request(model=model, messages=prompt_messages(messages, system), tools=tools, tool_choice=choice,
-                   parallel_tool_calls=parallel, answers_tool_result=answers, call_id_prefix="toolu_")
+                   parallel_tool_calls=parallel, answers_tool_result=answers, call_id_prefix="toolu_",
+                   cache_segments=cache_segments(body, messages, system))
+
+
+# ---------------------------------------------------------------- prompt caching
+
+def _cache_control(value: Any, path: str) -> str:
+    """A `cache_control` object validated: its TTL ("5m" unless it says "1h")."""
+    _object(value, path)
+    kind = value.get("type")
+    if kind is None:
+        raise bad(f"{path}.type", "Field required")
+    if kind != "ephemeral":
+        raise bad(f"{path}.type", "Input should be 'ephemeral'")
+    ttl = value.get("ttl")
+    if ttl is None:
+        return "5m"
+    if ttl not in ANTHROPIC_TTLS:
+        raise bad(f"{path}.ttl", "Input should be '5m' or '1h'")
+    return ttl
+
+
+def _tool_text(tool: dict) -> str:
+    """What a tool definition adds to the prompt (a custom tool as toolcalls.tools_prompt_text writes it)."""
+    if tool.get("type", "custom") in (None, "custom"):
+        return json.dumps({"name": tool.get("name"), "description": tool.get("description") or "",
+                           "parameters": tool.get("input_schema")}, separators=(",", ":"), ensure_ascii=False)
+    return segment_key(tool)
+
+
+def cache_segments(body: dict, messages: list[dict], system: str | list | None) -> list[Segment] | None:
+    """The prompt's content blocks in cache order (tools, system, messages) with their `cache_control`
+    breakpoints, the top-level `cache_control` marking the last block; None when there is none."""
+    segments: list[Segment] = []
+
+    def add(block: Any, path: str, text: str, role: str | None = None) -> None:
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        ttl = None if control is None else _cache_control(control, f"{path}.cache_control")
+        key = segment_key(block) if isinstance(block, dict) else json.dumps(block)
+        segments.append(Segment(key, text, role, ttl))
+
+    for i, tool in enumerate(body.get("tools") or []):
+        add(tool, f"tools.{i}", _tool_text(tool))
+    if isinstance(system, str) and system:
+        add({"type": "text", "text": system}, "system", system, "system")
+    elif isinstance(system, list):
+        for j, block in enumerate(system):
+            add(block, f"system.{j}", _block_text(block), "system" if j == 0 else None)
+    for i, msg in enumerate(messages):
+        content = msg["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for j, block in enumerate(blocks):
+            add(block, f"messages.{i}.content.{j}", _block_text(block), msg["role"] if j == 0 else None)
+    top = body.get("cache_control")
+    if top is not None:  # automatic caching: a breakpoint on the last block
+        ttl = _cache_control(top, "cache_control")
+        if segments and segments[-1].ttl is None:
+            last = segments[-1]
+            segments[-1] = Segment(last.key, last.text, last.role, ttl)
+    found = sum(1 for s in segments if s.ttl is not None)
+    if found > ANTHROPIC_MAX_BREAKPOINTS:
+        raise invalid(f"A maximum of {ANTHROPIC_MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+                      f"Found {found}.")
+    return segments if found else None
 
 
 def parse_messages_request(body: dict) -> Request:
@@ -374,10 +438,19 @@ def stop_reason(plan: TokenPlan) -> str:
     return "end_turn"
 
 
-def message_usage(input_tokens: int, output_tokens: int, thinking_tokens: int = 0) -> dict:
+def cache_fields(prompt_tokens: int, cache: CacheUsage) -> dict:
+    """The prompt's share of `usage`: input_tokens is what was neither read from nor written to the cache."""
+    return {"input_tokens": max(0, prompt_tokens - cache.read - cache.write),
+            "cache_creation_input_tokens": cache.write, "cache_read_input_tokens": cache.read}
+
+
+def message_usage(prompt_tokens: int, output_tokens: int, thinking_tokens: int = 0,
+                  cache: CacheUsage = NO_CACHE) -> dict:
     """`usage`: output_tokens includes thinking, which output_tokens_details breaks out when there is some."""
-    usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-             "output_tokens": output_tokens, "service_tier": "standard"}
+    usage: dict[str, Any] = {**cache_fields(prompt_tokens, cache),
+                             "cache_creation": {"ephemeral_5m_input_tokens": cache.write_5m,
+                                                "ephemeral_1h_input_tokens": cache.write_1h},
+                             "output_tokens": output_tokens, "service_tier": "standard"}
     if thinking_tokens:
         usage["output_tokens_details"] = {"thinking_tokens": thinking_tokens}
     return usage
@@ -416,7 +489,7 @@ def message_body(meta: dict, gen: Generation) -> dict:
         "content": [content_block(b, meta.get("signature", "")) for b in plan.blocks],
         "stop_reason": stop_reason(plan),
         "stop_sequence": plan.stop_sequence,
-        "usage": message_usage(gen.prompt_tokens, plan.completion_tokens, plan.all_reasoning_tokens),
+        "usage": message_usage(gen.prompt_tokens, plan.completion_tokens, plan.all_reasoning_tokens, gen.cache),
     }
 
 
@@ -442,7 +515,7 @@ class MessageEventEncoder(StreamEncoder):
     def message_start(self, output_tokens: int = 1) -> bytes:
         message = {"id": self.meta["id"], "type": "message", "role": "assistant", "model": self.meta["model"],
                    "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": message_usage(self.input_tokens, output_tokens)}
+                   "usage": message_usage(self.input_tokens, output_tokens, cache=self.gen.cache)}
         return self.event("message_start", {"type": "message_start", "message": message})
 
     def opening(self) -> Iterable[bytes]:
@@ -475,8 +548,7 @@ class MessageEventEncoder(StreamEncoder):
         return out + self.event("content_block_stop", {"type": "content_block_stop", "index": index})
 
     def message_delta(self, plan: TokenPlan) -> bytes:
-        usage: dict = {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0,
-                       "cache_read_input_tokens": 0, "output_tokens": plan.completion_tokens}
+        usage: dict = {**cache_fields(self.input_tokens, self.gen.cache), "output_tokens": plan.completion_tokens}
         if plan.all_reasoning_tokens:
             usage["output_tokens_details"] = {"thinking_tokens": plan.all_reasoning_tokens}
         return self.event("message_delta", {"type": "message_delta",

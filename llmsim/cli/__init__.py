@@ -1,4 +1,4 @@
-"""The `llmsim` command: `serve` and `profiles`.
+"""The `llmsim` command: `serve`, `profiles`, `record`, `replay` and `profile fit`.
 
 Importing this package does not monkey-patch: the entry points (llmsim/__main__.py,
 which the console script runs) patch before they import it.
@@ -25,7 +25,73 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("name", nargs="?", help="profile or model name (with show)")
     prof.add_argument("--profiles-dir", default=None, help="directory of extra or overriding profile YAMLs")
     prof.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/profiles.md)")
+    rec = sub.add_parser("record", help="a proxy that records every request and response (with timing) as JSONL")
+    rec.add_argument("--upstream", required=True, metavar="URL",
+                     help="the OpenAI- or Anthropic-compatible API to forward to (http:// or https://)")
+    rec.add_argument("--out", required=True, metavar="FILE.jsonl", help="the record file (one JSON line per request)")
+    rec.add_argument("--append", action="store_true", help="append to FILE.jsonl instead of starting it afresh")
+    rec.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    rec.add_argument("--port", type=int, default=8081, help="port to bind; 0 picks a free one (default %(default)s)")
+    rec.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                     help="give up on an upstream that sends nothing for S seconds (default %(default)g)")
+    rep = sub.add_parser("replay", help="serve recorded answers with their recorded timing (the generator answers "
+                                         "the rest)")
+    rep.add_argument("records", nargs="+", metavar="FILE.jsonl", help="record files written by `llmsim record`")
+    rep.add_argument("--match", default=None, metavar="FIELD,...",
+                     help="match requests on these top-level body fields (and stream) instead of the exact body, "
+                          "e.g. model,messages")
+    rep.add_argument("--strict", action="store_true",
+                     help="answer an unmatched request with 404 in the provider's envelope instead of generating")
+    add_server_flags(rep)
+    pf = sub.add_parser("profile", help="work with measured traffic: `profile fit`")
+    pf_sub = pf.add_subparsers(dest="profile_command", required=True)
+    fit = pf_sub.add_parser("fit", help="fit a profile YAML (latency, prefill, reasoning, load model) to recorded "
+                                        "traffic and print how well each part fits")
+    fit.add_argument("files", nargs="+", metavar="FILE",
+                     help="`llmsim record` JSONL and/or Locust --llm-records JSONL files")
+    fit.add_argument("--out", default=None, metavar="PROFILE.yaml",
+                     help="write the profile here (default: print it to stdout, the report to stderr)")
+    fit.add_argument("--name", default=None, help="the profile's name (default: MODEL-fitted)")
+    fit.add_argument("--models", default=None, metavar="M1,M2",
+                     help="fit only records of these models (names or globs) and list them as the profile's models "
+                          "(default: every model in the records)")
     return parser
+
+
+def _profile_fit(args: argparse.Namespace) -> int:
+    from ..fit import FitError, fit, format_report, load_observations, profile_yaml
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    try:
+        observations, files = load_observations(args.files)
+        result = fit(observations, files, models)
+    except FitError as e:
+        print(f"llmsim profile fit: {e}", file=sys.stderr)
+        return 2
+    name = args.name or (f"{result.models[0]}-fitted" if result.models else "fitted")
+    text = profile_yaml(result, name)
+    report = format_report(result)
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            print(f"llmsim profile fit: cannot write {args.out} ({e.strerror or e})", file=sys.stderr)
+            return 2
+        print(report + f"\nWrote profile {name!r} to {args.out} (use: llmsim serve --profiles-dir DIR)", flush=True)
+    else:
+        print(report, file=sys.stderr, flush=True)
+        print(text, end="", flush=True)
+    return 0
+
+
+def _replay_book(args: argparse.Namespace):  # -> ReplayBook
+    from ..replay import ReplayBook
+
+    fields = [f.strip() for f in args.match.split(",") if f.strip()] if args.match else None
+    if args.match is not None and not fields:
+        raise ValidationError("command line", "--match", "give one or more field names, e.g. model,messages")
+    return ReplayBook.load(args.records, fields, strict=args.strict)
 
 
 def _profiles(args: argparse.Namespace) -> int:
@@ -90,10 +156,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "profiles":
             return _profiles(args)
+        if args.command == "profile":
+            return _profile_fit(args)
+        if args.command == "record":
+            from .proxy import run as run_proxy
+
+            return run_proxy(args.upstream, args.out, args.host, args.port, args.timeout, args.append)
         from .server import serve
 
-        flags = {k: v for k, v in vars(args).items() if k != "command"}
-        return serve(resolve_config(flags))
+        replay = None
+        if args.command == "replay":
+            from ..replay import ReplayError
+
+            try:
+                replay = _replay_book(args)
+            except ReplayError as e:
+                print(f"llmsim: {e}", file=sys.stderr)
+                return 2
+        flags = {k: v for k, v in vars(args).items() if k not in ("command", "records", "match", "strict")}
+        return serve(resolve_config(flags), replay=replay)
     except ValidationError as e:  # a bad profile or setting: one line, no traceback
         print(f"llmsim: {e}", file=sys.stderr)
         return 2

@@ -30,8 +30,15 @@ def read_json_body(request: Request, limit: int | None) -> dict:
     return parse_json_object(read_body_bytes(request, limit))
 
 
+BODY_KEY = "llmsim.body"
+"""Where a body already read (by `llmsim replay`'s matcher) waits for the route."""
+
+
 def read_body_bytes(request: Request, limit: int | None) -> bytes:
     """The raw request body; 413 past `limit` bytes, with or without Content-Length."""
+    done = request.environ.get(BODY_KEY)
+    if isinstance(done, bytes):
+        return done
     environ = request.environ
     length = request.content_length
     if limit is not None and length is not None and length > limit:

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +38,9 @@ from .admin import admin_blueprint
 from .body import read_body_bytes
 from .dashboard import dashboard_html
 from .state import AppState, Generation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..replay import ReplayBook
 
 SOCKET_KEY = "llmsim.socket"
 """The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
@@ -264,8 +268,8 @@ def model_object(state: AppState, model_id: str) -> dict:
             "owned_by": OWNERS.get(p.provider if p else "", "llmsim")}
 
 
-def create_app(state: AppState) -> Flask:
-    """The WSGI app for one server state."""
+def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
+    """The WSGI app for one server state (with `replay`: recorded answers first, see cli/replaying.py)."""
     app = Flask("llmsim")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's settings
@@ -286,6 +290,10 @@ def create_app(state: AppState) -> Flask:
         g.t0 = request.environ.get(T0_KEY) or time.monotonic()
 
     install_access(app, state)  # after _start: auth answers carry the request id
+    if replay is not None:
+        from .replaying import install_replay
+
+        install_replay(app, replay)  # after the auth check
 
     @app.after_request
     def _finish(resp: Response) -> Response:

@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
@@ -91,6 +91,10 @@ class _DiscardSome:
                 left -= len(data)
         except (OSError, ValueError):
             pass
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..replay import ReplayBook
 
 
 class _QuietHandler(WSGIHandler):
@@ -335,11 +339,12 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(config: ServerConfig, state: AppState | None = None) -> tuple[NoDelayWSGIServer, AppState]:
-    """A bound (not yet serving) server and its state."""
+def build_server(config: ServerConfig, state: AppState | None = None,
+                 replay: ReplayBook | None = None) -> tuple[NoDelayWSGIServer, AppState]:
+    """A bound (not yet serving) server and its state (`replay`: `llmsim replay`'s recordings)."""
     state = state or AppState(config)
     listener = make_listener(config.host, config.port)
-    app = create_app(state)
+    app = create_app(state, replay)
     StrictJSONProvider.install(app)
     server = NoDelayWSGIServer(listener, app, log="default" if config.access_log else None, error_log="default")
     server.header_timeout = config.header_timeout
@@ -378,7 +383,7 @@ def print_status(state: AppState, interval: float, out: Any = None) -> None:
         print(state.stats.status_line(), file=out, flush=True)
 
 
-def serve(config: ServerConfig) -> int:
+def serve(config: ServerConfig, replay: ReplayBook | None = None) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     from . import workers
 
@@ -386,8 +391,10 @@ def serve(config: ServerConfig) -> int:
         return workers.run_worker()
     if config.workers != 1:
         return workers.supervise(config)
-    server, state = build_server(config)
+    server, state = build_server(config, replay=replay)
     server.start()
+    if replay is not None:
+        print(f"llmsim replaying {', '.join(replay.files)}: {replay.describe()}", flush=True)
     print(f"llmsim serving on {server_url(server)} ({describe(state)})", flush=True)
     stopping = gevent.event.Event()
 

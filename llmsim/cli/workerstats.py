@@ -17,7 +17,9 @@ Merge rules, for both forms:
   `max_concurrent`, `queue_limit`: the fleet's totals), and in Prometheus
   text each live worker keeps its own series with a `worker` label
   (prometheus_client's multiprocess "all" mode), so `sum()` gives the total;
-- `uptime_s`, `multiplier` and the `max_*` peaks are the largest over workers.
+- `uptime_s`, `multiplier`, `block_tokens` and the `max_*` peaks are the largest over workers;
+- a `hit_rate` is worked out again from the summed `hits_total` / `queries_total` beside it
+  (every worker keeps its own prefix cache: the fleet's rate is over all their lookups).
 
 Metric families whose names start with one of PROCESS_LOCAL_PREFIXES are
 rendered per process and merged here. Any other family passes through as the
@@ -45,13 +47,13 @@ WORKER_INDEX_ENV = "LLMSIM_WORKER_INDEX"
 PROMETHEUS_DIR = "prometheus"
 RETIRED = "retired.json"
 SNAPSHOT_PERIOD_S = 0.5
-PROCESS_LOCAL_PREFIXES = ("llmsim_",)
+PROCESS_LOCAL_PREFIXES = ("llmsim_", "vllm:prefix_cache_")
 """Metric families each worker renders for itself alone; merged across workers (see the module doc)."""
 
 LIVE_ONLY = frozenset({"active_streams", "active", "waiting", "max_concurrent", "queue_limit", "multiplier",
-                       "uptime_s"})
+                       "uptime_s", "cached_tokens", "entries", "capacity_tokens"})
 """JSON keys that describe a worker now: a dead worker's value is dropped from the totals."""
-LARGEST = frozenset({"uptime_s", "multiplier", "max_waiting", "max_active"})
+LARGEST = frozenset({"uptime_s", "multiplier", "max_waiting", "max_active", "block_tokens"})
 """JSON keys whose total is the largest value over the workers, not the sum."""
 
 
@@ -172,7 +174,18 @@ def merge_stats(docs: Iterable[dict], retired: dict | None = None) -> dict:
         _add(out, doc)
     if retired:
         _add(out, retired)
+    _rates(out)
     return out
+
+
+def _rates(doc: dict) -> None:
+    """Work `hit_rate` out again from the summed hits and queries beside it (a sum of rates means nothing)."""
+    if "hit_rate" in doc and isinstance(doc.get("queries_total"), (int, float)):
+        queries, hits = doc["queries_total"], doc.get("hits_total") or 0
+        doc["hit_rate"] = round(hits / queries, 6) if queries else 0.0
+    for v in doc.values():
+        if isinstance(v, dict):
+            _rates(v)
 
 
 def cluster_stats(own: Snapshot, others: list[Snapshot], retired: dict) -> dict:

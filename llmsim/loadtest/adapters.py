@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .sse import MalformedStream, SseEvent
+from .tools import functions
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class StreamDelta:
     dataclass's __init__ costs three times as much; treat it as read-only.)"""
 
     text: str = ""
-    """Visible generated text in this event ("" for role-only, usage-only or control events)."""
+    """Visible generated content in this event: answer text or tool-call argument fragments ("" for role-only,
+    usage-only or control events, and for a tool call's name)."""
     reasoning: str = ""
     """Streamed reasoning text; it counts as generated content for TTFT and ITL."""
     done: bool = False
@@ -80,15 +82,22 @@ class HttpRequest:
 
 
 class ApiAdapter:
-    """How to talk to one API. Subclasses override the four methods below."""
+    """How to talk to one API. Subclasses override the four methods below (and tool_fields for --tools)."""
 
     name = "api"
     path = "/"
     api_key_env = "OPENAI_API_KEY"
+    supports_tools = False
+    """Whether tool_fields can send tools (--tools)."""
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """Headers that carry the API key."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
+        """Body fields that send `tools` (Chat shape, tools.load_tools) and `tool_choice` (auto, required or
+        none) in this API's own shape."""
+        raise NotImplementedError(f"the {self.name} API has no tools")
 
     def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
         raise NotImplementedError
@@ -141,6 +150,10 @@ class ChatCompletionsAdapter(ApiAdapter):
     path = "/v1/chat/completions"
     max_tokens_field = "max_tokens"
     """Some deployments want `max_completion_tokens`; override in a subclass."""
+    supports_tools = True
+
+    def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
+        return {"tools": list(tools), "tool_choice": tool_choice}
 
     def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
         body: dict[str, Any] = {"model": model, "messages": list(prompt.messages), "stream": stream}
@@ -173,6 +186,9 @@ class ChatCompletionsAdapter(ApiAdapter):
             reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
             if not isinstance(text, str) or not isinstance(reasoning, str):
                 raise MalformedStream("delta content is not a string")
+            calls = delta.get("tool_calls")
+            if calls:  # argument fragments are generated content; the first delta's id and name are not
+                text += _arguments(calls, "delta.tool_calls")
         usage = self._usage(obj.get("usage"))
         if text or reasoning or usage:
             return StreamDelta(text=text, reasoning=reasoning, usage=usage)
@@ -186,7 +202,24 @@ class ChatCompletionsAdapter(ApiAdapter):
             msg = body["choices"][0].get("message") or {}
             text = msg.get("content") or ""
             reasoning = msg.get("reasoning_content") or msg.get("reasoning") or ""
+            if msg.get("tool_calls"):
+                text += _arguments(msg["tool_calls"], "message.tool_calls")
         return text, reasoning, self._usage(body.get("usage"))
+
+
+def _arguments(calls: Any, where: str) -> str:
+    """The argument text of Chat `tool_calls` (a delta's fragments, or a message's whole arguments)."""
+    if not isinstance(calls, list):
+        raise MalformedStream(f"{where} is not a list")
+    out = ""
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if args:
+            if not isinstance(args, str):
+                raise MalformedStream(f"{where}[].function.arguments is not a string")
+            out += args
+    return out
 
 
 def _object(data: str, load: Any) -> dict[str, Any]:
@@ -209,6 +242,17 @@ class MessagesAdapter(ApiAdapter):
     anthropic_version = "2023-06-01"
     default_max_tokens = 4096
     """Messages requires max_tokens; sent when the run gives none."""
+    supports_tools = True
+    TOOL_CHOICE = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+
+    def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
+        out = []
+        for fn in functions(tools):
+            tool = {"name": fn["name"], "input_schema": fn["parameters"]}
+            if fn.get("description"):
+                tool["description"] = fn["description"]
+            out.append(tool)
+        return {"tools": out, "tool_choice": self.TOOL_CHOICE[tool_choice]}
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": self.anthropic_version}
@@ -257,14 +301,19 @@ class MessagesAdapter(ApiAdapter):
         created = _int_or_none(u.get("cache_creation_input_tokens"))
         if prompt is not None and (read or created):
             prompt += (read or 0) + (created or 0)
-        return Usage(prompt, _int_or_none(u.get("output_tokens")) if output else None, cached_tokens=read)
+        if not output:
+            return Usage(prompt, cached_tokens=read)
+        d = u.get("output_tokens_details")  # thinking tokens, where the server breaks them out
+        thinking = _int_or_none(d.get("thinking_tokens")) if isinstance(d, dict) else None
+        return Usage(prompt, _int_or_none(u.get("output_tokens")), thinking, cached_tokens=read)
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         obj = _object(event.data, self.load_json)
         kind = obj.get("type") or event.event
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
-            text, thinking = delta.get("text") or "", delta.get("thinking") or ""
+            # a tool_use block's input streams as input_json_delta fragments: generated content like text
+            text, thinking = delta.get("text") or delta.get("partial_json") or "", delta.get("thinking") or ""
             if not isinstance(text, str) or not isinstance(thinking, str):
                 raise MalformedStream("delta text is not a string")
             return StreamDelta(text=text, reasoning=thinking) if text or thinking else NOTHING
@@ -284,7 +333,8 @@ class MessagesAdapter(ApiAdapter):
         if not isinstance(body, dict) or not isinstance(body.get("content"), list):
             raise MalformedStream("response body has no content")
         blocks = [b for b in body["content"] if isinstance(b, dict)]
-        text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        text = "".join((b.get("text") or "") if b.get("type") == "text" else json.dumps(b.get("input") or {})
+                       for b in blocks if b.get("type") in ("text", "tool_use"))
         thinking = "".join(b.get("thinking") or "" for b in blocks if b.get("type") == "thinking")
         return text, thinking, self._usage(body.get("usage"))
 
@@ -294,9 +344,15 @@ class ResponsesAdapter(ApiAdapter):
 
     name = "responses"
     path = "/v1/responses"
-    TEXT_DELTAS = ("response.output_text.delta",)
+    TEXT_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
     REASONING_DELTAS = ("response.reasoning_text.delta", "response.reasoning_summary_text.delta")
     TERMINAL = ("response.completed", "response.incomplete")
+    supports_tools = True
+
+    def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
+        # Responses function tools are flat, and strict unless told otherwise: keep Chat's default (not strict).
+        return {"tools": [{"type": "function", "strict": False, **fn} for fn in functions(tools)],
+                "tool_choice": tool_choice}
 
     def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
         body: dict[str, Any] = {"model": model, "input": list(prompt.messages), "stream": stream}
@@ -336,6 +392,8 @@ class ResponsesAdapter(ApiAdapter):
             if item.get("type") == "message":
                 text += [c.get("text") or "" for c in item.get("content") or [] if isinstance(c, dict)
                          and c.get("type") == "output_text"]
+            elif item.get("type") == "function_call":
+                text.append(item.get("arguments") or "")
             elif item.get("type") == "reasoning":
                 reasoning += [c.get("text") or "" for c in (item.get("content") or []) + (item.get("summary") or [])
                               if isinstance(c, dict)]

@@ -23,7 +23,8 @@ SUMMARY_PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 MixKey = tuple[int, int, int, int]
 """(prompt_tokens, visible_tokens, output_tokens, reasoning_tokens) of one successful request;
-reasoning_tokens is -1 when the server did not report it."""
+reasoning_tokens are the hidden ones (reported minus streamed, metrics.hidden_reasoning), -1 when the
+server reported no reasoning count."""
 
 
 class RunStats:
@@ -37,7 +38,8 @@ class RunStats:
         self.errors: Counter[str] = Counter()
         self.output_tokens = 0
         self.visible_tokens = 0
-        """Output tokens minus the hidden reasoning tokens usage reported: the tokens that were streamed."""
+        """Output tokens minus the hidden reasoning tokens (reported beyond those streamed): the tokens that
+        were streamed."""
         self.prompt_tokens = 0
         self.start = math.inf
         self.end = -math.inf

@@ -12,6 +12,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .adapters import ApiAdapter, Prompt, Usage
 from .metrics import (
@@ -66,7 +67,8 @@ class LlmClient:
 
     def __init__(self, base_url: str, adapter: ApiAdapter, *, model: str, count_tokens: Callable[[str], int],
                  api_key: str | None = None, timeout: float = 600.0, verify: bool = True,
-                 kernel_stamps: bool = True, trace: bool = False, keep_text: bool = False) -> None:
+                 kernel_stamps: bool = True, trace: bool = False, tools: list[dict[str, Any]] | None = None,
+                 tool_choice: str = "auto", keep_text: bool = False) -> None:
         self.adapter = adapter
         self.keep_text = keep_text
         """Keep each response's visible text in RequestRecord.text (multi-turn sessions send it back)."""
@@ -77,6 +79,8 @@ class LlmClient:
                         "User-Agent": "llmsim-loadtest", **adapter.auth_headers(api_key)}
         if trace:
             self.headers[TRACE_HEADER] = "1"
+        self.body_fields = adapter.tool_fields(tools, tool_choice) if tools else {}
+        """Sent in every request's body: the tools (--tools, --tool-choice) in the adapter's shape."""
 
     def close(self) -> None:
         self.conn.close()
@@ -88,6 +92,8 @@ class LlmClient:
         `extra` fields are added to the adapter's body (ignore_eos, min_tokens: workloads.py).
         """
         req = self.adapter.build_request(prompt, model=self.model, max_tokens=max_tokens, stream=stream)
+        if self.body_fields:
+            req.body.update(self.body_fields)
         if extra:
             req.body.update(extra)
         body = json.dumps(req.body).encode()
@@ -134,7 +140,7 @@ class LlmClient:
                                  prompt_tokens_local=local_prompt_tokens)
         rec = build_body_record(start_time=start_time, t_sent=t_sent, t_end=t_end, status=resp.status,
                                 text=reasoning + text, usage=usage, prompt_tokens_local=local_prompt_tokens,
-                                count=self.count_tokens)
+                                count=self.count_tokens, reasoning=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         if usage is not None:
             rec.cached_tokens = usage.cached_tokens
@@ -150,7 +156,7 @@ class LlmClient:
         usage = Usage()
         error_kind = error_message = None
         t_end = None
-        reasoning_streamed = False
+        reasoning: list[str] = []
         visible: dict[int, str] = {}
         """The visible part of the events that also carried reasoning (by index in texts)."""
         pieces = resp.iter_pieces()
@@ -161,7 +167,7 @@ class LlmClient:
                     if delta.text or delta.reasoning:
                         times.append(ev.t)
                         if delta.reasoning:
-                            reasoning_streamed = True
+                            reasoning.append(delta.reasoning)
                             visible[len(texts)] = delta.text
                             texts.append(delta.reasoning + delta.text)
                         else:
@@ -209,7 +215,7 @@ class LlmClient:
                                   event_times=times, event_texts=texts, usage=usage,
                                   prompt_tokens_local=local_prompt_tokens, count=self.count_tokens,
                                   error_kind=error_kind, error_message=error_message,
-                                  reasoning_streamed=reasoning_streamed)
+                                  reasoning_texts=reasoning)
         rec.kernel_stamps = self.conn.kernel_stamps
         rec.cached_tokens = usage.cached_tokens
         if self.keep_text:

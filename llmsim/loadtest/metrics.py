@@ -6,6 +6,8 @@ ITL    gap between consecutive content events; an event of k > 1 tokens gives k 
        from tiktoken on the event's text.
 TPOT   (E2E - TTFT) / (visible_tokens - 1), requests with >= 2 visible tokens; visible tokens are
        output_tokens minus the hidden reasoning tokens usage reports (hidden reasoning is inside TTFT).
+       Reasoning that arrived as events (streamed reasoning) is not hidden: hidden reasoning is the usage's
+       reasoning count minus the reasoning tokens the client received (hidden_reasoning).
 E2E    request write -> end of stream (the terminator event).
 output_tokens  the server's usage when present, else tiktoken on the received text.
 """
@@ -64,7 +66,10 @@ class RequestRecord:
     output_tokens: int = 0
     prompt_tokens: int = 0
     reasoning_tokens: int | None = None
-    """Hidden reasoning tokens the server reported (usage details), if any."""
+    """Hidden reasoning tokens: the reasoning tokens the server reported (usage details) minus those it streamed
+    (hidden_reasoning); None when the server reported none."""
+    streamed_reasoning_tokens: int = 0
+    """Reasoning tokens that arrived as events (or in the body): visible, timed at ITL like text."""
     usage_reported: bool = False
     retry_after_s: float | None = None
     """An HTTP error's retry hint (retry-after-ms / retry-after), for --retry-429."""
@@ -95,7 +100,7 @@ class RequestRecord:
 
     @property
     def visible_tokens(self) -> int:
-        """Output tokens minus reported hidden reasoning: the tokens that were streamed."""
+        """Output tokens minus hidden reasoning: the tokens that were streamed (visible reasoning included)."""
         return max(0, self.output_tokens - (self.reasoning_tokens or 0))
 
 
@@ -147,6 +152,24 @@ def split_tokens(texts: Sequence[str], streamed: int | None, count: Callable[[st
     return out
 
 
+def streamed_reasoning(texts: Sequence[str], count: Callable[[str], int]) -> int:
+    """The reasoning tokens a response carried: tiktoken on their text, and at least one per event
+    (a server on another tokenizer may count more than tiktoken; too many only makes hidden reasoning 0)."""
+    if not texts:
+        return 0
+    return max(len(texts), count("".join(texts)))
+
+
+def hidden_reasoning(reported: int | None, streamed: int) -> int | None:
+    """Hidden reasoning tokens: what usage reports as reasoning beyond the reasoning tokens that were streamed.
+
+    A server that reports streamed reasoning in its reasoning count (DeepSeek's and vLLM's
+    reasoning_content, Anthropic thinking, a Responses summary) hides none of it: those tokens were
+    timed at ITL after the first token, not inside TTFT. None when usage reports no reasoning count.
+    """
+    return None if reported is None else max(0, reported - streamed)
+
+
 def tpot_ms(e2e_ms: float, ttft_ms: float | None, visible_tokens: int) -> float | None:
     """(E2E - TTFT) / (visible_tokens - 1): the tokens streamed after the first one share that time."""
     if ttft_ms is None or visible_tokens < 2:
@@ -158,22 +181,23 @@ def build_stream_record(*, start_time: float, t_sent: float, t_end: float, statu
                         event_times: Sequence[float], event_texts: Sequence[str], usage: Usage,
                         prompt_tokens_local: int, count: Callable[[str], int],
                         error_kind: str | None = None, error_message: str | None = None,
-                        reasoning_streamed: bool = False) -> RequestRecord:
+                        reasoning_texts: Sequence[str] = ()) -> RequestRecord:
     """Turn the raw observations of one streamed response into a record.
 
     `event_times` are the arrival stamps (s) of the content events, in the
     clock of `t_sent`, and `event_texts` their text (visible plus reasoning);
-    `count` counts tokens in the model's encoding. `reasoning_streamed` says
-    whether any event carried reasoning text: then the reasoning tokens usage
-    reports were streamed, not hidden. Token counting happens here, after the
-    stream, so it never delays a timestamp.
+    `reasoning_texts` is the reasoning text of each event that carried some.
+    `count` counts tokens in the model's encoding. Only the reasoning tokens
+    usage reports beyond those that were streamed are hidden (hidden_reasoning).
+    Token counting happens here, after the stream, so it never delays a timestamp.
     """
     e2e = (t_end - t_sent) * 1000.0
     ttft = (event_times[0] - t_sent) * 1000.0 if event_times else None
+    streamed_reasoning_tokens = streamed_reasoning(reasoning_texts, count)
+    hidden = hidden_reasoning(usage.reasoning_tokens, streamed_reasoning_tokens)
     if usage.output_tokens is not None:
         output_tokens, reported = usage.output_tokens, True
-        hidden = 0 if reasoning_streamed else (usage.reasoning_tokens or 0)
-        streamed: int | None = max(0, output_tokens - hidden)
+        streamed: int | None = max(0, output_tokens - (hidden or 0))
     else:
         output_tokens, reported = count("".join(event_texts)), False
         streamed = None
@@ -187,14 +211,17 @@ def build_stream_record(*, start_time: float, t_sent: float, t_end: float, statu
         tpot_ms=tpot_ms(e2e, ttft, streamed if streamed is not None else output_tokens),
         output_tokens=output_tokens,
         prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
-        reasoning_tokens=usage.reasoning_tokens, usage_reported=reported,
+        reasoning_tokens=hidden, streamed_reasoning_tokens=streamed_reasoning_tokens, usage_reported=reported,
     )
 
 
 def build_body_record(*, start_time: float, t_sent: float, t_end: float, status: int, text: str,
-                      usage: Usage | None, prompt_tokens_local: int, count: Callable[[str], int]) -> RequestRecord:
-    """A non-streamed response: only E2E and tokens apply."""
+                      usage: Usage | None, prompt_tokens_local: int, count: Callable[[str], int],
+                      reasoning: str = "") -> RequestRecord:
+    """A non-streamed response: only E2E and tokens apply. `text` is all the generated text, `reasoning`
+    the part of it that is reasoning the body returned (not hidden)."""
     usage = usage or Usage()
+    shown = streamed_reasoning([reasoning] if reasoning else [], count)
     e2e = (t_end - t_sent) * 1000.0
     output_tokens = usage.output_tokens if usage.output_tokens is not None else count(text)
     error_kind = error_message = None
@@ -204,7 +231,8 @@ def build_body_record(*, start_time: float, t_sent: float, t_end: float, status:
         start_time=start_time, end_time=start_time + e2e / 1000.0, e2e_ms=e2e, status=status,
         error_kind=error_kind, error_message=error_message, output_tokens=output_tokens,
         prompt_tokens=usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens_local,
-        reasoning_tokens=usage.reasoning_tokens, usage_reported=usage.output_tokens is not None,
+        reasoning_tokens=hidden_reasoning(usage.reasoning_tokens, shown), streamed_reasoning_tokens=shown,
+        usage_reported=usage.output_tokens is not None,
     )
 
 

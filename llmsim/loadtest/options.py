@@ -19,6 +19,7 @@ from ..profiles import ModelProfile, ProfileError, ProfileRegistry, load_profile
 from ..tokens import encoding_name_for_model, get_encoding
 from .adapters import Prompt
 from .scoring import Tolerance, ToleranceError
+from .tools import DEFAULT_TOOL_CHOICE, TOOL_CHOICES, ToolsError, load_tools
 from .workloads import (
     DEFAULT_BLOCK_TOKENS,
     EXACT_MODES,
@@ -124,6 +125,14 @@ def _dataset_file(text: str) -> str:
     return text
 
 
+def _tools_file(text: str) -> str:
+    try:
+        load_tools(text)
+    except ToolsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _prompts_file(text: str) -> str:
     try:
         load_dataset(text, "--prompts")
@@ -214,6 +223,13 @@ def add_arguments(parser: Any) -> None:
                             f"output length the run asks for (see --exact-output) (default {DEFAULT_MAX_TOKENS})")
     group.add_argument("--no-stream", action="store_true", default=False,
                        help="send non-streaming requests (only E2E and tokens are measured)")
+    group.add_argument("--tools", type=_tools_file, default=None, metavar="FILE.json",
+                       help="send these tools with every request: a JSON list of tools in OpenAI Chat shape "
+                            "({\"type\": \"function\", \"function\": {name, description, parameters}}), "
+                            "converted to each API's own shape")
+    group.add_argument("--tool-choice", choices=TOOL_CHOICES, default=None,
+                       help=f"with --tools: the tool_choice of every request (default {DEFAULT_TOOL_CHOICE}; "
+                            "Messages: auto, any, none)")
     group.add_argument("--llm-tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="REL%,ABSms",
                        help=f"a metric passes when |measured-expected| <= max(ABS, REL x expected) "
                             f"(default {DEFAULT_TOLERANCE})".replace("%", "%%"))  # argparse %-formats help
@@ -224,6 +240,9 @@ def add_arguments(parser: Any) -> None:
                        help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
                             "what retry-after-ms/retry-after says; every retry is counted in the summary. "
                             "Off by default: nothing is retried")
+    group.add_argument("--llm-records", default=None, metavar="FILE",
+                       help="write one JSON line per request (timings, token counts, status, users) to FILE, "
+                            "for `llmsim profile fit`")
     add_workload_arguments(group)
 
 
@@ -293,6 +312,9 @@ class LoadTestSettings:
     trace_mode: str = "auto"
     """--llm-trace as given: auto is resolved by the plugin once it knows whether the server is embedded."""
     trace_limit_ms: float = DEFAULT_TRACE_LIMIT_MS
+    tools: list[dict[str, Any]] | None = None
+    """--tools: tool definitions (OpenAI Chat shape) sent with every request; None: no tools."""
+    tool_choice: str = DEFAULT_TOOL_CHOICE
     workload: Workload | None = None
     """What each request sends (workloads.py); set by from_options."""
 
@@ -300,6 +322,8 @@ class LoadTestSettings:
     def trace(self) -> bool:
         """Whether requests ask the server for its trace (auto counts as off until resolved)."""
         return self.trace_mode == "on"
+    records_path: str | None = None
+    """--llm-records: the per-request JSONL file, if any."""
 
     @classmethod
     def from_options(cls, opts: Any) -> LoadTestSettings:
@@ -345,6 +369,14 @@ class LoadTestSettings:
             tolerance = Tolerance.parse(getattr(opts, "llm_tolerance", None) or DEFAULT_TOLERANCE)
         except ToleranceError as e:
             raise OptionError(f"--llm-tolerance: {e}") from None
+        tools = None
+        if getattr(opts, "tools", None):
+            try:
+                tools = load_tools(opts.tools)
+            except ToolsError as e:
+                raise OptionError(f"--tools: {e}") from None
+        elif getattr(opts, "tool_choice", None):
+            raise OptionError("--tool-choice needs --tools (the tools to choose from)")
         return cls(
             model=model, profile=profile, profile_file=profile_file, registry=registry,
             api_key=getattr(opts, "llm_api_key", None),
@@ -356,6 +388,9 @@ class LoadTestSettings:
             warmup=warmup, warmup_requests=warmup_requests, warmup_s=warmup_s,
             trace_mode=getattr(opts, "llm_trace", None) or "auto",
             trace_limit_ms=float(getattr(opts, "llm_trace_limit", DEFAULT_TRACE_LIMIT_MS)),
+            tools=tools, tool_choice=getattr(opts, "tool_choice", None) or DEFAULT_TOOL_CHOICE,
+
+            records_path=getattr(opts, "llm_records", None),
             workload=workload,
         )
 

@@ -24,6 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from .aggregate import RunStats
 from .metrics import RequestRecord
 from .options import LoadTestSettings, OptionError, add_arguments
+from .records import RecordsFile, record_line
 from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
 from .scoring import expected_values, request_meets_slo, score
 from .workloads import TRACE_LEAD_S, TraceReplay, Work, refuses_exact_fields
@@ -55,6 +56,8 @@ class LoadTestRun:
         self._expected_cache: tuple[Any, Any] | None = None
         self._warmup_left = settings.warmup_requests
         self._warmup_until = time.time() + settings.warmup_s
+        self.records: RecordsFile | None = None
+        """--llm-records: this process's lines, opened on the first request."""
         self.users_started = 0
         """Users started in this process: each gets its own random stream of the workload."""
         self.exact_refused: str | None = None
@@ -91,6 +94,18 @@ class LoadTestRun:
             return
         profile = self.settings.profile
         stats.add(rec, profile is not None and request_meets_slo(rec, profile.slo), work)
+        if self.settings.records_path:
+            self.write_record(rec)
+
+    def write_record(self, rec: RequestRecord) -> None:
+        """--llm-records: the request as one JSON line."""
+        s = self.settings
+        if self.records is None or self.records.path != s.records_path:
+            self.records = RecordsFile(s.records_path or "")
+        runner = self.environment.runner
+        self.records.write(record_line(rec, model=s.model, stream=s.stream,
+                                       users=getattr(runner, "user_count", None) if runner is not None else None))
+
 
     # ------------------------------------------------------------------ workload
 
@@ -209,6 +224,8 @@ class LoadTestRun:
         return report
 
     def stop_server(self) -> None:
+        if self.records is not None:
+            self.records.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -335,6 +352,16 @@ def _init(environment: Any) -> None:
         return
     if run.is_worker:
         return
+    if run.settings.tools:
+        for u in environment.user_classes:
+            adapter = getattr(u, "adapter", None)
+            if adapter is not None and not adapter.supports_tools:
+                _fail(f"--tools: {u.__name__} sends the {adapter.name} API, which has no tools")
+    if run.settings.records_path:
+        try:
+            RecordsFile.start(run.settings.records_path)
+        except OSError as e:
+            _fail(f"--llm-records: cannot write {run.settings.records_path} ({e.strerror or e})")
     if environment.parsed_options is not None and run.settings.workload is not None:
         # The workers build their prompts from the same seed (the shared prefixes and trace blocks must match).
         environment.parsed_options.workload_seed = run.settings.workload.spec.seed

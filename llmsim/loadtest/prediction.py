@@ -19,6 +19,7 @@ from ..scheduler import SimRequest, SimResult, simulate, simulate_closed_loop
 from .aggregate import MixKey
 from .metrics import RequestRecord, failed_record, http_error_kind, tpot_ms
 from .openloop import poisson_arrivals
+from .scoring import expected_hidden_reasoning
 from .steps import SliceBook, StepStats, window_slices
 
 DRAIN_MIN_S = 10.0
@@ -31,17 +32,20 @@ class TokenShape:
 
     prompt_tokens: int
     visible_tokens: int
+    """Streamed tokens (answer, tool-call arguments and visible reasoning), each at ITL after the first."""
     reasoning_tokens: int
+    """Hidden reasoning tokens, generated before the first visible token (inside TTFT)."""
 
     @classmethod
     def from_mix(cls, mix: dict[MixKey, int], profile: ModelProfile, *, default_visible: int,
                  default_prompt: int) -> TokenShape:
         """The run's most common request shape (RunStats.mix), or the defaults when nothing succeeded."""
+        lat = profile.latency
         if not mix:
-            return cls(default_prompt, default_visible, profile.latency.reasoning_tokens(default_visible))
+            return cls(default_prompt, default_visible, expected_hidden_reasoning(lat, default_visible))
         prompt, visible, _output, reasoning = max(mix.items(), key=lambda kv: kv[1])[0]
         if reasoning < 0:
-            reasoning = profile.latency.reasoning_tokens(visible)
+            reasoning = expected_hidden_reasoning(lat, visible)
         return cls(prompt, visible, reasoning)
 
 

@@ -7,7 +7,11 @@ the simulator samples:
 - TTFT: closed form (TTFT distribution + prefill) when every request had the
   same prompt length and no hidden reasoning; otherwise Monte Carlo;
 - TPOT and E2E: Monte Carlo over the token shape the run actually had (prompt,
-  visible and reasoning tokens per request), so prefill and reasoning are in.
+  visible and hidden reasoning tokens per request), so prefill and reasoning are in.
+Hidden reasoning is generated before the first token, one ITL per token inside
+TTFT; visible (streamed) reasoning is part of the visible tokens, at ITL after
+the first token. When the server reports no reasoning count, the profile says
+which (expected_hidden_reasoning).
 When the profile has a load model (capacity), every ITL draw is multiplied by
 the slowdown the scheduler applies at the run's mean concurrency (requests in
 flight, from Little's law), using llmsim.scheduler's own formula.
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..latency import Distribution
+from ..latency import Distribution, LatencyProfile
 from ..profiles import ModelProfile, SloCheck
 from ..scheduler import slowdown_multiplier
 from .aggregate import METRICS, MixKey, RunStats, pct_label
@@ -163,6 +167,18 @@ def _closed_form(d: Distribution, shift: float = 0.0) -> dict[str, float]:
     return {"mean": d.mean_ms + shift, **{pct_label(p): d.quantile(p / 100.0) + shift for p in (50.0, 90.0, 99.0)}}
 
 
+def expected_hidden_reasoning(lat: LatencyProfile, visible_tokens: int) -> int:
+    """The hidden reasoning tokens the profile predicts for a request with `visible_tokens` streamed tokens.
+
+    0 when the model streams its reasoning (`reasoning.visible`: those tokens are among the visible
+    ones, timed at ITL) or reasons only when the request asks (`reasoning.on_request`: the toolkit's
+    requests do not ask); else the profile's ratio times the answer.
+    """
+    if lat.reasoning_visible:
+        return 0
+    return lat.reasoning_tokens(visible_tokens)  # 0 for an on_request model: nothing asked for it
+
+
 def load_multiplier(profile: ModelProfile, concurrency: float | None) -> float:
     """The ITL multiplier the profile's load model applies with `concurrency` requests in flight."""
     cap = profile.capacity
@@ -190,8 +206,9 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
     entries = [(key, n) for key, n in mix.items() if n > 0]
 
     def reasoning_of(key: MixKey) -> int:
+        """Hidden reasoning tokens (inside TTFT): the client's figure, or the profile's when usage had none."""
         prompt, visible, _, reasoning = key
-        return reasoning if reasoning >= 0 else lat.reasoning_tokens(visible)
+        return reasoning if reasoning >= 0 else expected_hidden_reasoning(lat, visible)
 
     prompts = {key[0] for key, _ in entries}
     if all(reasoning_of(key) == 0 for key, _ in entries) and (len(prompts) == 1 or not lat.prefill_tokens_per_s):

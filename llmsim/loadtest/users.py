@@ -123,6 +123,7 @@ class LlmUser(User):
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
         return LlmClient(self.host or "", self.adapter, model=self.settings.model, api_key=api_key,
                          count_tokens=lambda text: len(encode(text)), trace=self.settings.trace,
+                         tools=self.settings.tools, tool_choice=self.settings.tool_choice,
                          keep_text=self.workload.multi_turn)
 
     def next_work(self) -> Work:

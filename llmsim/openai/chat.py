@@ -162,14 +162,15 @@ def _response_format(body: dict) -> OutputFormat | None:
     return parse_json_schema_format(spec, "response_format.json_schema")
 
 
-def chat_usage(prompt_tokens: int, *plans: TokenPlan) -> dict:
-    """`usage`: the prompt once, the completion tokens (and reasoning tokens) of every choice summed."""
+def chat_usage(prompt_tokens: int, *plans: TokenPlan, cached: int = 0) -> dict:
+    """`usage`: the prompt once (`cached` of it from the prefix cache), the completion tokens (and
+    reasoning tokens) of every choice summed."""
     completion = sum(p.completion_tokens for p in plans)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": sum(p.all_reasoning_tokens for p in plans),
                                       "audio_tokens": 0, "accepted_prediction_tokens": 0,
                                       "rejected_prediction_tokens": 0},
@@ -216,7 +217,7 @@ def chat_completion(meta: dict, gen: Generation) -> dict:
         **meta,
         "object": "chat.completion",
         "choices": [chat_choice(c) for c in gen.all],
-        "usage": chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all)),
+        "usage": chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all), cached=gen.cache.read),
         "service_tier": "default",
     }
 
@@ -292,7 +293,7 @@ class ChatChunkEncoder(StreamEncoder):
     def closing(self) -> Iterable[bytes]:
         gen = self.gen
         if self.include_usage:
-            yield self.usage(chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all)))
+            yield self.usage(chat_usage(gen.prompt_tokens, *(c.plan for c in gen.all), cached=gen.cache.read))
         yield DONE
 
     def error_event(self, err: ApiError) -> bytes:

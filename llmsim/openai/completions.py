@@ -108,9 +108,14 @@ def echoed(gen: Generation) -> str:
 
 
 def completion_usage(gen: Generation) -> dict:
-    """The prompt once, the completion tokens of every choice summed."""
+    """The prompt once, the completion tokens of every choice summed; on a deployment with a prefix
+    cache, `prompt_tokens_details.cached_tokens` too (as vLLM reports it)."""
     done = sum(c.plan.completion_tokens for c in gen.all)
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": done, "total_tokens": gen.prompt_tokens + done}
+    usage: dict = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": done,
+                   "total_tokens": gen.prompt_tokens + done}
+    if gen.profile.cache is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": gen.cache.read}
+    return usage
 
 
 def choice_logprobs(gen: Generation) -> dict | None:

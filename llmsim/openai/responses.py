@@ -163,11 +163,12 @@ def _text_format(text: dict) -> OutputFormat | None:
     return parse_json_schema_format(fmt, "text.format")
 
 
-def response_usage(input_tokens: int, plan: TokenPlan) -> dict:
-    """`usage`: output_tokens includes the hidden reasoning tokens, as OpenAI bills them."""
+def response_usage(input_tokens: int, plan: TokenPlan, cached: int = 0) -> dict:
+    """`usage`: output_tokens includes the hidden reasoning tokens, as OpenAI bills them; `cached`
+    input tokens came from the prefix cache."""
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": plan.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": plan.all_reasoning_tokens},
         "total_tokens": input_tokens + plan.completion_tokens,
@@ -272,7 +273,8 @@ class ResponseBuilder:
         output += [self.item(i, status, True) for i in range(len(plan.blocks))]
         body = self.snapshot(status, completed_at=None if cut else int(time.time()),
                              incomplete_details={"reason": "max_output_tokens"} if cut else None,
-                             output=output, usage=response_usage(self.gen.prompt_tokens, plan))
+                             output=output, usage=response_usage(self.gen.prompt_tokens, plan,
+                                                                  cached=self.gen.cache.read))
         if output_text:
             body["output_text"] = plan.text
         return body

@@ -170,7 +170,7 @@ def test_split_counts_only_streamed_tokens():
     assert len(rec.itl_ms) == 5 and rec.visible_tokens == 6
     assert rec.tpot_ms == pytest.approx((rec.e2e_ms - rec.ttft_ms) / 5)  # TPOT: visible tokens only
     # Streamed reasoning is part of what the events carry: 10 tokens over 6 events.
-    rec = build_stream_record(usage=Usage(5, 10, 4), reasoning_streamed=True, **common)
+    rec = build_stream_record(usage=Usage(5, 10, 4), reasoning_texts=[" xylophonist"], **common)
     assert len(rec.itl_ms) == 10 - 2  # split [2, 2, 2, 2, 1, 1]: the first event's tokens have no gap
 
 
