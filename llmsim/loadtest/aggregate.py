@@ -281,8 +281,14 @@ class WorkloadStats:
         """Requests sent on a schedule (trace replay), failed ones included."""
         self.lateness = Histogram()
         self.intended: dict[str, Histogram] = {m: Histogram() for m in INTENDED}
+        self.prompt_lengths: Counter[int] = Counter()
+        """Prompt tokens of the successful requests, cached ones included (the realised prompt lengths)."""
+        self.output_lengths: Counter[int] = Counter()
 
     def add(self, rec: RequestRecord, work: Any) -> None:
+        if rec.ok:
+            self.prompt_lengths[rec.prompt_tokens] += 1
+            self.output_lengths[rec.output_tokens] += 1
         if work is not None:
             if work.turn:
                 t = self.turns.setdefault(work.turn, TurnStats())
@@ -331,6 +337,8 @@ class WorkloadStats:
         self.lateness.merge(other.lateness)
         for m in INTENDED:
             self.intended[m].merge(other.intended[m])
+        self.prompt_lengths.update(other.prompt_lengths)
+        self.output_lengths.update(other.output_lengths)
 
     def to_wire(self) -> dict[str, Any]:
         return {"requested": self.requested, "exact": self.exact, "exact_sent": self.exact_sent,
@@ -340,7 +348,9 @@ class WorkloadStats:
                 "ttft_uncached": self.ttft_uncached.to_wire(),
                 "turns": [[k, t.to_wire()] for k, t in self.turns.items()],
                 "scheduled": self.scheduled, "lateness": self.lateness.to_wire(),
-                "intended": {m: h.to_wire() for m, h in self.intended.items()}}
+                "intended": {m: h.to_wire() for m, h in self.intended.items()},
+                "prompt_lengths": [[k, n] for k, n in self.prompt_lengths.items()],
+                "output_lengths": [[k, n] for k, n in self.output_lengths.items()]}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> WorkloadStats:
@@ -354,6 +364,8 @@ class WorkloadStats:
         s.turns = {int(k): TurnStats.from_wire(t) for k, t in d["turns"]}
         s.lateness = Histogram.from_wire(d["lateness"])
         s.intended = {m: Histogram.from_wire(d["intended"][m]) for m in INTENDED}
+        s.prompt_lengths = Counter({int(k): int(n) for k, n in d.get("prompt_lengths", [])})
+        s.output_lengths = Counter({int(k): int(n) for k, n in d.get("output_lengths", [])})
         return s
 
     def __bool__(self) -> bool:

@@ -131,15 +131,10 @@ def workload_section(desc: dict[str, Any], stats: RunStats) -> dict[str, Any]:
     """The workload as configured (Workload.describe()) and as realised: the prompt and output lengths of the
     successful requests (the server's usage, else the client's count), exact output lengths, the prefix
     cache, per-turn figures and the lateness of a replayed trace."""
-    prompt: dict[int, int] = {}
-    output: dict[int, int] = {}
-    for (p, _visible, o, _reasoning), n in stats.mix.items():
-        prompt[p] = prompt.get(p, 0) + n
-        output[o] = output.get(o, 0) + n
     w = stats.workload
     out = dict(desc)
-    out["realised"] = {"requests": stats.ok, "prompt_tokens": counts_summary(prompt),
-                       "output_tokens": counts_summary(output)}
+    out["realised"] = {"requests": stats.ok, "prompt_tokens": counts_summary(w.prompt_lengths),
+                       "output_tokens": counts_summary(w.output_lengths)}
     out["exact_output"] = {"mode": desc.get("exact_output"), "requests_with_fields": w.exact_sent,
                            "refused": w.exact_refused, "requests_checked": w.requested,
                            "requests_exact": w.exact}

@@ -227,7 +227,7 @@ def test_messages_sends_cache_breakpoints_that_llmsim_accepts():
     assert report["workload"]["exact_output"]["requests_with_fields"] == 0  # Messages has no ignore_eos
 
 
-CACHE_PROFILE = """\
+CACHE_PROFILES = """\
 profiles:
   - name: lt-cache
     models: [cache-model]
@@ -235,35 +235,103 @@ profiles:
     itl: {distribution: constant, mean_ms: 1}
     prefill: {tokens_per_s: 20000}
     cache: {capacity_tokens: 1000000, block_tokens: 16, min_prefix_tokens: 0}
+  - name: lt-cache-claude
+    models: [claude-cache-model]
+    provider: anthropic
+    ttft: {distribution: constant, mean_ms: 5}
+    itl: {distribution: constant, mean_ms: 1}
+    prefill: {tokens_per_s: 20000}
+    cache: {capacity_tokens: 1000000, block_tokens: 16, min_prefix_tokens: 1024}
 """
+PREFILL_TOKENS_PER_MS = 20.0
 
 
-def _cache_profile(tmp_path: Path) -> Path | None:
-    """A profile with a prefix cache, or None while llmsim's profiles have no `cache:` section."""
+@pytest.fixture(scope="module")
+def cache_server(tmp_path_factory):
+    """llmsim serving two profiles with a prefix cache (the vLLM rule and the Anthropic rule): a constant
+    5 ms TTFT plus 1 ms per 20 prompt tokens that the cache did not hold."""
     from llmsim.profiles import ProfileError, load_profile_file
 
-    f = tmp_path / "cache.yaml"
-    f.write_text(CACHE_PROFILE)
+    f = tmp_path_factory.mktemp("cache") / "cache.yaml"
+    f.write_text(CACHE_PROFILES)
     try:
         load_profile_file(str(f))
     except ProfileError:
-        return None
-    return f
+        pytest.skip("this llmsim has no prefix cache (profiles have no cache: section)")
+    with run_server(profile_files=[str(f)]) as url:
+        yield url, f
 
 
-def test_llmsim_prefix_cache_shows_in_the_split(tmp_path):
-    profile = _cache_profile(tmp_path)
-    if profile is None:
-        pytest.skip("this llmsim has no prefix cache yet (profiles have no cache: section)")
-    with run_server(latency_profile="lt-cache", profile_files=[str(profile)]) as url:
-        report, log, _ = run_inprocess(ChatCompletionsUser, url, users=1, requests=12, llm_model="cache-model",
-                                       llm_profile=str(profile), llm_trace="off", shared_prefix_tokens="2048",
-                                       prompt_tokens="32", max_tokens="4")
+def predicted_ttft(rec) -> float:
+    """What the profile says: 5 ms plus the prefill of the prompt tokens the cache did not hold."""
+    return 5.0 + (rec.prompt_tokens - (rec.cached_tokens or 0)) / PREFILL_TOKENS_PER_MS
+
+
+def assert_ttft_as_predicted(log):
+    diffs = [r.ttft_ms - predicted_ttft(r) for _, r in log]
+    assert min(diffs) > -1.0, diffs  # never faster than the profile allows
+    assert statistics.median(diffs) < 3.0 and max(diffs) < 40.0, diffs  # late only by scheduling delays
+
+
+def test_shared_prefix_hits_llmsim_cache_and_cuts_ttft_as_the_profile_predicts(cache_server):
+    url, profile = cache_server
+    report, log, _ = run_inprocess(ChatCompletionsUser, url, users=1, requests=24, llm_model="cache-model",
+                                   llm_profile=str(profile), llm_trace="off", shared_prefix_tokens="1024",
+                                   prefix_groups="2", prompt_tokens="32", max_tokens="4")
     assert all(r.ok for _, r in log)
+    first_of_group = {}
+    for w, r in log:
+        system = w.prompt.messages[0]["content"]
+        if system not in first_of_group:
+            first_of_group[system] = r
+            assert r.cached_tokens == 0
+        else:  # the prefix (and its framing) is reused block by block
+            assert 1024 <= r.cached_tokens <= r.prompt_tokens - 32 and r.cached_tokens % 16 == 0
+    assert len(first_of_group) == 2
+    assert_ttft_as_predicted(log)
     c = report["workload"]["prefix_cache"]
-    assert c is not None and c["cached_requests"] >= len(log) - 2 and c["cached_tokens"] >= 1024
-    # 2048 prefix tokens at 20,000 tokens/s are about 100 ms of prefill that cached requests skip.
-    assert c["ttft_cached_ms"]["p50"] + 50 < c["ttft_uncached_ms"]["p50"]
+    n = report["requests"]["ok"]
+    assert (c["requests"], c["cached_requests"], c["ttft_uncached_ms"]["count"]) == (n, n - 2, 2)
+    # 1024 cached tokens are about 51 ms of prefill that the cached requests skip.
+    saved = c["ttft_uncached_ms"]["p50"] - c["ttft_cached_ms"]["p50"]
+    assert 1024 / PREFILL_TOKENS_PER_MS - 5 < saved < 1024 / PREFILL_TOKENS_PER_MS + 15
+    # Scoring counts only the prefill the server did: the run passes against its own profile.
+    assert report["verdict"] == "PASS", [v for v in report["verdicts"] if v["verdict"] == "FAIL"]
+
+
+def test_multi_turn_reuses_the_history_in_llmsim_cache(cache_server):
+    url, profile = cache_server
+    report, log, _ = run_inprocess(ChatCompletionsUser, url, users=2, requests=24, llm_model="cache-model",
+                                   llm_profile=str(profile), llm_trace="off", turns="4", prompt_tokens="200",
+                                   max_tokens="30")
+    pairs = 0
+    for session in _sessions(log):
+        for (_, r1), (_, r2) in zip(session, session[1:], strict=False):
+            assert r1.ok and r2.ok
+            # The previous prompt's whole blocks are reused (not its last token); the reply and the new
+            # message are prefilled.
+            assert r1.prompt_tokens - 32 <= r2.cached_tokens <= r1.prompt_tokens
+            pairs += 1
+    assert pairs >= 10
+    assert_ttft_as_predicted(log)
+    turns = report["workload"]["per_turn"]
+    # Turn 1 prefills ~210 tokens (~15 ms); later turns only the reply and the new message (~12-13 ms).
+    assert turns[0]["ttft_ms"]["p50"] > turns[2]["ttft_ms"]["p50"]
+
+
+def test_messages_shared_prefix_reads_anthropic_breakpoints(cache_server):
+    url, profile = cache_server
+    report, log, _ = run_inprocess(MessagesUser, url, users=1, requests=12, llm_model="claude-cache-model",
+                                   llm_profile=str(profile), llm_trace="off", shared_prefix_tokens="2048",
+                                   prompt_tokens="20", max_tokens="4")
+    assert all(r.ok for _, r in log), [r.error_message for _, r in log]
+    first, *rest = [r for _, r in log]
+    assert first.cached_tokens == 0 and all(r.cached_tokens >= 2048 for r in rest)
+    # Anthropic's input_tokens leaves the cache out: the prompt is the sum, the same for every request.
+    assert len({r.prompt_tokens for _, r in log}) == 1 and first.prompt_tokens > 2048 + 20
+    assert_ttft_as_predicted(log)
+    c = report["workload"]["prefix_cache"]
+    assert c["cached_requests"] == len(log) - 1 and c["token_share"] > 0.9
 
 
 # --------------------------------------------------------------------------- exact output lengths
