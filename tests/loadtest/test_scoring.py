@@ -160,3 +160,16 @@ def test_load_model_scales_itl_at_the_runs_concurrency():
     card = score(stats, p, Tolerance())
     assert card.load["itl_multiplier"] == pytest.approx(2.0)
     assert card.warnings and "exceeds capacity.max_concurrent 8" in card.warnings[0]
+
+
+def test_cached_prompt_tokens_are_not_prefilled_in_expected_ttft():
+    """A request whose prompt the server's prefix cache held expects TTFT without that prefill."""
+    p = profile(prefill=1000.0)  # 1 ms per prefilled token
+    stats = RunStats()
+    for cached in (0, 300):
+        r = rec()
+        r.prompt_tokens, r.cached_tokens = 400, cached
+        stats.add(r, True)
+    assert sorted(k[0] for k in stats.mix) == [100, 400]
+    exp = expected_values(p, dict(stats.mix))
+    assert exp["ttft"]["mean"] == pytest.approx(200 + (400 + 100) / 2, rel=0.02)
