@@ -21,7 +21,7 @@ from locust.env import Environment
 
 from llmsim.loadtest import plugin  # noqa: F401 - registers the listeners
 from llmsim.loadtest.report import format_summary
-from llmsim.loadtest.users import ChatCompletionsUser, MessagesUser
+from llmsim.loadtest.users import ChatCompletionsUser, CompletionsUser, MessagesUser
 from llmsim.loadtest.workloads import load_dataset, load_trace
 from llmsim.testing import run_server
 from llmsim.tokens import get_encoding
@@ -119,6 +119,21 @@ def test_synthetic_length_distributions_are_realised(llmsim_url):
     assert w["realised"]["requests"] == report["requests"]["ok"]
     assert abs(w["realised"]["output_tokens"]["mean"] - statistics.fmean(r.output_tokens for _, r in ok)) < 2
     assert w["exact_output"]["requests_exact"] == w["exact_output"]["requests_checked"] > 0
+
+
+def test_legacy_completions_prompts_have_exactly_the_drawn_tokens(llmsim_url):
+    """Legacy Completions counts the prompt text alone: the server's count is the drawn length itself."""
+    report, log, _ = run_inprocess(CompletionsUser, llmsim_url, users=2, requests=200,
+                                   llm_model="gpt-3.5-turbo-instruct", llm_profile="instant", llm_trace="off",
+                                   prompt_tokens="uniform:50,150", max_tokens="30,8")
+    assert all(r.ok for _, r in log)
+    drawn = [tokens(w.prompt.messages[-1]["content"]) for w, _ in log]
+    assert [r.prompt_tokens for _, r in log] == drawn
+    assert within_sampling_error(drawn, 100, 101 / math.sqrt(12))
+    assert all(r.output_tokens == w.max_tokens for w, r in log)  # ignore_eos and min_tokens on /v1/completions
+    assert within_sampling_error([r.output_tokens for _, r in log], 30, 8)
+    p = report["workload"]["realised"]["prompt_tokens"]
+    assert 50 <= p["min"] and p["max"] <= 150
 
 
 def test_dataset_jsonl_lengths(llmsim_url):
