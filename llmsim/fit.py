@@ -31,7 +31,6 @@ from __future__ import annotations
 import bisect
 import datetime as _dt
 import fnmatch
-import json
 import math
 import random
 import statistics
@@ -45,7 +44,7 @@ import yaml
 
 from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ProfileRegistry, default_registry, parse_profiles_document
-from .record import RECORD_FORMAT, content_times
+from .record import RECORD_FORMAT, content_times, jsonl_lines
 from .scheduler import slowdown_multiplier
 
 __all__ = ["FitError", "FitResult", "Observation", "fit", "format_report", "load_observations", "profile_yaml"]
@@ -208,32 +207,20 @@ def load_observations(paths: Sequence[str], registry: ProfileRegistry | None = N
     out: list[Observation] = []
     counts: dict[str, int] = {}
     for path in paths:
-        try:
-            fh = open(path, encoding="utf-8")
-        except OSError as e:
-            raise FitError(f"{path}: cannot read ({e.strerror or e})") from None
         n_lines = 0
         requests_lines: list[Observation] = []
-        with fh:
-            for n, text in enumerate(fh, 1):
-                if not text.strip():
-                    continue
-                where = f"{path}:{n}"
-                try:
-                    line = json.loads(text)
-                except ValueError as e:
-                    raise FitError(f"{where}: not JSON ({e})") from None
-                kind = line.get("llmsim") if isinstance(line, dict) else None
-                if kind == RECORD_FORMAT:
-                    out.append(_from_record(line, where, registry))
-                elif kind == REQUESTS_FORMAT:
-                    obs = _from_requests(line, where)
-                    requests_lines.append(obs)
-                    out.append(obs)
-                else:
-                    raise FitError(f"{where}: neither an `llmsim record` line nor a --llm-records line "
-                                   f"(\"llmsim\": \"{RECORD_FORMAT}\" or \"{REQUESTS_FORMAT}\")")
-                n_lines += 1
+        for where, line in jsonl_lines(path, FitError):
+            kind = line.get("llmsim") if isinstance(line, dict) else None
+            if kind == RECORD_FORMAT:
+                out.append(_from_record(line, where, registry))
+            elif kind == REQUESTS_FORMAT:
+                obs = _from_requests(line, where)
+                requests_lines.append(obs)
+                out.append(obs)
+            else:
+                raise FitError(f"{where}: neither an `llmsim record` line nor a --llm-records line "
+                               f"(\"llmsim\": \"{RECORD_FORMAT}\" or \"{REQUESTS_FORMAT}\")")
+            n_lines += 1
         counts[path] = n_lines
         in_flight_from_intervals(requests_lines)
     return out, counts

@@ -63,6 +63,23 @@ _ADAPTERS: dict[str, ApiAdapter] = {"chat": ChatCompletionsAdapter(), "responses
                                     "messages": MessagesAdapter()}
 
 
+def jsonl_lines(path: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, parsed JSON) of each non-blank line; `error` names the file (and line) at fault."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    with fh:
+        for n, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                yield where, json.loads(text)
+            except ValueError as e:
+                raise error(f"{where}: not JSON ({e})") from None
+
+
 def api_of(path: str) -> str | None:
     """Which generation API a path belongs to ("chat", "responses", "messages"), or None."""
     p = path.split("?", 1)[0].rstrip("/")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConnectionDrop
-from .record import RECORD_FORMAT, event_bytes
+from .record import RECORD_FORMAT, event_bytes, jsonl_lines
 
 __all__ = ["Replay", "ReplayBook", "ReplayError", "match_key"]
 
@@ -192,24 +192,13 @@ class ReplayBook:
         return book
 
     def add_file(self, path: str) -> None:
-        try:
-            fh = open(path, encoding="utf-8")
-        except OSError as e:
-            raise ReplayError(f"{path}: cannot read ({e.strerror or e})") from None
+        lines = list(jsonl_lines(path, ReplayError))
         self.files.append(path)
-        with fh:
-            for n, text in enumerate(fh, 1):
-                if not text.strip():
-                    continue
-                where = f"{path}:{n}"
-                try:
-                    line = json.loads(text)
-                except ValueError as e:
-                    raise ReplayError(f"{where}: not JSON ({e})") from None
-                if not isinstance(line, dict) or line.get("llmsim") != RECORD_FORMAT:
-                    raise ReplayError(f"{where}: not an `llmsim record` line (expected \"llmsim\": "
-                                      f"\"{RECORD_FORMAT}\")")
-                self.add(line, where)
+        for where, line in lines:
+            if not isinstance(line, dict) or line.get("llmsim") != RECORD_FORMAT:
+                raise ReplayError(f"{where}: not an `llmsim record` line (expected \"llmsim\": "
+                                  f"\"{RECORD_FORMAT}\")")
+            self.add(line, where)
 
     def add(self, line: dict[str, Any], where: str = "<line>") -> None:
         req = line.get("request")

@@ -22,9 +22,7 @@ TRACED = ("ttft", "itl")
 SUMMARY_PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 MixKey = tuple[int, int, int, int]
-"""(prefilled prompt tokens, visible_tokens, output_tokens, reasoning_tokens) of one successful request:
-prefilled = prompt tokens minus those the server's prefix cache held (usage's cached tokens), so expected
-TTFT and the capacity prediction count only the prefill the server really did;
+"""(prompt_tokens, visible_tokens, output_tokens, reasoning_tokens) of one successful request;
 reasoning_tokens are the hidden ones (reported minus streamed, metrics.hidden_reasoning), -1 when the
 server reported no reasoning count."""
 
@@ -68,6 +66,12 @@ class RunStats:
 
     # ------------------------------------------------------------------ building
 
+    def cached_share(self) -> float:
+        """The share of prompt tokens the server's prefix cache held (usage's cached tokens), 0 when none:
+        expected TTFT and the capacity prediction prefill only the rest."""
+        w = self.workload
+        return w.cached_tokens / w.cache_prompt_tokens if w.cache_prompt_tokens else 0.0
+
     def add(self, rec: RequestRecord, good: bool = False, work: Any = None) -> None:
         """Count one finished request; `good` is whether it met every SLO (goodput); `work` is the
         workload's Work it answered (workloads.py), if any."""
@@ -99,8 +103,7 @@ class RunStats:
             self.hist["ttft"].record(rec.ttft_ms)
             self.hist["itl"].record_many(rec.itl_ms)
         reasoning = rec.reasoning_tokens if rec.reasoning_tokens is not None else -1
-        prefilled = rec.prompt_tokens - min(rec.cached_tokens or 0, rec.prompt_tokens)
-        self.mix[(prefilled, rec.visible_tokens, rec.output_tokens, reasoning)] += 1
+        self.mix[(rec.prompt_tokens, rec.visible_tokens, rec.output_tokens, reasoning)] += 1
         if rec.tpot_ms is not None:
             self.hist["tpot"].record(rec.tpot_ms)
 

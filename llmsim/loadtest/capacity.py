@@ -288,7 +288,9 @@ class CapacityRun:
         for index, row in self.rows.items():
             mix = self.stats[index].run.mix if index in self.stats else {}
             shape = TokenShape.from_mix(mix, self.profile, default_visible=run.settings.max_tokens,
-                                        default_prompt=run.settings.prompts[0].prompt_tokens or 0)
+                                        default_prompt=run.settings.prompts[0].prompt_tokens or 0,
+                                        cached_share=self.stats[index].run.cached_share() if index in self.stats
+                                        else 0.0)
             window = max(s.plan.step_time_s, PREDICT_WINDOW_MIN_S)
             stats = predict_step(self.profile, row["users"], window, shape, arrival_rate=s.arrival_rate,
                                  stream=run.settings.stream)

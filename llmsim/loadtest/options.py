@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,52 +118,24 @@ def _profile(text: str) -> str:
     return text
 
 
-def _dataset_file(text: str) -> str:
-    try:
-        load_dataset(text)
-    except WorkloadError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def _checked(check: Callable[[str], object], *errors: type[Exception]) -> Callable[[str], str]:
+    """An argparse type that runs `check` on the value and reports its error as the option's."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except errors as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return parse
 
 
-def _tools_file(text: str) -> str:
-    try:
-        load_tools(text)
-    except ToolsError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _prompts_file(text: str) -> str:
-    try:
-        load_dataset(text, "--prompts")
-    except WorkloadError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _trace_file(text: str) -> str:
-    try:
-        load_trace(text)
-    except WorkloadError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _tokens_spread(text: str) -> str:
-    try:
-        parse_tokens_spread(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _seconds_spread(text: str) -> str:
-    try:
-        parse_seconds_spread(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+_dataset_file = _checked(load_dataset, WorkloadError)
+_tools_file = _checked(load_tools, ToolsError)
+_prompts_file = _checked(lambda text: load_dataset(text, "--prompts"), WorkloadError)
+_trace_file = _checked(load_trace, WorkloadError)
+_tokens_spread = _checked(parse_tokens_spread, ValueError)
+_seconds_spread = _checked(parse_seconds_spread, ValueError)
 
 
 def _non_negative_int(text: str) -> int:

@@ -201,7 +201,8 @@ class LoadTestRun:
             conc = self.stats.concurrency
             shape = (tuple(sorted(self.stats.mix)), None if conc is None else round(conc, 1))
             if fresh or self._expected_cache is None or self._expected_cache[0] != shape:
-                self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc))
+                self._expected_cache = (shape, expected_values(s.profile, self.stats.mix, concurrency=conc,
+                                                                   cached_share=self.stats.cached_share()))
             card = score(self.stats, s.profile, s.tolerance, stream=s.stream, expected=self._expected_cache[1])
         return build_report(self.stats, card, model=s.model,
                             profile=s.profile.name if s.profile is not None else None,

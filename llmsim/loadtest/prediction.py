@@ -38,15 +38,16 @@ class TokenShape:
 
     @classmethod
     def from_mix(cls, mix: dict[MixKey, int], profile: ModelProfile, *, default_visible: int,
-                 default_prompt: int) -> TokenShape:
-        """The run's most common request shape (RunStats.mix), or the defaults when nothing succeeded."""
+                 default_prompt: int, cached_share: float = 0.0) -> TokenShape:
+        """The run's most common request shape (RunStats.mix), or the defaults when nothing succeeded;
+        its prompt is what gets prefilled (`cached_share` came from the server's prefix cache)."""
         lat = profile.latency
         if not mix:
             return cls(default_prompt, default_visible, expected_hidden_reasoning(lat, default_visible))
         prompt, visible, _output, reasoning = max(mix.items(), key=lambda kv: kv[1])[0]
         if reasoning < 0:
             reasoning = expected_hidden_reasoning(lat, visible)
-        return cls(prompt, visible, reasoning)
+        return cls(round(prompt * (1.0 - cached_share)), visible, reasoning)
 
 
 def record_from_sim(res: SimResult, reasoning_tokens: int, prompt_tokens: int) -> RequestRecord | None:

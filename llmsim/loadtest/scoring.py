@@ -188,9 +188,17 @@ def load_multiplier(profile: ModelProfile, concurrency: float | None) -> float:
 
 
 def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrency: float | None = None,
-                    draws: int = MC_DRAWS, seed: int = MC_SEED) -> dict[str, dict[str, float]]:
-    """Expected mean/p50/p90/p99 (ms) of each metric for this profile, this run's token shape and load."""
+                    draws: int = MC_DRAWS, seed: int = MC_SEED,
+                    cached_share: float = 0.0) -> dict[str, dict[str, float]]:
+    """Expected mean/p50/p90/p99 (ms) of each metric for this profile, this run's token shape and load.
+
+    `cached_share` of the prompt tokens came from the server's prefix cache: they are not prefilled.
+    """
     lat = profile.latency
+
+    def prefill_ms(prompt: int) -> float:
+        return lat.prefill_ms(round(prompt * (1.0 - cached_share)))
+
     itl = lat.itl.scaled(load_multiplier(profile, concurrency))
     out: dict[str, dict[str, float]] = {}
     k = profile.chunk_tokens
@@ -212,7 +220,7 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
 
     prompts = {key[0] for key, _ in entries}
     if all(reasoning_of(key) == 0 for key, _ in entries) and (len(prompts) == 1 or not lat.prefill_tokens_per_s):
-        out["ttft"] = _closed_form(lat.ttft, lat.prefill_ms(next(iter(prompts))))
+        out["ttft"] = _closed_form(lat.ttft, prefill_ms(next(iter(prompts))))
         closed_ttft = True
     else:
         closed_ttft = False
@@ -222,7 +230,7 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
     ttft_s, e2e_s, tpot_s = [], [], []
     for key in chosen:
         prompt, visible, output, _ = key
-        ttft = lat.ttft.sample(rng) + lat.prefill_ms(prompt) + _sum_draws(itl, reasoning_of(key), rng)
+        ttft = lat.ttft.sample(rng) + prefill_ms(prompt) + _sum_draws(itl, reasoning_of(key), rng)
         gen = _sum_draws(itl, max(visible - 1, 0), rng)
         ttft_s.append(ttft)
         e2e_s.append(ttft + gen)
@@ -290,7 +298,8 @@ def score(stats: RunStats, profile: ModelProfile, tol: Tolerance, *, stream: boo
           expected: dict[str, dict[str, float]] | None = None) -> Scorecard:
     """Verdicts for every metric × statistic, one check per SLO entry, and goodput."""
     if expected is None:
-        expected = expected_values(profile, stats.mix, concurrency=stats.concurrency)
+        expected = expected_values(profile, stats.mix, concurrency=stats.concurrency,
+                                   cached_share=stats.cached_share())
     metrics: Iterable[str] = METRICS if stream else ("e2e",)
     verdicts = []
     for m in metrics:

@@ -163,13 +163,14 @@ def test_load_model_scales_itl_at_the_runs_concurrency():
 
 
 def test_cached_prompt_tokens_are_not_prefilled_in_expected_ttft():
-    """A request whose prompt the server's prefix cache held expects TTFT without that prefill."""
+    """The share of prompt tokens the server's prefix cache held is not prefilled in the expected TTFT."""
     p = profile(prefill=1000.0)  # 1 ms per prefilled token
+    mix = {(400, 9, 10, 0): 10}
+    assert expected_values(p, mix)["ttft"]["mean"] == pytest.approx(200 + 400)
+    assert expected_values(p, mix, cached_share=0.75)["ttft"]["mean"] == pytest.approx(200 + 100)
     stats = RunStats()
     for cached in (0, 300):
         r = rec()
         r.prompt_tokens, r.cached_tokens = 400, cached
         stats.add(r, True)
-    assert sorted(k[0] for k in stats.mix) == [100, 400]
-    exp = expected_values(p, dict(stats.mix))
-    assert exp["ttft"]["mean"] == pytest.approx(200 + (400 + 100) / 2, rel=0.02)
+    assert stats.cached_share() == pytest.approx(300 / 800)
