@@ -131,6 +131,11 @@ def _int_or_none(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def openai_usage(u: Any) -> Usage | None:
+    """Usage in OpenAI's Chat and legacy Completions shape (prompt, completion and cached tokens)."""
+    return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details", "prompt_tokens_details")
+
+
 def usage_from(u: Any, prompt: str, output: str, details: str, prompt_details: str | None = None) -> Usage | None:
     """A usage object under the API's own names; reasoning tokens from `details`.reasoning_tokens, cached
     prompt tokens from `prompt_details`.cached_tokens."""
@@ -165,7 +170,7 @@ class ChatCompletionsAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details", "prompt_tokens_details")
+        return openai_usage(u)
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         data = event.data
@@ -424,7 +429,7 @@ class CompletionsAdapter(ApiAdapter):
 
     @staticmethod
     def _usage(u: Any) -> Usage | None:
-        return usage_from(u, "prompt_tokens", "completion_tokens", "completion_tokens_details", "prompt_tokens_details")
+        return openai_usage(u)
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         data = event.data
