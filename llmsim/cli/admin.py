@@ -43,7 +43,7 @@ def admin_blueprint(state: AppState) -> Blueprint:
     @bp.post("/llmsim/config")
     def change() -> Response:
         authorize()
-        body = read_json_body(request, request.max_content_length)
+        body = read_json_body(request.environ, request.max_content_length)
         unknown = sorted(set(body) - set(RUNTIME_KEYS))
         if unknown:
             raise invalid(f"Unknown setting {unknown[0]!r}: /llmsim/config changes {', '.join(RUNTIME_KEYS)}.",

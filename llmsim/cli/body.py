@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Request
+from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import ClientDisconnected
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from ..errors import ApiError, invalid
 from ..fields import parse_json_object
@@ -25,22 +25,21 @@ BODY_REFUSED = "llmsim.body_refused"
 _READ = 256 * 1024
 
 
-def read_json_body(request: Request, limit: int | None) -> dict:
+def read_json_body(environ: dict, limit: int | None) -> dict:
     """The request body as a JSON object; 413 past `limit` bytes, with or without Content-Length."""
-    return parse_json_object(read_body_bytes(request, limit))
+    return parse_json_object(read_body_bytes(environ, limit))
 
 
 BODY_KEY = "llmsim.body"
 """Where a body already read (by `llmsim replay`'s matcher) waits for the route."""
 
 
-def read_body_bytes(request: Request, limit: int | None) -> bytes:
-    """The raw request body; 413 past `limit` bytes, with or without Content-Length."""
-    done = request.environ.get(BODY_KEY)
+def read_body_bytes(environ: dict, limit: int | None) -> bytes:
+    """The raw request body (of a WSGI environ); 413 past `limit` bytes, with or without Content-Length."""
+    done = environ.get(BODY_KEY)
     if isinstance(done, bytes):
         return done
-    environ = request.environ
-    length = request.content_length
+    length = get_content_length(environ)
     if limit is not None and length is not None and length > limit:
         environ[BODY_REFUSED] = True
         raise too_large(limit, length)

@@ -8,20 +8,18 @@ the API the path belongs to, never as an HTML page or a traceback.
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from ..anthropic.messages import Messages, parse_count_tokens_request
 from ..anthropic.models import list_models as anthropic_models
 from ..anthropic.models import retrieve_model as anthropic_model
-from ..api import Api, StreamEncoder, stream_bytes
+from ..api import Api
 from ..engine import new_id
 from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
@@ -32,121 +30,36 @@ from ..openai.embeddings import embeddings_body, parse_embeddings_request
 from ..openai.responses import Responses
 from ..stats import metrics_registry
 from ..tokens import get_encoding
-from ..trace import TRACE_HEADER, wants_trace
+from ..trace import TRACE_HEADER
 from .access import install_access, is_api_path
 from .admin import admin_blueprint
 from .body import read_body_bytes
 from .dashboard import dashboard_html
-from .state import AppState, Generation
+from .generation import (
+    JSON_TYPE,
+    SOCKET_KEY,
+    SSE_HEADERS,
+    T0_KEY,
+    GenerationRoutes,
+    StreamBody,
+    answer_headers,
+    error_response,
+    generation_answer,
+    unexpected_error,
+)
+from .state import AppState
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..replay import ReplayBook
 
-SOCKET_KEY = "llmsim.socket"
-"""The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
-T0_KEY = "llmsim.t0"
-"""The environ key of the monotonic time the request's first line was read (TTFT runs from it)."""
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 MODEL_CREATED = 1_700_000_000
 OWNERS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "deepseek": "deepseek"}
-
-
-def provider_for_path(path: str) -> str:
-    """Which provider's envelope a path answers in."""
-    if path.startswith("/anthropic/") or path.rstrip("/") in ("/v1/messages", "/v1/messages/count_tokens"):
-        return "anthropic"
-    return "openai"
-
-
-def error_response(err: ApiError, provider: str | None = None, *, count: bool = True) -> Response:
-    """The error in the provider's envelope. On an API path it counts in the server's errors by kind
-    (unless count=False); a 404 for /favicon.ico is no request that failed."""
-    provider = provider or provider_for_path(request.path)
-    state = current_app.extensions.get("llmsim_state")
-    if state is not None and count and is_api_path(request.path):
-        state.stats.record_error(err.kind)
-    resp = Response(err.body_bytes(provider, getattr(g, "request_id", None)), status=err.http_status(provider),
-                    mimetype="application/json")
-    for k, v in err.headers_for(provider).items():
-        resp.headers[k] = v
-    return resp
-
-
-class StreamBody:
-    """The SSE body of one generation: counts the stream while it runs, and frees its slot
-    however it ends, even when the server closes it before the first chunk.
-
-    Iterating gives the API's bytes; an injected mid-stream cut either drops
-    the connection with no terminator, or (midstream_mode: error) sends the
-    API's in-band error event and ends there. The WSGI server always calls
-    close(), which is where an unstarted or abandoned stream is settled.
-    """
-
-    def __init__(self, state: AppState, gen: Generation, enc: StreamEncoder) -> None:
-        self.state, self.gen, self.enc = state, gen, enc
-        self._it: Iterator[bytes] | None = None
-        self._ended = False
-        state.stats.stream_started()
-
-    def __iter__(self) -> Iterator[bytes]:
-        self._it = self._run()
-        return self._it
-
-    def _run(self) -> Iterator[bytes]:
-        try:
-            yield from stream_bytes(self.gen, self.enc)
-        except StreamCut as e:
-            if e.cut.error is None:
-                self._end(cut=True)
-                raise ConnectionDrop() from None
-            yield self.enc.error_event(e.cut.error)
-            self._end(cut=True)
-            return
-        except ClientGone:
-            self._end()
-            raise ConnectionDrop() from None
-        self._end(completed=True)
-
-    def _end(self, completed: bool = False, cut: bool = False) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self.gen.release()  # every choice's slot
-        self.state.stats.stream_ended(disconnected=not (completed or cut), cut=cut)
-        self.state.finish(self.gen, completed)
-
-    def close(self) -> None:
-        if self._it is not None:
-            close = getattr(self._it, "close", None)
-            if close is not None:
-                close()
-        self._end()
-
-
-def stream_response(state: AppState, gen: Generation, enc: StreamEncoder) -> Response:
-    """A streamed response nothing buffers: no Content-Length, no compression."""
-    resp = Response(StreamBody(state, gen, enc), mimetype="text/event-stream", direct_passthrough=True)
-    resp.headers.update(SSE_HEADERS)
-    return resp
-
-
-def wait_for(state: AppState, gen: Generation) -> None:
-    """A non-streaming answer: take as long as the stream would (holding its slot), then count its tokens."""
-    completed = False
-    try:
-        gen.wait_all()
-        completed = True
-    except ClientGone:
-        state.stats.record_disconnect()
-        raise ConnectionDrop() from None
-    finally:
-        state.finish(gen, completed)
 
 
 def read_body() -> dict:
     """The JSON body; the time spent waiting for a slow client's body is noted, so it is not TTFT."""
     started = time.monotonic()
-    raw = read_body_bytes(request, request.max_content_length)
+    raw = read_body_bytes(request.environ, request.max_content_length)
     g.body_wait = time.monotonic() - started
     return parse_json_object(raw)
 
@@ -156,23 +69,15 @@ APIS: tuple[Api, ...] = (ChatCompletions(), Responses(), Messages(), Completions
 
 
 def api_route(state: AppState, api: Api) -> Callable[[], Response]:
-    """The one route every API shares: parse, generate, then answer at once or stream."""
+    """The Flask face of a generation route (GenerationRoutes serves it first, unless replay is on)."""
 
     def view() -> Response:
-        req = api.parse(read_body())
-        req.api_key = g.get("api_key")
-        # TTFT runs from the request's first bytes (T0_KEY, when the server stamped them), not counting
-        # the wait for a slow client's body: a real server cannot start on a prompt it has not received.
-        req.arrival = g.t0 + g.get("body_wait", 0.0) if g.get("t0") is not None else None
-        req.conversation = request.headers.get("x-llmsim-conversation")
-        req.forced_fault = request.headers.get(FAULT_HEADER)
-        gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
-        if req.stream and wants_trace(request.headers.get(TRACE_HEADER)):
-            gen.start_trace(g.request_id)
-        if not req.stream:
-            wait_for(state, gen)
-            return jsonify(api.body(gen))
-        return stream_response(state, gen, api.encoder(gen))
+        answer = generation_answer(state, api, request.environ, g.request_id, g.t0, g.get("api_key"))
+        if isinstance(answer, StreamBody):
+            resp = Response(answer, mimetype="text/event-stream", direct_passthrough=True)
+            resp.headers.update(SSE_HEADERS)
+            return resp
+        return Response(answer, mimetype=JSON_TYPE)
 
     view.__name__ = api.name.replace(".", "_")
     return view
@@ -253,12 +158,6 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
         except ApiError as err:
             return error_response(err, "anthropic")
 
-    @bp.after_app_request
-    def _request_id(resp: Response) -> Response:
-        if provider_for_path(request.path) == "anthropic" or "anthropic-version" in request.headers:
-            resp.headers["request-id"] = g.get("request_id", "")
-        return resp
-
     return bp
 
 
@@ -297,10 +196,8 @@ def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id", "")
-        if provider_for_path(request.path) == "openai":
-            resp.headers["openai-processing-ms"] = str(int((time.monotonic() - g.get("t0", time.monotonic())) * 1000))
-            resp.headers["openai-version"] = "2020-10-01"
+        resp.headers.update(answer_headers(state, request.path, request.headers, g.get("request_id", ""),
+                                           g.get("t0"), g.get("api_key"), resp.status_code))
         state.stats.record_request(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code,
                                    api=is_api_path(request.path))
         return resp
@@ -363,8 +260,8 @@ def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        traceback.print_exception(exc, file=sys.stderr)
-        return error_response(ApiError("server_error", "The server had an error while processing your request. "
-                                                       "(llmsim logged the details.)"))
+        return error_response(unexpected_error(exc))
 
+    if replay is None:  # replay's hooks come first, so only without it do the generation routes skip Flask
+        app.wsgi_app = GenerationRoutes(state, APIS, app.wsgi_app)  # type: ignore[method-assign]
     return app

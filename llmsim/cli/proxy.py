@@ -19,7 +19,7 @@ import gevent
 
 from ..errors import ApiError
 from ..record import Proxy, RecordWriter, Upstream, UpstreamError, request_headers_from_environ, target_from_environ
-from .handlers import provider_for_path
+from .access import provider_for_path
 from .server import NoDelayWSGIServer, _QuietHandler, make_listener, server_url
 
 StartResponse = Callable[..., Any]

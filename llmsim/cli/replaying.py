@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 from ..errors import ApiError
 from ..replay import ReplayBook, parse_body
 from .body import BODY_KEY, read_body_bytes
-from .handlers import SSE_HEADERS
+from .generation import SSE_HEADERS
 
 OWN_PATHS = ("/health", "/metrics", "/llmsim/")
 
@@ -28,7 +28,7 @@ def install_replay(app: Flask, book: ReplayBook) -> None:
         path = request.path
         if path == "/health" or path == "/metrics" or path.startswith("/llmsim/"):
             return None
-        raw = read_body_bytes(request, request.max_content_length)
+        raw = read_body_bytes(request.environ, request.max_content_length)
         request.environ[BODY_KEY] = raw  # the generic route reads the body from here, already read
         body = parse_body(raw)
         rec = book.take(request.method, path, body)
