@@ -270,6 +270,10 @@ class Generation:
         """Take as long as the stream would, holding the slots as the stream would."""
         stamps, clock = self.emitted, time.monotonic
         try:
+            if not self.choices:
+                plan = self.plan
+                self.pacer.wait_through(plan.piece_tokens, plan.reasoning_tokens, self._start(), stamps)
+                return
             for _ in self.paced_choices():
                 stamps.append(clock())
         finally:

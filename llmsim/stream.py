@@ -381,5 +381,49 @@ class Pacer:
 
     def wait_all(self, plan: TokenPlan, start: float | None = None) -> None:
         """Take exactly as long as the stream would (non-streaming responses)."""
-        for _ in self.paced_indices(plan.piece_tokens, plan.reasoning_tokens, start):
-            pass
+        self.wait_through(plan.piece_tokens, plan.reasoning_tokens, start)
+
+    def wait_through(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0, start: float | None = None,
+                     stamps: list[float] | None = None) -> None:
+        """paced_indices for an answer nobody sees chunk by chunk: the same deadlines, draws and cut,
+        each chunk's release time appended to `stamps`, but no generator round-trip per chunk and
+        one clock and batch-slowdown read per wake-up, not per token (nothing else runs between
+        chunks that are already due, so the reads would be the same)."""
+        cut, planned, precise = self.cut, self.planned, self.precise
+        clock, rng, slot = self.clock, self.rng, self.slot
+        itl = self.latency.itl
+        point = itl.is_point
+        now = clock()
+        deadline = self.first_deadline(now if start is None else start, reasoning_tokens)
+        sleep = self.first_sleep or self.sleep
+        every = precise is not None and precise.every_token
+        direct = self.sleep is self._plain_sleep
+        m = slot.multiplier()
+        gap = itl.mean_ms * m / 1000.0
+        for i, ntok in enumerate(piece_tokens):
+            for _ in range(ntok - 1 if i == 0 else ntok):  # a k-token chunk waits for its k-th token
+                deadline += gap if point else itl.sample(rng) * m / 1000.0
+            if planned is not None:
+                planned.append(deadline)
+            if deadline > now:
+                wait = deadline - clock()
+                if wait > 0:
+                    if precise is not None and (i == 0 or (every and precise.waiting < PRECISE_MAX_WAITING)):
+                        if wait > PRECISE_MARGIN_S and (i == 0 or not direct):
+                            sleep(wait - PRECISE_MARGIN_S)
+                        precise.until(deadline)
+                        if i == 0:
+                            self.first_precise = deadline
+                    else:
+                        sleep(wait)
+                now = clock()
+                m = slot.multiplier()  # the next gaps start now: the batch as it is now
+                gap = itl.mean_ms * m / 1000.0
+            sleep = self.sleep
+            if cut is not None and i >= cut.after_pieces:
+                raise StreamCut(cut)
+            self.sent_tokens += ntok
+            if stamps is not None:
+                stamps.append(now)
+        if cut is not None:
+            raise StreamCut(cut)

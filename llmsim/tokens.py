@@ -98,7 +98,20 @@ def encode(text: str, encoding: tiktoken.Encoding) -> list[int]:
         import gevent
 
         return gevent.get_hub().threadpool.apply(encoding.encode_ordinary, (text,))
-    return encoding.encode_ordinary(text)
+    key = (encoding.name, text)
+    ids = _RECENT.get(key)
+    if ids is None:
+        ids = encoding.encode_ordinary(text)
+        if len(_RECENT) >= RECENT_TEXTS:
+            _RECENT.clear()
+        _RECENT[key] = ids
+    return list(ids)
+
+
+RECENT_TEXTS = 512
+"""Short texts encoded lately, and their ids: an answer is encoded to fit its length, then again by the
+stream builder, and a load test sends the same prompts over and over; a hit costs a dict look-up."""
+_RECENT: dict[tuple[str, str], list[int]] = {}
 
 
 def count_tokens(text: str, model: str = "gpt-5", registry: ProfileRegistry | None = None) -> int:

@@ -34,6 +34,7 @@ from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 from ..errors import ConnectionDrop
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
+from .generation import StreamBody
 from .handlers import create_app
 from .state import AppState
 
@@ -234,6 +235,51 @@ class _QuietHandler(WSGIHandler):
             if self.environ.get(BODY_REFUSED):
                 self.close_connection = True
                 self.wsgi_input = _DiscardSome(self.wsgi_input, DISCARD_AFTER_REFUSAL)
+
+    # ------------------------------------------------------------------ streams
+
+    def process_result(self) -> None:
+        """A stream's chunks go straight to the socket once its headers are out.
+
+        pywsgi's write path (write, _write, _sendall, gevent's sendall, which asks
+        the kernel for the send buffer's size on every call) costs more than the
+        send itself; a stream writes a small chunk per token, so each chunk here
+        is one framed send() on the raw non-blocking socket, falling back to a
+        waiting sendall only when the socket buffer is full. The bytes on the
+        wire are the same.
+        """
+        result = self.result
+        raw = getattr(self.socket, "_sock", None)
+        if not isinstance(result, StreamBody) or raw is None:
+            super().process_result()
+            return
+        chunks = iter(result)
+        for data in chunks:
+            if data:
+                self.write(data)  # the status line and headers, with the first chunk
+                break
+        chunked = self.response_use_chunked
+        for data in chunks:
+            if data:
+                self._send_now(raw, b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        if self.status and not self.headers_sent:
+            self.write(b"")
+        if chunked:
+            self._sendall(b"0\r\n\r\n")
+
+    def _send_now(self, raw: socket.socket, frame: bytes) -> None:
+        try:
+            sent = raw.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as ex:  # as pywsgi's _sendall: the handler then closes quietly
+            self.status = f"socket error: {ex}"
+            if self.code > 0:  # type: ignore[has-type]
+                self.code = -self.code  # type: ignore[has-type]
+            raise
+        self.response_length += sent
+        if sent < len(frame):
+            self._sendall(frame[sent:])  # the buffer is full: wait for room
 
     # ------------------------------------------------------------------ errors
 
