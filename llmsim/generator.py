@@ -16,12 +16,13 @@ import json
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .tokens import encode, encoding_name_for_model, get_encoding, message_text
+from .tokens import encode, encoding_name_for_model, get_encoding, message_text, remember
 
 DEFAULT_TARGET_TOKENS = 100
 FILLER = " the"
@@ -240,11 +241,88 @@ class Generator:
         return " ".join(out)
 
 
+@cache
+def _lorem_ids(encoding_name: str) -> dict[str, tuple[int, ...]] | None:
+    """Every form a lorem word takes in a sentence (`Word`, ` word`, ` Word`, `.`) and its token ids.
+
+    The encodings split text into pieces (a word with its leading space, a run
+    of punctuation) before merging tokens, and never merge across pieces, so a
+    lorem text's ids are its pieces' ids end to end: no tokenising per request.
+    Checked once on a long sample; None (tokenise as usual) if it does not hold.
+    """
+    enc = get_encoding(encoding_name)
+    table: dict[str, tuple[int, ...]] = {".": tuple(enc.encode_ordinary("."))}
+    for word in set(_LOREM):
+        for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
+            table[form] = tuple(enc.encode_ordinary(form))
+    forms = _lorem_forms(random.Random(0), 3000)
+    if [t for f in forms for t in table[f]] != enc.encode_ordinary("".join(forms)):
+        return None
+    return table
+
+
+def _lorem_forms(rng: random.Random, count: int) -> list[str]:
+    """The pieces of `LoremGenerator`'s sentences, from the same draws as Generator._words."""
+    words = rng.choices(_LOREM, k=count)
+    forms: list[str] = []
+    i = 0
+    while i < count:
+        k = rng.randint(6, 14)
+        forms.append((" " if forms else "") + words[i].capitalize())
+        forms.extend(" " + w for w in words[i + 1:i + k])
+        forms.append(".")
+        i += k
+    return forms
+
+
 class LoremGenerator(Generator):
     """Lorem-ipsum sentences: realistic token shapes, obviously fake text."""
 
     name = "lorem"
     fills_target = True
+
+    def generate(self, request: GenerationRequest | dict | None = None, tokens: int | None = None, *,
+                 target: int | None = None) -> str:
+        """As Generator.generate (the same text from the same draws), built from token pieces."""
+        if request is None:
+            request = GenerationRequest()
+        elif isinstance(request, dict):
+            request = GenerationRequest.from_body(request)
+        n = tokens if tokens is not None else target if target is not None else self.target_tokens
+        text = self._from_pieces(request, n, exact=tokens is not None or target is not None) if n > 0 else None
+        return text if text is not None else super().generate(request, tokens, target=target)
+
+    def _from_pieces(self, request: GenerationRequest, n: int, exact: bool) -> str | None:
+        name = request.encoding_name()
+        table = _lorem_ids(name)
+        if table is None:
+            return None
+        enc = get_encoding(name)
+        forms = _lorem_forms(request.rng(), int(n * 1.2) + 8)
+        ids: list[int] = []
+        for j, form in enumerate(forms):
+            piece = table[form]
+            if len(ids) + len(piece) <= n:
+                ids.extend(piece)
+                if len(ids) == n:
+                    text = "".join(forms[:j + 1])
+                    break
+                continue
+            # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
+            # whole text's ids would give; exact asks that the cut text count n tokens again.
+            partial = enc.decode(list(piece[:n - len(ids)]))
+            tail = encode(partial, enc)
+            if exact and len(ids) + len(tail) != n:
+                return fit_tokens("".join(forms), n, name)  # the rare word that re-tokenises otherwise
+            text, ids = "".join(forms[:j]) + partial, ids + tail
+            break
+        else:  # shorter than n: whole, or padded as fit_tokens pads
+            text = "".join(forms)
+            if exact:
+                text += FILLER * (n - len(ids))
+                ids += encode(FILLER, enc) * (n - len(ids))
+        remember(text, enc, ids)
+        return text
 
     def _text(self, request: GenerationRequest) -> str:
         return self._words(_LOREM, request, sentence=True)

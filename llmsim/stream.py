@@ -171,6 +171,13 @@ class TokenStreamBuilder:
         # holds those bytes back, and the token rides along with the next chunk.
         # Most tokens are whole characters: their text comes from a table, decoded once.
         texts = token_texts(self.encoding)
+        if self.chunk_tokens == 1 and plan.piece_ids is None:
+            # A chunk a token, every token a whole character run seen before: one look-up each.
+            whole = [texts.get(tok) for tok in ids]
+            if None not in whole and "" not in whole:
+                plan.pieces.extend(whole)  # type: ignore[arg-type]
+                plan.piece_tokens.extend([1] * len(whole))
+                return
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         token_bytes = self.encoding.decode_single_token_bytes
         k = self.chunk_tokens

@@ -108,6 +108,14 @@ def encode(text: str, encoding: tiktoken.Encoding) -> list[int]:
     return list(ids)
 
 
+def remember(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
+    """Tell encode() the ids of a text whose ids are known already (a generator built it from tokens)."""
+    if len(text) <= OFFLOAD_CHARS:
+        if len(_RECENT) >= RECENT_TEXTS:
+            _RECENT.clear()
+        _RECENT[(encoding.name, text)] = list(ids)
+
+
 RECENT_TEXTS = 512
 """Short texts encoded lately, and their ids: an answer is encoded to fit its length, then again by the
 stream builder, and a load test sends the same prompts over and over; a hit costs a dict look-up."""
