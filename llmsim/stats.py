@@ -116,7 +116,8 @@ class Distribution:
         self.min = math.inf
         self.max = -math.inf
 
-    def add(self, indices: list[int], values: list[float]) -> None:
+    def add(self, indices: list[int] | Counter[int], values: list[float]) -> None:
+        """Values and their fine-bucket indices (a list, or a Counter of them: one pass for three targets)."""
         if not values:
             return
         self.counts.update(indices)
@@ -173,13 +174,17 @@ class _VllmHistogram:
         self.lut = _LUTS[name]
         self.by_model: dict[str, list] = {}
 
-    def add(self, model: str, indices: list[int], values: list[float]) -> None:
+    def add(self, model: str, indices: list[int] | Counter[int], values: list[float]) -> None:
         row = self.by_model.get(model)
         if row is None:
             row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
         counts, lut = row[0], self.lut
-        for i in indices:
-            counts[lut[i]] += 1
+        if isinstance(indices, Counter):
+            for i, k in indices.items():
+                counts[lut[i]] += k
+        else:
+            for i in indices:
+                counts[lut[i]] += 1
         row[1] += math.fsum(values)
 
 
@@ -318,7 +323,7 @@ class ServerStats:
             m.finished[reason] += 1
             current = self._current
             for name, vals in values.items():
-                idx = [bisect_left(EDGES, v) for v in vals]
+                idx = Counter([bisect_left(EDGES, v) for v in vals])
                 self.total[name].add(idx, vals)
                 current[name].add(idx, vals)
                 self.vllm[name].add(label, idx, vals)
