@@ -108,8 +108,9 @@ def run_load(host: str, port: int, conns: int, seconds: float, body: dict, serve
     out = subprocess.run([*pin(1), sys.executable, "-c", LOAD, host, str(port), str(conns), str(seconds),
                           json.dumps(body, separators=(",", ":"))], capture_output=True, text=True, check=True).stdout.split()
     n, wall, load_cpu = int(out[0]), float(out[1]), float(out[2])
-    return {"responses": n, "per_s": n / wall, "server_cpu": (cpu_seconds(server_pid) - c0) / wall,
-            "load_cpu": load_cpu}
+    used = cpu_seconds(server_pid) - c0
+    return {"responses": n, "per_s": n / wall, "server_cpu": used / wall, "load_cpu": load_cpu,
+            "cpu_us": used / max(1, n) * 1e6}
 
 
 def main() -> None:
@@ -141,11 +142,12 @@ def main() -> None:
         for name, r in results.items():
             flag = "  (load generator saturated)" if r["load_cpu"] > 0.95 else ""
             rows.append(f"{mode:6s} {name:7s} {r['per_s'] * scale:10.0f} {unit:8s} server CPU {r['server_cpu']:4.0%}"
-                        f"  load CPU {r['load_cpu']:4.0%}{flag}")
+                        f" ({r['cpu_us']:6.0f} µs an answer)  load CPU {r['load_cpu']:4.0%}{flag}")
         ratio = results["llmsim"]["per_s"] / results["bare"]["per_s"]
         goal = 0.80 if mode == "stream" else 0.70
         rows.append(f"{mode:6s} llmsim/bare ratio {ratio:.2f} (goal >= {goal:.2f})")
     print(f"{args.connections} connections, {args.seconds:g} s each, {args.tokens}-token answers")
+    print("(llmsim sends chunks that are due together in one write: with the instant profile, a whole stream's)")
     print("\n".join(rows))
 
 
