@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
 from typing import ClassVar
 
 from .engine import Generation, Request
 from .errors import ApiError, StreamCut
 from .stream import Block
 from .trace import trace_comment, trace_record
+
+
+def json_str(text: str) -> bytes:
+    """A JSON string literal, as json.dumps writes it (ASCII, escaped), without its per-call set-up: every
+    streamed chunk carries one."""
+    return _encode_basestring_ascii(text).encode()
 
 
 class StreamEncoder:
@@ -133,10 +140,8 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         if due:  # released before the cut: they go out first
             yield b"".join(due)
         raise
-    tail = _advance(enc, blocks, current, len(blocks))
-    if tail:
-        yield tail
-    yield from enc.choice_closing()
+    # The closing events are due at once: one write for the last block's end and the finish, one for the rest.
+    yield b"".join([_advance(enc, blocks, current, len(blocks)), *enc.choice_closing()])
     yield from _closing(gen, enc)
 
 
@@ -146,7 +151,7 @@ def _closing(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     if gen.trace_id is not None and closing:
         gen.trace = trace_record(gen)
         closing[-1] = trace_comment(gen.trace) + closing[-1]
-    yield from closing
+    yield b"".join(closing)
     gen.ended = time.monotonic()
 
 

@@ -15,7 +15,6 @@ import heapq
 import itertools
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +51,7 @@ from .toolcalls import (
     Tool,
     ToolChoice,
     ToolSettings,
+    new_call_id,
     structured_json,
     tool_call_blocks,
     tools_prompt_text,
@@ -68,8 +68,7 @@ EXACT_COUNT_CHARS = 100_000
 so even a refusal names its exact size; above, cheap bounds may refuse it first."""
 
 
-def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+new_id = new_call_id
 
 
 @dataclass

@@ -11,8 +11,8 @@ replies in text, so agent loops end.
 from __future__ import annotations
 
 import json
+import os
 import random
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +107,14 @@ def schema_problem(schema: Any) -> str | None:
 _SCHEMA_VERDICTS: dict[str, str | None] = {}
 
 
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)  # a forked process must not repeat its parent's ids
+
+
 def new_call_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+    """A fresh id (96 random bits, as 24 hex digits, like the providers' ids): unique, not secret, and cheap,
+    since every request takes a few (uuid4 reads the kernel's random pool each time)."""
+    return f"{prefix}{_IDS.getrandbits(96):024x}"
 
 
 def arguments_json(tool: Tool, rng: random.Random) -> str:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Api, StreamEncoder
+from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import json_type
@@ -538,7 +538,7 @@ class MessageEventEncoder(StreamEncoder):
         return out + PING if index == 0 else out
 
     def delta(self, index: int, block: Block, text: str) -> bytes:
-        return self._heads[index] + json.dumps(text).encode() + b"}}\n\n"
+        return self._heads[index] + json_str(text) + b"}}\n\n"
 
     def block_stop(self, index: int, block: Block) -> bytes:
         out = b""

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Api, StreamEncoder
+from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import (
@@ -256,7 +256,7 @@ class ChatChunkEncoder(StreamEncoder):
                 + self._content_tail)
 
     def content(self, text: str) -> bytes:
-        return self._head + b'{"content":' + json.dumps(text).encode() + self._content_tail
+        return self._head + b'{"content":' + json_str(text) + self._content_tail
 
     def block_start(self, index: int, block: Block) -> bytes:
         if block.kind != "tool_call":
@@ -272,13 +272,13 @@ class ChatChunkEncoder(StreamEncoder):
         if block.kind == "text":
             if self._logprobs is not None:
                 content = _dumps([chat_logprob(t) for t in self._logprobs[piece]])
-                return (self._head + b'{"content":' + json.dumps(text).encode() + b'},"logprobs":{"content":'
+                return (self._head + b'{"content":' + json_str(text) + b'},"logprobs":{"content":'
                         + content.encode() + self._logprobs_tail)
-            return self._head + b'{"content":' + json.dumps(text).encode() + self._content_tail
+            return self._head + b'{"content":' + json_str(text) + self._content_tail
         if block.kind == "reasoning":
-            return self._head + b'{"reasoning_content":' + json.dumps(text).encode() + self._content_tail
+            return self._head + b'{"reasoning_content":' + json_str(text) + self._content_tail
         return (self._head + b'{"tool_calls":[{"index":' + str(self._call_index[index]).encode()
-                + b',"function":{"arguments":' + json.dumps(text).encode() + b"}}]" + self._content_tail)
+                + b',"function":{"arguments":' + json_str(text) + b"}}]" + self._content_tail)
 
     def finish(self, reason: str) -> bytes:
         return (self._head + b'{},"logprobs":null,"finish_reason":' + json.dumps(reason).encode()

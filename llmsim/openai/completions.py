@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Api, StreamEncoder
+from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import MISSING, get_bool, get_int, get_number, get_stop, get_str, json_type, wrong_type
@@ -166,7 +166,7 @@ class CompletionChunkEncoder(StreamEncoder):
     def _text(self, text: str) -> bytes:
         if self._echo:
             text, self._echo = self._echo + text, ""
-        return json.dumps(text).encode()
+        return json_str(text)
 
     def delta(self, index: int, block: Block, text: str) -> bytes:
         logprobs = b"null"

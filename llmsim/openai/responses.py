@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Api, StreamEncoder
+from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import check_enum, get_bool, get_int, get_list, get_number, get_object, get_str, missing, wrong_type
@@ -348,7 +348,7 @@ class ResponseEventEncoder(StreamEncoder):
         head, mid = self._heads[index]
         seq = self.seq
         self.seq += 1
-        return head + json.dumps(text).encode() + mid + str(seq).encode() + b"}\n\n"
+        return head + json_str(text) + mid + str(seq).encode() + b"}\n\n"
 
     def block_stop(self, index: int, block: Block) -> bytes:
         b = self.builder
