@@ -324,6 +324,7 @@ class Engine:
         # ~0.3 s of BPE loading inside its TTFT.
         for name in sorted({p.encoding for p in self.registry}):
             max_token_bytes(get_encoding(name))
+            self.generator.prepare(name)  # and the generator's tables: ~15 ms once, not in a ramp's middle
         self.sleep: Callable[[float], None] = _gevent_sleep  # how a timeout fault holds the request
         sections = sections or {}
         self.auth: AuthConfig | None = AuthConfig.parse(source, sections.get("auth"))

@@ -221,6 +221,9 @@ class Generator:
         sentences.append(rng.choice(_REASONING_CLOSERS))
         return fit_tokens(" ".join(sentences), tokens, request.encoding_name())
 
+    def prepare(self, encoding_name: str) -> None:
+        """Build whatever per-encoding tables the generator uses now (the server calls it at start-up)."""
+
     def turn(self, request: GenerationRequest) -> ScriptTurn | None:
         """A scripted turn (text, tool calls, an error), or None to let the engine decide the answer."""
         return None
@@ -291,6 +294,9 @@ class LoremGenerator(Generator):
         n = tokens if tokens is not None else target if target is not None else self.target_tokens
         text = self._from_pieces(request, n, exact=tokens is not None or target is not None) if n > 0 else None
         return text if text is not None else super().generate(request, tokens, target=target)
+
+    def prepare(self, encoding_name: str) -> None:
+        _lorem_ids(encoding_name)
 
     def _from_pieces(self, request: GenerationRequest, n: int, exact: bool) -> str | None:
         name = request.encoding_name()
