@@ -283,7 +283,10 @@ class Pacer:
         how late that chunk was written, see PreciseTimer.observe)."""
 
     def _itl_s(self) -> float:
-        return self.latency.sample_itl_ms(self.rng) * self.slot.multiplier() / 1000.0
+        itl = self.latency.itl
+        if itl._point:  # type: ignore[attr-defined]  # no draw; and no gap at all, whatever the batch, when the profile has none
+            return itl.mean_ms * self.slot.multiplier() / 1000.0 if itl.mean_ms else 0.0
+        return itl.sample(self.rng) * self.slot.multiplier() / 1000.0
 
     def first_deadline(self, start: float, reasoning_tokens: int) -> float:
         """start + TTFT (+prefill) + one ITL per hidden reasoning token."""
