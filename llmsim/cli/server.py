@@ -43,6 +43,10 @@ _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
 DISCARD_AFTER_REFUSAL = 1 << 20
 """At most this much more of a refused body is read (and dropped) before the connection closes,
 so the client is not reset while it still sends and can read its 413."""
+RFILE_BUFFER = 1024
+"""Bytes each connection's request reader buffers (pywsgi's default: 8 KB). A request line and its
+headers seldom need more, a body larger than what is buffered is read straight from the socket,
+and the buffer lives as long as the connection: an open stream keeps it (see bench/memory.py)."""
 
 
 def _digits(text: str) -> bool:
@@ -97,27 +101,40 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..replay import ReplayBook
 
 
+_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at")
+"""_QuietHandler's own state (named, not literal, in its __slots__: mypy cannot tell that pywsgi's
+untyped handler, its base, keeps every other attribute in a __dict__)."""
+
+
 class _QuietHandler(WSGIHandler):
     """Client disconnects are normal under load tests: no traceback for them.
 
     An injected ConnectionDrop closes the socket as is: no 500 before the
     response, no terminating chunk in the middle of one.
+
+    A handler lives as long as its connection, so an open stream keeps it:
+    it reads requests through a small buffer (RFILE_BUFFER), keeps its own
+    state in slots, and drops the encoded response headers once they are sent.
     """
 
-    _t0: float | None = None
+    __slots__ = _HANDLER_SLOTS
+
+    server: NoDelayWSGIServer
+    wsgi_input: Any
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        self._t0: float | None = None
+        self._served = 0  # requests answered on this connection
+        self._deadline: gevent.Timeout | None = None
+        self._late = False  # the header deadline passed while reading the request line
+        self._connected_at = 0.0
+        super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
         environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
         return environ
-
-    server: NoDelayWSGIServer
-    wsgi_input: Any
-    _served = 0  # requests answered on this connection
-    _deadline: gevent.Timeout | None = None
-    _late = False  # the header deadline passed while reading the request line
-    _connected_at = 0.0
 
     # ------------------------------------------------------------------ timeouts
 
@@ -234,6 +251,10 @@ class _QuietHandler(WSGIHandler):
             if self.environ.get(BODY_REFUSED):
                 self.close_connection = True
                 self.wsgi_input = _DiscardSome(self.wsgi_input, DISCARD_AFTER_REFUSAL)
+
+    def _write_with_headers(self, data: bytes) -> None:
+        super()._write_with_headers(data)
+        self.response_headers = None  # sent: not kept for as long as a stream lasts
 
     # ------------------------------------------------------------------ errors
 
