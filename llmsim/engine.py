@@ -16,7 +16,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,7 +72,7 @@ def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One API-neutral generation request, as every API module parses it."""
 
@@ -134,7 +134,7 @@ class Request:
         return GenerationRequest.from_body({"messages": self.messages}).prompt
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)
 class Generation:
     """One request's simulated answer: the profile, the planned blocks, and the pacer that times them.
 
@@ -186,7 +186,7 @@ class Generation:
     def paced(self) -> Iterator[tuple[int, str]]:
         """(block index, chunk text) on their deadlines; a queued request's TTFT runs from its grant."""
         plan = self.plan
-        owner, pieces = plan.piece_blocks(), plan.pieces
+        owner, pieces = _owners(plan), plan.pieces
         for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
             yield owner[i], pieces[i]
 
@@ -200,7 +200,7 @@ class Generation:
         siblings) starts then.
         """
         if not self.choices:
-            owner = self.plan.piece_blocks()
+            owner = _owners(self.plan)
             plan = self.plan
             for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
                 yield 0, owner[i], i
@@ -208,7 +208,7 @@ class Generation:
         choices = self.choices
         pacer0 = self.pacer
         clock = pacer0.clock
-        owners = [c.plan.piece_blocks() for c in choices]
+        owners = [_owners(c.plan) for c in choices]
         schedules: list[Iterator[float] | None] = [None] * len(choices)
         heap: list[tuple[float, int, int]] = []
 
@@ -896,6 +896,13 @@ def _text_chars(msg: dict) -> int:
         elif isinstance(value, str):
             n += len(value)
     return n
+
+
+def _owners(plan: TokenPlan) -> Sequence[int]:
+    """plan.piece_blocks() in a byte a chunk, not a list's eight: a stream keeps it for as long as it lasts."""
+    if len(plan.blocks) < 2:
+        return bytes(len(plan.pieces))  # every chunk is block 0's
+    return bytes(plan.piece_blocks()) if len(plan.blocks) <= 256 else plan.piece_blocks()
 
 
 def _gevent_sleep(seconds: float) -> None:

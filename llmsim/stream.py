@@ -30,7 +30,7 @@ from .tokens import encode
 BLOCK_KINDS = ("text", "reasoning", "tool_call")
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """One typed part of an answer: text, visible reasoning, or a tool call.
 
@@ -50,7 +50,7 @@ class Block:
             raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, not {self.kind!r}")
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenPlan:
     """What one response will stream: chunk texts and their token counts, on one timeline.
 
@@ -246,6 +246,9 @@ chunk (TTFT) stays precise at any load."""
 
 class Pacer:
     """Releases chunks on absolute deadlines derived from a latency profile."""
+
+    __slots__ = ("latency", "rng", "prompt_tokens", "slot", "clock", "sleep", "_plain_sleep", "cut", "first_sleep",
+                 "_ahead", "_ahead_due", "precise", "sent_tokens", "planned", "first_precise")
 
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
