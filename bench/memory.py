@@ -40,7 +40,8 @@ CLIENT = textwrap.dedent('''
     from gevent.lock import Semaphore
     from gevent.socket import wait_read
     host, port, model, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    body = json.dumps({"model": model, "stream": True, "max_tokens": tokens,
+    stream = sys.argv[5] == "stream" if len(sys.argv) > 5 else True
+    body = json.dumps({"model": model, "stream": stream, "max_tokens": tokens,
                        "messages": [{"role": "user", "content": "Tell me about memory."}]}).encode()
     req = (b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: b\\r\\nContent-Type: application/json\\r\\n"
            b"Content-Length: %d\\r\\n\\r\\n" % len(body)) + body
@@ -57,7 +58,7 @@ CLIENT = textwrap.dedent('''
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.sendall(req)
                 buf = b""
-                while b'{"content":' not in buf:  # the role chunk says {"role":..., a token {"content":...
+                while stream and b'{"content":' not in buf:  # the role chunk says {"role":..., a token {"content":...
                     d = s.recv(65536)
                     if not d:
                         raise ConnectionError("closed before the first token")
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=3000.0, help="the profile's constant ITL")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each reading")
     ap.add_argument("--src", default=None, help="run the server from this checkout (its PYTHONPATH)")
+    ap.add_argument("--json", action="store_true",
+                    help="non-streamed requests instead of streams (memory per open request waiting for its answer)")
     args = ap.parse_args()
     steps = sorted(set(args.streams))
 
@@ -158,12 +161,12 @@ def main() -> None:
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "memory.yaml"), "w") as f:
         f.write(profile_yaml(args.itl_ms, max(steps) * 2))
-    env = dict(os.environ)
-    if args.src:
-        env["PYTHONPATH"] = os.path.abspath(args.src)
+    env, cwd = dict(os.environ), None
+    if args.src:  # `python -m` puts the working directory first on the path: run from the checkout
+        cwd = env["PYTHONPATH"] = os.path.abspath(args.src)
     server = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d,
                                "--target-tokens", str(args.tokens)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd,
                               preexec_fn=raise_nofile)
     client = None
     try:
@@ -187,7 +190,8 @@ def main() -> None:
               f"descriptor limit {limit} (hard {hard})")
         print(f"{'streams':>8} {'active':>7} {'RSS MB':>8} {'KB/stream':>10} {'slope KB':>9} "
               f"{'USS KB/str':>11} {'PSS KB/str':>11}")
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, host, str(port), "bench-memory", str(args.tokens)],
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, host, str(port), "bench-memory", str(args.tokens),
+                                   "json" if args.json else "stream"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
         prev_n, prev_rss = 0, idle["rss"]
         t0 = time.monotonic()
@@ -200,9 +204,16 @@ def main() -> None:
                 print("the client stopped")
                 break
             ok, failed = int(ready[1]), int(ready[2])
-            time.sleep(args.settle)
-            stats = json.loads(request(url + "/llmsim/stats"))
-            active = stats.get("active_streams", "?")
+            for _ in range(120):  # a non-streamed request shows only as a busy batch slot
+                time.sleep(args.settle if not args.json else 0.5)
+                stats = json.loads(request(url + "/llmsim/stats"))
+                slots = sum(s.get("active", 0) for name, s in stats.get("schedulers", {}).items()
+                            if name.startswith("bench-memory"))
+                active = slots if args.json else stats.get("active_streams", "?")
+                if not args.json or active >= ok:
+                    break
+            if args.json:
+                time.sleep(args.settle)
             mem = memory_kb(server.pid)
             per = (mem["rss"] - idle["rss"]) / max(ok, 1)
             slope = (mem["rss"] - prev_rss) / max(ok - prev_n, 1)
@@ -210,7 +221,7 @@ def main() -> None:
             pss = f"{(mem['pss'] - idle['pss']) / max(ok, 1):11.1f}" if "pss" in mem else f"{'-':>11}"
             note = f"  ({failed} failed)" if failed else ""
             if active != ok:
-                note += f"  (the server counts {active} active streams)"
+                note += f"  (the server counts {active} active {'requests' if args.json else 'streams'})"
             print(f"{ok:>8} {active:>7} {mem['rss'] / 1024:>8.1f} {per:>10.1f} {slope:>9.1f} {uss} {pss}{note}",
                   flush=True)
             prev_n, prev_rss = ok, mem["rss"]

@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -35,6 +36,7 @@ from ..errors import ConnectionDrop
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .handlers import create_app
+from .stacks import call_off_stack
 from .state import AppState
 
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
@@ -114,13 +116,15 @@ class _QuietHandler(WSGIHandler):
 
     A handler lives as long as its connection, so an open stream keeps it:
     it reads requests through a small buffer (RFILE_BUFFER), keeps its own
-    state in slots, and drops the encoded response headers once they are sent.
+    state in slots, calls the application on a helper stack (cli/stacks.py),
+    and drops the encoded response headers once they are sent.
     """
 
     __slots__ = _HANDLER_SLOTS
 
     server: NoDelayWSGIServer
     wsgi_input: Any
+    application: Any
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         self._t0: float | None = None
@@ -245,6 +249,9 @@ class _QuietHandler(WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def run_application(self) -> None:
+        # The application call (routing, parsing, planning) runs on a helper stack: this greenlet,
+        # which an open stream keeps, then only streams what it returned (see cli/stacks.py).
+        self.application = partial(call_off_stack, self.application)
         try:
             super().run_application()
         finally:
