@@ -12,9 +12,12 @@ pages) from /proc/PID/smaps_rollup. Prints (RSS − idle RSS) / N in KB
 (1 KB = 1,024 bytes) and the slope between steps, against the goal (≤ 12 KB).
 Kernel socket buffers are not RSS and are not counted. Never fails: with a
 hard descriptor limit too low for a step, it measures as many as fit. `--src` runs the server
-from another checkout (to compare two versions with the same client).
+from another checkout (to compare two versions with the same client);
+`--prompt-chars` sends longer prompts; `--hold` reads once more after the
+streams went on for a while; `--json` holds non-streamed requests instead.
 
-    python bench/memory.py [--streams 1000 5000 10000] [--tokens 100] [--itl-ms 3000] [--src CHECKOUT]
+    python bench/memory.py [--streams 1000 5000 10000] [--tokens 100] [--itl-ms 3000] [--prompt-chars N]
+                           [--hold SECONDS] [--json] [--src CHECKOUT]
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ CLIENT = textwrap.dedent('''
     from gevent.socket import wait_read
     host, port, model, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     stream = sys.argv[5] == "stream" if len(sys.argv) > 5 else True
+    prompt = ("Tell me about memory. " * (1 + int(sys.argv[6]) // 22))[:int(sys.argv[6])] if len(sys.argv) > 6 else ""
     body = json.dumps({"model": model, "stream": stream, "max_tokens": tokens,
-                       "messages": [{"role": "user", "content": "Tell me about memory."}]}).encode()
+                       "messages": [{"role": "user", "content": prompt or "Tell me about memory."}]}).encode()
     req = (b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: b\\r\\nContent-Type: application/json\\r\\n"
            b"Content-Length: %d\\r\\n\\r\\n" % len(body)) + body
     opening = Semaphore(200)  # connections between connect() and their first content chunk
@@ -146,6 +150,9 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=3000.0, help="the profile's constant ITL")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each reading")
     ap.add_argument("--src", default=None, help="run the server from this checkout (its PYTHONPATH)")
+    ap.add_argument("--prompt-chars", type=int, default=0, help="each request's prompt length (default: one line)")
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="after the last step, read once more this many seconds later (the streams go on)")
     ap.add_argument("--json", action="store_true",
                     help="non-streamed requests instead of streams (memory per open request waiting for its answer)")
     args = ap.parse_args()
@@ -186,12 +193,13 @@ def main() -> None:
         idle = memory_kb(server.pid)
         print(f"server idle after warm-up: RSS {idle['rss'] / 1024:.1f} MB"
               + (f", PSS {idle['pss'] / 1024:.1f} MB, USS {idle['uss'] / 1024:.1f} MB" if "pss" in idle else ""))
-        print(f"profile: TTFT 100 ms, ITL {args.itl_ms:g} ms, {args.tokens}-token answers; "
+        print(f"profile: TTFT 100 ms, ITL {args.itl_ms:g} ms, {args.tokens}-token answers, "
+              f"{'non-streamed' if args.json else 'streamed'}, {args.prompt_chars or 21}-character prompts; "
               f"descriptor limit {limit} (hard {hard})")
         print(f"{'streams':>8} {'active':>7} {'RSS MB':>8} {'KB/stream':>10} {'slope KB':>9} "
               f"{'USS KB/str':>11} {'PSS KB/str':>11}")
         client = subprocess.Popen([sys.executable, "-c", CLIENT, host, str(port), "bench-memory", str(args.tokens),
-                                   "json" if args.json else "stream"],
+                                   "json" if args.json else "stream", str(args.prompt_chars)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
         prev_n, prev_rss = 0, idle["rss"]
         t0 = time.monotonic()
@@ -225,6 +233,13 @@ def main() -> None:
             print(f"{ok:>8} {active:>7} {mem['rss'] / 1024:>8.1f} {per:>10.1f} {slope:>9.1f} {uss} {pss}{note}",
                   flush=True)
             prev_n, prev_rss = ok, mem["rss"]
+        if args.hold > 0 and prev_n:
+            time.sleep(args.hold)
+            stats = json.loads(request(url + "/llmsim/stats"))
+            mem = memory_kb(server.pid)
+            print(f"{prev_n:>8} {stats.get('active_streams', '?'):>7} {mem['rss'] / 1024:>8.1f} "
+                  f"{(mem['rss'] - idle['rss']) / prev_n:>10.1f}   ({args.hold:g} s later: about "
+                  f"{args.hold * 1000 / args.itl_ms:.0f} more chunks each)", flush=True)
         elapsed = time.monotonic() - t0
         life = 0.1 + args.tokens * args.itl_ms / 1000
         if elapsed > life:

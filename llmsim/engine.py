@@ -16,6 +16,7 @@ import itertools
 import random
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -133,6 +134,15 @@ class Request:
         """The last user text: what generators answer to."""
         return GenerationRequest.from_body({"messages": self.messages}).prompt
 
+    def drop_prompt(self) -> None:
+        """Forget the prompt once it is counted and answered, so a response that takes long (a stream)
+        does not hold it meanwhile; legacy Completions' `echo` keeps the text it repeats."""
+        if not self.echo.get("echo"):
+            self.messages = []
+        self.prompt_ids = None
+        self.cache_segments = None
+        self.tools = []
+
 
 @dataclass(slots=True, weakref_slot=True)
 class Generation:
@@ -158,9 +168,10 @@ class Generation:
     """Which choice this is (0 unless the request asked for n > 1)."""
     choices: list[Generation] = field(default_factory=list)
     """Every choice, this one first, when n > 1 (empty otherwise)."""
-    emitted: list[float] = field(default_factory=list)
+    emitted: array[float] = field(default_factory=lambda: array("d"))
     """Monotonic time each content chunk went out: a stream's just after the chunk was handed to
-    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it."""
+    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it. An array,
+    8 bytes a chunk (a list of floats takes 32): a long stream keeps it to its end."""
     ended: float | None = None
     """When the response ended: a stream's terminator was written, or the answer was ready."""
     trace_id: str | None = None

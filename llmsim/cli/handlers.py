@@ -167,6 +167,7 @@ def api_route(state: AppState, api: Api) -> Callable[[], Response]:
         req.conversation = request.headers.get("x-llmsim-conversation")
         req.forced_fault = request.headers.get(FAULT_HEADER)
         gen = state.generate(req, watch=SocketWatch(request.environ.get(SOCKET_KEY)))
+        req.drop_prompt()  # counted and answered: the response, however long, does not hold it
         if req.stream and wants_trace(request.headers.get(TRACE_HEADER)):
             gen.start_trace(g.request_id)
         if not req.stream:

@@ -138,6 +138,7 @@ class _QuietHandler(WSGIHandler):
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
         environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
+        self.headers = WSGIHandler.headers  # parsed request headers: in the environ now, not kept twice
         return environ
 
     # ------------------------------------------------------------------ timeouts
@@ -251,7 +252,7 @@ class _QuietHandler(WSGIHandler):
     def run_application(self) -> None:
         # The application call (routing, parsing, planning) runs on a helper stack: this greenlet,
         # which an open stream keeps, then only streams what it returned (see cli/stacks.py).
-        self.application = partial(call_off_stack, self.application)
+        self.application = self.server.off_stack(self.application)
         try:
             super().run_application()
         finally:
@@ -304,6 +305,14 @@ class NoDelayWSGIServer(WSGIServer):
 
     state: AppState | None = None
     _sampler: Any = None
+    _off_stack: partial | None = None
+
+    def off_stack(self, app: Any) -> partial:
+        """`app` called through call_off_stack (one wrapper per application, not one per request)."""
+        wrapped = self._off_stack
+        if wrapped is None or wrapped.args[0] is not app:
+            wrapped = self._off_stack = partial(call_off_stack, app)
+        return wrapped
 
     def start(self) -> None:
         super().start()
