@@ -196,10 +196,17 @@ class Generation:
 
     def paced(self) -> Iterator[tuple[int, str]]:
         """(block index, chunk text) on their deadlines; a queued request's TTFT runs from its grant."""
-        plan = self.plan
-        owner, pieces = _owners(plan), plan.pieces
-        for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
+        indices, owner, pieces = self.timeline()
+        for i in indices:
             yield owner[i], pieces[i]
+
+    def timeline(self) -> tuple[Iterator[int], Sequence[int], list[str]]:
+        """What paced() yields from, for a caller that looks chunks up itself (a stream: one generator
+        fewer on its saved stack): each chunk's index on its deadline, once the batch slot is granted;
+        each chunk's block index; the chunk texts."""
+        plan = self.plan
+        return (self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()),
+                _owners(plan), plan.pieces)
 
     def paced_choices(self) -> Iterator[tuple[int, int, int]]:
         """(choice, block index, chunk index) of every choice's chunks, merged in time order.
