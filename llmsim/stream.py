@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,7 +59,7 @@ class TokenPlan:
     """
 
     pieces: list[str] = field(default_factory=list)
-    piece_tokens: list[int] = field(default_factory=list)
+    piece_tokens: MutableSequence[int] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
     stop_sequence: str | None = None
     reasoning_tokens: int = 0

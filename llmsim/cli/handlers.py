@@ -82,6 +82,8 @@ class StreamBody:
     close(), which is where an unstarted or abandoned stream is settled.
     """
 
+    __slots__ = ("state", "gen", "enc", "_it", "_ended")
+
     def __init__(self, state: AppState, gen: Generation, enc: StreamEncoder) -> None:
         self.state, self.gen, self.enc = state, gen, enc
         self._it: Iterator[bytes] | None = None
