@@ -15,7 +15,8 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,7 +72,7 @@ so even a refusal names its exact size; above, cheap bounds may refuse it first.
 new_id = new_call_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One API-neutral generation request, as every API module parses it."""
 
@@ -132,8 +133,17 @@ class Request:
         """The last user text: what generators answer to."""
         return GenerationRequest.from_body({"messages": self.messages}).prompt
 
+    def drop_prompt(self) -> None:
+        """Forget the prompt once it is counted and answered, so a response that takes long (a stream)
+        does not hold it meanwhile; legacy Completions' `echo` keeps the text it repeats."""
+        if not self.echo.get("echo"):
+            self.messages = []
+        self.prompt_ids = None
+        self.cache_segments = None
+        self.tools = []
 
-@dataclass
+
+@dataclass(slots=True, weakref_slot=True)
 class Generation:
     """One request's simulated answer: the profile, the planned blocks, and the pacer that times them.
 
@@ -157,9 +167,10 @@ class Generation:
     """Which choice this is (0 unless the request asked for n > 1)."""
     choices: list[Generation] = field(default_factory=list)
     """Every choice, this one first, when n > 1 (empty otherwise)."""
-    emitted: list[float] = field(default_factory=list)
+    emitted: array[float] = field(default_factory=lambda: array("d"))
     """Monotonic time each content chunk went out: a stream's just after the chunk was handed to
-    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it."""
+    the socket (api.stream_bytes); a non-streamed answer's when the pacer released it. An array,
+    8 bytes a chunk (a list of floats takes 32): a long stream keeps it to its end."""
     ended: float | None = None
     """When the response ended: a stream's terminator was written, or the answer was ready."""
     trace_id: str | None = None
@@ -184,10 +195,17 @@ class Generation:
 
     def paced(self) -> Iterator[tuple[int, str]]:
         """(block index, chunk text) on their deadlines; a queued request's TTFT runs from its grant."""
-        plan = self.plan
-        owner, pieces = plan.piece_blocks(), plan.pieces
-        for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
+        indices, owner, pieces = self.timeline()
+        for i in indices:
             yield owner[i], pieces[i]
+
+    def timeline(self) -> tuple[Iterator[int], Sequence[int], list[str]]:
+        """What paced() yields from, for a caller that looks chunks up itself (a stream: one generator
+        fewer on its saved stack): each chunk's index on its deadline, once the batch slot is granted;
+        each chunk's block index; the chunk texts."""
+        plan = self.plan
+        return (self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()),
+                _owners(plan), plan.pieces)
 
     def paced_choices(self) -> Iterator[tuple[int, int, int]]:
         """(choice, block index, chunk index) of every choice's chunks, merged in time order.
@@ -199,7 +217,7 @@ class Generation:
         siblings) starts then.
         """
         if not self.choices:
-            owner = self.plan.piece_blocks()
+            owner = _owners(self.plan)
             plan = self.plan
             for i in self.pacer.paced_indices(plan.piece_tokens, plan.reasoning_tokens, self._start()):
                 yield 0, owner[i], i
@@ -207,7 +225,7 @@ class Generation:
         choices = self.choices
         pacer0 = self.pacer
         clock = pacer0.clock
-        owners = [c.plan.piece_blocks() for c in choices]
+        owners = [_owners(c.plan) for c in choices]
         schedules: list[Iterator[float] | None] = [None] * len(choices)
         heap: list[tuple[float, int, int]] = []
 
@@ -813,6 +831,8 @@ class Engine:
         if keep_ids:
             plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
                                            gen_req.rng("logprobs") if gen_req.seed is not None else content)
+        counts = plan.piece_tokens  # a byte a chunk while the answer lasts, not a list's eight
+        plan.piece_tokens = array("B" if not counts or max(counts) < 256 else "L", counts)
         return plan
 
     @staticmethod
@@ -900,6 +920,13 @@ def _text_chars(msg: dict) -> int:
         elif isinstance(value, str):
             n += len(value)
     return n
+
+
+def _owners(plan: TokenPlan) -> Sequence[int]:
+    """plan.piece_blocks() in a byte a chunk, not a list's eight: a stream keeps it for as long as it lasts."""
+    if len(plan.blocks) < 2:
+        return bytes(len(plan.pieces))  # every chunk is block 0's
+    return bytes(plan.piece_blocks()) if len(plan.blocks) <= 256 else plan.piece_blocks()
 
 
 def _gevent_sleep(seconds: float) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from .tokens import encode
 BLOCK_KINDS = ("text", "reasoning", "tool_call")
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """One typed part of an answer: text, visible reasoning, or a tool call.
 
@@ -50,7 +50,7 @@ class Block:
             raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, not {self.kind!r}")
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenPlan:
     """What one response will stream: chunk texts and their token counts, on one timeline.
 
@@ -59,7 +59,7 @@ class TokenPlan:
     """
 
     pieces: list[str] = field(default_factory=list)
-    piece_tokens: list[int] = field(default_factory=list)
+    piece_tokens: MutableSequence[int] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
     stop_sequence: str | None = None
     reasoning_tokens: int = 0
@@ -254,6 +254,9 @@ chunk (TTFT) stays precise at any load."""
 class Pacer:
     """Releases chunks on absolute deadlines derived from a latency profile."""
 
+    __slots__ = ("latency", "rng", "prompt_tokens", "slot", "clock", "sleep", "_plain_sleep", "cut", "first_sleep",
+                 "_ahead", "_ahead_due", "precise", "sent_tokens", "planned", "first_precise")
+
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None, cut: Cut | None = None,
@@ -394,7 +397,7 @@ class Pacer:
         self.wait_through(plan.piece_tokens, plan.reasoning_tokens, start)
 
     def wait_through(self, piece_tokens: Sequence[int], reasoning_tokens: int = 0, start: float | None = None,
-                     stamps: list[float] | None = None) -> None:
+                     stamps: MutableSequence[float] | None = None) -> None:
         """paced_indices for an answer nobody sees chunk by chunk: the same deadlines, draws and cut,
         each chunk's release time appended to `stamps`, but no generator round-trip per chunk and
         one clock and batch-slowdown read per wake-up, not per token (nothing else runs between

@@ -139,6 +139,7 @@ def generation_answer(state: AppState, api: Api, environ: dict, request_id: str,
     req.conversation = environ.get(_CONVERSATION_KEY)
     req.forced_fault = environ.get(_FAULT_KEY)
     gen = state.generate(req, watch=SocketWatch(environ.get(SOCKET_KEY)))
+    req.drop_prompt()  # counted and answered: the response, however long, does not hold it
     if req.stream and wants_trace(environ.get(_TRACE_KEY)):
         gen.start_trace(request_id)
     if not req.stream:

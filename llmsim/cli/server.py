@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -36,6 +37,7 @@ from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .generation import StreamBody
 from .handlers import create_app
+from .stacks import call_off_stack
 from .state import AppState
 
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
@@ -44,6 +46,10 @@ _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
 DISCARD_AFTER_REFUSAL = 1 << 20
 """At most this much more of a refused body is read (and dropped) before the connection closes,
 so the client is not reset while it still sends and can read its 413."""
+RFILE_BUFFER = 1024
+"""Bytes each connection's request reader buffers (pywsgi's default: 8 KB). A request line and its
+headers seldom need more, a body larger than what is buffered is read straight from the socket,
+and the buffer lives as long as the connection: an open stream keeps it (see bench/memory.py)."""
 
 
 def _digits(text: str) -> bool:
@@ -98,27 +104,43 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..replay import ReplayBook
 
 
+_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at")
+"""_QuietHandler's own state (named, not literal, in its __slots__: mypy cannot tell that pywsgi's
+untyped handler, its base, keeps every other attribute in a __dict__)."""
+
+
 class _QuietHandler(WSGIHandler):
     """Client disconnects are normal under load tests: no traceback for them.
 
     An injected ConnectionDrop closes the socket as is: no 500 before the
     response, no terminating chunk in the middle of one.
+
+    A handler lives as long as its connection, so an open stream keeps it:
+    it reads requests through a small buffer (RFILE_BUFFER), keeps its own
+    state in slots, calls the application on a helper stack (cli/stacks.py),
+    and drops the encoded response headers once they are sent.
     """
 
-    _t0: float | None = None
+    __slots__ = _HANDLER_SLOTS
+
+    server: NoDelayWSGIServer
+    wsgi_input: Any
+    application: Any
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        self._t0: float | None = None
+        self._served = 0  # requests answered on this connection
+        self._deadline: gevent.Timeout | None = None
+        self._late = False  # the header deadline passed while reading the request line
+        self._connected_at = 0.0
+        super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
         environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
+        self.headers = WSGIHandler.headers  # parsed request headers: in the environ now, not kept twice
         return environ
-
-    server: NoDelayWSGIServer
-    wsgi_input: Any
-    _served = 0  # requests answered on this connection
-    _deadline: gevent.Timeout | None = None
-    _late = False  # the header deadline passed while reading the request line
-    _connected_at = 0.0
 
     # ------------------------------------------------------------------ timeouts
 
@@ -229,6 +251,9 @@ class _QuietHandler(WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def run_application(self) -> None:
+        # The application call (routing, parsing, planning) runs on a helper stack: this greenlet,
+        # which an open stream keeps, then only streams what it returned (see cli/stacks.py).
+        self.application = self.server.off_stack(self.application)
         try:
             super().run_application()
         finally:
@@ -281,6 +306,10 @@ class _QuietHandler(WSGIHandler):
         if sent < len(frame):
             self._sendall(frame[sent:])  # the buffer is full: wait for room
 
+    def _write_with_headers(self, data: bytes) -> None:
+        super()._write_with_headers(data)
+        self.response_headers = None  # sent: not kept for as long as a stream lasts
+
     # ------------------------------------------------------------------ errors
 
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
@@ -293,6 +322,14 @@ class _QuietHandler(WSGIHandler):
         if args and isinstance(args[-1], (BrokenPipeError, ConnectionResetError)):
             return
         super().log_error(msg, *args)
+
+
+def _serve_connection(handle: Any, close: Any, sock: Any, address: Any) -> Any:
+    """gevent's _handle_and_close_when_done without the *args call (see NoDelayWSGIServer.do_handle)."""
+    try:
+        return handle(sock, address)
+    finally:
+        close(sock, address)
 
 
 _ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -322,6 +359,14 @@ class NoDelayWSGIServer(WSGIServer):
 
     state: AppState | None = None
     _sampler: Any = None
+    _off_stack: partial | None = None
+
+    def off_stack(self, app: Any) -> partial:
+        """`app` called through call_off_stack (one wrapper per application, not one per request)."""
+        wrapped = self._off_stack
+        if wrapped is None or wrapped.args[0] is not app:
+            wrapped = self._off_stack = partial(call_off_stack, app)
+        return wrapped
 
     def start(self) -> None:
         super().start()
@@ -333,6 +378,19 @@ class NoDelayWSGIServer(WSGIServer):
             self._sampler.kill(block=False)
             self._sampler = None
         super().stop(timeout)
+
+    def do_handle(self, *args: Any) -> None:
+        """gevent's, but the connection's greenlet calls handle(sock, address) with its arguments spelled
+        out: CPython 3.11 runs a handle(*args) call in a C frame of its own, which every open stream's
+        saved stack would carry (about 0.4 KB)."""
+        if self._spawn is None or len(args) != 2:
+            super().do_handle(*args)
+            return
+        try:
+            self._spawn(_serve_connection, self._handle, self.do_close, args[0], args[1])
+        except BaseException:
+            self.do_close(*args)
+            raise
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
