@@ -3,18 +3,21 @@
 One server process (its RLIMIT_NOFILE raised to the hard limit) runs a
 temporary profile with TTFT 100 ms and a slow ITL (100 tokens 3 s apart by
 default), so every stream stays open, and a load model with room for every
-stream (all decode, none queue). After a warm-up its idle memory is read; then a separate gevent
-raw-socket client opens streaming chat completions in steps (1,000, 5,000,
-10,000 by default), waits until every stream has had its first content chunk,
-checks with GET /llmsim/stats that they are active streams, and the server's
-memory is read again: VmRSS from /proc/PID/status, and PSS and USS (private
-pages) from /proc/PID/smaps_rollup. Prints (RSS − idle RSS) / N in KB
-(1 KB = 1,024 bytes) and the slope between steps, against the goal (≤ 12 KB).
-Kernel socket buffers are not RSS and are not counted. Never fails: with a
-hard descriptor limit too low for a step, it measures as many as fit. `--src` runs the server
-from another checkout (to compare two versions with the same client);
+stream (all decode, none queue). After a warm-up its idle memory is read.
+Then a separate gevent raw-socket client opens streamed chat completions in
+steps (1,000, 5,000 and 10,000 by default), waits until every stream has had
+its first content chunk, checks with GET /llmsim/stats that they are active
+streams, and the server's memory is read again: VmRSS from /proc/PID/status,
+PSS and USS (private pages) from /proc/PID/smaps_rollup. It prints
+(RSS - idle RSS) / N in KB (1 KB = 1,024 bytes) and the slope between steps,
+against the goal (<= 12 KB). Kernel socket buffers are not RSS and are not
+counted. Never fails: with a hard descriptor limit too low for a step, it
+measures as many streams as fit.
+
+`--src` runs the server from another checkout (two versions, one client);
 `--prompt-chars` sends longer prompts; `--hold` reads once more after the
 streams went on for a while; `--json` holds non-streamed requests instead.
+bench/memory_breakdown.py shows where the memory goes.
 
     python bench/memory.py [--streams 1000 5000 10000] [--tokens 100] [--itl-ms 3000] [--prompt-chars N]
                            [--hold SECONDS] [--json] [--src CHECKOUT]
