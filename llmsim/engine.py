@@ -832,7 +832,7 @@ class Engine:
             plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
                                            gen_req.rng("logprobs") if gen_req.seed is not None else content)
         counts = plan.piece_tokens  # a byte a chunk while the answer lasts, not a list's eight
-        plan.piece_tokens = array("B" if not counts or max(counts) < 256 else "L", counts)
+        plan.piece_tokens = array("B" if not counts or max(counts) < 256 else "I", counts)
         return plan
 
     @staticmethod
