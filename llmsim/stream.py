@@ -364,16 +364,7 @@ class Pacer:
                 planned.append(deadline)
             wait = deadline - clock()
             if wait > 0:
-                # Sleep to just before the deadline, then finish precisely: always for the
-                # first chunk (TTFT), for later ones while few waits are pending.
-                if precise is not None and (i == 0 or (every and precise.waiting < PRECISE_MAX_WAITING)):
-                    if wait > PRECISE_MARGIN_S and (i == 0 or not direct):
-                        sleep(wait - PRECISE_MARGIN_S)
-                    precise.until(deadline)
-                    if i == 0:
-                        self.first_precise = deadline
-                else:
-                    sleep(wait)
+                self._wait(i == 0, deadline, wait, sleep, every, direct)
             sleep = self.sleep
             if cut is not None and i >= cut.after_pieces:
                 raise StreamCut(cut)
@@ -391,6 +382,20 @@ class Pacer:
                     deadline += itl()
         if cut is not None:
             raise StreamCut(cut)
+
+    def _wait(self, first: bool, deadline: float, wait: float, sleep: Callable[[float], None], every: bool,
+              direct: bool) -> None:
+        """Wait `wait` seconds for `deadline`: sleep to just before it, then finish precisely, always for
+        the first chunk (TTFT), for later ones while few waits are pending on the precise timer."""
+        precise = self.precise
+        if precise is not None and (first or (every and precise.waiting < PRECISE_MAX_WAITING)):
+            if wait > PRECISE_MARGIN_S and (first or not direct):
+                sleep(wait - PRECISE_MARGIN_S)
+            precise.until(deadline)
+            if first:
+                self.first_precise = deadline
+        else:
+            sleep(wait)
 
     def wait_all(self, plan: TokenPlan, start: float | None = None) -> None:
         """Take exactly as long as the stream would (non-streaming responses)."""
@@ -421,14 +426,7 @@ class Pacer:
             if deadline > now:
                 wait = deadline - clock()
                 if wait > 0:
-                    if precise is not None and (i == 0 or (every and precise.waiting < PRECISE_MAX_WAITING)):
-                        if wait > PRECISE_MARGIN_S and (i == 0 or not direct):
-                            sleep(wait - PRECISE_MARGIN_S)
-                        precise.until(deadline)
-                        if i == 0:
-                            self.first_precise = deadline
-                    else:
-                        sleep(wait)
+                    self._wait(i == 0, deadline, wait, sleep, every, direct)
                 now = clock()
                 m = slot.multiplier()  # the next gaps start now: the batch as it is now
                 gap = itl.mean_ms * m / 1000.0
