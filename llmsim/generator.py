@@ -104,6 +104,13 @@ class GenerationRequest:
                 break
         return cls(prompt=prompt, model=str(body.get("model", "gpt-5")), seed=seed, encoding=encoding)
 
+    @classmethod
+    def of(cls, request: GenerationRequest | dict | None) -> GenerationRequest:
+        """What a generator's callers may pass (a request, a request body, nothing) as a request."""
+        if request is None:
+            return cls()
+        return cls.from_body(request) if isinstance(request, dict) else request
+
     def rng(self, salt: str = "") -> random.Random:
         """Seeded from (seed, model, prompt, choice, salt) when a seed is set; fresh otherwise.
 
@@ -180,10 +187,7 @@ class Generator:
         draw); `tokens` asks for exactly that many tokens, extending the text to
         reach it (more words, or the text repeated: ignore_eos, min_tokens).
         """
-        if request is None:
-            request = GenerationRequest()
-        elif isinstance(request, dict):
-            request = GenerationRequest.from_body(request)
+        request = GenerationRequest.of(request)
         name = request.encoding_name()
         if tokens is not None:
             return fit_tokens(self._long_text(request, tokens), tokens, name)
@@ -233,15 +237,9 @@ class Generator:
         # About one token a word: 1.2x the target is always enough to cut from.
         rng = request.rng()
         n = int((tokens or self.target_tokens) * 1.2) + 8
-        words = rng.choices(vocabulary, k=n)  # one call: this runs for every request, on the event loop
-        if not sentence:
-            return " ".join(words)
-        out, i = [], 0
-        while i < n:
-            k = rng.randint(6, 14)
-            out.append(" ".join(words[i:i + k]).capitalize() + ".")
-            i += k
-        return " ".join(out)
+        if sentence:
+            return "".join(_sentence_forms(rng, vocabulary, n))
+        return " ".join(rng.choices(vocabulary, k=n))  # one call: this runs for every request, on the event loop
 
 
 @cache
@@ -258,15 +256,16 @@ def _lorem_ids(encoding_name: str) -> dict[str, tuple[int, ...]] | None:
     for word in set(_LOREM):
         for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
             table[form] = tuple(enc.encode_ordinary(form))
-    forms = _lorem_forms(random.Random(0), 3000)
+    forms = _sentence_forms(random.Random(0), _LOREM, 3000)
     if [t for f in forms for t in table[f]] != enc.encode_ordinary("".join(forms)):
         return None
     return table
 
 
-def _lorem_forms(rng: random.Random, count: int) -> list[str]:
-    """The pieces of `LoremGenerator`'s sentences, from the same draws as Generator._words."""
-    words = rng.choices(_LOREM, k=count)
+def _sentence_forms(rng: random.Random, vocabulary: list[str], count: int) -> list[str]:
+    """`count` words drawn from a lower-case vocabulary, as sentences of 6 to 14 words, in the pieces the
+    tokeniser splits them into: `Word`, ` word`, `.`, ` Word` ... (joined, they are the text)."""
+    words = rng.choices(vocabulary, k=count)  # one call: this runs for every request, on the event loop
     forms: list[str] = []
     i = 0
     while i < count:
@@ -287,10 +286,7 @@ class LoremGenerator(Generator):
     def generate(self, request: GenerationRequest | dict | None = None, tokens: int | None = None, *,
                  target: int | None = None) -> str:
         """As Generator.generate (the same text from the same draws), built from token pieces."""
-        if request is None:
-            request = GenerationRequest()
-        elif isinstance(request, dict):
-            request = GenerationRequest.from_body(request)
+        request = GenerationRequest.of(request)
         n = tokens if tokens is not None else target if target is not None else self.target_tokens
         text = self._from_pieces(request, n, exact=tokens is not None or target is not None) if n > 0 else None
         return text if text is not None else super().generate(request, tokens, target=target)
@@ -304,7 +300,7 @@ class LoremGenerator(Generator):
         if table is None:
             return None
         enc = get_encoding(name)
-        forms = _lorem_forms(request.rng(), int(n * 1.2) + 8)
+        forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
         ids: list[int] = []
         for j, form in enumerate(forms):
             piece = table[form]
