@@ -432,10 +432,13 @@ class NoDelayWSGIServer(WSGIServer):
             self.start_accepting()
 
 
-def make_listener(host: str, port: int) -> socket.socket:
+def make_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening socket with TCP_NODELAY (reuse_port: shared by --workers processes)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(2048)

@@ -146,14 +146,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def shared_listener(host: str, port: int) -> socket.socket:
     """A worker's listening socket: as server.make_listener, plus SO_REUSEPORT."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
+    from .server import make_listener
+
+    return make_listener(host, port, reuse_port=True)
 
 
 # --------------------------------------------------------------------------- the supervisor
