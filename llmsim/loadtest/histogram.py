@@ -117,14 +117,7 @@ class Histogram:
         """
         if not self.count:
             return None
-        rank = nearest_rank(pct, self.count)
-        seen = 0
-        for i in sorted(self.counts):
-            seen += self.counts[i]
-            if seen >= rank:
-                lo, hi = bucket_bounds(i)
-                return min(max((lo + hi) / 2, self.min), self.max)
-        return self.max  # pragma: no cover - rank never exceeds count
+        return self.value_at_rank(nearest_rank(pct, self.count))
 
     def value_at_rank(self, rank: int) -> float | None:
         """The rank-th smallest sample (1-based), as its bucket's midpoint clamped to [min, max]."""

@@ -47,14 +47,18 @@ class OptionError(ValueError):
     """An option (or a combination) is unusable; str() is one line naming the option."""
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         v = int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _tolerance(text: str) -> str:
@@ -139,13 +143,7 @@ _seconds_spread = _checked(parse_seconds_spread, ValueError)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
-    return v
+    return _whole_number(text, 0)
 
 
 def _speed(text: str) -> float:
