@@ -179,7 +179,11 @@ def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkey
         host, port = url.removeprefix("http://").split(":")
         body = json.dumps({**CHAT, "max_tokens": 6000, "stream": True,
                            "stream_options": {"include_usage": True}}).encode()
-        sock = socket.create_connection((host, int(port)))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small receive window (set before connecting), so the server's sends come up short on any
+        # machine, however large its default socket buffers.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect((host, int(port)))
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
         time.sleep(0.5)

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from flask import Response, current_app, g, request
@@ -190,8 +191,6 @@ def answer_headers(state: AppState, path: str, headers: Headers, request_id: str
 
 
 def _status_line(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
