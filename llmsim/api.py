@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from .engine import Generation, Request
 from .errors import ApiError, StreamCut
-from .stream import Block
+from .stream import WAIT, Block
 from .trace import trace_comment, trace_record
 
 
@@ -103,6 +103,9 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     llmsim/trace.py) gets its trace as an SSE comment in the same write as the
     terminator, the last event of `closing()`; `gen.ended` is stamped once the
     terminator was written.
+
+    An empty chunk says "nothing yet": a scheduled stream's next chunk is not due
+    (Pacer.scheduled), and its writer resumes this generator at `pacer.wake_at`.
     """
     if gen.choices:
         yield from stream_choices(gen, enc)
@@ -119,6 +122,13 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     try:
         indices, owner, pieces = gen.timeline()  # gen.paced(), one generator fewer on the stream's stack
         for i in indices:
+            if i == WAIT:  # a scheduled stream's next chunk is not due: its writer resumes us then
+                if due:
+                    yield b"".join(due)
+                    emitted.extend([clock()] * len(due))
+                    due.clear()
+                yield b""
+                continue
             index, text = owner[i], pieces[i]
             if index != current:
                 out = _advance(enc, blocks, current, index) + delta(index, blocks[index], text)

@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer"]
@@ -141,6 +142,7 @@ class TimerfdTimer(PreciseTimer):
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._armed: float | None = None
+        self._waiters = 0  # greenlets in until(); the heap also holds at()'s callbacks
         # Unreferenced while idle: an unused timer never keeps a finished loop alive.
         self._io = hub.loop.io(fd, 1, ref=False, priority=2)
         self._io.start(self._fire)
@@ -148,7 +150,7 @@ class TimerfdTimer(PreciseTimer):
 
     @property
     def waiting(self) -> int:
-        return len(self._heap)
+        return self._waiters
 
     def _arm(self, deadline: float | None) -> None:
         value = self._spec.it_value
@@ -165,24 +167,37 @@ class TimerfdTimer(PreciseTimer):
         heap = self._heap
         due = time.monotonic() + self.SLACK_S
         while heap and heap[0][0] <= due:
-            waiter = heapq.heappop(heap)[2]
-            if waiter is not None:
-                waiter.switch(None)
+            _, _, fn, arg = heapq.heappop(heap)
+            if fn is not None:
+                fn(arg)
         # Re-arm (or disarm) even if nothing changed: it clears the readable state.
         self._arm(heap[0][0] if heap else None)
+
+    def _push(self, deadline: float, fn: Callable[[Any], Any], arg: Any) -> list[Any]:
+        entry = [deadline, next(self._seq), fn, arg]
+        heapq.heappush(self._heap, entry)
+        if self._armed is None or deadline < self._armed:
+            self._arm(deadline)
+        return entry
+
+    def at(self, deadline: float, fn: Callable[[Any], Any], arg: Any = None) -> list[Any]:
+        """Call fn(arg) from the event loop at `deadline` less the lead (at once if that has passed).
+
+        For a stream with no greenlet of its own (cli/streamwriter.py). fn must not block. The
+        returned entry is cancelled by setting its third item to None."""
+        return self._push(deadline - self.lead, fn, arg)
 
     def until(self, deadline: float) -> None:
         deadline -= self.lead
         if deadline <= time.monotonic():
             return
         waiter = self._waiter()
-        entry = [deadline, next(self._seq), waiter]
-        heapq.heappush(self._heap, entry)
-        if self._armed is None or deadline < self._armed:
-            self._arm(deadline)
+        entry = self._push(deadline, waiter.switch, None)
+        self._waiters += 1
         try:
             waiter.get()
         finally:
+            self._waiters -= 1
             entry[2] = None  # killed while waiting: never switch into a finished greenlet
 
 

@@ -33,12 +33,14 @@ import gevent
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 from ..errors import ConnectionDrop
+from ..precise import TimerfdTimer, precise_timer
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .generation import StreamBody
 from .handlers import create_app
 from .stacks import call_off_stack
 from .state import AppState
+from .streamwriter import DetachedStream
 
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
@@ -104,7 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..replay import ReplayBook
 
 
-_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at")
+_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at", "_detached")
 """_QuietHandler's own state (named, not literal, in its __slots__: mypy cannot tell that pywsgi's
 untyped handler, its base, keeps every other attribute in a __dict__)."""
 
@@ -126,6 +128,8 @@ class _QuietHandler(WSGIHandler):
     server: NoDelayWSGIServer
     wsgi_input: Any
     application: Any
+    socket: Any
+    result: Any
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         self._t0: float | None = None
@@ -133,6 +137,7 @@ class _QuietHandler(WSGIHandler):
         self._deadline: gevent.Timeout | None = None
         self._late = False  # the header deadline passed while reading the request line
         self._connected_at = 0.0
+        self._detached: DetachedStream | None = None  # the stream the event loop writes, between hand-off and end
         super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
 
     def get_environ(self) -> dict:
@@ -144,9 +149,23 @@ class _QuietHandler(WSGIHandler):
 
     # ------------------------------------------------------------------ timeouts
 
-    def handle(self) -> None:
+    def handle(self) -> Any:
         self._connected_at = time.monotonic()
+        return self.serve_requests()
+
+    def serve_requests(self) -> Any:
+        """pywsgi's request loop; DETACHED when it ended by handing a stream to the event loop
+        (cli/streamwriter.py), which then owns the connection: the caller must not close it."""
         super().handle()
+        stream = self._detached
+        if stream is None:
+            return None
+        stream.schedule()  # only now: this greenlet no longer touches the connection
+        return DETACHED
+
+    def log_request(self) -> None:
+        if self._detached is None:  # a handed-off stream is logged when it ends
+            super().log_request()
 
     def read_requestline(self) -> str:
         """Wait for the next request, then give its request line and headers one deadline.
@@ -284,9 +303,20 @@ class _QuietHandler(WSGIHandler):
                 self.write(data)  # the status line and headers, with the first chunk
                 break
         chunked = self.response_use_chunked
+        timer = self.server.stream_timer()
+        pacer = result.gen.pacer if timer is not None and not result.gen.choices else None
+        if pacer is not None:
+            pacer.scheduled = True  # its later chunks yield a wait (b"") instead of sleeping
         for data in chunks:
             if data:
                 self._send_now(raw, b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            elif pacer is not None and pacer.wake_at is not None and timer is not None:
+                # The first wait for a later chunk: the event loop writes the rest (cli/streamwriter.py),
+                # and this greenlet, which an open stream would keep, ends with pywsgi's request loop.
+                self._detached = DetachedStream(self, self.socket, raw, chunks, result, pacer, chunked, timer)
+                self.result = None  # the stream is not closed when this request's handling unwinds
+                self.socket = None  # pywsgi's loop ends without closing the connection
+                return
         if self.status and not self.headers_sent:
             self.write(b"")
         if chunked:
@@ -324,12 +354,25 @@ class _QuietHandler(WSGIHandler):
         super().log_error(msg, *args)
 
 
+DETACHED: Any = object()
+"""What a connection's handling returns when the event loop now writes its stream: it stays open."""
+
+
 def _serve_connection(handle: Any, close: Any, sock: Any, address: Any) -> Any:
-    """gevent's _handle_and_close_when_done without the *args call (see NoDelayWSGIServer.do_handle)."""
+    """gevent's _handle_and_close_when_done without the *args call (see NoDelayWSGIServer.do_handle),
+    leaving open a connection whose stream was handed off."""
+    result = None
     try:
-        return handle(sock, address)
+        result = handle(sock, address)
+        return result
     finally:
-        close(sock, address)
+        if result is not DETACHED:
+            close(sock, address)
+
+
+def _serve_more(handler: _QuietHandler, close: Any, sock: Any, address: Any) -> Any:
+    """The rest of a connection whose handed-off stream ended: its next requests."""
+    return _serve_connection(lambda *_: handler.serve_requests(), close, sock, address)
 
 
 _ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -349,6 +392,8 @@ class NoDelayWSGIServer(WSGIServer):
         self._accept_delay = 0.0
         self._accept_failures = 0
         self._last_log = -float("inf")
+        self.detached: set[DetachedStream] = set()
+        """Streams the event loop writes (cli/streamwriter.py): open, with no greenlet of their own."""
 
     def log_line(self, message: str) -> None:
         """One line to the error log (stderr by default)."""
@@ -392,12 +437,50 @@ class NoDelayWSGIServer(WSGIServer):
             self.do_close(*args)
             raise
 
-    def handle(self, sock: socket.socket, address: Any) -> None:
+    def handle(self, sock: socket.socket, address: Any) -> Any:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - not a TCP socket
             pass
-        super().handle(sock, address)
+        return self.handler_class(sock, address, self).handle()
+
+    # ------------------------------------------------------------------ streams with no greenlet
+
+    _stream_timer: Any = False  # not looked up yet
+
+    def stream_timer(self) -> TimerfdTimer | None:
+        """The precise timer that writes streams with no greenlet of their own; None where there is
+        none (not Linux, or LLMSIM_PRECISE_WAITS=0): every stream then keeps its greenlet."""
+        timer = self._stream_timer
+        if timer is False:
+            found = precise_timer()
+            timer = self._stream_timer = found if isinstance(found, TimerfdTimer) else None
+        return timer
+
+    def resume_connection(self, handler: _QuietHandler) -> None:
+        """A handed-off stream ended: a new greenlet serves the connection's next request, unless it
+        is closing (the client asked, or this server stops accepting)."""
+        spawn = getattr(self, "_spawn", None)
+        if handler.close_connection or handler.rfile.closed or self.closed or spawn is None:
+            self.close_connection(handler)
+            return
+        spawn(_serve_more, handler, self.do_close, handler.socket, handler.client_address)
+
+    def close_connection(self, handler: _QuietHandler) -> None:
+        """Close a handed-off stream's connection as pywsgi closes one (unread input first, no reset)."""
+        sock = handler.socket
+        raw = getattr(sock, "_sock", None)
+        try:
+            if raw is not None:
+                try:
+                    raw.recv(16384)
+                except OSError:
+                    pass
+            sock.close()
+        except OSError:
+            pass
+        handler.__dict__.pop("socket", None)
+        self.do_close(sock, handler.client_address)
 
     def do_read(self) -> Any:
         """Accept one connection; out of descriptors, pause accepting for a while instead of failing loudly."""

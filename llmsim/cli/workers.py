@@ -411,7 +411,7 @@ class Worker:
         """
         import gevent
 
-        if not force and not self.in_flight and self.activity == self._published_at_activity:
+        if not force and not self.open_requests() and self.activity == self._published_at_activity:
             return
         self._published_at_activity = self.activity
         doc = {**self.snapshot().to_dict(), "describe": self.description}
@@ -441,10 +441,14 @@ class Worker:
         self.draining = True
         self.server.close()  # stop accepting; open connections carry on
         deadline = time.monotonic() + self.config.grace_period
-        while self.in_flight > 0 and time.monotonic() < deadline:
+        while self.open_requests() and time.monotonic() < deadline:
             gevent.sleep(0.02)
-        if self.in_flight:
-            _say(f"worker {self.index}: grace period over, cutting {self.in_flight} open request(s)")
+        if self.open_requests():
+            _say(f"worker {self.index}: grace period over, cutting {self.open_requests()} open request(s)")
+
+    def open_requests(self) -> int:
+        """Requests being handled, and streams the event loop writes (they have no handler running)."""
+        return self.in_flight + len(self.server.detached)
 
 
 def worker_handler(server_class: Any, worker: Worker) -> type:
