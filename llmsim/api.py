@@ -105,7 +105,7 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
     terminator was written.
 
     An empty chunk says "nothing yet": a scheduled stream's next chunk is not due
-    (Pacer.scheduled), and its writer resumes this generator at `pacer.wake_at`.
+    (Pacer.scheduled_from), and its writer resumes this generator at `pacer.wake_at`.
     """
     if gen.choices:
         yield from stream_choices(gen, enc)

@@ -22,6 +22,11 @@ serves: `observe()` gets how late a first chunk was written against its
 deadline, and later waits end that much earlier, so written times centre on
 the deadlines.
 
+The same timer runs callbacks on their deadlines (`at()`): a stream with no
+greenlet of its own is written from them (llmsim/cli/streamwriter.py), and
+`run_due()` lets a request's set-up write the streams that fell due between
+its steps.
+
 A timer belongs to one gevent hub (one per thread); `precise_timer()` returns
 the current hub's, creating it on first use, or None when precise waits are
 switched off (`LLMSIM_PRECISE_WAITS=0`).
@@ -39,7 +44,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer"]
+from gevent import get_hub
+
+__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer", "run_due"]
 
 PRECISE_MARGIN_S = 0.002
 """The coarse sleep ends this long before the deadline; the precise wait does the rest.
@@ -119,14 +126,21 @@ _TFD_TIMER_ABSTIME = 1
 class TimerfdTimer(PreciseTimer):
     """One Linux timerfd per hub, armed for the earliest pending deadline.
 
-    Waiters sit in a heap; the loop watches the timerfd and, when it fires,
-    wakes every waiter that is due (and any due within `SLACK_S`, so waiters a
-    few microseconds apart share one wake-up), then re-arms it for the next.
-    Re-arming also clears the timer's readable state, so no read() is needed.
+    Waiters (until()) and callbacks (at()) sit in two heaps; the loop watches
+    the timerfd and, when it fires, wakes every waiter that is due (and any due
+    within `SLACK_S`, so waiters a few microseconds apart share one wake-up)
+    and runs every callback due within `CALL_SLACK_S`, in deadline order, then
+    re-arms it for the next. Re-arming also clears the timer's readable state,
+    so no read() is needed.
     """
 
     every_token = True
     SLACK_S = 20e-6
+    CALL_SLACK_S = 100e-6
+    """Callbacks (stream writes) due within this share a wake-up. Arming a timer a few microseconds
+    ahead costs about 13 µs on a virtual machine (the host reprograms its timer), more than the write
+    itself; with hundreds of streams, deadlines are tens of microseconds apart. A chunk may so go out
+    up to 0.1 ms before its deadline, and call_lead, learned from the writes, centres them."""
 
     def __init__(self, libc: Any, hub: Any) -> None:
         from gevent.hub import Waiter
@@ -139,10 +153,14 @@ class TimerfdTimer(PreciseTimer):
         self.fd = fd
         self._spec = _Itimerspec()
         self._spec_ref = ctypes.byref(self._spec)
-        self._heap: list[list[Any]] = []
+        self._heap: list[list[Any]] = []  # greenlets in until()
+        self._calls: list[list[Any]] = []  # at()'s callbacks
         self._seq = itertools.count()
         self._armed: float | None = None
-        self._waiters = 0  # greenlets in until(); the heap also holds at()'s callbacks
+        self.call_lead = 0.0
+        """The lead of at()'s callbacks, learned apart (observe_call): a callback writes sooner
+        after its wake-up than a greenlet does."""
+        self._call_observed = 0
         # Unreferenced while idle: an unused timer never keeps a finished loop alive.
         self._io = hub.loop.io(fd, 1, ref=False, priority=2)
         self._io.start(self._fire)
@@ -150,7 +168,7 @@ class TimerfdTimer(PreciseTimer):
 
     @property
     def waiting(self) -> int:
-        return self._waiters
+        return len(self._heap)
 
     def _arm(self, deadline: float | None) -> None:
         value = self._spec.it_value
@@ -163,41 +181,73 @@ class TimerfdTimer(PreciseTimer):
         self._armed = deadline
         self._io.ref = deadline is not None  # keep the loop alive only while someone waits
 
+    def _next(self) -> float | None:
+        heap, calls = self._heap, self._calls
+        if heap and calls:
+            return min(heap[0][0], calls[0][0])
+        return heap[0][0] if heap else calls[0][0] if calls else None
+
     def _fire(self) -> None:
-        heap = self._heap
-        due = time.monotonic() + self.SLACK_S
-        while heap and heap[0][0] <= due:
-            _, _, fn, arg = heapq.heappop(heap)
+        heap, calls = self._heap, self._calls
+        now = time.monotonic()
+        due, calls_due = now + self.SLACK_S, now + self.CALL_SLACK_S
+        while True:  # in deadline order across both heaps
+            if calls and calls[0][0] <= calls_due and not (heap and heap[0][0] < calls[0][0]):
+                _, _, fn, arg = heapq.heappop(calls)
+            elif heap and heap[0][0] <= due:
+                _, _, fn, arg = heapq.heappop(heap)
+            else:
+                break
             if fn is not None:
                 fn(arg)
         # Re-arm (or disarm) even if nothing changed: it clears the readable state.
-        self._arm(heap[0][0] if heap else None)
+        self._arm(self._next())
 
-    def _push(self, deadline: float, fn: Callable[[Any], Any], arg: Any) -> list[Any]:
+    def _push(self, heap: list[list[Any]], deadline: float, fn: Callable[[Any], Any], arg: Any) -> list[Any]:
         entry = [deadline, next(self._seq), fn, arg]
-        heapq.heappush(self._heap, entry)
+        heapq.heappush(heap, entry)
         if self._armed is None or deadline < self._armed:
             self._arm(deadline)
         return entry
 
     def at(self, deadline: float, fn: Callable[[Any], Any], arg: Any = None) -> list[Any]:
-        """Call fn(arg) from the event loop at `deadline` less the lead (at once if that has passed).
+        """Call fn(arg) at `deadline` less the callbacks' lead (at once if that has passed).
 
-        For a stream with no greenlet of its own (cli/streamwriter.py). fn must not block. The
-        returned entry is cancelled by setting its third item to None."""
-        return self._push(deadline - self.lead, fn, arg)
+        For a stream with no greenlet of its own (cli/streamwriter.py). fn must not block: it
+        runs from the event loop, or from whichever greenlet calls run_due(). The returned
+        entry is cancelled by setting its third item to None."""
+        return self._push(self._calls, deadline - self.call_lead, fn, arg)
+
+    def observe_call(self, late: float) -> None:
+        """A write woken by at() went out `late` seconds after its deadline: as observe(), for call_lead."""
+        late = max(-MAX_LEAD_S, min(MAX_LEAD_S, late))
+        self._call_observed += 1
+        gain = max(LEAD_GAIN, 1.0 / self._call_observed)
+        self.call_lead = max(0.0, min(MAX_LEAD_S, self.call_lead + gain * late))
+
+    def run_due(self) -> None:
+        """Run the callbacks that are due now, from the calling greenlet.
+
+        A request's set-up (parsing, planning) runs for hundreds of microseconds
+        without yielding; calling this between its steps writes the chunks that
+        fell due meanwhile on time, instead of after the whole set-up."""
+        calls = self._calls
+        if calls and calls[0][0] <= time.monotonic():
+            due = time.monotonic() + self.SLACK_S
+            while calls and calls[0][0] <= due:
+                _, _, fn, arg = heapq.heappop(calls)
+                if fn is not None:
+                    fn(arg)
 
     def until(self, deadline: float) -> None:
         deadline -= self.lead
         if deadline <= time.monotonic():
             return
         waiter = self._waiter()
-        entry = self._push(deadline, waiter.switch, None)
-        self._waiters += 1
+        entry = self._push(self._heap, deadline, waiter.switch, None)
         try:
             waiter.get()
         finally:
-            self._waiters -= 1
             entry[2] = None  # killed while waiting: never switch into a finished greenlet
 
 
@@ -217,12 +267,17 @@ _LIBC = _libc()
 _ATTR = "_llmsim_precise_timer"
 
 
+def run_due() -> None:
+    """Write the streams that are due now (TimerfdTimer.run_due), if this hub has a timer; else nothing."""
+    timer = getattr(get_hub(), _ATTR, None)
+    if timer is not None and timer.__class__ is TimerfdTimer:
+        timer.run_due()
+
+
 def precise_timer() -> PreciseTimer | None:
     """The current hub's precise timer (timerfd on Linux, else spinning), or None when switched off."""
     if os.environ.get("LLMSIM_PRECISE_WAITS", "1") in ("0", "false", "no", "off"):
         return None
-    from gevent import get_hub
-
     hub = get_hub()
     timer = getattr(hub, _ATTR, None)
     if timer is None:

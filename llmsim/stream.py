@@ -246,7 +246,7 @@ FULL_SPEED: Slot = _FullSpeed()
 
 WAIT = -1
 """What paced_indices yields, in place of a chunk index, when a scheduled stream's next chunk is not due
-yet (see Pacer.scheduled)."""
+yet (see Pacer.scheduled_from)."""
 
 PRECISE_MAX_WAITING = 8
 """Later chunks wait on the precise timer only while fewer waits than this are pending on it:
@@ -259,8 +259,8 @@ class Pacer:
     """Releases chunks on absolute deadlines derived from a latency profile."""
 
     __slots__ = ("latency", "rng", "prompt_tokens", "slot", "clock", "sleep", "_plain_sleep", "cut", "first_sleep",
-                 "_ahead", "_ahead_due", "precise", "sent_tokens", "planned", "first_precise", "scheduled",
-                 "wake_at")
+                 "_ahead", "_ahead_due", "precise", "sent_tokens", "planned", "first_precise",
+                 "scheduled_from", "wake_at")
 
     def __init__(self, latency: LatencyProfile, rng: random.Random, *, prompt_tokens: int = 0,
                  slot: Slot = FULL_SPEED, clock: Callable[[], float] = time.monotonic,
@@ -289,10 +289,10 @@ class Pacer:
         self.first_precise: float | None = None
         """The first chunk's deadline, when a precise wait ended on it (the engine tells the timer
         how late that chunk was written, see PreciseTimer.observe)."""
-        self.scheduled = False
-        """True once a writer with no greenlet of its own drives the stream (cli/streamwriter.py):
-        paced_indices then yields WAIT instead of sleeping for a later chunk, and the writer
-        resumes it at `wake_at`."""
+        self.scheduled_from: int | None = None
+        """Set when a writer with no greenlet of its own drives the stream (cli/streamwriter.py):
+        from this chunk on, paced_indices yields WAIT instead of sleeping for a chunk that is not
+        due, and the writer resumes it at `wake_at`."""
         self.wake_at: float | None = None
 
     def _itl_s(self) -> float:
@@ -353,8 +353,8 @@ class Pacer:
         The first wait (TTFT) goes through `first_sleep` when given: it may
         notice that the client left. With a cut planned after n chunks, raise
         StreamCut at the deadline of chunk n+1 (or right after the last one):
-        the model "fails" while generating. Once `scheduled`, a later chunk
-        that is not due yields WAIT first, and goes out when resumed.
+        the model "fails" while generating. From chunk `scheduled_from` on, a
+        chunk that is not due yields WAIT first, and goes out when resumed.
         """
         # deadlines() and release() inlined: this loop runs once per streamed token.
         cut, planned, precise = self.cut, self.planned, self.precise
@@ -375,7 +375,8 @@ class Pacer:
                 planned.append(deadline)
             wait = deadline - clock()
             if wait > 0:
-                if i and self.scheduled:
+                scheduled = self.scheduled_from
+                if scheduled is not None and i >= scheduled:
                     self.wake_at = deadline
                     yield WAIT  # the writer resumes this generator at the deadline
                 else:

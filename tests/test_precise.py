@@ -104,3 +104,42 @@ def test_the_lead_is_learned_from_late_writes_and_bounded():
 
 def test_the_hub_has_one_timer():
     assert precise_timer() is precise_timer()
+
+
+def test_callbacks_run_in_deadline_order_never_before_their_slack_and_cancelled_ones_never():
+    timer = fresh_timerfd()
+    if timer is None:
+        pytest.skip("no timerfd here")
+    ran: list[tuple[int, float]] = []
+    base = time.monotonic() + 0.01
+    entries = {i: timer.at(base + i * 0.002, lambda i: ran.append((i, time.monotonic())), i) for i in [4, 0, 3, 1, 2]}
+    entries[3][2] = None  # cancelled
+    gevent.sleep(0.03)
+    assert [i for i, _ in ran] == [0, 1, 2, 4]
+    # A callback may run within CALL_SLACK_S before its deadline (wake-ups are shared), never earlier.
+    assert all(at >= base + i * 0.002 - timer.CALL_SLACK_S for i, at in ran)
+    assert timer.waiting == 0  # callbacks are not greenlets waiting
+
+
+def test_run_due_runs_only_the_callbacks_that_are_due():
+    timer = fresh_timerfd()
+    if timer is None:
+        pytest.skip("no timerfd here")
+    ran: list[str] = []
+    now = time.monotonic()
+    timer.at(now - 0.001, ran.append, "due")
+    timer.at(now + 0.5, ran.append, "later")
+    timer.run_due()  # from this greenlet, not the loop
+    assert ran == ["due"]
+
+
+def test_the_callbacks_lead_is_learned_apart_and_bounded():
+    timer = fresh_timerfd()
+    if timer is None:
+        pytest.skip("no timerfd here")
+    for _ in range(50):
+        timer.observe_call(0.050)  # a stall: clipped
+    assert timer.call_lead == pytest.approx(MAX_LEAD_S) and timer.lead == 0.0
+    for _ in range(200):
+        timer.observe_call(-0.0001)  # now early: the lead shrinks, never below zero
+    assert 0.0 <= timer.call_lead < MAX_LEAD_S / 2

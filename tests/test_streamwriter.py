@@ -156,22 +156,40 @@ def test_a_connection_carries_on_after_a_written_stream(tmp_path):
     assert stats["active_streams"] == 0
 
 
-def test_a_client_that_leaves_between_tokens_frees_its_slot(tmp_path):
-    # One slot, a slow stream: the client leaves after its first token. The server notices at its next
-    # write (one ITL later) and the slot goes to the next request, which would otherwise queue for 3 s.
-    with run_server(profiles_dir=_profile(tmp_path, itl_ms=300, slots=1, queue=8), target_tokens=40) as url:
-        sock, _ = _open(url, 10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()  # a reset: the server's next send fails
+@pytest.mark.parametrize("leaves", ["before its first token", "between tokens"])
+def test_a_client_that_hangs_up_frees_its_slot_at_once(tmp_path, leaves):
+    # One slot, and a stream whose next token is 3 s away when its client closes the connection. The
+    # slot must go to the next request at once, not when the stream would next have written.
+    ttft_ms, itl_ms = (3000, 20) if leaves == "before its first token" else (20, 3000)
+    with run_server(profiles_dir=_profile(tmp_path, ttft_ms=ttft_ms, itl_ms=itl_ms, slots=1, queue=8),
+                    target_tokens=40) as url:
+        if leaves == "before its first token":
+            host, port = url.removeprefix("http://").split(":")
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(_request(10))
+            sock.settimeout(10)
+            raw = b""
+            while b"data: " not in raw:  # the headers and the opening event, long before the first token
+                raw += sock.recv(65536)
+        else:
+            sock, _ = _open(url, 10)
+        host, port = url.removeprefix("http://").split(":")
+        second = socket.create_connection((host, int(port)))
+        second.sendall(_request(2))  # queued behind the first
+        while _stats(url)["queued"] < 1:
+            time.sleep(0.01)
+        sock.close()
         t = time.monotonic()
-        second, _ = _open(url, 2)
+        while time.monotonic() - t < 2.5:
+            stats = _stats(url)
+            if stats["models"][MODEL]["finished"].get("abort") == 1 and stats["queued"] == 0:
+                break
+            time.sleep(0.01)
         waited = time.monotonic() - t
         second.close()
-        time.sleep(0.1)
-        stats = _stats(url)
-    assert waited < 1.5, f"the second request waited {waited:.2f} s for the slot"
+    assert waited < 1.5, f"the slot was freed {waited:.2f} s after the client left"
+    assert stats["active"] == 1  # the second request holds it now
     assert stats["client_disconnects_total"] == 1
-    assert stats["models"][MODEL]["finished"].get("abort") == 1
 
 
 def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, monkeypatch):

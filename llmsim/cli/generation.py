@@ -30,6 +30,7 @@ from ..engine import new_id
 from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
 from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
+from ..precise import run_due
 from ..trace import TRACE_HEADER, wants_trace
 from .access import authenticate, is_api_path, provider_for_path, rate_limit_headers
 from .body import read_body_bytes
@@ -129,10 +130,14 @@ def wait_for(state: AppState, gen: Generation) -> None:
 def generation_answer(state: AppState, api: Api, environ: dict, request_id: str, t0: float | None,
                       api_key: str | None) -> bytes | StreamBody:
     """Parse, generate, then the JSON answer (after as long as the stream would take) or the stream."""
+    # A request's set-up runs without yielding: between its steps, the streams that fell due are
+    # written (run_due), so a ramp of arrivals does not make every open stream late.
     started = time.monotonic()
     raw = read_body_bytes(environ, state.config.max_body_bytes)
     body_wait = time.monotonic() - started
+    run_due()
     req = api.parse(parse_json_object(raw))
+    run_due()
     req.api_key = api_key
     # TTFT runs from the request's first bytes (T0_KEY, when the server stamped them), not counting
     # the wait for a slow client's body: a real server cannot start on a prompt it has not received.
@@ -141,11 +146,14 @@ def generation_answer(state: AppState, api: Api, environ: dict, request_id: str,
     req.forced_fault = environ.get(_FAULT_KEY)
     gen = state.generate(req, watch=SocketWatch(environ.get(SOCKET_KEY)))
     req.drop_prompt()  # counted and answered: the response, however long, does not hold it
+    run_due()
     if req.stream and wants_trace(environ.get(_TRACE_KEY)):
         gen.start_trace(request_id)
     if not req.stream:
         wait_for(state, gen)
-        return json_body(api.body(gen))
+        body = json_body(api.body(gen))
+        run_due()
+        return body
     return StreamBody(state, gen, api.encoder(gen))
 
 

@@ -19,6 +19,7 @@ starts. The server runs the stats sampler (one tick a second) while it serves.
 from __future__ import annotations
 
 import errno
+import gc
 import http.client
 import json
 import re
@@ -33,7 +34,7 @@ import gevent
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 from ..errors import ConnectionDrop
-from ..precise import TimerfdTimer, precise_timer
+from ..precise import TimerfdTimer, precise_timer, run_due
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .generation import StreamBody
@@ -245,6 +246,7 @@ class _QuietHandler(WSGIHandler):
         if lengths and (len(lengths) > 1 or not _digits(next(iter(lengths)))):
             raise ProtocolError(400, "Invalid Content-Length header: expected one non-negative integer.")
         self._cancel_deadline()  # headers are in: the body and the answer take what they take
+        run_due()  # the streams that fell due while the headers were parsed (see generation_answer)
         return ok
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
@@ -304,15 +306,18 @@ class _QuietHandler(WSGIHandler):
                 break
         chunked = self.response_use_chunked
         timer = self.server.stream_timer()
-        pacer = result.gen.pacer if timer is not None and not result.gen.choices else None
+        gen = result.gen
+        pacer = gen.pacer if timer is not None and not gen.choices else None
         if pacer is not None:
-            pacer.scheduled = True  # its later chunks yield a wait (b"") instead of sleeping
+            # Its waits yield (b"") instead of sleeping: from the first chunk when its batch slot is
+            # granted; a queued request first waits for its slot here, then from its second chunk.
+            pacer.scheduled_from = 0 if gen.slot.granted else 1
         for data in chunks:
             if data:
                 self._send_now(raw, b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
             elif pacer is not None and pacer.wake_at is not None and timer is not None:
-                # The first wait for a later chunk: the event loop writes the rest (cli/streamwriter.py),
-                # and this greenlet, which an open stream would keep, ends with pywsgi's request loop.
+                # Its first wait: the event loop writes the rest (cli/streamwriter.py), and this
+                # greenlet, which an open stream would keep, ends with pywsgi's request loop.
                 self._detached = DetachedStream(self, self.socket, raw, chunks, result, pacer, chunked, timer)
                 self.result = None  # the stream is not closed when this request's handling unwinds
                 self.socket = None  # pywsgi's loop ends without closing the connection
@@ -540,6 +545,7 @@ def build_server(config: ServerConfig, state: AppState | None = None,
     server.header_timeout = config.header_timeout
     server.idle_timeout = config.idle_timeout
     server.state = state
+    gc.freeze()  # what start-up built lives as long as the server: no collection need walk it again
     return server, state
 
 

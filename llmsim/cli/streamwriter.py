@@ -1,12 +1,12 @@
-"""Streams with no greenlet of their own: once the first token is out, the event loop writes the rest.
+"""Streams with no greenlet of their own: once its headers are out, the event loop writes a stream.
 
 A connection's greenlet lives as long as its connection, so an open stream
-would keep it between tokens (its saved C stack and the pages of frame stack
-it touched: about 9 KB, see bench/memory.py) and switch into it for every
-token. Instead, the stream's first content chunk goes out on the connection's
-greenlet (its TTFT wait watches for a client that leaves), and from its first
-wait for a later chunk the handler hands the stream to a `DetachedStream` and
-its greenlet ends.
+would keep it while it waits for its tokens (its saved C stack and the pages
+of frame stack it touched: about 9 KB, see bench/memory.py) and switch into it
+for every token. Instead, the handler writes the stream's headers and opening
+events, and at its first wait (for the first token when its batch slot is
+granted; for the second when it had to queue, since the queue wait blocks)
+hands the stream to a `DetachedStream`, and its greenlet ends.
 
 The stream's generator then runs in event-loop callbacks: the hub's precise
 timer (llmsim/precise.py) calls it on each chunk's deadline, less the timer's
@@ -14,8 +14,9 @@ learned lead, as a precise wait would end, and it writes what is due with one
 non-blocking send. A full socket buffer parks the rest behind a write watcher;
 chunks that fall due meanwhile go out together when it drains, as on the
 greenlet path. When the stream ends, a new greenlet carries on with the
-connection's next request (keep-alive). A client that leaves, or an injected
-cut, closes the connection and settles the stream at once.
+connection's next request (keep-alive). A read watcher notices a client that
+hangs up, even while its first token is due; that, or an injected cut, closes
+the connection and settles the stream (its batch slot too) at once.
 
 A client sees the same bytes on the same deadlines, each chunk's emit time is
 stamped right after its send, and the server counts the stream as open until
@@ -24,6 +25,7 @@ its last byte is out (a drain waits for it).
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 import traceback
@@ -38,14 +40,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..stream import Pacer
     from .generation import StreamBody
 
-_WRITE = 2  # libev's EV_WRITE
+_READ, _WRITE = 1, 2  # libev's EV_READ and EV_WRITE
 
 
 class DetachedStream:
     """One stream being written from event-loop callbacks; it settles itself and its connection."""
 
     __slots__ = ("handler", "sock", "rfile", "raw", "chunks", "body", "pacer", "chunked", "timer", "pending", "watcher",
-                 "entry")
+                 "entry", "due", "reader")
 
     def __init__(self, handler: Any, sock: Any, raw: Any, chunks: Iterator[bytes], body: StreamBody,
                  pacer: Pacer, chunked: bool, timer: TimerfdTimer) -> None:
@@ -56,16 +58,22 @@ class DetachedStream:
         self.pending = b""  # bytes the socket had no room for yet
         self.watcher: Any = None  # the write watcher, while the socket buffer is full
         self.entry: list[Any] | None = None  # the timer entry of the next wake-up
+        self.due: float | None = None  # the deadline it wakes for
         handler.server.detached.add(self)
+        # A client that hangs up (while its first token is due, or between tokens) is noticed at once.
+        self.reader: Any = handler.server.loop.io(raw.fileno(), _READ)
+        self.reader.start(self._readable)
 
     def schedule(self) -> None:
         """Wake on the next chunk's deadline (the pacer's wake_at)."""
         wake, self.pacer.wake_at = self.pacer.wake_at, None
-        self.entry = self.timer.at(wake if wake is not None else time.monotonic(), self.step)
+        self.due = wake if wake is not None else time.monotonic()
+        self.entry = self.timer.at(self.due, self.step)
 
     def step(self, _: Any = None) -> None:
         """Write everything that is due, then wait for the next deadline, for room, or finish."""
         self.entry = None
+        due, self.due = self.due, None
         try:
             while True:
                 chunks = self.chunks
@@ -80,7 +88,11 @@ class DetachedStream:
                         return
                     continue
                 if data:
-                    if not self._send(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data):
+                    sent = self._send(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+                    if due is not None:  # the chunk it woke for: how late it went out teaches the timer its lead
+                        self.timer.observe_call(time.monotonic() - due)
+                        due = None
+                    if not sent:
                         return  # the rest goes when the socket has room (_drain)
                 elif self.pacer.wake_at is not None:
                     self.schedule()
@@ -118,8 +130,22 @@ class DetachedStream:
         except BaseException as ex:  # noqa: BLE001
             self.abort(ex)
 
+    def _readable(self) -> None:
+        try:
+            peeked = self.raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            peeked = b""
+        if peeked:  # a request sent ahead (pipelined): a client that leaves is noticed at the next send
+            self.reader.stop()
+            return
+        self.abort(ConnectionDrop())  # end of input: the client hung up; its slot is freed now
+
     def _release(self) -> Any:
         """Stop watching and waking; give the handler its socket back."""
+        self.reader.stop()
+        self.reader.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher.close()
