@@ -107,6 +107,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..replay import ReplayBook
 
 
+_SPENT_ENVIRON: dict = {}
+"""A handed-off stream's handler keeps this instead of its request's WSGI environ (about 2 KB)."""
+
 _HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at", "_detached")
 """_QuietHandler's own state (named, not literal, in its __slots__: mypy cannot tell that pywsgi's
 untyped handler, its base, keeps every other attribute in a __dict__)."""
@@ -131,6 +134,7 @@ class _QuietHandler(WSGIHandler):
     application: Any
     socket: Any
     result: Any
+    environ: dict
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         self._t0: float | None = None
@@ -321,6 +325,7 @@ class _QuietHandler(WSGIHandler):
                 self._detached = DetachedStream(self, self.socket, raw, chunks, result, pacer, chunked, timer)
                 self.result = None  # the stream is not closed when this request's handling unwinds
                 self.socket = None  # pywsgi's loop ends without closing the connection
+                self.environ = _SPENT_ENVIRON  # the request's environ: not kept as long as the stream
                 return
         if self.status and not self.headers_sent:
             self.write(b"")

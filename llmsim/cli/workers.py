@@ -26,6 +26,7 @@ shared directory within about half a second.
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 import math
@@ -396,6 +397,7 @@ class Worker:
         listener = shared_listener(self.config.host, self.config.port)
         self.server = NoDelayWSGIServer(listener, WorkerApp(self), log="default" if self.config.access_log else None,
                                         error_log="default", handler_class=worker_handler(NoDelayWSGIServer, self))
+        gc.freeze()  # as build_server: what start-up built is never walked by a collection again
 
     def snapshot(self) -> Snapshot:
         stats = local_body(self.app, "/llmsim/stats")
