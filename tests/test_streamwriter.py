@@ -223,3 +223,28 @@ def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, 
         sock.close()
     assert drained, "the socket never filled: the test did not reach the parked path"
     assert len(encode(_text(body), get_encoding("o200k_base"))) == pytest.approx(tokens, abs=tokens // 50)
+
+
+@pytest.mark.parametrize("mode", ["drop", "error"])
+def test_an_injected_cut_between_tokens_ends_the_written_stream_as_on_a_greenlet(tmp_path, mode):
+    # The cut comes at a deadline the writer woke for: "drop" closes with no terminator, "error" sends the
+    # in-band error event and ends the stream properly. Either way the stream is settled, not left open.
+    with run_server(profiles_dir=_profile(tmp_path, itl_ms=30), target_tokens=80, seed=3,
+                    config={"errors": {"midstream": 1.0, "midstream_mode": mode}}) as url:
+        sock, raw = _open(url, 20)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            raw += data
+            if raw.endswith(b"0\r\n\r\n"):
+                break
+        sock.close()
+        time.sleep(0.1)
+        stats = _stats(url)
+    if mode == "drop":
+        assert not raw.endswith(b"0\r\n\r\n") and b"[DONE]" not in raw
+    else:
+        assert raw.endswith(b"0\r\n\r\n") and b'"error"' in raw
+    assert stats["active_streams"] == 0
+    assert stats["errors"].get("midstream") == 1
