@@ -152,18 +152,18 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         if due:  # released before the cut: they go out first
             yield b"".join(due)
         raise
-    # The closing events are due at once: one write for the last block's end and the finish, one for the rest.
-    yield b"".join([_advance(enc, blocks, current, len(blocks)), *enc.choice_closing()])
-    yield from _closing(gen, enc)
+    # The closing events are due at once: the last block's end, the finish, the rest, in one write.
+    yield from _closing(gen, enc, [_advance(enc, blocks, current, len(blocks)), *enc.choice_closing()])
 
 
-def _closing(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
-    """The closing events; a traced request's trace rides in the same write as the terminator."""
+def _closing(gen: Generation, enc: StreamEncoder, head: Iterable[bytes] = ()) -> Iterator[bytes]:
+    """`head`, then the closing events, in one write; a traced request's trace rides in it, just
+    before the terminator."""
     closing = list(enc.closing())
     if gen.trace_id is not None and closing:
         gen.trace = trace_record(gen)
         closing[-1] = trace_comment(gen.trace) + closing[-1]
-    yield b"".join(closing)
+    yield b"".join([*head, *closing])
     gen.ended = time.monotonic()
 
 

@@ -63,7 +63,9 @@ from .trace import TraceStore
 __all__ = ["Engine", "Generation", "Request", "new_id"]
 
 UNSEEDED = random.Random()
-"""Unseeded runs share one RNG: seeding a new one from the OS costs every request ~10 µs."""
+UNSEEDED_CONTENT = random.Random()
+"""Unseeded runs share these two RNGs (timing and faults; content): seeding a new one from the OS
+costs every request ~10-20 µs."""
 EXACT_COUNT_CHARS = 100_000
 """Below this many characters a prompt is always counted exactly (a few ms at most),
 so even a refusal names its exact size; above, cheap bounds may refuse it first."""
@@ -447,7 +449,7 @@ class Engine:
         n = next(self._content_counter)
         if req.seed is not None:
             return random.Random(f"request:{req.seed}:{req.model}:{req.prompt_text()}")
-        return random.Random(f"{self.seed}:content:{n}") if self.seed is not None else random.Random()
+        return random.Random(f"{self.seed}:content:{n}") if self.seed is not None else UNSEEDED_CONTENT
 
     def count_prompt(self, req: Request, profile: ModelProfile, enc: tiktoken.Encoding, *,
                      check: bool = True) -> int:

@@ -359,7 +359,9 @@ def test_open_loop_source_sends_every_arrival_and_queues_beyond_max_in_flight():
     source.stop()
     assert len(sent) >= 5 and max(most) == 1 and len(clients) == 1  # one in flight, one connection reused
     assert all(actual >= intended for intended, actual in sent)
-    assert sent[-1][1] - sent[-1][0] > sent[0][1] - sent[0][0]  # the delay grows: arrivals outpace service
+    # Arrivals outpace service, so requests wait for the one slot: some much longer than the first did.
+    # (Not "the last waited longest": a new arrival may take a slot just freed before older waiters wake.)
+    assert max(actual - intended for intended, actual in sent) > 0.05 > sent[0][1] - sent[0][0]
     assert backlog > 0  # arrivals still waiting were tracked in flight, not dropped
     assert closed == [1]
 
