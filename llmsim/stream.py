@@ -452,5 +452,19 @@ class Pacer:
             self.sent_tokens += ntok
             if stamps is not None:
                 stamps.append(now)
+            if point and not gap and i == 0:  # no gaps at all (`instant`): the rest is due with the first
+                self._release_rest(piece_tokens, deadline, now, stamps)
+                break
         if cut is not None:
             raise StreamCut(cut)
+
+    def _release_rest(self, piece_tokens: Sequence[int], deadline: float, now: float,
+                      stamps: MutableSequence[float] | None) -> None:
+        """wait_through's loop after the first chunk when every gap is zero, in bulk."""
+        cut, n = self.cut, len(piece_tokens)
+        end = n if cut is None else max(1, min(n, cut.after_pieces))
+        if self.planned is not None:
+            self.planned.extend([deadline] * (end - 1 if cut is None or end == n else end))
+        self.sent_tokens += sum(piece_tokens[1:end])
+        if stamps is not None:
+            stamps.extend([now] * (end - 1))

@@ -136,10 +136,11 @@ LATENCIES = [LatencyProfile.constant(100, 20),
 def test_wait_through_keeps_the_streams_deadlines_draws_and_cut(latency, cut_after):
     pieces = [2, 1, 3, 1, 1, 4, 1, 2, 1, 1, 1, 2]
 
-    def run(stream: bool) -> tuple[list[float], int, bool]:
+    def run(stream: bool) -> tuple[list[float], int, bool, list[float]]:
         clock = _Clock()
         pacer = Pacer(latency, random.Random(3), prompt_tokens=900, slot=_GrowingBatch(clock), clock=clock,
                       sleep=clock.sleep, cut=Cut(cut_after) if cut_after is not None else None)
+        pacer.planned = []  # a traced request's deadlines
         stamps: list[float] = []
         try:
             if stream:
@@ -148,12 +149,13 @@ def test_wait_through_keeps_the_streams_deadlines_draws_and_cut(latency, cut_aft
             else:
                 pacer.wait_through(pieces, 5, 10.0, stamps)
         except StreamCut:
-            return stamps, pacer.sent_tokens, True
-        return stamps, pacer.sent_tokens, False
+            return stamps, pacer.sent_tokens, True, pacer.planned
+        return stamps, pacer.sent_tokens, False, pacer.planned
 
     streamed, waited = run(True), run(False)
-    assert waited[1:] == streamed[1:]
+    assert waited[1:3] == streamed[1:3]
     assert waited[0] == pytest.approx(streamed[0], abs=1e-12)
+    assert waited[3] == pytest.approx(streamed[3], abs=1e-12)
     assert len(streamed[0]) == (len(pieces) if cut_after is None else cut_after)
 
 
