@@ -34,24 +34,48 @@ def _parse(resp: RawResponse) -> None:
     resp.status = int(lines[0].split()[1])
     resp.headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     if resp.headers.get("transfer-encoding") == "chunked":
-        body = b""
+        parts, at = [], 0  # an offset, not slices of the rest: a long stream has thousands of chunks
         while True:
-            size_line, sep, rest = rest.partition(b"\r\n")
-            if not sep:
+            end = rest.find(b"\r\n", at)
+            if end < 0:
                 break
-            size = int(size_line.split(b";")[0], 16)
+            size = int(rest[at:end].split(b";")[0], 16)
+            at = end + 2
             if size == 0:
-                resp.terminated = rest.startswith(b"\r\n")
+                resp.terminated = rest.startswith(b"\r\n", at)
                 break
-            if len(rest) < size + 2:
-                body += rest[:size]
+            parts.append(rest[at:at + size])
+            if len(rest) < at + size + 2:
                 break
-            body += rest[:size]
-            rest = rest[size + 2:]
-        resp.body = body
+            at += size + 2
+        resp.body = b"".join(parts)
     else:
         resp.body = rest
         resp.terminated = len(rest) >= int(resp.headers.get("content-length", "-1"))
+
+
+def read_response(sock: socket.socket, raw: bytes = b"") -> RawResponse:
+    """Read one response from an open keep-alive socket (`raw`: what of it was read already) until it is
+    complete (its zero-length chunk, or Content-Length bytes) or the server closes the connection."""
+    resp = RawResponse(raw, False, 0.0)
+    while b"\r\n\r\n" not in resp.raw or not _complete(resp.raw):
+        data = sock.recv(65536)
+        if not data:
+            resp.closed = True
+            break
+        resp.raw += data
+    _parse(resp)
+    return resp
+
+
+def _complete(raw: bytes) -> bool:
+    """Whether a response's bytes are whole, without de-chunking it (once per read of a long stream)."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    if b"transfer-encoding: chunked" in lines:
+        return rest.startswith(b"0\r\n\r\n") or rest.endswith(b"\r\n0\r\n\r\n")
+    length = next((int(ln.split(b":")[1]) for ln in lines if ln.startswith(b"content-length:")), 0)
+    return len(rest) >= length
 
 
 def raw_request(base_url: str, method: str, path: str, body: dict | None = None,

@@ -19,7 +19,7 @@ import pytest
 
 from llmsim.cli.config import resolve_config
 from llmsim.cli.handlers import create_app
-from llmsim.cli.server import NoDelayWSGIServer, _QuietHandler
+from llmsim.cli.server import _QuietHandler
 from llmsim.cli.state import AppState
 from llmsim.errors import Cut, StreamCut
 from llmsim.latency import Distribution, LatencyProfile
@@ -27,6 +27,7 @@ from llmsim.replay import ReplayBook
 from llmsim.stream import Pacer
 from llmsim.testing import run_server
 from llmsim.tokens import encode, get_encoding
+from tests.rawhttp import read_response
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 12}
 VOLATILE = {"x-request-id", "request-id", "openai-processing-ms"}
@@ -166,7 +167,7 @@ def test_encode_memo_hands_out_copies():
     assert encode("a sentence encoded twice", enc) == enc.encode_ordinary("a sentence encoded twice")
 
 
-def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkeypatch):
+def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkeypatch, small_send_buffer):
     # Instant and long: the chunks fill the socket buffers while the client sleeps, so sends come up short
     # and the server waits for room; the stream must still arrive whole.
     waited = []
@@ -177,14 +178,6 @@ def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkey
         return sendall(self, data)
 
     monkeypatch.setattr(_QuietHandler, "_sendall", counting)
-    handle = NoDelayWSGIServer.handle
-
-    def small_send_buffer(self, sock, address):
-        # The kernel grows a send buffer to megabytes: a small fixed one fills on any machine.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        return handle(self, sock, address)
-
-    monkeypatch.setattr(NoDelayWSGIServer, "handle", small_send_buffer)
     with run_server(latency_profile="instant", target_tokens=6000, generator="random") as url:
         host, port = url.removeprefix("http://").split(":")
         body = json.dumps({**CHAT, "max_tokens": 6000, "stream": True,
@@ -197,25 +190,14 @@ def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkey
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
         time.sleep(0.5)
-        raw = b""
         sock.settimeout(20)
-        while not raw.endswith(b"0\r\n\r\n"):
-            data = sock.recv(65536)
-            assert data, "the server closed the stream early"
-            raw += data
+        resp = read_response(sock)  # de-chunked: every size line must match its data
         sock.close()
     # The headers and the terminator always go through _sendall; a chunk does only when the buffer is full.
     assert len(waited) > 2, "the socket never filled: the test did not reach the waiting path"
-    head, _, chunked = raw.partition(b"\r\n\r\n")
-    assert b"transfer-encoding: chunked" in head.lower()
-    payload, rest = b"", chunked
-    while True:  # de-chunk by hand: every size line must match its data
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        payload, rest = payload + rest[:size], rest[size + 2:]
-    events = [e for e in payload.decode().split("\n\n") if e]
+    assert resp.terminated and not resp.closed, "the server closed the stream early"
+    assert resp.headers["transfer-encoding"] == "chunked"
+    events = [e for e in resp.body.decode().split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     deltas = [json.loads(e[6:]) for e in events[:-1]]
     text = "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas if d["choices"])

@@ -18,10 +18,10 @@ import time
 import gevent
 import pytest
 
-from llmsim.cli.server import NoDelayWSGIServer
 from llmsim.cli.streamwriter import DetachedStream
 from llmsim.testing import run_server
 from llmsim.tokens import encode, get_encoding
+from tests.rawhttp import RawResponse, read_response
 
 MODEL = "writer-test"
 
@@ -58,27 +58,12 @@ def _open(url: str, tokens: int) -> tuple[socket.socket, bytes]:
     return sock, raw
 
 
-def _read_response(sock: socket.socket, raw: bytes = b"") -> tuple[bytes, bytes]:
-    """Read one chunked response whole: (its de-chunked body, whatever follows it)."""
-    while b"\r\n\r\n" not in raw:
-        raw += sock.recv(65536)
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    assert b"transfer-encoding: chunked" in head.lower(), head
-    body = b""
-    while True:
-        while b"\r\n" not in rest:
-            data = sock.recv(65536)
-            assert data, "the server closed the stream early"
-            rest += data
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        while len(rest) < size + 2:
-            data = sock.recv(65536)
-            assert data, "the server closed the stream early"
-            rest += data
-        if size == 0:
-            return body, rest[2:]
-        body, rest = body + rest[:size], rest[size + 2:]
+def _read_response(sock: socket.socket, raw: bytes = b"") -> RawResponse:
+    """Read one streamed response whole; it must end with its zero-length chunk."""
+    resp = read_response(sock, raw)
+    assert resp.headers.get("transfer-encoding") == "chunked", resp.headers
+    assert resp.terminated and not resp.closed, "the server closed the stream early"
+    return resp
 
 
 def _text(body: bytes) -> str:
@@ -113,8 +98,7 @@ def test_open_streams_keep_no_greenlet_between_tokens(tmp_path, monkeypatch, pre
         parked = _live_greenlets() - before
         texts = []
         for sock, raw in streams:
-            body, _ = _read_response(sock, raw)
-            texts.append(_text(body))
+            texts.append(_text(_read_response(sock, raw).body))
             sock.close()
         time.sleep(0.1)
         stats = _stats(url)
@@ -135,20 +119,13 @@ def test_a_connection_carries_on_after_a_written_stream(tmp_path):
         host, port = url.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)))
         sock.settimeout(10)
-        rest = b""
         for _ in range(3):
             sock.sendall(_request(6))
-            body, rest = _read_response(sock, rest)
-            assert len(encode(_text(body), get_encoding("o200k_base"))) == 6
+            assert len(encode(_text(_read_response(sock).body), get_encoding("o200k_base"))) == 6
         sock.sendall(_request(6, stream=False))
-        while b"\r\n\r\n" not in rest:
-            rest += sock.recv(65536)
-        head, _, answer = rest.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        while len(answer) < length:
-            answer += sock.recv(65536)
-        assert json.loads(answer)["usage"]["completion_tokens"] == 6
+        answer = read_response(sock)
+        assert answer.terminated and not answer.closed
+        assert json.loads(answer.body)["usage"]["completion_tokens"] == 6
         sock.close()
         time.sleep(0.1)
         stats = _stats(url)
@@ -192,7 +169,7 @@ def test_a_client_that_hangs_up_frees_its_slot_at_once(tmp_path, leaves):
     assert stats["client_disconnects_total"] == 1
 
 
-def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, monkeypatch):
+def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, monkeypatch, small_send_buffer):
     drained = []
     drain = DetachedStream._drain
 
@@ -201,14 +178,6 @@ def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, 
         return drain(self)
 
     monkeypatch.setattr(DetachedStream, "_drain", counting)
-    handle = NoDelayWSGIServer.handle
-
-    def small_send_buffer(self, sock, address):
-        # The kernel grows a send buffer to megabytes: a small fixed one fills on any machine.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        return handle(self, sock, address)
-
-    monkeypatch.setattr(NoDelayWSGIServer, "handle", small_send_buffer)
     tokens = 4000
     with run_server(profiles_dir=_profile(tmp_path, itl_ms=0.25), target_tokens=2 * tokens,
                     generator="random") as url:
@@ -219,7 +188,7 @@ def test_a_full_socket_buffer_parks_the_stream_until_the_client_reads(tmp_path, 
         sock.sendall(_request(tokens))
         sock.settimeout(20)
         time.sleep(1.5)  # the stream is due whole by now; the socket buffers fill, the rest waits
-        body, _ = _read_response(sock)
+        body = _read_response(sock).body
         sock.close()
     assert drained, "the socket never filled: the test did not reach the parked path"
     assert len(encode(_text(body), get_encoding("o200k_base"))) == pytest.approx(tokens, abs=tokens // 50)
