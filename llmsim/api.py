@@ -123,10 +123,7 @@ def stream_bytes(gen: Generation, enc: StreamEncoder) -> Iterator[bytes]:
         indices, owner, pieces = gen.timeline()  # gen.paced(), one generator fewer on the stream's stack
         for i in indices:
             if i == WAIT:  # a scheduled stream's next chunk is not due: its writer resumes us then
-                if due:
-                    yield b"".join(due)
-                    emitted.extend([clock()] * len(due))
-                    due.clear()
+                # (never with chunks held in `due`: they are held only while the next one is due already)
                 yield b""
                 continue
             index, text = owner[i], pieces[i]

@@ -174,17 +174,14 @@ class _VllmHistogram:
         self.lut = _LUTS[name]
         self.by_model: dict[str, list] = {}
 
-    def add(self, model: str, indices: list[int] | Counter[int], values: list[float]) -> None:
+    def add(self, model: str, indices: Counter[int], values: list[float]) -> None:
+        """Values and how many fall in each fine bucket."""
         row = self.by_model.get(model)
         if row is None:
             row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
         counts, lut = row[0], self.lut
-        if isinstance(indices, Counter):
-            for i, k in indices.items():
-                counts[lut[i]] += k
-        else:
-            for i in indices:
-                counts[lut[i]] += 1
+        for i, k in indices.items():
+            counts[lut[i]] += k
         row[1] += math.fsum(values)
 
 

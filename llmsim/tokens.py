@@ -98,22 +98,23 @@ def encode(text: str, encoding: tiktoken.Encoding) -> list[int]:
         import gevent
 
         return gevent.get_hub().threadpool.apply(encoding.encode_ordinary, (text,))
-    key = (encoding.name, text)
-    ids = _RECENT.get(key)
+    ids = _RECENT.get((encoding.name, text))
     if ids is None:
         ids = encoding.encode_ordinary(text)
-        if len(_RECENT) >= RECENT_TEXTS:
-            _RECENT.clear()
-        _RECENT[key] = ids
+        _store(text, encoding, ids)
     return list(ids)
 
 
 def remember(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
     """Tell encode() the ids of a text whose ids are known already (a generator built it from tokens)."""
     if len(text) <= OFFLOAD_CHARS:
-        if len(_RECENT) >= RECENT_TEXTS:
-            _RECENT.clear()
-        _RECENT[(encoding.name, text)] = list(ids)
+        _store(text, encoding, list(ids))
+
+
+def _store(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
+    if len(_RECENT) >= RECENT_TEXTS:
+        _RECENT.clear()
+    _RECENT[(encoding.name, text)] = ids
 
 
 RECENT_TEXTS = 512

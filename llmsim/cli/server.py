@@ -41,7 +41,7 @@ from .generation import StreamBody
 from .handlers import create_app
 from .stacks import call_off_stack
 from .state import AppState
-from .streamwriter import DetachedStream
+from .streamwriter import DetachedStream, frame
 
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
@@ -318,7 +318,7 @@ class _QuietHandler(WSGIHandler):
             pacer.scheduled_from = 0 if gen.slot.granted else 1
         for data in chunks:
             if data:
-                self._send_now(raw, b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                self._send_now(raw, frame(data, chunked))
             elif pacer is not None and pacer.wake_at is not None and timer is not None:
                 # Its first wait: the event loop writes the rest (cli/streamwriter.py), and this
                 # greenlet, which an open stream would keep, ends with pywsgi's request loop.

@@ -43,6 +43,11 @@ if TYPE_CHECKING:  # pragma: no cover
 _READ, _WRITE = 1, 2  # libev's EV_READ and EV_WRITE
 
 
+def frame(data: bytes, chunked: bool) -> bytes:
+    """One write of a response body: an HTTP/1.1 chunk, or the bytes as they are (HTTP/1.0)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+
 class DetachedStream:
     """One stream being written from event-loop callbacks; it settles itself and its connection."""
 
@@ -88,7 +93,7 @@ class DetachedStream:
                         return
                     continue
                 if data:
-                    sent = self._send(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+                    sent = self._send(frame(data, self.chunked))
                     if due is not None:
                         # The chunk it woke for: how late it went out teaches the timer its lead (one
                         # chunk in eight is enough to follow the load, and costs an eighth).
