@@ -26,7 +26,9 @@ import weakref
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from itertools import pairwise
+from functools import partial
+from itertools import islice
+from operator import sub
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -104,6 +106,17 @@ def _coarse_lut(bounds: tuple[float, ...]) -> list[int]:
 _LUTS = {name: _coarse_lut(b) for name, b in VLLM_BUCKETS.items()}
 
 
+Batch = tuple[Counter[int], int, float, float, float]
+"""Values summarised for Distribution.add: their fine-bucket counts, count, sum, min and max."""
+
+_bucket_of = partial(bisect_left, EDGES)
+
+
+def summarise(values: list[float]) -> Batch:
+    """One pass over a response's values (a bisect per value, in C) for every distribution they go to."""
+    return Counter(map(_bucket_of, values)), len(values), math.fsum(values), min(values), max(values)
+
+
 class Distribution:
     """Counts of values (seconds) in the fine buckets, with exact count, sum, min and max."""
 
@@ -116,14 +129,12 @@ class Distribution:
         self.min = math.inf
         self.max = -math.inf
 
-    def add(self, indices: list[int] | Counter[int], values: list[float]) -> None:
-        """Values and their fine-bucket indices (a list, or a Counter of them: one pass for three targets)."""
-        if not values:
-            return
+    def add(self, batch: Batch) -> None:
+        """A batch of values, summarised once (Batch.of) for the several distributions it goes to."""
+        indices, n, total, lo, hi = batch
         self.counts.update(indices)
-        self.count += len(values)
-        self.sum += math.fsum(values)
-        lo, hi = min(values), max(values)
+        self.count += n
+        self.sum += total
         if lo < self.min:
             self.min = lo
         if hi > self.max:
@@ -174,15 +185,15 @@ class _VllmHistogram:
         self.lut = _LUTS[name]
         self.by_model: dict[str, list] = {}
 
-    def add(self, model: str, indices: Counter[int], values: list[float]) -> None:
-        """Values and how many fall in each fine bucket."""
+    def add(self, model: str, batch: Batch) -> None:
+        """A batch of values (Batch.of), each counted in the vLLM bucket its fine bucket falls in."""
         row = self.by_model.get(model)
         if row is None:
             row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
         counts, lut = row[0], self.lut
-        for i, k in indices.items():
+        for i, k in batch[0].items():
             counts[lut[i]] += k
-        row[1] += math.fsum(values)
+        row[1] += batch[2]
 
 
 class _ModelStats:
@@ -300,7 +311,7 @@ class ServerStats:
         visible = gen.pacer.sent_tokens
         if emitted:
             values["ttft"] = [emitted[0] - arrival]
-            gaps = [b - a for a, b in pairwise(emitted)]
+            gaps = list(map(sub, islice(emitted, 1, None), emitted))
             if visible != len(emitted):  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
                 per_token: list[float] = []
                 for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
@@ -310,6 +321,7 @@ class ServerStats:
             if visible >= 2:
                 values["tpot"] = [(emitted[-1] - emitted[0]) / (visible - 1)]
         reason = _finished_reason(gen.plan.finish_reason) if completed else "abort"
+        batches = [(name, summarise(vals)) for name, vals in values.items() if vals]
         with self._lock:
             self.live.pop(id(gen), None)
             self.emitted_tokens += visible
@@ -319,11 +331,10 @@ class ServerStats:
             m.completion_tokens += completion_tokens
             m.finished[reason] += 1
             current = self._current
-            for name, vals in values.items():
-                idx = Counter([bisect_left(EDGES, v) for v in vals])
-                self.total[name].add(idx, vals)
-                current[name].add(idx, vals)
-                self.vllm[name].add(label, idx, vals)
+            for name, batch in batches:
+                self.total[name].add(batch)
+                current[name].add(batch)
+                self.vllm[name].add(label, batch)
 
     # ------------------------------------------------------------------ sampling
 

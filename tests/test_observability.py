@@ -6,9 +6,11 @@ Timing checks compare within one run and leave generous room: a slow, busy machi
 from __future__ import annotations
 
 import json
+import math
 import socket
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import anthropic
@@ -350,7 +352,7 @@ def test_model_labels_are_bounded():
 
 
 def test_histogram_buckets_hold_every_vllm_bound_and_percentiles_are_close():
-    from llmsim.stats import EDGES, VLLM_BUCKETS, Distribution, bucket_index
+    from llmsim.stats import EDGES, VLLM_BUCKETS, Distribution, bucket_index, summarise
 
     for bounds in VLLM_BUCKETS.values():
         assert set(bounds) <= set(EDGES)
@@ -358,7 +360,10 @@ def test_histogram_buckets_hold_every_vllm_bound_and_percentiles_are_close():
     assert bucket_index(1e9) == len(EDGES)
     d = Distribution()
     values = [0.001 * i for i in range(1, 1001)]  # 1 ms .. 1 s
-    d.add([bucket_index(v) for v in values], values)
+    batch = summarise(values)
+    assert batch[0] == Counter(bucket_index(v) for v in values)  # one bisect per value, as bucket_index
+    assert batch[1:] == (1000, math.fsum(values), 0.001, 1.0)
+    d.add(batch)
     p = d.percentiles((50, 90, 99))
     assert p[50] == pytest.approx(0.5, abs=0.001) and p[99] == pytest.approx(0.99, abs=0.001)
     s = d.summary()
