@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
+from itertools import accumulate, chain, repeat, starmap
+from math import floor
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +31,14 @@ DEFAULT_TARGET_TOKENS = 100
 FILLER = " the"
 """One token in every encoding llmsim uses: pads a text to an exact token count when a cut will not do."""
 
-_LOREM = (
+_LOREM = tuple((
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore "
     "magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo "
     "consequat duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur "
     "excepteur sint occaecat cupidatat non proident sunt in culpa qui officia deserunt mollit anim id est laborum"
-).split()
+).split())
 
-_RANDOM_WORDS = (
+_RANDOM_WORDS = tuple((
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
     "you were her she there one all we their been has when who will more no if out so said what up its about than "
     "into them can only other new some could time these two may then do first any my now such like our over man me "
@@ -44,7 +47,7 @@ _RANDOM_WORDS = (
     "both life being under never day same another know while last might us great old year off come since against "
     "go came right used take three model token stream latency queue batch prompt server client request response "
     "naïve café résumé 東京 数据 данные émoji 🙂 🚀"
-).split()
+).split())
 
 _REASONING_OPENERS = (
     "The user asks: \"{topic}\". Let me think about this step by step.",
@@ -232,7 +235,7 @@ class Generator:
         """A scripted turn (text, tool calls, an error), or None to let the engine decide the answer."""
         return None
 
-    def _words(self, vocabulary: list[str], request: GenerationRequest, sentence: bool,
+    def _words(self, vocabulary: tuple[str, ...], request: GenerationRequest, sentence: bool,
                tokens: int | None = None) -> str:
         # About one token a word: 1.2x the target is always enough to cut from.
         rng = request.rng()
@@ -262,16 +265,42 @@ def _lorem_ids(encoding_name: str) -> dict[str, tuple[int, ...]] | None:
     return table
 
 
-def _sentence_forms(rng: random.Random, vocabulary: list[str], count: int) -> list[str]:
+@cache
+def _lorem_lengths(encoding_name: str) -> dict[str, int] | None:
+    """Each lorem form's token count (see _lorem_ids)."""
+    table = _lorem_ids(encoding_name)
+    return None if table is None else {form: len(ids) for form, ids in table.items()}
+
+
+@cache
+def _word_forms(vocabulary: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Each word as `Word` (a text's first), ` Word` (a later sentence's first) and ` word` (the rest)."""
+    return (tuple(w.capitalize() for w in vocabulary), tuple(" " + w.capitalize() for w in vocabulary),
+            tuple(" " + w for w in vocabulary))
+
+
+def _sentence_forms(rng: random.Random, vocabulary: tuple[str, ...], count: int) -> list[str]:
     """`count` words drawn from a lower-case vocabulary, as sentences of 6 to 14 words, in the pieces the
-    tokeniser splits them into: `Word`, ` word`, `.`, ` Word` ... (joined, they are the text)."""
-    words = rng.choices(vocabulary, k=count)  # one call: this runs for every request, on the event loop
+    tokeniser splits them into: `Word`, ` word`, `.`, ` Word` ... (joined, they are the text).
+
+    It runs for every request, on the event loop, so the draws are made in C where they can be: the
+    same draws, in the same order, as `rng.choices(vocabulary, k=count)` and then `rng.randint(6, 14)`
+    per sentence (the words' draws below are random.choices' own; a sentence's length is randint's
+    rejection sampling of 4 random bits).
+    """
+    n = float(len(vocabulary))
+    words = list(map(floor, map(n.__mul__, starmap(rng.random, repeat((), count)))))
+    first, capital, lower = _word_forms(vocabulary)
+    getrandbits = rng.getrandbits
     forms: list[str] = []
     i = 0
     while i < count:
-        k = rng.randint(6, 14)
-        forms.append((" " if forms else "") + words[i].capitalize())
-        forms.extend(" " + w for w in words[i + 1:i + k])
+        r = getrandbits(4)
+        while r >= 9:
+            r = getrandbits(4)
+        k = 6 + r
+        forms.append(capital[words[i]] if forms else first[words[i]])
+        forms.extend(map(lower.__getitem__, words[i + 1:i + k]))
         forms.append(".")
         i += k
     return forms
@@ -296,33 +325,33 @@ class LoremGenerator(Generator):
 
     def _from_pieces(self, request: GenerationRequest, n: int, exact: bool) -> str | None:
         name = request.encoding_name()
-        table = _lorem_ids(name)
-        if table is None:
+        table, lengths = _lorem_ids(name), _lorem_lengths(name)
+        if table is None or lengths is None:
             return None
         enc = get_encoding(name)
         forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
-        ids: list[int] = []
-        for j, form in enumerate(forms):
-            piece = table[form]
-            if len(ids) + len(piece) <= n:
-                ids.extend(piece)
-                if len(ids) == n:
-                    text = "".join(forms[:j + 1])
-                    break
-                continue
-            # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
-            # whole text's ids would give; exact asks that the cut text count n tokens again.
-            partial = enc.decode(list(piece[:n - len(ids)]))
-            tail = encode(partial, enc)
-            if exact and len(ids) + len(tail) != n:
-                return fit_tokens("".join(forms), n, name)  # the rare word that re-tokenises otherwise
-            text, ids = "".join(forms[:j]) + partial, ids + tail
-            break
-        else:  # shorter than n: whole, or padded as fit_tokens pads
+        # Tokens up to and including each form; the first form that reaches n holds the n-th token.
+        upto = list(accumulate(map(lengths.__getitem__, forms)))
+        j = bisect_left(upto, n)
+        if j == len(upto):  # shorter than n: whole, or padded as fit_tokens pads
             text = "".join(forms)
+            ids = list(chain.from_iterable(map(table.__getitem__, forms)))
             if exact:
                 text += FILLER * (n - len(ids))
                 ids += encode(FILLER, enc) * (n - len(ids))
+        elif upto[j] == n:
+            text = "".join(forms[:j + 1])
+            ids = list(chain.from_iterable(map(table.__getitem__, forms[:j + 1])))
+        else:
+            # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
+            # whole text's ids would give; exact asks that the cut text count n tokens again.
+            before = upto[j - 1] if j else 0
+            partial = enc.decode(list(table[forms[j]][:n - before]))
+            tail = encode(partial, enc)
+            if exact and before + len(tail) != n:
+                return fit_tokens("".join(forms), n, name)  # the rare word that re-tokenises otherwise
+            text = "".join(forms[:j]) + partial
+            ids = [*chain.from_iterable(map(table.__getitem__, forms[:j])), *tail]
         remember(text, enc, ids)
         return text
 

@@ -211,3 +211,40 @@ def test_a_distribution_is_each_generators_target(profile_file):
             assert check(text), (spec, text)
             if spec == "sequence":
                 assert 20 <= r.usage.completion_tokens <= 30
+
+
+def test_sentence_forms_make_the_draws_random_choices_and_randint_would():
+    """The per-request word and sentence-length draws are made in C; same seed, same text as the plain way."""
+    import random
+
+    from llmsim.generator import _LOREM, _sentence_forms
+
+    def plain(rng: random.Random, count: int) -> list[str]:
+        words = rng.choices(_LOREM, k=count)
+        forms: list[str] = []
+        i = 0
+        while i < count:
+            k = rng.randint(6, 14)
+            forms.append((" " if forms else "") + words[i].capitalize())
+            forms.extend(" " + w for w in words[i + 1:i + k])
+            forms.append(".")
+            i += k
+        return forms
+
+    for seed in range(200):
+        count = random.Random(seed).randint(1, 400)
+        assert _sentence_forms(random.Random(seed), _LOREM, count) == plain(random.Random(seed), count)
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 17, 100, 999])
+def test_lorem_from_token_pieces_is_the_tokenised_text(tokens):
+    """The lorem answer built from its words' token ids counts (and encodes to) what tokenising it gives."""
+    from llmsim.tokens import encode, get_encoding
+
+    for seed in range(40):
+        request = GenerationRequest(prompt=f"p{seed}", model="gpt-4o", seed=seed)
+        exact = LoremGenerator().generate(request, tokens=tokens)
+        assert count_tokens(exact, "gpt-4o") == tokens
+        about = LoremGenerator(tokens).generate(request)
+        assert count_tokens(about, "gpt-4o") <= tokens
+        assert encode(about, get_encoding("o200k_base")) == get_encoding("o200k_base").encode_ordinary(about)
