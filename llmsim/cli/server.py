@@ -27,11 +27,12 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
 
 from ..errors import ConnectionDrop
 from ..precise import TimerfdTimer, precise_timer, run_due
@@ -39,6 +40,7 @@ from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .generation import StreamBody
 from .handlers import create_app
+from .requestheaders import RequestHeaders, read_headers
 from .stacks import call_off_stack
 from .state import AppState
 from .streamwriter import DetachedStream, frame
@@ -135,6 +137,8 @@ class _QuietHandler(WSGIHandler):
     socket: Any
     result: Any
     environ: dict
+    response_headers: Any  # [(name, value)] in bytes, once start_response took them
+    status: Any  # bytes, once start_response took it
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         self._t0: float | None = None
@@ -144,6 +148,21 @@ class _QuietHandler(WSGIHandler):
         self._connected_at = 0.0
         self._detached: DetachedStream | None = None  # the stream the event loop writes, between hand-off and end
         super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
+
+    def MessageClass(self, fp: Any, *_: Any) -> Any:  # noqa: N802 - pywsgi's name
+        return read_headers(fp)
+
+    def _headers(self) -> Iterator[tuple[str, str]]:
+        """The request's headers as environ items (HTTP_*), as pywsgi's, straight from parsed ones."""
+        headers = self.headers
+        if not isinstance(headers, RequestHeaders):
+            yield from super()._headers()
+            return
+        for name, value in headers.items:
+            if "_" not in name:  # pywsgi drops names with underscores (they would alias dashes)
+                key = name.replace("-", "_").upper()
+                if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                    yield "HTTP_" + key, value.strip()
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -346,9 +365,30 @@ class _QuietHandler(WSGIHandler):
         if sent < len(frame):
             self._sendall(frame[sent:])  # the buffer is full: wait for room
 
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:  # type: ignore[has-type]
+            # pywsgi formats the date for every response; it changes once a second.
+            self.provided_date = http_date()
+            self.response_headers.append((b"Date", self.provided_date))
+        super().finalize_headers()
+
     def _write_with_headers(self, data: bytes) -> None:
-        super()._write_with_headers(data)
+        """pywsgi's, but the status line, the headers and the first body bytes go in one send (pywsgi
+        sends the headers on their own), straight to the raw socket where there is one."""
+        self.headers_sent = True
+        self.finalize_headers()
+        head: list[bytes] = [b"HTTP/1.1 ", self.status, b"\r\n"]
+        for name, value in self.response_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        if data:
+            head.append(frame(data, self.response_use_chunked))
         self.response_headers = None  # sent: not kept for as long as a stream lasts
+        raw = getattr(self.socket, "_sock", None)
+        if raw is None:
+            self._sendall(b"".join(head))
+        else:
+            self._send_now(raw, b"".join(head))
 
     # ------------------------------------------------------------------ errors
 
@@ -362,6 +402,17 @@ class _QuietHandler(WSGIHandler):
         if args and isinstance(args[-1], (BrokenPipeError, ConnectionResetError)):
             return
         super().log_error(msg, *args)
+
+
+_DATE: list[Any] = [None, b""]
+
+
+def http_date() -> bytes:
+    """The Date header's value for now, formatted once a second."""
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE[:] = now, format_date_time(now)
+    return _DATE[1]
 
 
 DETACHED: Any = object()
