@@ -114,7 +114,10 @@ _bucket_of = partial(bisect_left, EDGES)
 
 def summarise(values: list[float]) -> Batch:
     """One pass over a response's values (a bisect per value, in C) for every distribution they go to."""
-    return Counter(map(_bucket_of, values)), len(values), math.fsum(values), min(values), max(values)
+    lo, hi = min(values), max(values)
+    # All alike (zero delays: every gap 0): one bucket, found once.
+    counts = Counter({_bucket_of(lo): len(values)}) if lo == hi else Counter(map(_bucket_of, values))
+    return counts, len(values), math.fsum(values), lo, hi
 
 
 class Distribution:

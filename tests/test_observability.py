@@ -364,6 +364,8 @@ def test_histogram_buckets_hold_every_vllm_bound_and_percentiles_are_close():
     assert batch[0] == Counter(bucket_index(v) for v in values)  # one bisect per value, as bucket_index
     assert batch[1:] == (1000, math.fsum(values), 0.001, 1.0)
     d.add(batch)
+    assert summarise([0.0] * 99) == (Counter({0: 99}), 99, 0.0, 0.0, 0.0)
+    assert summarise([0.02] * 3)[0] == Counter({bucket_index(0.02): 3})
     p = d.percentiles((50, 90, 99))
     assert p[50] == pytest.approx(0.5, abs=0.001) and p[99] == pytest.approx(0.99, abs=0.001)
     s = d.summary()
