@@ -106,7 +106,7 @@ def _coarse_lut(bounds: tuple[float, ...]) -> list[int]:
 _LUTS = {name: _coarse_lut(b) for name, b in VLLM_BUCKETS.items()}
 
 
-Batch = tuple[Counter[int], int, float, float, float]
+Batch = tuple[dict[int, int], int, float, float, float]
 """Values summarised for Distribution.add: their fine-bucket counts, count, sum, min and max."""
 
 _bucket_of = partial(bisect_left, EDGES)
@@ -116,8 +116,8 @@ def summarise(values: list[float]) -> Batch:
     """One pass over a response's values (a bisect per value, in C) for every distribution they go to."""
     lo, hi = min(values), max(values)
     # All alike (zero delays: every gap 0): one bucket, found once.
-    counts = Counter({_bucket_of(lo): len(values)}) if lo == hi else Counter(map(_bucket_of, values))
-    return counts, len(values), math.fsum(values), lo, hi
+    counts = {_bucket_of(lo): len(values)} if lo == hi else Counter(map(_bucket_of, values))
+    return counts, len(values), math.fsum(values) if len(values) > 1 else lo, lo, hi
 
 
 class Distribution:
@@ -135,7 +135,9 @@ class Distribution:
     def add(self, batch: Batch) -> None:
         """A batch of values, summarised once (Batch.of) for the several distributions it goes to."""
         indices, n, total, lo, hi = batch
-        self.counts.update(indices)
+        counts = self.counts
+        for i, k in indices.items():  # not Counter.update: its Mapping check costs more than this loop
+            counts[i] += k
         self.count += n
         self.sum += total
         if lo < self.min:

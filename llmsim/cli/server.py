@@ -188,7 +188,7 @@ class _QuietHandler(WSGIHandler):
         return DETACHED
 
     def log_request(self) -> None:
-        if self._detached is None:  # a handed-off stream is logged when it ends
+        if self._detached is None and self.server.logs_requests:  # a handed-off stream: when it ends
             super().log_request()
 
     def read_requestline(self) -> str:
@@ -450,6 +450,9 @@ class NoDelayWSGIServer(WSGIServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # With no access log, pywsgi still formats every request's log line (a datetime and a string)
+        # and writes it nowhere.
+        self.logs_requests = kwargs.get("log", "default") is not None
         self._accept_delay = 0.0
         self._accept_failures = 0
         self._last_log = -float("inf")
