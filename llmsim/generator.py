@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import accumulate, chain, repeat, starmap
@@ -306,6 +308,50 @@ def _sentence_forms(rng: random.Random, vocabulary: tuple[str, ...], count: int)
     return forms
 
 
+POOL_WORDS = 50_000
+"""Lorem words drawn once per encoding at start-up; an unseeded answer is a window of them."""
+
+
+@cache
+def _lorem_pool(encoding_name: str) -> tuple[list[str], array] | None:
+    """(forms, tokens up to and including each) of a long lorem text, for unseeded answers.
+
+    An unseeded answer needs lorem that differs from request to request, not a
+    fresh draw of every word: a window of this text from a random word (its
+    first letter capitalised) costs one draw, where drawing 120 words and their
+    sentences costs most of a request's set-up. Two unseeded answers start at
+    the same word about once in POOL_WORDS.
+    """
+    lengths = _lorem_lengths(encoding_name)
+    if lengths is None:
+        return None
+    forms = _sentence_forms(random.Random(encoding_name), _LOREM, POOL_WORDS)
+    forms[0] = " " + forms[0]  # every word with its space: a window's first drops it
+    return forms, array("i", accumulate(map(lengths.__getitem__, forms)))
+
+
+def _pool_window(encoding_name: str, n: int) -> tuple[list[str], array, int] | None:
+    """An unseeded answer's forms: the pool's from a random word on, enough for n tokens, with the
+    pool's cumulative token counts and the count before the window (as _from_pieces takes them);
+    None when the pool is too short for n."""
+    pool = _lorem_pool(encoding_name)
+    lengths = _lorem_lengths(encoding_name)
+    if pool is None or lengths is None:
+        return None
+    forms, upto = pool
+    start = floor(_UNSEEDED.random() * (len(forms) - 1))
+    if forms[start] == ".":
+        start += 1
+    first = forms[start][1:].capitalize()  # an answer starts a sentence
+    base = upto[start] - lengths[first]
+    end = bisect_left(upto, n + base, start)
+    if end >= len(upto):
+        return None
+    window = forms[start:end + 1]
+    window[0] = first
+    return window, upto[start:end + 1], base
+
+
 class LoremGenerator(Generator):
     """Lorem-ipsum sentences: realistic token shapes, obviously fake text."""
 
@@ -321,7 +367,7 @@ class LoremGenerator(Generator):
         return text if text is not None else super().generate(request, tokens, target=target)
 
     def prepare(self, encoding_name: str) -> None:
-        _lorem_ids(encoding_name)
+        _lorem_pool(encoding_name)
 
     def _from_pieces(self, request: GenerationRequest, n: int, exact: bool) -> str | None:
         name = request.encoding_name()
@@ -329,23 +375,28 @@ class LoremGenerator(Generator):
         if table is None or lengths is None:
             return None
         enc = get_encoding(name)
-        forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
-        # Tokens up to and including each form; the first form that reaches n holds the n-th token.
-        upto = list(accumulate(map(lengths.__getitem__, forms)))
-        j = bisect_left(upto, n)
+        window = _pool_window(name, n) if request.seed is None else None
+        upto: Sequence[int]
+        if window is not None:
+            forms, upto, base = window
+        else:
+            forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
+            upto, base = list(accumulate(map(lengths.__getitem__, forms))), 0
+        # upto[i] - base: the tokens of forms[:i + 1]. The first form that reaches n holds the n-th token.
+        j = bisect_left(upto, n + base)
         if j == len(upto):  # shorter than n: whole, or padded as fit_tokens pads
             text = "".join(forms)
             ids = list(chain.from_iterable(map(table.__getitem__, forms)))
             if exact:
                 text += FILLER * (n - len(ids))
                 ids += encode(FILLER, enc) * (n - len(ids))
-        elif upto[j] == n:
+        elif upto[j] - base == n:
             text = "".join(forms[:j + 1])
             ids = list(chain.from_iterable(map(table.__getitem__, forms[:j + 1])))
         else:
             # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
             # whole text's ids would give; exact asks that the cut text count n tokens again.
-            before = upto[j - 1] if j else 0
+            before = upto[j - 1] - base if j else 0
             partial = enc.decode(list(table[forms[j]][:n - before]))
             tail = encode(partial, enc)
             if exact and before + len(tail) != n:

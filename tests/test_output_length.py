@@ -248,3 +248,24 @@ def test_lorem_from_token_pieces_is_the_tokenised_text(tokens):
         about = LoremGenerator(tokens).generate(request)
         assert count_tokens(about, "gpt-4o") <= tokens
         assert encode(about, get_encoding("o200k_base")) == get_encoding("o200k_base").encode_ordinary(about)
+
+
+def test_unseeded_lorem_is_a_window_of_the_pool_exact_and_varied():
+    """Unseeded answers come from a pool drawn at start-up, from a random word: exact counts, a capital
+    first letter, and different texts (two start alike about once in POOL_WORDS)."""
+    from llmsim.generator import POOL_WORDS, _lorem_pool
+
+    generator = LoremGenerator(100)
+    request = GenerationRequest(prompt="x", model="gpt-4o")
+    texts = [generator.generate(request) for _ in range(300)]
+    assert len(set(texts)) >= 290
+    for text in texts[:50]:
+        assert text[0].isupper() and count_tokens(text, "gpt-4o") <= 100
+    for n in (1, 2, 3, 50, 513):
+        for _ in range(30):
+            exact = generator.generate(request, tokens=n)
+            assert count_tokens(exact, "gpt-4o") == n and exact[0].isupper()
+    forms, upto = _lorem_pool("o200k_base")
+    assert len(forms) > POOL_WORDS and upto[-1] > POOL_WORDS
+    beyond = upto[-1] + 10  # longer than the pool: drawn afresh, still exact
+    assert count_tokens(generator.generate(request, tokens=beyond), "gpt-4o") == beyond
