@@ -173,7 +173,7 @@ class TokenStreamBuilder:
         texts = token_texts(self.encoding)
         if self.chunk_tokens == 1 and plan.piece_ids is None:
             # A chunk a token, every token a whole character run seen before: one look-up each.
-            whole = [texts.get(tok) for tok in ids]
+            whole = list(map(texts.get, ids))
             if None not in whole and "" not in whole:
                 plan.pieces.extend(whole)  # type: ignore[arg-type]
                 plan.piece_tokens.extend([1] * len(whole))
