@@ -51,3 +51,17 @@ def test_large_text_is_counted_off_the_event_loop():
     t.kill()
     assert n == len(enc.encode_ordinary(text))
     assert len(ticks) >= 2  # the loop kept running while the threadpool encoded
+
+
+def test_short_texts_are_counted_once_and_the_memo_stays_bounded():
+    from llmsim import tokens
+
+    enc = tokens.get_encoding("o200k_base")
+    system = "You are a helpful assistant that answers questions about the weather. " * 20
+    assert tokens.count_text_bounded(system, enc) == (len(enc.encode_ordinary(system)), True)
+    assert tokens._COUNTED[(enc.name, system)] == len(enc.encode_ordinary(system))
+    assert tokens.count_text_bounded(system, enc)[0] == len(enc.encode_ordinary(system))  # from the memo
+    assert tokens.count_text_bounded(system + " Extra words.", enc)[0] == len(enc.encode_ordinary(system)) + 3
+    for i in range(tokens.RECENT_TEXTS + 5):
+        tokens.count_text_bounded(f"text number {i}", enc)
+    assert len(tokens._COUNTED) <= tokens.RECENT_TEXTS
