@@ -339,7 +339,7 @@ class Engine:
         self._counter = itertools.count()
         self._fault_counter = itertools.count()
         self._content_counter = itertools.count()
-        self._forced_cache: dict[ModelProfile, ModelProfile] = {}
+        self._forced_cache: dict[int, tuple[ModelProfile, ModelProfile]] = {}
         # Load every encoding the profiles use now: a first request must not pay
         # ~0.3 s of BPE loading inside its TTFT.
         for name in sorted({p.encoding for p in self.registry}):
@@ -421,15 +421,18 @@ class Engine:
     def _forced_over(self, own: ModelProfile) -> ModelProfile:
         # --latency-profile sets timing, load model and SLO; the model keeps its
         # own encoding and limits, as a real deployment of it would.
-        hit = self._forced_cache.get(own)
-        if hit is None:
-            f = self.forced
-            assert f is not None
-            hit = replace(own, name=f.name, latency=f.latency, capacity=f.capacity, slo=f.slo,
-                          chunk_tokens=f.chunk_tokens, cache=f.cache)
-            if len(self._forced_cache) < 1024:
-                self._forced_cache[own] = hit
-        return hit
+        # Keyed by identity (the entry keeps `own` alive, so its id is not reused): hashing a profile
+        # hashes every field of it, on every request.
+        hit = self._forced_cache.get(id(own))
+        if hit is not None and hit[0] is own:
+            return hit[1]
+        f = self.forced
+        assert f is not None
+        forced = replace(own, name=f.name, latency=f.latency, capacity=f.capacity, slo=f.slo,
+                         chunk_tokens=f.chunk_tokens, cache=f.cache)
+        if len(self._forced_cache) < 1024:
+            self._forced_cache[id(own)] = (own, forced)
+        return forced
 
     def fault_rng(self) -> random.Random:
         """Per-request RNG of the fault plan, its own sequence so faults repeat by arrival order
