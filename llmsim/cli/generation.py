@@ -56,9 +56,12 @@ _FAULT_KEY, _TRACE_KEY, _CONVERSATION_KEY = (_environ_key(h) for h in (FAULT_HEA
                                                                        CONVERSATION_HEADER))
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one encoder, not one per answer
+
+
 def json_body(obj: Any) -> bytes:
     """A JSON answer's bytes: compact, in the body's own key order, never NaN (as Flask's provider is set)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _JSON.encode(obj).encode() + b"\n"
 
 
 class StreamBody:
