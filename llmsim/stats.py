@@ -112,6 +112,11 @@ Batch = tuple[dict[int, int], int, float, float, float]
 _bucket_of = partial(bisect_left, EDGES)
 
 
+def single(value: float) -> Batch:
+    """summarise([value]), for the metrics a response has one value of."""
+    return {_bucket_of(value): 1}, 1, value, value, value
+
+
 def summarise(values: list[float]) -> Batch:
     """One pass over a response's values (a bisect per value, in C) for every distribution they go to."""
     lo, hi = min(values), max(values)
@@ -310,23 +315,28 @@ class ServerStats:
         arrival = gen.arrival if gen.arrival is not None else gen.slot.submitted_at
         emitted = gen.emitted
         end = gen.ended if gen.ended is not None else self.clock()
-        values: dict[str, list[float]] = {"e2e": [end - arrival]}
+        batches = [("e2e", single(end - arrival))]
         if gen.slot.granted:  # a request abandoned in the queue never finished waiting
-            values["queue"] = [gen.slot.queue_wait_s]
+            batches.append(("queue", single(gen.slot.queue_wait_s)))
         visible = gen.pacer.sent_tokens
         if emitted:
-            values["ttft"] = [emitted[0] - arrival]
-            gaps = list(map(sub, islice(emitted, 1, None), emitted))
-            if visible != len(emitted):  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
-                per_token: list[float] = []
-                for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
-                    per_token.extend([gap / k] * k)
-                gaps = per_token
-            values["itl"] = gaps
+            batches.append(("ttft", single(emitted[0] - arrival)))
+            n = len(emitted)
+            if n > 1 and visible == n and emitted[0] == emitted[-1]:
+                # Stamps never decrease: every gap is 0 (zero delays), one bucket.
+                batches.append(("itl", ({_bucket_of(0.0): n - 1}, n - 1, 0.0, 0.0, 0.0)))
+            elif n > 1:
+                gaps = list(map(sub, islice(emitted, 1, None), emitted))
+                if visible != n:  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
+                    per_token: list[float] = []
+                    for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
+                        per_token.extend([gap / k] * k)
+                    gaps = per_token
+                if gaps:
+                    batches.append(("itl", summarise(gaps)))
             if visible >= 2:
-                values["tpot"] = [(emitted[-1] - emitted[0]) / (visible - 1)]
+                batches.append(("tpot", single((emitted[-1] - emitted[0]) / (visible - 1))))
         reason = _finished_reason(gen.plan.finish_reason) if completed else "abort"
-        batches = [(name, summarise(vals)) for name, vals in values.items() if vals]
         with self._lock:
             self.live.pop(id(gen), None)
             self.emitted_tokens += visible

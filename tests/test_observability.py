@@ -435,3 +435,24 @@ def test_docs_page_names_every_metric():
                  "llmsim_faults_injected_total", "llmsim_rate_limit_rejections_total",
                  "llmsim_client_disconnects_total", "llmsim_requests_total"):
         assert f"`{name}" in text, name
+
+
+def test_zero_delay_answers_count_every_gap_as_the_general_path_does():
+    """With the instant profile every stamp is alike: the ITL batch is made without walking the gaps, and
+    it must equal what walking them gives."""
+    from llmsim.engine import Engine
+    from llmsim.openai.chat import ChatCompletions
+    from llmsim.stats import bucket_index, summarise
+
+    engine, api = Engine(latency_profile="instant"), ChatCompletions()
+    gen = engine.generate(api.parse({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+                                     "max_tokens": 100}))
+    gen.wait_all()
+    engine.finish(gen, True)
+    n = len(gen.emitted)
+    assert n == 100 and gen.emitted[0] == gen.emitted[-1]
+    itl = engine.stats.total["itl"]
+    zeros = summarise([0.0] * (n - 1))
+    assert (dict(itl.counts), itl.count, itl.sum, itl.min, itl.max) == (dict(zeros[0]), *zeros[1:])
+    assert dict(itl.counts) == {bucket_index(0.0): 99}
+    assert engine.stats.total["tpot"].count == 1 and engine.stats.total["ttft"].count == 1
