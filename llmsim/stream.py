@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
+from array import array
 from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -467,4 +468,7 @@ class Pacer:
             self.planned.extend([deadline] * (end - 1 if cut is None or end == n else end))
         self.sent_tokens += sum(piece_tokens[1:end])
         if stamps is not None:
-            stamps.extend([now] * (end - 1))
+            if isinstance(stamps, array):  # an array grows from an array by copying, from a list by converting
+                stamps.extend(array(stamps.typecode, (now,)) * (end - 1))
+            else:
+                stamps.extend([now] * (end - 1))
