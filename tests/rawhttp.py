@@ -92,20 +92,10 @@ def raw_request(base_url: str, method: str, path: str, body: dict | None = None,
     sock = socket.create_connection((url.hostname, url.port), timeout=timeout)
     try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
-        resp = RawResponse(b"", False, 0.0)
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                resp.closed = True
-                break
-            resp.raw += data
-            _parse(resp)
-            if resp.terminated:
-                break
+        resp = read_response(sock)
     finally:
         sock.close()
     resp.elapsed = time.monotonic() - t0
-    _parse(resp)
     return resp
 
 

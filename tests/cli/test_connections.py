@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ..rawhttp import _parse, RawResponse
+from ..rawhttp import RawResponse, _parse, read_response
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -55,18 +55,6 @@ def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
             break
         data += chunk
     return data, time.monotonic() - t0
-
-
-def read_response(sock: socket.socket) -> RawResponse:
-    resp = RawResponse(b"", False, 0.0)
-    while not resp.terminated:
-        chunk = sock.recv(65536)
-        if not chunk:
-            resp.closed = True
-            break
-        resp.raw += chunk
-        _parse(resp)
-    return resp
 
 
 def health(addr: str) -> bytes:
