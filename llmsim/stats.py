@@ -122,7 +122,7 @@ def summarise(values: list[float]) -> Batch:
     lo, hi = min(values), max(values)
     # All alike (zero delays: every gap 0): one bucket, found once.
     counts = {_bucket_of(lo): len(values)} if lo == hi else Counter(map(_bucket_of, values))
-    return counts, len(values), math.fsum(values) if len(values) > 1 else lo, lo, hi
+    return counts, len(values), math.fsum(values), lo, hi
 
 
 class Distribution:
@@ -138,7 +138,7 @@ class Distribution:
         self.max = -math.inf
 
     def add(self, batch: Batch) -> None:
-        """A batch of values, summarised once (Batch.of) for the several distributions it goes to."""
+        """A batch of values, summarised once (summarise or single) for the several distributions it goes to."""
         indices, n, total, lo, hi = batch
         counts = self.counts
         for i, k in indices.items():  # not Counter.update: its Mapping check costs more than this loop
@@ -196,7 +196,7 @@ class _VllmHistogram:
         self.by_model: dict[str, list] = {}
 
     def add(self, model: str, batch: Batch) -> None:
-        """A batch of values (Batch.of), each counted in the vLLM bucket its fine bucket falls in."""
+        """A batch of values (summarise or single), each counted in the vLLM bucket its fine bucket falls in."""
         row = self.by_model.get(model)
         if row is None:
             row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
