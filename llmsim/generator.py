@@ -17,17 +17,16 @@ import random
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import accumulate, chain, repeat, starmap
 from math import floor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from .tokens import encode, encoding_name_for_model, get_encoding, message_text, remember
+from .tokens import encode, encoding_name_for_model, get_encoding, message_text, remember, token_text
 
 DEFAULT_TARGET_TOKENS = 100
 FILLER = " the"
@@ -312,44 +311,83 @@ POOL_WORDS = 50_000
 """Lorem words drawn once per encoding at start-up; an unseeded answer is a window of them."""
 
 
+class _Pool(NamedTuple):
+    """A long lorem text drawn once per encoding, in the forms, tokens and token texts it is made of."""
+
+    forms: list[str]
+    upto: array
+    """Tokens up to and including each form."""
+    ids: list[int]
+    """Every token of the text, in order (forms[i]'s are ids[upto[i - 1]:upto[i]]); a list, since an
+    answer's ids are a list and slicing one copies pointers, not numbers into new objects."""
+    pieces: list[str]
+    """Each token's text: a stream of one token a chunk, ready made."""
+
+
 @cache
-def _lorem_pool(encoding_name: str) -> tuple[list[str], array] | None:
-    """(forms, tokens up to and including each) of a long lorem text, for unseeded answers.
+def _lorem_pool(encoding_name: str) -> _Pool | None:
+    """The text unseeded answers are windows of.
 
     An unseeded answer needs lorem that differs from request to request, not a
     fresh draw of every word: a window of this text from a random word (its
     first letter capitalised) costs one draw, where drawing 120 words and their
-    sentences costs most of a request's set-up. Two unseeded answers start at
-    the same word about once in POOL_WORDS.
+    sentences costs most of a request's set-up, and its tokens and their texts
+    are slices of the pool's. Two unseeded answers start at the same word about
+    once in POOL_WORDS.
     """
-    lengths = _lorem_lengths(encoding_name)
-    if lengths is None:
+    table, lengths = _lorem_ids(encoding_name), _lorem_lengths(encoding_name)
+    if table is None or lengths is None:
         return None
     forms = _sentence_forms(random.Random(encoding_name), _LOREM, POOL_WORDS)
     forms[0] = " " + forms[0]  # every word with its space: a window's first drops it
-    return forms, array("i", accumulate(map(lengths.__getitem__, forms)))
+    ids = list(chain.from_iterable(map(table.__getitem__, forms)))
+    enc = get_encoding(encoding_name)
+    texts = {t: token_text(enc, t) for t in set(ids)}
+    if None in texts.values():
+        return None  # lorem is ASCII: every token is whole characters in the encodings llmsim knows
+    return _Pool(forms, array("i", accumulate(map(lengths.__getitem__, forms))), ids,
+                 list(map(texts.__getitem__, ids)))  # type: ignore[arg-type]
 
 
-def _pool_window(encoding_name: str, n: int) -> tuple[list[str], array, int] | None:
-    """An unseeded answer's forms: the pool's from a random word on, enough for n tokens, with the
-    pool's cumulative token counts and the count before the window (as _from_pieces takes them);
-    None when the pool is too short for n."""
+def _pool_window(encoding_name: str, n: int, exact: bool) -> tuple[str, list[int], list[str] | None] | None:
+    """An unseeded answer of n tokens: (text, ids, each token's text), a window of the pool from a
+    random word; None when the pool is too short for n, or (exact) when the word the n-th token ends
+    inside says more tokens once cut."""
     pool = _lorem_pool(encoding_name)
-    lengths = _lorem_lengths(encoding_name)
-    if pool is None or lengths is None:
+    table = _lorem_ids(encoding_name)
+    if pool is None or table is None:
         return None
-    forms, upto = pool
+    forms, upto, pieces = pool.forms, pool.upto, pool.pieces
     start = floor(_UNSEEDED.random() * (len(forms) - 1))
     if forms[start] == ".":
         start += 1
     first = forms[start][1:].capitalize()  # an answer starts a sentence
-    base = upto[start] - lengths[first]
-    end = bisect_left(upto, n + base, start)
-    if end >= len(upto):
+    head = table[first]
+    begin = upto[start]  # the pool's token after the first word
+    end = begin + n - len(head)
+    if end <= begin or end > len(pool.ids):
         return None
-    window = forms[start:end + 1]
-    window[0] = first
-    return window, upto[start:end + 1], base
+    last = bisect_left(upto, end, start)  # the form holding the n-th token
+    if upto[last] == end:
+        out = [*_form_pieces(encoding_name, first), *pieces[begin:end]]
+        return "".join(out), [*head, *pool.ids[begin:end]], out
+    # The n-th token ends inside a word: the cut is its first tokens' text, as a cut of the whole
+    # text's ids would give; exact asks that the cut text count n tokens again.
+    before = upto[last - 1]
+    enc = get_encoding(encoding_name)
+    partial = "".join(pieces[before:end])
+    tail = encode(partial, enc)
+    if exact and len(tail) != end - before:
+        return None  # the rare word that re-tokenises otherwise
+    text = first + "".join(pieces[begin:before]) + partial
+    return text, [*head, *pool.ids[begin:before], *tail], None
+
+
+@cache
+def _form_pieces(encoding_name: str, form: str) -> tuple[str, ...]:
+    """A lorem form's token texts (an answer's first word is not in the pool as it is)."""
+    enc = get_encoding(encoding_name)
+    return tuple(token_text(enc, t) or "" for t in enc.encode_ordinary(form))
 
 
 class LoremGenerator(Generator):
@@ -375,28 +413,29 @@ class LoremGenerator(Generator):
         if table is None or lengths is None:
             return None
         enc = get_encoding(name)
-        window = _pool_window(name, n) if request.seed is None else None
-        upto: Sequence[int]
-        if window is not None:
-            forms, upto, base = window
-        else:
-            forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
-            upto, base = list(accumulate(map(lengths.__getitem__, forms))), 0
-        # upto[i] - base: the tokens of forms[:i + 1]. The first form that reaches n holds the n-th token.
-        j = bisect_left(upto, n + base)
+        if request.seed is None:
+            window = _pool_window(name, n, exact)
+            if window is not None:
+                text, ids, pieces = window
+                remember(text, enc, ids, pieces)
+                return text
+        forms = _sentence_forms(request.rng(), _LOREM, int(n * 1.2) + 8)
+        upto = list(accumulate(map(lengths.__getitem__, forms)))
+        # upto[i]: the tokens of forms[:i + 1]. The first form that reaches n holds the n-th token.
+        j = bisect_left(upto, n)
         if j == len(upto):  # shorter than n: whole, or padded as fit_tokens pads
             text = "".join(forms)
             ids = list(chain.from_iterable(map(table.__getitem__, forms)))
             if exact:
                 text += FILLER * (n - len(ids))
                 ids += encode(FILLER, enc) * (n - len(ids))
-        elif upto[j] - base == n:
+        elif upto[j] == n:
             text = "".join(forms[:j + 1])
             ids = list(chain.from_iterable(map(table.__getitem__, forms[:j + 1])))
         else:
             # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
             # whole text's ids would give; exact asks that the cut text count n tokens again.
-            before = upto[j - 1] - base if j else 0
+            before = upto[j - 1] if j else 0
             partial = enc.decode(list(table[forms[j]][:n - before]))
             tail = encode(partial, enc)
             if exact and before + len(tail) != n:

@@ -26,7 +26,7 @@ import tiktoken
 from .errors import Cut, StreamCut
 from .latency import LatencyProfile
 from .precise import PRECISE_MARGIN_S, PreciseTimer
-from .tokens import encode
+from .tokens import encode, known_pieces, token_texts, whole_text
 
 BLOCK_KINDS = ("text", "reasoning", "tool_call")
 
@@ -153,7 +153,12 @@ class TokenStreamBuilder:
             if budget is not None and len(ids) > budget:
                 ids, plan.finish_reason, plan.stop_sequence, stopped = ids[:budget], "length", None, True
             start = len(plan.pieces)
-            self._chunk(ids, plan)
+            known = known_pieces(text, self.encoding) if self.chunk_tokens == 1 and not keep_ids else None
+            if known is not None:  # the generator built the text from tokens: a chunk a token, as it says
+                plan.pieces += known[:len(ids)]
+                plan.piece_tokens.extend([1] * len(ids))
+            else:
+                self._chunk(ids, plan)
             if budget is not None:
                 budget -= len(ids)
             plan.blocks.append(Block(spec.kind, "", spec.call_id, spec.name, start, len(plan.pieces)))
@@ -192,7 +197,7 @@ class TokenStreamBuilder:
             if not partial:
                 text = texts.get(tok, _MISSING)
                 if text is _MISSING:
-                    text = texts[tok] = _whole(token_bytes(tok))
+                    text = texts[tok] = whole_text(token_bytes(tok))
             if text is None:
                 text = decoder.decode(token_bytes(tok))
                 partial = bool(decoder.getstate()[0])
@@ -215,20 +220,7 @@ class TokenStreamBuilder:
                 keep[-1] = keep[-1] + ids[start:]
 
 
-_TOKEN_TEXTS: dict[str, dict[int, str | None]] = {}
 _MISSING: Any = object()
-
-
-def token_texts(encoding: tiktoken.Encoding) -> dict[int, str | None]:
-    """Token id -> its text when the token is whole UTF-8 (None when it splits a character); filled as used."""
-    return _TOKEN_TEXTS.setdefault(encoding.name, {})
-
-
-def _whole(data: bytes) -> str | None:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class Slot(Protocol):

@@ -105,10 +105,21 @@ def encode(text: str, encoding: tiktoken.Encoding) -> list[int]:
     return list(ids)
 
 
-def remember(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
-    """Tell encode() the ids of a text whose ids are known already (a generator built it from tokens)."""
+def remember(text: str, encoding: tiktoken.Encoding, ids: list[int], pieces: list[str] | None = None) -> None:
+    """Tell encode() the ids of a text whose ids are known already (a generator built it from tokens),
+    and the stream builder each token's text when the generator has those too (see known_pieces)."""
     if len(text) <= OFFLOAD_CHARS:
         _store(text, encoding, list(ids))
+        if pieces is not None:
+            if len(_PIECES) >= RECENT_TEXTS:
+                _PIECES.clear()
+            _PIECES[(encoding.name, text)] = pieces
+
+
+def known_pieces(text: str, encoding: tiktoken.Encoding) -> list[str] | None:
+    """The text of each of `text`'s tokens, in order, one whole-character string a token, when a
+    generator remembered them; None otherwise. A stream of one token a chunk is these strings."""
+    return _PIECES.get((encoding.name, text))
 
 
 def _store(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
@@ -117,10 +128,39 @@ def _store(text: str, encoding: tiktoken.Encoding, ids: list[int]) -> None:
     _RECENT[(encoding.name, text)] = ids
 
 
+_TOKEN_TEXTS: dict[str, dict[int, str | None]] = {}
+
+
+def token_texts(encoding: tiktoken.Encoding) -> dict[int, str | None]:
+    """Token id -> its text when the token is whole UTF-8 (None when it splits a character); filled as used."""
+    return _TOKEN_TEXTS.setdefault(encoding.name, {})
+
+
+def token_text(encoding: tiktoken.Encoding, token: int) -> str | None:
+    """One token's text (None when it splits a UTF-8 character), decoded once and kept in token_texts."""
+    texts = token_texts(encoding)
+    text = texts.get(token, _MISSING)
+    if text is _MISSING:
+        text = texts[token] = whole_text(encoding.decode_single_token_bytes(token))
+    return text
+
+
+_MISSING: Any = object()
+
+
+def whole_text(data: bytes) -> str | None:
+    """`data` as text when it is whole UTF-8, else None."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 RECENT_TEXTS = 512
 """Short texts encoded lately, and their ids: an answer is encoded to fit its length, then again by the
 stream builder, and a load test sends the same prompts over and over; a hit costs a dict look-up."""
 _RECENT: dict[tuple[str, str], list[int]] = {}
+_PIECES: dict[tuple[str, str], list[str]] = {}
 _COUNTED: dict[tuple[str, str], int] = {}
 """Short texts counted lately: a load test's system prompt is counted once, not on every request
 (2,000 characters take about 40 µs to tokenise)."""

@@ -265,7 +265,36 @@ def test_unseeded_lorem_is_a_window_of_the_pool_exact_and_varied():
         for _ in range(30):
             exact = generator.generate(request, tokens=n)
             assert count_tokens(exact, "gpt-4o") == n and exact[0].isupper()
-    forms, upto = _lorem_pool("o200k_base")
-    assert len(forms) > POOL_WORDS and upto[-1] > POOL_WORDS
-    beyond = upto[-1] + 10  # longer than the pool: drawn afresh, still exact
+    pool = _lorem_pool("o200k_base")
+    assert pool is not None
+    assert len(pool.forms) > POOL_WORDS and pool.upto[-1] == len(pool.ids) == len(pool.pieces) > POOL_WORDS
+    beyond = pool.upto[-1] + 10  # longer than the pool: drawn afresh, still exact
     assert count_tokens(generator.generate(request, tokens=beyond), "gpt-4o") == beyond
+
+
+def test_unseeded_lorem_hands_the_stream_builder_its_tokens_as_a_fresh_encoding_gives_them():
+    """A pool window comes with its ids and token texts (no tokenising per request); they must be exactly
+    what encoding the text gives, and the plan built from them what the builder's own path builds,
+    whether the n-th token ends a word or falls inside one."""
+    from llmsim.stream import Block, TokenPlan, TokenStreamBuilder
+    from llmsim.tokens import encode, get_encoding, known_pieces
+
+    enc = get_encoding("o200k_base")
+    generator = LoremGenerator(100)
+    request = GenerationRequest(prompt="x", model="gpt-4o")
+    builder = TokenStreamBuilder(enc)
+    told = 0
+    for n in (*range(1, 40), 99, 100, 101, 250, 600):
+        for _ in range(12):
+            text = generator.generate(request, tokens=n)
+            truth = enc.encode_ordinary(text)
+            assert encode(text, enc) == truth and len(truth) == n
+            pieces = known_pieces(text, enc)
+            if pieces is not None:
+                told += 1
+                assert pieces == [enc.decode([t]) for t in truth]
+            plan = builder.build_blocks([Block("text", text)], max_tokens=n - 1 if n > 1 else None)
+            slow = TokenPlan()
+            builder._chunk(truth[:n - 1] if n > 1 else truth, slow)
+            assert plan.pieces == slow.pieces and list(plan.piece_tokens) == list(slow.piece_tokens)
+    assert told > 400  # most windows end at a word's end
