@@ -17,7 +17,8 @@ import random
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Any
 
 import tiktoken
@@ -76,7 +77,10 @@ new_id = new_call_id
 
 @dataclass(slots=True)
 class Request:
-    """One API-neutral generation request, as every API module parses it."""
+    """One API-neutral generation request, as every API module parses it.
+
+    Its fields are replaced, never changed in place (a request's messages, tools and
+    stop list may be another request's too: see copy)."""
 
     model: str
     messages: list[dict]
@@ -131,6 +135,10 @@ class Request:
     """Anthropic prompt caching: the prompt's content blocks in order, its `cache_control` breakpoints
     marked; None when the request sets none."""
 
+    def copy(self) -> Request:
+        """A request of its own with the same field values (a body sent again is parsed once: Api.parse_bytes)."""
+        return Request(*_REQUEST_FIELDS(self))
+
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
         return GenerationRequest.from_body({"messages": self.messages}).prompt
@@ -143,6 +151,9 @@ class Request:
         self.prompt_ids = None
         self.cache_segments = None
         self.tools = []
+
+
+_REQUEST_FIELDS = attrgetter(*(f.name for f in fields(Request)))
 
 
 @dataclass(slots=True, weakref_slot=True)

@@ -16,12 +16,13 @@ import socket
 import time
 
 import pytest
+import requests
 
 from llmsim.cli.config import resolve_config
 from llmsim.cli.handlers import create_app
 from llmsim.cli.server import _QuietHandler
 from llmsim.cli.state import AppState
-from llmsim.errors import Cut, StreamCut
+from llmsim.errors import ApiError, Cut, StreamCut
 from llmsim.latency import Distribution, LatencyProfile
 from llmsim.replay import ReplayBook
 from llmsim.stream import Pacer
@@ -165,6 +166,38 @@ def test_encode_memo_hands_out_copies():
     first = encode("a sentence encoded twice", enc)
     first.append(-1)
     assert encode("a sentence encoded twice", enc) == enc.encode_ordinary("a sentence encoded twice")
+
+
+def test_a_body_sent_again_is_parsed_once_into_a_request_of_its_own():
+    """Api.parse_bytes keeps what a body parsed to; each request gets its own copy, so what one request's
+    handling replaces (its key, its arrival, its prompt once answered) is not the next one's."""
+    from llmsim.openai.chat import ChatCompletions, parse_chat_request
+
+    api = ChatCompletions()
+    raw = json.dumps({**CHAT, "messages": [{"role": "user", "content": "parsed once, answered twice"}]}).encode()
+    first = api.parse_bytes(raw)
+    first.api_key, first.arrival = "sk-first", 1.0
+    first.drop_prompt()
+    second = api.parse_bytes(raw)
+    assert second is not first and second.api_key is None and second.arrival is None
+    assert second == parse_chat_request(json.loads(raw))
+    with pytest.raises(ApiError) as bad:
+        api.parse_bytes(b'{"model": "gpt-4o"}')
+    with pytest.raises(ApiError) as again:  # a refused body is refused every time, not remembered
+        api.parse_bytes(b'{"model": "gpt-4o"}')
+    assert bad.value.param == again.value.param == "messages"
+
+
+def test_the_same_token_id_prompt_twice_gets_the_same_answer_shape():
+    """The engine replaces a token-id prompt's messages with its decoded text, and every answer drops its
+    prompt: neither may reach the next request with the same body (echo repeats the prompt both times)."""
+    with run_server(latency_profile="instant") as url:
+        for echo in (False, True):
+            body = {"model": "gpt-3.5-turbo-instruct", "prompt": [9906, 1917], "max_tokens": 3, "echo": echo}
+            answers = [requests.post(f"{url}/v1/completions", json=body, timeout=10).json() for _ in range(3)]
+            assert [a["usage"]["prompt_tokens"] for a in answers] == [2, 2, 2], answers
+            texts = [a["choices"][0]["text"] for a in answers]
+            assert all(t.startswith("Hello world") == echo for t in texts), texts
 
 
 def test_a_client_that_stops_reading_still_gets_the_whole_stream_in_order(monkeypatch, small_send_buffer):

@@ -28,7 +28,6 @@ from ..api import Api, StreamEncoder, stream_bytes
 from ..auth import Headers
 from ..engine import new_id
 from ..errors import FAULT_HEADER, ApiError, ConnectionDrop, StreamCut, server_error
-from ..fields import parse_json_object
 from ..hangup import ClientGone, SocketWatch
 from ..precise import run_due
 from ..trace import TRACE_HEADER, wants_trace
@@ -145,7 +144,7 @@ def generation_answer(state: AppState, api: Api, environ: dict, request_id: str,
     raw = read_body_bytes(environ, state.config.max_body_bytes)
     body_wait = time.monotonic() - started
     run_due()
-    req = api.parse(parse_json_object(raw))
+    req = api.parse_bytes(raw)
     run_due()
     req.api_key = api_key
     # TTFT runs from the request's first bytes (T0_KEY, when the server stamped them), not counting
