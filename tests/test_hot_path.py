@@ -168,6 +168,19 @@ def test_encode_memo_hands_out_copies():
     assert encode("a sentence encoded twice", enc) == enc.encode_ordinary("a sentence encoded twice")
 
 
+def test_the_fast_face_reads_headers_from_the_environ_as_werkzeug_does():
+    from werkzeug.datastructures import EnvironHeaders
+
+    from llmsim.cli.generation import _EnvironHeaders
+
+    environ = {"HTTP_X_API_KEY": "sk-a", "HTTP_ANTHROPIC_VERSION": "2023-06-01", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": "12", "HTTP_AUTHORIZATION": "Bearer sk-b"}
+    ours, theirs = _EnvironHeaders(environ), EnvironHeaders(environ)
+    for name in ("x-api-key", "X-Api-Key", "anthropic-version", "Content-Type", "content-length", "authorization",
+                 "x-missing", "anthropic-beta"):
+        assert ours.get(name) == theirs.get(name), name
+
+
 def test_a_body_sent_again_is_parsed_once_into_a_request_of_its_own():
     """Api.parse_bytes keeps what a body parsed to; each request gets its own copy, so what one request's
     handling replaces (its key, its arrival, its prompt once answered) is not the next one's."""

@@ -17,12 +17,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from http import HTTPStatus
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from flask import Response, current_app, g, request
-from werkzeug.datastructures import EnvironHeaders
 
 from ..api import Api, StreamEncoder, stream_bytes
 from ..auth import Headers
@@ -47,8 +47,23 @@ CONVERSATION_HEADER = "x-llmsim-conversation"
 WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
 
+@cache
 def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+
+class _EnvironHeaders:
+    """A request's headers, read straight from its WSGI environ: what the generation routes ask of
+    them (get), without werkzeug's several calls a look-up."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict) -> None:
+        self.environ = environ
+
+    def get(self, name: str, /) -> str | None:
+        return self.environ.get(_environ_key(name))
 
 
 _FAULT_KEY, _TRACE_KEY, _CONVERSATION_KEY = (_environ_key(h) for h in (FAULT_HEADER, TRACE_HEADER,
@@ -234,7 +249,7 @@ class GenerationRoutes:
         state, path = self.state, environ["PATH_INFO"]
         t0 = environ.get(T0_KEY) or time.monotonic()
         request_id = "req_" + new_id("")
-        headers = EnvironHeaders(environ)
+        headers = _EnvironHeaders(environ)
         api_key: str | None = None
         extra: dict[str, str] = {}
         try:
