@@ -848,7 +848,10 @@ class Engine:
             plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
                                            gen_req.rng("logprobs") if gen_req.seed is not None else content)
         counts = plan.piece_tokens  # a byte a chunk while the answer lasts, not a list's eight
-        plan.piece_tokens = array("B" if not counts or max(counts) < 256 else "I", counts)
+        try:
+            plan.piece_tokens = array("B", bytes(counts))  # bytes() checks every count is below 256, in C
+        except ValueError:
+            plan.piece_tokens = array("I", counts)
         return plan
 
     @staticmethod

@@ -95,3 +95,19 @@ def test_script_generator_cycles(tmp_path):
     f.write_text("- first reply\n- second reply\n")
     g = make_generator(f"script:{f}")
     assert [g.generate(GenerationRequest()) for _ in range(3)] == ["first reply", "second reply", "first reply"]
+
+
+def test_a_plans_chunk_counts_are_bytes_until_a_chunk_holds_256_tokens():
+    """The engine keeps a plan's per-chunk token counts as bytes (one a chunk, for as long as a stream lasts);
+    a chunk of 256 tokens or more needs wider counts, and gets them."""
+    from llmsim.cli.config import resolve_config
+    from llmsim.cli.state import AppState
+    from llmsim.engine import Request
+
+    for chunk, code in ((1, "B"), (255, "B"), (300, "I")):
+        state = AppState(resolve_config({"latency_profile": "instant", "chunk_tokens": chunk}, env={}))
+        req = Request(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=700, ignore_eos=True)
+        gen = state.generate(req)
+        counts = gen.plan.piece_tokens
+        assert counts.typecode == code and sum(counts) == 700 and max(counts) == min(chunk, 700)
+        gen.release()

@@ -200,7 +200,8 @@ def chat_choice(gen: Generation) -> dict:
     """One choice of the non-streaming `chat.completion`."""
     plan = gen.plan
     calls = plan.tool_calls
-    message: dict[str, Any] = {"role": "assistant", "content": plan.text if plan.text or not calls else None,
+    text = plan.text
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
                                "refusal": None, "annotations": []}
     thoughts = [b for b in plan.blocks if b.kind == "reasoning"]
     if thoughts:  # as DeepSeek and vLLM return visible reasoning
