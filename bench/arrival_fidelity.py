@@ -5,8 +5,9 @@ over one second. Every request asks for its server-side trace
 (`x-llmsim-trace: 1`): the emit time of each chunk (just after its bytes went
 to the socket) and its planned deadline (arrival + TTFT + i·ITL). Lateness is
 emitted minus planned, so a client that is itself late cannot blur it.
-Prints lateness p1/p50/p99/p99.9/max per N (p1, negative: how early the earliest chunks went), and the client's CPU share (over 80 %, it may
-have been late itself to send its requests). Never fails.
+Prints lateness p1/p50/p99/p99.9/max per N (p1, negative: how early the
+earliest chunks went), and the client's CPU share (over 80 %, it may have been
+late itself to send its requests). Never fails.
 
 Each server takes two ramps: the first right after start, then a second one ("warm") once
 the first has ended. On a virtual machine whose memory the host backs lazily (Firecracker,
@@ -84,7 +85,8 @@ def main() -> None:
     with open(os.path.join(d, "arrival.yaml"), "w") as f:
         f.write("profiles:\n  - name: bench-arrival\n    models: [bench-arrival]\n"
                 "    ttft: {distribution: constant, mean_ms: 100}\n    itl: {distribution: constant, mean_ms: 20}\n")
-    print(f"{'streams':>8} {'ramp':>6} {'chunks':>8} {'p1 ms':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} "
+    print(f"{'streams':>8} {'ramp':>6} {'chunks':>8} {'p1 ms':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+          f"{'max ms':>8} "
           f"{'client CPU':>10}  (lateness of each chunk on the server, --workers {args.workers})")
     for n in args.streams:
         server = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d,
@@ -101,7 +103,8 @@ def main() -> None:
                     print(f"{n:>8} {ramp:>6} no traces came back")
                     continue
                 busy = " (the client was busy: read the lateness as an upper bound)" if out["cpu"] > 0.8 else ""
-                print(f"{n:>8} {ramp:>6} {len(late):>8} {pct(late, 1):>7.2f} {pct(late, 50):>8.2f} {pct(late, 99):>8.2f} "
+                print(f"{n:>8} {ramp:>6} {len(late):>8} {pct(late, 1):>7.2f} {pct(late, 50):>8.2f} "
+                      f"{pct(late, 99):>8.2f} "
                       f"{pct(late, 99.9):>9.2f} {max(late):>8.2f} {100 * out['cpu']:>9.0f}%{busy}")
         finally:
             server.terminate()

@@ -109,13 +109,13 @@ def main() -> None:
         for n in a.streams:
             res: dict[str, tuple[list[float], list[float]]] = {"direct": ([], []), "proxy": ([], [])}
 
-            def worker(count: int) -> None:
+            def worker(count: int, res: dict[str, tuple[list[float], list[float]]] = res) -> None:
                 clients = {"direct": Client(host, port), "proxy": Client(phost, pport)}
                 for i in range(count):
                     for name in (("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")):
                         t0, stamps = clients[name].run(body)
                         res[name][0].append((stamps[0] - t0) * 1000)
-                        res[name][1].extend((b - x) * 1000 for x, b in zip(stamps, stamps[1:]))
+                        res[name][1].extend((b - x) * 1000 for x, b in zip(stamps, stamps[1:], strict=False))
 
             cpu0 = cpu_s(proxy.pid)
             pool = Pool(n)

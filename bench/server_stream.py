@@ -13,6 +13,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
@@ -40,8 +41,8 @@ def start_server(ttft_ms: float, itl_ms: float, tokens: int) -> tuple[subprocess
 
 
 def one_stream(host: str, port: int, tokens: int, out: list) -> None:
-    body = ('{"model":"bench","stream":true,"max_tokens":%d,"messages":[{"role":"user","content":"go"}]}'
-            % tokens).encode()
+    body = json.dumps({"model": "bench", "stream": True, "max_tokens": tokens,
+                       "messages": [{"role": "user", "content": "go"}]}, separators=(",", ":")).encode()
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
@@ -83,11 +84,11 @@ def run(streams: int, itl_ms: float, tokens: int) -> None:
         wall = time.perf_counter() - t0
         cpu = _cpu(proc.pid) - cpu0
         own = time.process_time() - own0
-        gaps = [b - a for st in results for a, b in zip(st, st[1:])]
+        gaps = [b - a for st in results for a, b in zip(st, st[1:], strict=False)]
         # Steady state: gaps after every stream has started (the start-up burst of N new
         # connections and requests within one ITL delays the first tokens; that is reported apart).
         all_started = max(st[0] for st in results if st)
-        steady = [b - a for st in results for a, b in zip(st, st[1:]) if a > all_started]
+        steady = [b - a for st in results for a, b in zip(st, st[1:], strict=False) if a > all_started]
         total = sum(len(st) for st in results)
         print(f"streams={streams:4d}  tokens/s={total / wall:8.0f}  server CPU={100 * cpu / wall:5.1f}%  "
               f"client CPU={100 * own / wall:5.1f}%  steady ITL p50={1000 * pct(steady, 50):6.2f} "

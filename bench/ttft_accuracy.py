@@ -100,7 +100,7 @@ def client(port: int, requests: int, body: bytes, ttfts: list, gaps: list, delay
         for _ in range(requests):
             ttft, arrivals = one_request(sock, body)
             ttfts.append(ttft)
-            gaps.extend((b - a) / 1e6 for a, b in zip(arrivals, arrivals[1:]))
+            gaps.extend((b - a) / 1e6 for a, b in zip(arrivals, arrivals[1:], strict=False))
     finally:
         sock.close()
 
@@ -119,7 +119,7 @@ def cpu_s(pid: int) -> float:
 def run(args: argparse.Namespace, streams: int) -> None:
     proc, port = start_server(args.src, args.ttft_ms, args.itl_ms, args.tokens)
     prompt = ("go " * (args.prompt_chars // 3 + 1))[:max(2, args.prompt_chars)]
-    body = ('{"model":"bench","stream":true,"messages":[{"role":"user","content":"%s"}]}' % prompt).encode()
+    body = (f'{{"model":"bench","stream":true,"messages":[{{"role":"user","content":"{prompt}"}}]}}').encode()
     try:
         warm: list = []
         client(port, 3, body, warm, [])  # connection set-up and first-request costs stay out
