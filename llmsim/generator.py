@@ -24,6 +24,7 @@ from math import floor
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import tiktoken
 import yaml
 
 from .tokens import encode, encoding_name_for_model, get_encoding, message_text, remember, token_text
@@ -371,16 +372,21 @@ def _pool_window(encoding_name: str, n: int, exact: bool) -> tuple[str, list[int
     if upto[last] == end:
         out = [*_form_pieces(encoding_name, first), *pieces[begin:end]]
         return "".join(out), [*head, *pool.ids[begin:end]], out
-    # The n-th token ends inside a word: the cut is its first tokens' text, as a cut of the whole
-    # text's ids would give; exact asks that the cut text count n tokens again.
     before = upto[last - 1]
-    enc = get_encoding(encoding_name)
     partial = "".join(pieces[before:end])
-    tail = encode(partial, enc)
-    if exact and len(tail) != end - before:
-        return None  # the rare word that re-tokenises otherwise
+    tail = _cut_word(partial, end - before, get_encoding(encoding_name), exact)
+    if tail is None:
+        return None
     text = first + "".join(pieces[begin:before]) + partial
     return text, [*head, *pool.ids[begin:before], *tail], None
+
+
+def _cut_word(partial: str, tokens: int, enc: tiktoken.Encoding, exact: bool) -> list[int] | None:
+    """The ids of a word cut after its first `tokens` tokens (`partial`, their text), when the n-th
+    token of an answer ends inside it: the cut text's own ids, as a client would count them; None
+    when exact and they are not `tokens` (the rare word that re-tokenises otherwise)."""
+    tail = encode(partial, enc)
+    return None if exact and len(tail) != tokens else tail
 
 
 @cache
@@ -433,13 +439,11 @@ class LoremGenerator(Generator):
             text = "".join(forms[:j + 1])
             ids = list(chain.from_iterable(map(table.__getitem__, forms[:j + 1])))
         else:
-            # The n-th token ends inside this word: the cut is its first tokens' text, as a cut of the
-            # whole text's ids would give; exact asks that the cut text count n tokens again.
             before = upto[j - 1] if j else 0
             partial = enc.decode(list(table[forms[j]][:n - before]))
-            tail = encode(partial, enc)
-            if exact and before + len(tail) != n:
-                return fit_tokens("".join(forms), n, name)  # the rare word that re-tokenises otherwise
+            tail = _cut_word(partial, n - before, enc, exact)
+            if tail is None:
+                return fit_tokens("".join(forms), n, name)
             text = "".join(forms[:j]) + partial
             ids = [*chain.from_iterable(map(table.__getitem__, forms[:j])), *tail]
         remember(text, enc, ids)

@@ -26,7 +26,7 @@ import tiktoken
 from .errors import Cut, StreamCut
 from .latency import LatencyProfile
 from .precise import PRECISE_MARGIN_S, PreciseTimer
-from .tokens import encode, known_pieces, token_texts, whole_text
+from .tokens import encode, known_pieces, token_text, token_texts
 
 BLOCK_KINDS = ("text", "reasoning", "tool_call")
 
@@ -197,7 +197,7 @@ class TokenStreamBuilder:
             if not partial:
                 text = texts.get(tok, _MISSING)
                 if text is _MISSING:
-                    text = texts[tok] = whole_text(token_bytes(tok))
+                    text = token_text(self.encoding, tok)
             if text is None:
                 text = decoder.decode(token_bytes(tok))
                 partial = bool(decoder.getstate()[0])

@@ -141,14 +141,14 @@ def token_text(encoding: tiktoken.Encoding, token: int) -> str | None:
     texts = token_texts(encoding)
     text = texts.get(token, _MISSING)
     if text is _MISSING:
-        text = texts[token] = whole_text(encoding.decode_single_token_bytes(token))
+        text = texts[token] = _whole_text(encoding.decode_single_token_bytes(token))
     return text
 
 
 _MISSING: Any = object()
 
 
-def whole_text(data: bytes) -> str | None:
+def _whole_text(data: bytes) -> str | None:
     """`data` as text when it is whole UTF-8, else None."""
     try:
         return data.decode("utf-8")
