@@ -303,6 +303,46 @@ def test_metrics_registry_is_per_server(profiles_dir):
         assert 'model_name="const"' not in requests.get(b + "/metrics", timeout=10).text
 
 
+def test_metrics_render_one_family_at_a_time_with_the_stats_lock_free_between(profiles_dir, monkeypatch):
+    """A scrape (1-5 ms of prometheus_client) writes the streams due between its families: the same text
+    as generate_latest, `between` once per family, and the stats lock (a stream's end takes it) free then."""
+    from prometheus_client import generate_latest
+
+    import llmsim.cli.handlers as handlers
+    from llmsim.cli.config import ServerConfig
+    from llmsim.cli.server import build_server
+    from llmsim.stats import metrics_registry, render_metrics
+
+    server, state = build_server(ServerConfig(port=0, profiles_dir=str(profiles_dir), target_tokens=3))
+    try:
+        client = server.application.test_client()
+        for model in ("const", "one-slot", "const"):
+            assert client.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES}).status_code == 200
+        registry = metrics_registry(state.stats, state.schedulers)
+        families = list(registry.collect())
+        assert len(families) > 10
+        calls = []
+
+        def between():
+            assert state.stats._lock.acquire(blocking=False), "the stats lock is held while `between` runs"
+            state.stats._lock.release()
+            calls.append(1)
+
+        text = render_metrics(registry, between)
+        assert text == generate_latest(registry)
+        assert b'vllm:generation_tokens_total{engine="0",model_name="one-slot"} 3.0' in text
+        assert len(calls) == len(families)
+
+        due = []
+        monkeypatch.setattr(handlers, "run_due", lambda: due.append(1))
+        app = handlers.create_app(state)
+        before = generate_latest(registry)  # the scrape counts itself once answered
+        assert app.test_client().get("/metrics").data == before
+        assert len(due) == len(families)
+    finally:
+        server.close()
+
+
 # --------------------------------------------------------------------------- /llmsim/stats
 
 def test_stats_show_state_rates_and_latencies(profiles_dir):
