@@ -526,6 +526,8 @@ class WorkerApp:
         return [body]
 
     def _merged(self, environ: dict, start_response: StartResponse, path: str) -> list[bytes]:
+        from ..precise import run_due
+
         status, headers, body = self._inner(environ)
         if status.startswith("200"):
             w = self.worker
@@ -534,7 +536,7 @@ class WorkerApp:
             retired = read_retired(w.dir)
             if path == "/metrics":
                 own.stats = json.loads(local_body(w.app, "/llmsim/stats") or b"{}")
-                body = cluster_metrics(body.decode(), own, others, retired).encode()
+                body = cluster_metrics(body.decode(), own, others, retired, run_due).encode()
             else:
                 own.stats = json.loads(body)
                 body = json.dumps(cluster_stats(own, others, retired), separators=(",", ":")).encode()

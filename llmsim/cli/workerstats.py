@@ -37,7 +37,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,17 +304,31 @@ def _process_local(name: str) -> bool:
     return name.startswith(PROCESS_LOCAL_PREFIXES)
 
 
-def cluster_metrics(own_text: str, own: Snapshot, others: list[Snapshot], retired: dict) -> str:
+def cluster_metrics(own_text: str, own: Snapshot, others: list[Snapshot], retired: dict,
+                    between: Callable[[], object] | None = None) -> str:
     """The `/metrics` answer of a worker: process-local families merged over the workers (gauges per
     worker, with a `worker` label), every other family as this worker rendered it, then per-worker
-    figures (`llmsim_workers`, `llmsim_worker_restarts_total`, `llmsim_worker_*_total{worker}`)."""
+    figures (`llmsim_workers`, `llmsim_worker_restarts_total`, `llmsim_worker_*_total{worker}`).
+
+    `between()` is called after each worker's text is parsed and before the answer is rendered (each
+    step is a fraction of a millisecond; a worker passes precise.run_due to write its streams then)."""
+    def step() -> None:
+        if between is not None:
+            between()
+
     snaps = sorted([own, *[s for s in others if s.index != own.index]], key=lambda s: s.index)
-    texts = {s.index: (own_text if s.index == own.index else s.metrics) for s in snaps}
-    passthrough = {n: f for n, f in parse_families(own_text).items() if not _process_local(n)}
+    own_fams = parse_families(own_text)
+    step()
+    passthrough = {n: f for n, f in own_fams.items() if not _process_local(n)}
     summed: list[dict[str, Family]] = [parse_families(retired.get("metrics") or "", keep_gauges=False)]
     gauges: dict[str, Family] = {}
     for s in snaps:
-        fams = {n: f for n, f in parse_families(texts[s.index]).items() if _process_local(n)}
+        if s.index == own.index:
+            parsed = own_fams
+        else:
+            parsed = parse_families(s.metrics)
+            step()
+        fams = {n: f for n, f in parsed.items() if _process_local(n)}
         summed.append({n: f for n, f in fams.items() if f.type != "gauge"})
         for n, f in fams.items():
             if f.type == "gauge":
@@ -325,7 +339,7 @@ def cluster_metrics(own_text: str, own: Snapshot, others: list[Snapshot], retire
     for n, f in gauges.items():
         merged.setdefault(n, Family(n, f.type, f.help)).samples.update(f.samples)
     # Keep the order a single worker renders its families in.
-    order = list(parse_families(own_text))
+    order = list(own_fams)
     ordered = {n: merged[n] for n in order if n in merged}
     ordered.update({n: f for n, f in merged.items() if n not in ordered})
     ordered.update(passthrough)
@@ -345,4 +359,5 @@ def cluster_metrics(own_text: str, own: Snapshot, others: list[Snapshot], retire
         extra.append(fam)
     for fam in extra:
         ordered.setdefault(fam.name, fam)
+    step()
     return render(ordered)

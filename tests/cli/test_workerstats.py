@@ -104,6 +104,17 @@ def test_cluster_metrics_sum_counters_label_gauges_and_pass_other_families_throu
     assert text.index("llmsim_requests_total") < text.index("llmsim_active_streams")  # a worker's own order
 
 
+def test_cluster_metrics_yields_between_its_steps():
+    """A worker writes its due streams between the steps of a merged scrape: after each other worker's text
+    is parsed and before rendering; the answer is the same with or without the hook."""
+    own, others = snap(0, 2, 1, 200), [snap(1, 3, 2, 300, metrics(3, 2)), snap(2, 4, 0, 300, metrics(4, 0))]
+    retired = {"count": 0, "metrics": ""}
+    calls = []
+    text = ws.cluster_metrics(metrics(2, 1), own, others, retired, lambda: calls.append(1))
+    assert text == ws.cluster_metrics(metrics(2, 1), own, others, retired)
+    assert len(calls) == 1 + len(others) + 1  # this worker's text, each other worker's, the render
+
+
 def test_parse_and_render_round_trip():
     fams = ws.parse_families(metrics(5, 1))
     assert ws.parse_families(ws.render(fams)).keys() == fams.keys()
