@@ -42,7 +42,7 @@ def reserve_fd_table(slots: int = FD_TABLE_RESERVE) -> int:
     except OSError:
         return 0
     try:
-        top = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, slots - 1)
+        top = fcntl.fcntl(fd, getattr(fcntl, "F_DUPFD_CLOEXEC", fcntl.F_DUPFD), slots - 1)
         os.close(top)
     except OSError:  # every slot up there is taken, or the limit is lower than it said
         return 0
