@@ -10,11 +10,15 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc needed")
+resource = pytest.importorskip("resource")
+_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+pytestmark = [pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc needed"),
+              pytest.mark.skipif(_HARD != resource.RLIM_INFINITY and _HARD < 8192,
+                                 reason="a hard descriptor limit of 8,192 or more needed")]
 
 PRELUDE = textwrap.dedent("""
     import os, resource
-    from llmsim.cli.fdtable import FD_TABLE_RESERVE, reserve_fd_table
+    from llmsim.cli.fdtable import FD_TABLE_RESERVE, MAX_FD_LIMIT, raise_fd_limit, reserve_fd_table
     def fdsize():
         for line in open("/proc/self/status"):
             if line.startswith("FDSize:"):
@@ -68,10 +72,26 @@ def test_never_replaces_an_open_descriptor() -> None:
     assert int(got) == 4096
 
 
-def test_a_server_listener_reserves_the_table() -> None:
-    size, limit = run("""
+def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+    got, soft, want = run("""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        got = raise_fd_limit()
+        want = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+        print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0], want)
+    """)
+    assert int(got) == int(soft) == int(want)
+
+
+def test_a_server_listener_raises_the_limit_and_reserves_the_table() -> None:
+    size, soft, want, limit = run("""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         from llmsim.cli.server import make_listener
         make_listener("127.0.0.1", 0).close()
-        print(fdsize(), min(FD_TABLE_RESERVE, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        want = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+        print(fdsize(), soft, want, min(FD_TABLE_RESERVE, soft))
     """)
+    assert int(soft) == int(want)
     assert int(size) >= int(limit) > 64

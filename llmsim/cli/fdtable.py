@@ -1,4 +1,10 @@
-"""The process's file-descriptor table, sized once at start-up for the connections to come.
+"""The process's file descriptors: the limit raised and the table sized once at start-up, for the
+connections to come.
+
+Every open connection is a descriptor. Many systems (and container runtimes) start a process with a
+soft limit of 1,024 and a much higher hard one; a server raises its soft limit to the hard one (as Go
+programs do on their own, and Locust for its load generators), so a test with thousands of streams is
+not refused at 1,021 connections.
 
 Linux grows a process's descriptor table by doubling it (64, 256, 512, 1024, ...)
 when a new descriptor does not fit. In a process with more than one thread (a
@@ -16,9 +22,29 @@ from __future__ import annotations
 
 import os
 
+MAX_FD_LIMIT = 1 << 20
+"""The highest soft limit asked for when the hard limit is unlimited (Linux's default fs.nr_open)."""
+
 FD_TABLE_RESERVE = 65536
 """Descriptor slots reserved at start-up, at most the soft RLIMIT_NOFILE (a process may not open
 more). A server past this many connections grows its table again, once per doubling."""
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (at most MAX_FD_LIMIT); returns the soft limit now in
+    force, 0 where there is none to read."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError):  # above fs.nr_open, or not allowed: keep what there is
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def reserve_fd_table(slots: int = FD_TABLE_RESERVE) -> int:

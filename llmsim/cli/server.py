@@ -38,7 +38,7 @@ from ..errors import ConnectionDrop
 from ..precise import TimerfdTimer, precise_timer, run_due
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
-from .fdtable import reserve_fd_table
+from .fdtable import raise_fd_limit, reserve_fd_table
 from .generation import StreamBody
 from .handlers import create_app
 from .requestheaders import RequestHeaders, read_headers
@@ -583,8 +583,9 @@ class NoDelayWSGIServer(WSGIServer):
 def make_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A non-blocking listening socket with TCP_NODELAY (reuse_port: shared by --workers processes).
 
-    The process's descriptor table is sized for the connections first (cli/fdtable.py): growing
-    it while streams are open stalls them all."""
+    First the process's descriptor limit is raised to its hard limit and its descriptor table sized
+    for the connections (cli/fdtable.py): growing the table while streams are open stalls them all."""
+    raise_fd_limit()
     reserve_fd_table()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
