@@ -332,7 +332,8 @@ class ServerStats:
                 if visible != n:  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
                     per_token: list[float] = []
                     for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
-                        per_token.extend([gap / k] * k)
+                        if k:  # a chunk of no token of its own (never planned) adds no gap
+                            per_token.extend([gap / k] * k)
                     gaps = per_token
                 if gaps:
                     batches.append(("itl", summarise(gaps)))

@@ -209,7 +209,11 @@ class TokenStreamBuilder:
                     keep.append(ids[start:j + 1])
                 buf, pending, start = "", 0, j + 1
         buf += decoder.decode(b"", final=True)
-        if buf:
+        if buf and not pending and pieces:
+            # The last token went out with its chunk and left bytes of a character behind (an answer
+            # cut by max_tokens inside one): their U+FFFD belongs to that chunk, not to a chunk of 0 tokens.
+            pieces[-1] += buf
+        elif buf:
             pieces.append(buf)
             counts.append(pending)
             if keep is not None:

@@ -496,3 +496,24 @@ def test_zero_delay_answers_count_every_gap_as_the_general_path_does():
     assert (dict(itl.counts), itl.count, itl.sum, itl.min, itl.max) == (dict(zeros[0]), *zeros[1:])
     assert dict(itl.counts) == {bucket_index(0.0): 99}
     assert engine.stats.total["tpot"].count == 1 and engine.stats.total["ttft"].count == 1
+
+
+def test_a_chunk_of_no_token_adds_no_itl_gap_and_never_fails_the_answer():
+    """Statistics must never fail a finished answer: a chunk planned with 0 tokens (none is, since the cut
+    inside a character went with its token's chunk) adds no ITL gap instead of dividing by zero."""
+    from array import array
+
+    from llmsim.engine import Engine
+    from llmsim.openai.chat import ChatCompletions
+
+    engine, api = Engine(latency_profile="instant"), ChatCompletions()
+    gen = engine.generate(api.parse({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+                                     "max_tokens": 5}))
+    gen.wait_all()
+    t = gen.emitted[0]
+    gen.emitted[:] = array("d", [t, t + 0.03, t + 0.03])
+    gen.plan.piece_tokens = [1, 3, 0]
+    gen.pacer.sent_tokens = 4
+    engine.finish(gen, True)
+    itl = engine.stats.total["itl"]
+    assert itl.count == 3 and math.isclose(itl.sum, 0.03)

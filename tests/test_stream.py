@@ -111,3 +111,18 @@ def test_a_plans_chunk_counts_are_bytes_until_a_chunk_holds_256_tokens():
         counts = gen.plan.piece_tokens
         assert counts.typecode == code and sum(counts) == 700 and max(counts) == min(chunk, 700)
         gen.release()
+
+
+def test_an_answer_cut_inside_a_character_has_no_chunk_without_a_token():
+    """max_tokens may end an answer on a token holding the first bytes of a character: its U+FFFD goes with
+    that token's chunk. (It once made a chunk of 0 tokens, and the server's ITL statistics divided by it.)"""
+    text = RandomGenerator(300).generate(GenerationRequest(prompt="x", seed=7))
+    ids = O200K.encode(text)
+    builder, cut_inside = TokenStreamBuilder(O200K), 0
+    for cut in range(1, len(ids) + 1):
+        plan = builder.build(text, max_tokens=cut)
+        assert min(plan.piece_tokens) >= 1, cut
+        assert plan.output_tokens == cut and len(plan.pieces) == len(plan.piece_tokens)
+        assert plan.text == O200K.decode(ids[:cut])  # the held-back bytes as one U+FFFD, as tiktoken decodes
+        cut_inside += plan.text.endswith("\ufffd") and not text[:len(plan.text)].endswith("\ufffd")
+    assert cut_inside  # the case happened
