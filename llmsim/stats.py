@@ -332,8 +332,10 @@ class ServerStats:
                 if visible != n:  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
                     per_token: list[float] = []
                     for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
-                        if k:  # a chunk of no token of its own (never planned) adds no gap
+                        if k > 1:  # as the client's itl_samples: a chunk of k <= 1 tokens is one gap
                             per_token.extend([gap / k] * k)
+                        else:
+                            per_token.append(gap)
                     gaps = per_token
                 if gaps:
                     batches.append(("itl", summarise(gaps)))

@@ -498,9 +498,10 @@ def test_zero_delay_answers_count_every_gap_as_the_general_path_does():
     assert engine.stats.total["tpot"].count == 1 and engine.stats.total["ttft"].count == 1
 
 
-def test_a_chunk_of_no_token_adds_no_itl_gap_and_never_fails_the_answer():
+def test_a_chunk_of_no_token_is_one_itl_gap_and_never_fails_the_answer():
     """Statistics must never fail a finished answer: a chunk planned with 0 tokens (none is, since the cut
-    inside a character went with its token's chunk) adds no ITL gap instead of dividing by zero."""
+    inside a character went with its token's chunk) counts as one gap, as the client counts it, instead of
+    dividing by zero."""
     from array import array
 
     from llmsim.engine import Engine
@@ -516,4 +517,4 @@ def test_a_chunk_of_no_token_adds_no_itl_gap_and_never_fails_the_answer():
     gen.pacer.sent_tokens = 4
     engine.finish(gen, True)
     itl = engine.stats.total["itl"]
-    assert itl.count == 3 and math.isclose(itl.sum, 0.03)
+    assert itl.count == 4 and math.isclose(itl.sum, 0.03)
