@@ -126,3 +126,22 @@ def test_an_answer_cut_inside_a_character_has_no_chunk_without_a_token():
         assert plan.text == O200K.decode(ids[:cut])  # the held-back bytes as one U+FFFD, as tiktoken decodes
         cut_inside += plan.text.endswith("\ufffd") and not text[:len(plan.text)].endswith("\ufffd")
     assert cut_inside  # the case happened
+
+
+def test_every_plan_accounts_for_each_token_once_whatever_the_cut():
+    """Across generators, chunk sizes and max_tokens cuts: no chunk without a token, the chunks' counts sum
+    to the tokens kept, and their texts join to what those tokens decode to."""
+    rng = random.Random(11)
+    for name in ("lorem", "random"):
+        gen = make_generator(name, 200)
+        for seed in (1, 2):
+            text = gen.generate(GenerationRequest(prompt="x", seed=seed)) + " ꙮ🪿 done"
+            ids = O200K.encode(text)
+            for k in (1, 3):
+                builder = TokenStreamBuilder(O200K, chunk_tokens=k)
+                for cut in sorted(rng.sample(range(1, len(ids) + 1), 25)) + [len(ids)]:
+                    plan = builder.build(text, max_tokens=cut)
+                    counts = list(plan.piece_tokens)
+                    assert min(counts) >= 1 and len(counts) == len(plan.pieces), (name, seed, k, cut)
+                    assert sum(counts) == plan.output_tokens == cut
+                    assert plan.text == O200K.decode(ids[:cut])
