@@ -35,6 +35,8 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .itl import split_gaps
+
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Generation
     from .scheduler import Schedulers
@@ -329,14 +331,8 @@ class ServerStats:
                 batches.append(("itl", ({_bucket_of(0.0): n - 1}, n - 1, 0.0, 0.0, 0.0)))
             elif n > 1:
                 gaps = list(map(sub, islice(emitted, 1, None), emitted))
-                if visible != n:  # chunks of k > 1 tokens: gap/k, k times (as the client counts ITL)
-                    per_token: list[float] = []
-                    for gap, k in zip(gaps, gen.plan.piece_tokens[1:], strict=False):
-                        if k > 1:  # as the client's itl_samples: a chunk of k <= 1 tokens is one gap
-                            per_token.extend([gap / k] * k)
-                        else:
-                            per_token.append(gap)
-                    gaps = per_token
+                if visible != n:  # chunks of k > 1 tokens: gap/k, k times, as the client counts ITL
+                    gaps = split_gaps(gaps, islice(gen.plan.piece_tokens, 1, None))
                 if gaps:
                     batches.append(("itl", summarise(gaps)))
             if visible >= 2:

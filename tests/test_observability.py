@@ -518,3 +518,14 @@ def test_a_chunk_of_no_token_is_one_itl_gap_and_never_fails_the_answer():
     engine.finish(gen, True)
     itl = engine.stats.total["itl"]
     assert itl.count == 4 and math.isclose(itl.sum, 0.03)
+
+
+def test_the_itl_split_is_one_rule_for_server_and_client():
+    """llmsim/itl.py: a gap ending in a chunk of k > 1 tokens is k samples of gap/k; k <= 1 is one sample."""
+    from llmsim.itl import split_gaps
+    from llmsim.loadtest.metrics import itl_samples
+
+    assert split_gaps([0.01, 0.03, 0.02], [1, 3, 0]) == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.02])
+    assert split_gaps([0.01, 0.02], [2]) == pytest.approx([0.005, 0.005])  # pairs up to the shorter
+    times, tokens = [0.0, 0.01, 0.04, 0.06], [1, 1, 3, 0]
+    assert itl_samples(times, tokens) == pytest.approx([1000 * g for g in split_gaps([0.01, 0.03, 0.02], [1, 3, 0])])

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
+from ..itl import split_gaps
 from .adapters import Usage
 
 # Error kinds (the keys of "errors by kind"). HTTP errors are "http_<status>".
@@ -105,20 +107,8 @@ class RequestRecord:
 
 
 def itl_samples(event_times: Sequence[float], event_tokens: Sequence[int]) -> list[float]:
-    """ITL samples (ms) from content-event arrival times (s) and their token counts.
-
-    One sample per gap; a gap ending in an event of k > 1 tokens is split into
-    k samples of gap/k.
-    """
-    out: list[float] = []
-    for i in range(1, len(event_times)):
-        gap = (event_times[i] - event_times[i - 1]) * 1000.0
-        k = event_tokens[i]
-        if k > 1:
-            out.extend([gap / k] * k)
-        else:
-            out.append(gap)
-    return out
+    """ITL samples (ms) from content-event arrival times (s) and their token counts (llmsim/itl.py)."""
+    return split_gaps([(b - a) * 1000.0 for a, b in pairwise(event_times)], event_tokens[1:])
 
 
 def split_tokens(texts: Sequence[str], streamed: int | None, count: Callable[[str], int]) -> list[int]:
