@@ -32,7 +32,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import MAX_REQUEST_LINE, Input, WSGIHandler, WSGIServer, format_date_time
 
 from ..errors import ConnectionDrop
 from ..precise import TimerfdTimer, precise_timer, run_due
@@ -41,6 +41,7 @@ from .config import ServerConfig
 from .fdtable import raise_fd_limit, reserve_fd_table
 from .generation import StreamBody
 from .handlers import create_app
+from .plainrequest import parse_plain_head
 from .requestheaders import RequestHeaders, read_headers
 from .stacks import call_off_stack
 from .state import AppState
@@ -192,6 +193,16 @@ class _QuietHandler(WSGIHandler):
         if self._detached is None and self.server.logs_requests:  # a handed-off stream: when it ends
             super().log_request()
 
+    def _await_request(self) -> bool:
+        """Wait for the next request's first bytes: the first request within the header timeout of the
+        connection opening, later ones within the idle timeout. False: the client closed the connection."""
+        header, idle = self.server.header_timeout, self.server.idle_timeout
+        wait = idle if self._served else header and header - (time.monotonic() - self._connected_at)  # 0: no limit
+        if not wait:
+            return True
+        with gevent.Timeout(max(wait, 0.001), _IdleTimeout("no request")):
+            return bool(self.rfile.peek(1))
+
     def read_requestline(self) -> str:
         """Wait for the next request, then give its request line and headers one deadline.
 
@@ -200,15 +211,11 @@ class _QuietHandler(WSGIHandler):
         the header timeout for the rest. A connection that sent nothing is closed
         quietly; one that sent part of a request gets a 408.
         """
-        header, idle = self.server.header_timeout, self.server.idle_timeout
-        opened = self._connected_at
-        wait = idle if self._served else header and header - (time.monotonic() - opened)  # 0: no limit
-        if wait:
-            with gevent.Timeout(max(wait, 0.001), _IdleTimeout("no request")):
-                if not self.rfile.peek(1):
-                    return ""  # the client closed the connection
+        if not self._await_request():
+            return ""  # the client closed the connection
+        header = self.server.header_timeout
         if header:
-            left = header if self._served else header - (time.monotonic() - opened)
+            left = header if self._served else header - (time.monotonic() - self._connected_at)
             self._deadline = gevent.Timeout(max(left, 0.001), _HeaderTimeout("request headers not received in time"))
             self._deadline.start()
         try:
@@ -219,8 +226,15 @@ class _QuietHandler(WSGIHandler):
         self._t0 = time.monotonic()  # the request's first bytes are in: its TTFT clock starts here
         return line
 
+    plain_requests = True
+    """Parse plain requests that arrived whole in one pass (cli/plainrequest.py); off, pywsgi parses all."""
+
     def handle_one_request(self) -> Any:
         self._late = False
+        if self.plain_requests:
+            result = self._handle_plain_request()
+            if result is not _NOT_PLAIN:
+                return result
         try:
             result = super().handle_one_request()
         finally:
@@ -233,6 +247,46 @@ class _QuietHandler(WSGIHandler):
         elif result is True:
             self._served += 1
         return result
+
+    def _handle_plain_request(self) -> Any:
+        """pywsgi's handle_one_request for a request whose head is buffered whole and plain; _NOT_PLAIN
+        (nothing read) for any other, which pywsgi's reader then parses with its checks."""
+        rfile = self.rfile
+        peek = getattr(rfile, "peek", None)
+        if peek is None or rfile.closed:
+            return _NOT_PLAIN
+        try:
+            if not self._await_request():
+                return None  # the client closed the connection
+        except OSError:  # the idle timeout, or a reset: closed quietly, as pywsgi's reader does
+            return None
+        head = parse_plain_head(peek(RFILE_BUFFER))
+        if head is None:
+            return _NOT_PLAIN
+        self._t0 = time.monotonic()  # the request's first bytes are in: its TTFT clock starts here
+        rfile.read(head.size)  # from the buffer: no system call
+        self.requestline = head.requestline
+        self.command, self.path, self.request_version = head.method, head.target, head.version
+        self.content_length = head.content_length
+        self.close_connection = head.close
+        self.response_length = 0
+        environ = head.environ(self.server.get_environ())
+        client = self.client_address
+        if isinstance(client, tuple):
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(client[0]), str(client[1])
+        self.wsgi_input = Input(rfile, head.content_length)
+        environ["wsgi.input"] = self.wsgi_input
+        environ["wsgi.input_terminated"] = True
+        environ["llmsim.socket"] = self.socket  # as get_environ
+        environ["llmsim.t0"] = self._t0
+        self.environ = environ
+        self.application = self.server.application
+        run_due()  # as read_request
+        self.handle_one_response()
+        if self.close_connection or rfile.closed:
+            return None
+        self._served += 1
+        return True
 
     def _header_timeout_error(self) -> ProtocolError:
         return ProtocolError(408, f"Request headers not received within {self.server.header_timeout:g} s.")
@@ -415,6 +469,9 @@ def http_date() -> bytes:
         _DATE[:] = now, format_date_time(now)
     return _DATE[1]
 
+
+_NOT_PLAIN: Any = object()
+"""_handle_plain_request: not a plain request, nothing of it read."""
 
 DETACHED: Any = object()
 """What a connection's handling returns when the event loop now writes its stream: it stays open."""
