@@ -258,9 +258,10 @@ class _QuietHandler(WSGIHandler):
         try:
             if not self._await_request():
                 return None  # the client closed the connection
+            buffered = peek(RFILE_BUFFER)
         except OSError:  # the idle timeout, or a reset: closed quietly, as pywsgi's reader does
             return None
-        head = parse_plain_head(peek(RFILE_BUFFER))
+        head = parse_plain_head(buffered)
         if head is None:
             return _NOT_PLAIN
         self._t0 = time.monotonic()  # the request's first bytes are in: its TTFT clock starts here

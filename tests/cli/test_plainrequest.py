@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import struct
 import time
 
 import pytest
@@ -197,3 +198,29 @@ def test_random_header_blocks_give_pywsgis_environ(servers):
                + "\r\n").encode("latin-1") + b"abc"
         assert _exchange(fast, raw) == _exchange(slow, raw), raw
     assert taken.count(True) >= 10 and taken.count(False) >= 10
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_a_reset_while_waiting_with_no_timeouts_is_closed_quietly(monkeypatch, served):
+    """With no header or idle timeout, the wait for a request is the read itself: a client that resets the
+    connection there (before its first request, or between two) ends it with no traceback."""
+    import gevent
+
+    errors = []
+    hub = gevent.get_hub()
+    monkeypatch.setattr(hub, "print_exception", lambda context, t, v, tb: errors.append(t))
+    srv = NoDelayWSGIServer(("127.0.0.1", 0), _echo, log=None)
+    srv.header_timeout = srv.idle_timeout = 0.0
+    srv.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.server_port), timeout=5)
+        if served:
+            sock.sendall(PLAIN["get"])
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        time.sleep(0.05)  # the server waits in its read
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a close
+        time.sleep(0.2)
+    finally:
+        srv.stop(timeout=1)
+    assert errors == []
