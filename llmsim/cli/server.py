@@ -11,9 +11,10 @@ within the header timeout and may sit idle between requests for the idle
 timeout; running out of file descriptors pauses accepting (one log line, with
 back-off) instead of printing a traceback per attempt.
 
-The handler stamps each request when its first line has been read, before
-headers, body and JSON are parsed: that is when the server's TTFT clock
-starts. The server runs the stats sampler (one tick a second) while it serves.
+The handler stamps each request when its first line has been read (a plain
+request's whole head, which arrives in the same read: cli/plainrequest.py),
+before headers, body and JSON are parsed: that is when the server's TTFT
+clock starts. The server runs the stats sampler (one tick a second) while it serves.
 """
 
 from __future__ import annotations
