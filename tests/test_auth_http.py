@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anthropic
 import openai
 import pytest
 import requests
@@ -73,6 +74,29 @@ def test_openai_sdk_gets_authentication_error():
         # Only the provider APIs are guarded.
         assert requests.get(url + "/health").status_code == 200
         assert requests.get(url + "/metrics").status_code == 200
+
+
+def test_anthropic_sdk_at_the_root_models_path_is_checked_like_any_api_call():
+    """The Anthropic SDK pointed at the server root lists models at OpenAI's /v1/models path: the allow-list
+    holds there too, the 401 comes in Anthropic's envelope, and every answer carries its request id."""
+    with run_server(config={"auth": {"api_keys": [GOOD]}}, latency_profile="instant") as url:
+        bad = anthropic.Anthropic(base_url=url, api_key=SECRET, max_retries=0)
+        for call in (bad.models.list, lambda: bad.models.retrieve("claude-haiku-4-5")):
+            with pytest.raises(anthropic.AuthenticationError) as e:
+                call()
+            assert e.value.body["error"] == {"type": "authentication_error", "message": "invalid x-api-key"}
+            assert e.value.request_id and e.value.request_id.startswith("req_")
+        good = anthropic.Anthropic(base_url=url, api_key=GOOD, max_retries=0)
+        raw = good.models.with_raw_response.list()
+        assert raw.parse().data[0].id.startswith("claude-")
+        assert raw.headers["request-id"].startswith("req_") and raw.headers["x-request-id"] == raw.headers["request-id"]
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            good.models.retrieve("no-such-model")
+        assert missing.value.request_id.startswith("req_")
+        assert missing.value.body["request_id"] == missing.value.request_id
+        # An OpenAI client's 401 on the same path stays OpenAI's
+        r = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {SECRET}"}, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_keys_never_appear_in_logs_or_stats(capfd):

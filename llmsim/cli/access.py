@@ -31,6 +31,18 @@ def provider_for_path(path: str) -> str:
     return "openai"
 
 
+def is_models_path(path: str) -> bool:
+    """OpenAI's Models API paths, which Anthropic's SDK also calls when pointed at the server root."""
+    path = path.rstrip("/")
+    return path == "/v1/models" or path.startswith("/v1/models/")
+
+
+def error_provider(path: str, headers: Headers) -> str:
+    """Whose envelope an error comes in: the path's provider, or on the shared Models API the caller's."""
+    provider = provider_for_path(path)
+    return client_provider(provider, headers) if is_models_path(path) else provider
+
+
 def client_provider(provider: str, headers: Headers) -> str:
     """Whose client is calling: Anthropic's SDK sends `anthropic-version` even on shared paths."""
     return "anthropic" if provider == "anthropic" or headers.get("anthropic-version") is not None else "openai"
@@ -64,7 +76,7 @@ def install_access(app: Flask, state: AppState) -> None:
         try:
             g.api_key = authenticate(state, request.path, request.headers)
         except ApiError as err:  # the provider's 401
-            return error_response(err, provider_for_path(request.path))
+            return error_response(err, error_provider(request.path, request.headers))
         return None
 
     @app.after_request

@@ -32,7 +32,7 @@ from ..precise import run_due
 from ..stats import metrics_registry, render_metrics
 from ..tokens import get_encoding
 from ..trace import TRACE_HEADER
-from .access import install_access, is_api_path
+from .access import install_access, is_api_path, is_models_path
 from .admin import admin_blueprint
 from .body import read_body_bytes
 from .dashboard import dashboard_html
@@ -144,13 +144,18 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
     def get_model(model_id: str) -> Response:
         return jsonify(anthropic_model(state.registry, model_id))
 
-    @bp.before_app_request
+    return bp
+
+
+def install_anthropic_models(app: Flask, state: AppState) -> None:
+    """The Anthropic SDK pointed at the server root asks GET /v1/models, which is OpenAI's path; its
+    anthropic-version header says which shape it wants. Installed after the request id and the auth check,
+    which it answers with like any other API call."""
+
+    @app.before_request
     def _models_for_anthropic_clients() -> Response | None:
-        # The Anthropic SDK pointed at the server root asks GET /v1/models, which
-        # is OpenAI's path; its anthropic-version header says which shape it wants.
         path = request.path.rstrip("/")
-        if request.method != "GET" or "anthropic-version" not in request.headers or not (
-                path == "/v1/models" or path.startswith("/v1/models/")):
+        if request.method != "GET" or "anthropic-version" not in request.headers or not is_models_path(path):
             return None
         try:
             if path == "/v1/models":
@@ -158,8 +163,6 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
             return jsonify(anthropic_model(state.registry, path.removeprefix("/v1/models/")))
         except ApiError as err:
             return error_response(err, "anthropic")
-
-    return bp
 
 
 def model_object(state: AppState, model_id: str) -> dict:
@@ -190,6 +193,7 @@ def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
         g.t0 = request.environ.get(T0_KEY) or time.monotonic()
 
     install_access(app, state)  # after _start: auth answers carry the request id
+    install_anthropic_models(app, state)  # after the auth check
     if replay is not None:
         from .replaying import install_replay
 
