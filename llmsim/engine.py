@@ -883,10 +883,13 @@ class Engine:
         calls = tools_to_call(req.tools, req.tool_choice, answers_tool_result=req.answers_tool_result,
                               parallel=req.parallel_tool_calls, probability=probability,
                               max_parallel=self.tools.max_parallel_calls, rng=content if req.seed is not None else rng)
+        limit = self._model_limit(profile, prompt_tokens)  # what could be sent: a longer value is cut
+        if req.max_tokens is not None:
+            limit = min(limit, req.max_tokens)
         if calls:
-            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix), None
+            return tool_call_blocks(calls, _content_rng(gen_req, rng), req.call_id_prefix, limit), None
         if req.output_format is not None:
-            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng)))], None
+            return [Block("text", structured_json(req.output_format, _content_rng(gen_req, rng), limit))], None
         enc = get_encoding(profile.encoding)
         tokens, target = self._answer_length(req, profile, content, prompt_tokens)
         natural = None

@@ -51,25 +51,36 @@ _FORMATS["uri-reference"] = _FORMATS["uri"]
 _SIMPLE_PATTERNS = {r"^\d+$": string.digits, r"^[0-9]+$": string.digits, r"^[a-z]+$": string.ascii_lowercase,
                     r"^[A-Z]+$": string.ascii_uppercase, r"^[a-zA-Z]+$": string.ascii_letters}
 MAX_DEPTH = 8
+"""Below this depth optional properties, alternatives and array lengths are drawn; past it, only what is required."""
+HARD_DEPTH = 48
+"""Past this depth a schema that refers to itself (a required self-reference, allOf: [$ref: #]) gets the
+smallest value of its type: such a schema may have no finite instance at all."""
+_SMALLEST = {"object": dict, "array": list, "string": str, "integer": int, "number": int, "boolean": bool}
 
 
 class SchemaValues:
     """Generates values for one schema document (its $defs resolve against the root)."""
 
-    def __init__(self, root: dict, rng: random.Random, *, optional_probability: float = 0.5) -> None:
+    def __init__(self, root: dict, rng: random.Random, *, optional_probability: float = 0.5,
+                 max_chars: int | None = None) -> None:
         self.root = root
         self.rng = rng
         self.optional_probability = optional_probability
+        self.left = max_chars if max_chars is not None else math.inf
+        """Characters still worth generating: past them arrays and strings stop growing (see value_for_schema)."""
 
     def value(self, schema: Any = None, name: str | None = None, depth: int = 0) -> Any:
         schema = self.root if schema is None else schema
         if schema is True or not isinstance(schema, dict):
-            return self.rng.choice(_WORDS)
+            return self._spent(self.rng.choice(_WORDS))
         schema = self._resolve(schema)
+        if depth > HARD_DEPTH:
+            kind = schema.get("type")
+            return _SMALLEST.get(kind, type(None))() if isinstance(kind, str) else None
         if "const" in schema:
-            return schema["const"]
+            return self._spent(schema["const"])
         if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return self.rng.choice(schema["enum"])
+            return self._spent(self.rng.choice(schema["enum"]))
         if "allOf" in schema and isinstance(schema["allOf"], list):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
@@ -81,7 +92,7 @@ class SchemaValues:
                         merged[k] = list(dict.fromkeys([*merged.get(k, []), *v]))
                     else:
                         merged.setdefault(k, v)
-            return self.value(merged, name, depth)
+            return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -95,7 +106,13 @@ class SchemaValues:
             kind = self.rng.choice(real) if real else "null"
         if kind is None:
             kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
-        return getattr(self, f"_{kind}", self._string)(schema, name, depth)
+        made = getattr(self, f"_{kind}", self._string)(schema, name, depth)
+        return made if isinstance(made, (dict, list, str)) else self._spent(made)  # those count themselves
+
+    def _spent(self, value: Any) -> Any:
+        """`value`, its length in JSON (about) taken from what is left to generate."""
+        self.left -= len(str(value)) + 2
+        return value
 
     def _resolve(self, schema: dict) -> dict:
         seen = 0
@@ -119,14 +136,17 @@ class SchemaValues:
         out: dict[str, Any] = {}
         for key, sub in props.items():
             if key in required or (depth < MAX_DEPTH and self.rng.random() < self.optional_probability):
+                self.left -= len(key) + 4
                 out[key] = self.value(sub, key, depth + 1)
         for key in required - set(out):  # required but not described: any word
             out[key] = self.rng.choice(_WORDS)
         minimum = schema.get("minProperties")
         extra = schema.get("additionalProperties", True)
-        while isinstance(minimum, int) and len(out) < minimum and extra is not False:
-            out[f"{self.rng.choice(_WORDS)}_{len(out)}"] = self.value(extra if isinstance(extra, dict) else {},
-                                                                     None, depth + 1)
+        while isinstance(minimum, int) and len(out) < minimum and extra is not False and self.left > 0:
+            made = self.value(extra if isinstance(extra, dict) else {}, None, depth + 1)  # then its key, as ever
+            key = f"{self.rng.choice(_WORDS)}_{len(out)}"
+            self.left -= len(key) + 4
+            out[key] = made
         return out
 
     def _array(self, schema: dict, name: str | None, depth: int) -> list:
@@ -142,7 +162,7 @@ class SchemaValues:
         out: list = [self.value(p, name, depth + 1) for p in prefix[:n]]
         unique = bool(schema.get("uniqueItems"))
         tries = 0
-        while len(out) < n and tries < 50 * (n + 1):
+        while len(out) < n and tries < 50 * (n + 1) and self.left > 0:
             tries += 1
             v = self.value(items if items is not False else {}, _singular(name), depth + 1)
             if unique and v in out:
@@ -157,15 +177,16 @@ class SchemaValues:
         lo = int(schema.get("minLength", 0))
         hi = int(schema.get("maxLength", max(lo, 60)))
         if isinstance(pattern, str) and pattern in _SIMPLE_PATTERNS:
-            return "".join(rng.choice(_SIMPLE_PATTERNS[pattern]) for _ in range(max(1, lo, min(hi, 6))))
+            size = min(max(1, lo, min(hi, 6)), max(1, int(min(self.left, 1 << 30))))
+            return self._spent("".join(rng.choice(_SIMPLE_PATTERNS[pattern]) for _ in range(size)))
         if isinstance(fmt, str) and fmt in _FORMATS:
             text = _FORMATS[fmt](rng)
         else:
             hint = _HINTS.get((name or "").lower())
             text = rng.choice(hint) if hint else " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
-        while len(text) < lo:
+        while len(text) < lo and len(text) < self.left:
             text += " " + rng.choice(_WORDS)
-        return text[:hi] if len(text) > hi else text
+        return self._spent(text[:hi] if len(text) > hi else text)
 
     def _number(self, schema: dict, name: str | None, depth: int, integer: bool = False) -> float | int:
         lo = schema.get("minimum", -math.inf)
@@ -206,9 +227,15 @@ def _singular(name: str | None) -> str | None:
     return name
 
 
-def value_for_schema(schema: dict, rng: random.Random, *, optional_probability: float = 0.5) -> Any:
-    """One plausible value valid against `schema` (strict schemas: every property is required)."""
-    return SchemaValues(schema, rng, optional_probability=optional_probability).value()
+def value_for_schema(schema: dict, rng: random.Random, *, optional_probability: float = 0.5,
+                     max_chars: int | None = None) -> Any:
+    """One plausible value valid against `schema` (strict schemas: every property is required).
+
+    max_chars: an answer cut by max_tokens sends only its first tokens, so a schema asking for a million
+    items (minItems, minLength, minProperties) is generated only as far as could be sent: the value's
+    start is the same, its arrays and strings stop growing about `max_chars` characters in.
+    """
+    return SchemaValues(schema, rng, optional_probability=optional_probability, max_chars=max_chars).value()
 
 
 def small_object(rng: random.Random) -> dict:

@@ -117,16 +117,28 @@ def new_call_id(prefix: str) -> str:
     return f"{prefix}{_IDS.getrandbits(96):024x}"
 
 
-def arguments_json(tool: Tool, rng: random.Random) -> str:
-    """Arguments a model would send: valid against the tool's schema, as compact-ish JSON text."""
+MAX_CHARS_PER_TOKEN = 16
+"""More than any token of a generated value holds (its words, digits and punctuation): a value past
+max_tokens x this many characters is cut by max_tokens anyway, and is generated only that far."""
+
+
+def arguments_json(tool: Tool, rng: random.Random, max_tokens: int | None = None) -> str:
+    """Arguments a model would send: valid against the tool's schema, as compact-ish JSON text (as far as
+    `max_tokens` could send: see value_for_schema)."""
     value = value_for_schema(tool.parameters or EMPTY_PARAMETERS, rng,
-                             optional_probability=1.0 if tool.strict else 0.6)
+                             optional_probability=1.0 if tool.strict else 0.6, max_chars=_chars(max_tokens))
     return json.dumps(value, ensure_ascii=False)
 
 
-def structured_json(fmt: OutputFormat, rng: random.Random) -> str:
-    """The text of a structured answer: JSON valid against the schema (or a small object)."""
-    value = value_for_schema(fmt.schema, rng, optional_probability=1.0 if fmt.strict else 0.7) \
+def _chars(max_tokens: int | None) -> int | None:
+    return None if max_tokens is None else max_tokens * MAX_CHARS_PER_TOKEN
+
+
+def structured_json(fmt: OutputFormat, rng: random.Random, max_tokens: int | None = None) -> str:
+    """The text of a structured answer: JSON valid against the schema (or a small object), as far as
+    `max_tokens` could send."""
+    value = value_for_schema(fmt.schema, rng, optional_probability=1.0 if fmt.strict else 0.7,
+                             max_chars=_chars(max_tokens)) \
         if fmt.type == "json_schema" and fmt.schema is not None else small_object(rng)
     return json.dumps(value, ensure_ascii=False, indent=None)
 
@@ -145,8 +157,10 @@ def tools_to_call(tools: list[Tool], choice: ToolChoice, *, answers_tool_result:
     return [rng.choice(tools) for _ in range(n)]
 
 
-def tool_call_blocks(calls: list[Tool], rng: random.Random, id_prefix: str) -> list[Block]:
-    return [Block("tool_call", arguments_json(t, rng), call_id=new_call_id(id_prefix), name=t.name) for t in calls]
+def tool_call_blocks(calls: list[Tool], rng: random.Random, id_prefix: str,
+                     max_tokens: int | None = None) -> list[Block]:
+    return [Block("tool_call", arguments_json(t, rng, max_tokens), call_id=new_call_id(id_prefix), name=t.name)
+            for t in calls]
 
 
 def tools_prompt_text(tools: list[Tool]) -> str:

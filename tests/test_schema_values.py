@@ -1,5 +1,6 @@
 """Generated tool arguments and structured outputs validate against their JSON schemas."""
 
+import json
 import random
 
 import pytest
@@ -95,3 +96,42 @@ def test_schema_and_strict_problems_are_named():
     nested = {"type": "object", "properties": {"x": {"type": "object", "properties": {}}}, "required": ["x"],
               "additionalProperties": False}
     assert "properties/x" in strict_problem(nested)
+
+
+SELF_REFERENCING = {
+    "allOf back to the root": {"type": "object", "properties": {"note": {"type": "string"}}, "allOf": [{"$ref": "#"}]},
+    "a required child of its own kind": {"type": "object", "properties": {"child": {"$ref": "#"}},
+                                         "required": ["child"]},
+    "a tree through $defs": {"$defs": {"node": {"type": "object", "required": ["kids"], "properties": {
+        "kids": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}}}}}, "$ref": "#/$defs/node"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SELF_REFERENCING))
+def test_schemas_that_refer_to_themselves_give_a_value(name):
+    """A valid schema may refer to itself with no finite instance: a bounded value, never a RecursionError."""
+    schema = SELF_REFERENCING[name]
+    Draft202012Validator.check_schema(schema)
+    value = value_for_schema(schema, random.Random(1), optional_probability=1.0)
+    assert isinstance(value, dict)
+    if name == "allOf back to the root":  # satisfiable, by what the schema says without its loop
+        plain = {k: v for k, v in schema.items() if k != "allOf"}  # (jsonschema itself recurses on the loop)
+        assert not list(Draft202012Validator(plain).iter_errors(value))
+
+
+@pytest.mark.parametrize("schema, cut", [
+    ({"type": "array", "items": {"type": "integer"}, "minItems": 2_000_000}, lambda v, n: v[:len(n)]),
+    ({"type": "string", "minLength": 5_000_000}, lambda v, n: v[:len(n)]),
+    ({"type": "object", "minProperties": 1_000_000}, lambda v, n: dict(list(v.items())[:len(n)])),
+])
+def test_a_value_is_generated_only_as_far_as_max_tokens_could_send(schema, cut):
+    """With max_chars, a schema asking for millions of items stops near that many characters, and what it
+    gives is the start of the full value (the same draws in the same order)."""
+    bounded = value_for_schema(schema, random.Random(5), max_chars=400)
+    assert 300 <= len(json.dumps(bounded)) <= 500
+    small = dict(schema)
+    for key in ("minItems", "minLength", "minProperties"):
+        if key in small:
+            small[key] = 3000  # enough to pass the budget, cheap to make in full
+    full = value_for_schema(small, random.Random(5))
+    assert cut(full, bounded) == bounded

@@ -152,3 +152,22 @@ def test_system_blocks_content_blocks_and_optional_fields_are_accepted(client):
 def test_count_tokens_matches_create(client):
     counted = client.messages.count_tokens(model=MODEL, system=SYSTEM, messages=MESSAGES)
     assert counted.input_tokens == EXPECTED_INPUT
+
+
+def test_schemas_asking_for_huge_or_endless_values_are_answered(server):
+    """A schema may ask for a hundred million items, or refer to itself with no finite instance: the value is
+    generated only as far as max_tokens could send it (without that, this call outlives its timeout and the
+    server's memory), and a loop in the schema gives a bounded value, not a 500."""
+    client = anthropic.Anthropic(base_url=server, api_key="k", max_retries=0, timeout=30)
+    huge = {"type": "object", "required": ["x"],
+            "properties": {"x": {"type": "array", "items": {"type": "integer"}, "minItems": 100_000_000}}}
+    m = client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES, tool_choice={"type": "any"},
+                               tools=[{"name": "save", "input_schema": huge}])
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 20
+    looped = {"type": "object", "properties": {"note": {"type": "string"}}, "allOf": [{"$ref": "#"}]}
+    m = client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES, tool_choice={"type": "any"},
+                               tools=[{"name": "save", "input_schema": looped}])
+    assert m.stop_reason == "tool_use" and isinstance(m.content[-1].input, dict)
+    m = client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES,
+                               output_config={"format": {"type": "json_schema", "schema": looped}})
+    assert m.stop_reason in ("end_turn", "max_tokens") and m.content[0].text.startswith("{")
