@@ -25,6 +25,7 @@ from ..prefix_cache import ANTHROPIC_MAX_BREAKPOINTS, ANTHROPIC_TTLS, NO_CACHE, 
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
 from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
+from .clienttools import client_tool_schema
 
 ROLES = ("user", "assistant")
 THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
@@ -150,8 +151,11 @@ def _system(body: dict) -> str | list | None:
 
 
 def _tools(body: dict) -> tuple[list[Tool], ToolChoice]:
-    """Custom tools (name + input_schema) become callable; server tools are accepted, never called."""
+    """Custom tools (name + input_schema) and Anthropic-defined client tools (bash, text editor, computer,
+    memory) become callable; server tools (web search, ...) are accepted, never called: a turn forced to
+    use one answers in text, as after the server ran it."""
     tools: list[Tool] = []
+    server_tools: list[str] = []
     raw = body.get("tools")
     for i, tool in enumerate(_list(raw, "tools") if raw is not None else []):
         where = f"tools.{i}"
@@ -160,7 +164,12 @@ def _tools(body: dict) -> tuple[list[Tool], ToolChoice]:
             raise bad(f"{where}.name", "Field required")
         kind = tool.get("type", "custom")
         if kind not in (None, "custom"):
-            continue  # a server tool (web_search_..., bash_..., text_editor_...)
+            schema = client_tool_schema(kind) if isinstance(kind, str) else None
+            if schema is None:
+                server_tools.append(tool["name"])
+            else:
+                tools.append(Tool(tool["name"], schema))
+            continue
         name = tool["name"]
         if not TOOL_NAME.match(name):
             raise bad(f"{where}.custom.name", "String should match pattern '^[a-zA-Z0-9_-]{1,128}$'")
@@ -192,10 +201,14 @@ def _tools(body: dict) -> tuple[list[Tool], ToolChoice]:
         name = choice.get("name")
         if not isinstance(name, str):
             raise bad("tool_choice.name", "Field required")
+        if name in server_tools and all(t.name != name for t in tools):
+            return tools, ToolChoice("none")
         if all(t.name != name for t in tools):
             raise bad("tool_choice.name", f"Tool '{name}' not found in provided tools")
         return tools, ToolChoice("tool", name)
     if kind == "any" and not tools:
+        if server_tools:
+            return tools, ToolChoice("none")
         raise bad("tool_choice", "tool_choice.type 'any' requires tools to be provided")
     return tools, ToolChoice({"any": "required"}.get(kind, kind))
 

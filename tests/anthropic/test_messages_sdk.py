@@ -171,3 +171,30 @@ def test_schemas_asking_for_huge_or_endless_values_are_answered(server):
     m = client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES,
                                output_config={"format": {"type": "json_schema", "schema": looped}})
     assert m.stop_reason in ("end_turn", "max_tokens") and m.content[0].text.startswith("{")
+
+
+@pytest.mark.parametrize("tool, key, value", [
+    ({"type": "bash_20250124", "name": "bash"}, "command", None),
+    ({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}, "command", "view"),
+    ({"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768},
+     "action", "screenshot"),
+    ({"type": "memory_20250818", "name": "memory"}, "command", "view"),
+])
+def test_anthropic_client_tools_are_called_with_their_documented_input(server, tool, key, value):
+    client = anthropic.Anthropic(base_url=server, api_key="k", max_retries=0)
+    for choice in ({"type": "any"}, {"type": "tool", "name": tool["name"]}):
+        m = client.messages.create(model=MODEL, max_tokens=300, messages=MESSAGES, tools=[tool], tool_choice=choice)
+        call = m.content[-1]
+        assert m.stop_reason == "tool_use" and call.type == "tool_use" and call.name == tool["name"]
+        assert isinstance(call.input[key], str) and (value is None or call.input[key] == value)
+
+
+def test_a_turn_forced_to_a_server_tool_answers_in_text(server):
+    client = anthropic.Anthropic(base_url=server, api_key="k", max_retries=0)
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+    for choice in ({"type": "any"}, {"type": "tool", "name": "web_search"}):
+        m = client.messages.create(model=MODEL, max_tokens=50, messages=MESSAGES, tools=tools, tool_choice=choice)
+        assert m.content[0].type == "text" and m.stop_reason in ("end_turn", "max_tokens")
+    with pytest.raises(anthropic.BadRequestError, match="not found in provided tools"):
+        client.messages.create(model=MODEL, max_tokens=50, messages=MESSAGES, tools=tools,
+                               tool_choice={"type": "tool", "name": "web_fetch"})
