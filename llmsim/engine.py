@@ -415,6 +415,15 @@ class Engine:
 
     # ------------------------------------------------------------------ per request
 
+    def generating_profile(self, model: str) -> ModelProfile:
+        """resolve_profile for a request that generates (or counts what it would send): 400 for an embedding
+        model, which does not generate."""
+        profile = self.resolve_profile(model)
+        if profile.embedding is not None:
+            raise ApiError("invalid_request", f"The model `{model}` is an embedding model: it does not generate "
+                           "text. Send it to POST /v1/embeddings.", param="model", code="model_not_supported")
+        return profile
+
     def resolve_profile(self, model: str) -> ModelProfile:
         """The profile a request's model runs with, or 404 model_not_found."""
         own = self.registry.match(model)
@@ -557,10 +566,7 @@ class Engine:
         """
         arrival = req.arrival if req.arrival is not None else time.monotonic()
         forced = self.header_fault(req.forced_fault)
-        profile = self.resolve_profile(req.model)
-        if profile.embedding is not None:
-            raise ApiError("invalid_request", f"The model `{req.model}` is an embedding model: it does not generate "
-                           "text. Send it to POST /v1/embeddings.", param="model", code="model_not_supported")
+        profile = self.generating_profile(req.model)
         fault_rng = self.fault_rng()  # drawn for every generation request, so the sequence is the arrival order
         if self.chunk_tokens:
             profile = replace(profile, chunk_tokens=self.chunk_tokens)

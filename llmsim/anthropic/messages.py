@@ -90,8 +90,19 @@ def _list(value: Any, path: str) -> list:
     return value
 
 
+BLOCK_TYPES = ("text", "image", "document", "search_result", "thinking", "redacted_thinking", "tool_use",
+               "tool_result", "server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+               "code_execution_tool_result", "bash_code_execution_tool_result",
+               "text_editor_code_execution_tool_result", "tool_search_tool_result", "mcp_tool_use",
+               "mcp_tool_result", "container_upload")
+"""Content block types a request may carry (Anthropic's input block union)."""
+_BLOCK_FIELDS = {"image": ("source",), "document": ("source",), "tool_use": ("id", "name", "input"),
+                 "tool_result": ("tool_use_id",)}
+"""Fields a block of these types must have."""
+
+
 def _blocks(blocks: list, path: str, *, text_only: bool = False) -> None:
-    """Content blocks: objects with a string `type`; text blocks carry non-empty text."""
+    """Content blocks: objects with a known `type` and its required fields; text blocks carry non-empty text."""
     for j, block in enumerate(blocks):
         where = f"{path}.{j}"
         _object(block, where)
@@ -100,6 +111,15 @@ def _blocks(blocks: list, path: str, *, text_only: bool = False) -> None:
             raise bad(f"{where}.type", "Field required" if kind is None else "Input should be a valid string")
         if text_only and kind != "text":
             raise bad(f"{where}.type", f"Input should be 'text', got {kind!r}")
+        if kind not in BLOCK_TYPES:
+            expected = ", ".join(f"'{t}'" for t in BLOCK_TYPES)
+            raise bad(where, f"Input tag {_dumps(kind)} found using 'type' does not match any of the expected tags: "
+                             f"{expected}")
+        for field in _BLOCK_FIELDS.get(kind, ()):
+            if block.get(field) is None:
+                raise bad(f"{where}.{kind}.{field}", "Field required")
+            if field in ("id", "name", "tool_use_id") and not isinstance(block[field], str):
+                raise bad(f"{where}.{kind}.{field}", "Input should be a valid string")
         if kind == "text":
             text = block.get("text")
             if not isinstance(text, str):
@@ -137,7 +157,38 @@ def _messages(body: dict) -> list[dict]:
         if not content and not (i == last and role == "assistant"):
             raise bad(path, "all messages must have non-empty content except for the optional final assistant "
                             "message")
+    _tool_pairs(messages)
     return messages
+
+
+def _block_ids(content: Any, kind: str, key: str) -> list[tuple[int, Any]]:
+    """(index, id) of the content's blocks of one type."""
+    if not isinstance(content, list):
+        return []
+    return [(j, b.get(key)) for j, b in enumerate(content) if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _tool_pairs(messages: list[dict]) -> None:
+    """Every tool_result answers a tool_use of the message before it, and every tool_use is answered by a
+    tool_result in the next message (Anthropic's rules: a client's tool loop that invents or loses a result
+    fails here, not first in production). A result that answers nothing is named first, as the more specific."""
+    uses = [{use for _, use in _block_ids(m["content"], "tool_use", "id")} if m["role"] == "assistant" else set()
+            for m in messages]
+    for i, msg in enumerate(messages):
+        known = uses[i - 1] if i > 0 else set()
+        for j, answered in _block_ids(msg["content"], "tool_result", "tool_use_id"):
+            if answered not in known:
+                raise bad(f"messages.{i}.content.{j}", f"unexpected `tool_use_id` found in `tool_result` blocks: "
+                                                       f"{answered}. Each `tool_result` block must have a "
+                                                       f"corresponding `tool_use` block in the previous message.")
+    for i, msg in enumerate(messages[:-1]):
+        if uses[i]:
+            answered_ids = {a for _, a in _block_ids(messages[i + 1]["content"], "tool_result", "tool_use_id")}
+            missing = [use for _, use in _block_ids(msg["content"], "tool_use", "id") if use not in answered_ids]
+            if missing:
+                raise bad(f"messages.{i + 1}", f"`tool_use` ids were found without `tool_result` blocks immediately "
+                                               f"after: {', '.join(map(str, missing))}. Each `tool_use` block must "
+                                               f"have a corresponding `tool_result` block in the next message.")
 
 
 def _system(body: dict) -> str | list | None:
@@ -186,6 +237,9 @@ def _tools(body: dict) -> tuple[list[Tool], ToolChoice]:
         if description is not None and not isinstance(description, str):
             raise bad(f"{where}.custom.description", "Input should be a valid string")
         tools.append(Tool(name, schema, description or "", bool(tool.get("strict"))))
+    names = [t.name for t in tools] + server_tools
+    if len(set(names)) != len(names):
+        raise bad("tools", "Tool names must be unique.")
     choice = body.get("tool_choice")
     if choice is None:
         return tools, ToolChoice("auto")
@@ -235,7 +289,15 @@ def _model(body: dict) -> str:
 
 
 def parse_count_tokens_request(body: dict) -> Request:
-    """The prompt half of a Messages request (what /v1/messages/count_tokens takes)."""
+    """What /v1/messages/count_tokens takes: the prompt half of a Messages request, and its thinking settings
+    (counted or not, a request Messages would refuse is refused)."""
+    req = _prompt_request(body)
+    _thinking(body, req)
+    return req
+
+
+def _prompt_request(body: dict) -> Request:
+    """The prompt half of a Messages request."""
     model = _model(body)
     messages = _messages(body)
     system = _system(body)
@@ -314,7 +376,7 @@ def cache_segments(body: dict, messages: list[dict], system: str | list | None) 
 
 def parse_messages_request(body: dict) -> Request:
     """Validate a Messages body by Anthropic's rules; 400 `invalid_request_error` naming the field otherwise."""
-    req = parse_count_tokens_request(body)
+    req = _prompt_request(body)
     req.max_tokens = _integer(body, "max_tokens", required=True, minimum=1)
     req.stop = _stop_sequences(body)
     stream = body.get("stream")

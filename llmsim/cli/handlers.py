@@ -129,7 +129,7 @@ def anthropic_blueprint(state: AppState) -> Blueprint:
 
     def count_tokens() -> Response:
         req = parse_count_tokens_request(read_body())
-        profile = state.resolve_profile(req.model)
+        profile = state.generating_profile(req.model)
         return jsonify({"input_tokens": state.count_prompt(req, profile, get_encoding(profile.encoding),
                                                            check=False)})
 

@@ -138,3 +138,57 @@ def test_sdk_raises_its_typed_errors(server):
     assert bad.value.status_code == 400 and bad.value.body["error"]["type"] == "invalid_request_error"
     assert missing.value.status_code == 404 and missing.value.body["error"]["type"] == "not_found_error"
     assert bad.value.request_id and bad.value.request_id.startswith("req_")
+
+
+USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}
+WEATHER = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+
+def _turns(*messages):
+    return {**OK, "tools": WEATHER, "messages": [{"role": "user", "content": "Weather?"}, *messages]}
+
+
+@pytest.mark.parametrize("body, field, reason", [
+    (_turns({"role": "assistant", "content": [USE]}, {"role": "user", "content": "and tomorrow?"}),
+     "messages.2", "`tool_use` ids were found without `tool_result` blocks immediately after: toolu_1."),
+    (_turns({"role": "assistant", "content": [USE]}, {"role": "user", "content": [{**RESULT, "tool_use_id": "x"}]}),
+     "messages.2.content.0", "unexpected `tool_use_id` found in `tool_result` blocks: x."),
+    (_turns({"role": "assistant", "content": "Sure."}, {"role": "user", "content": [RESULT]}),
+     "messages.2.content.0", "unexpected `tool_use_id` found in `tool_result` blocks: toolu_1."),
+    (_turns({"role": "assistant", "content": [USE]}, {"role": "user", "content": [{"type": "tool_result"}]}),
+     "messages.2.content.0.tool_result.tool_use_id", "Field required"),
+    ({**OK, "messages": [{"role": "user", "content": [{"type": "foo"}]}]},
+     "messages.0.content.0", "Input tag \"foo\" found using 'type' does not match any of the expected tags: 'text'"),
+    ({**OK, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+     "messages.0.content.0.image.source", "Field required"),
+    (_turns({"role": "assistant", "content": [{**USE, "id": {"a": 1}}]}), "messages.1.content.0.tool_use.id",
+     "Input should be a valid string"),
+    ({**OK, "tools": WEATHER * 2}, "tools", "Tool names must be unique."),
+])
+def test_conversations_the_api_refuses(server, body, field, reason):
+    """A tool loop that loses or invents a result, an unknown block, a block missing what its type needs:
+    the API's 400, so a client bug shows against llmsim, not first in production. count_tokens refuses them too."""
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert_anthropic_error(post(server, body, path), 400, "invalid_request_error", f"{field}: {reason}")
+
+
+def test_a_complete_tool_loop_and_a_final_tool_use_are_accepted(server):
+    done = _turns({"role": "assistant", "content": [{"type": "text", "text": "Checking."}, USE]},
+                  {"role": "user", "content": [RESULT, {"type": "text", "text": "thanks"}]})
+    assert post(server, done).status_code == 200
+    pending = _turns({"role": "assistant", "content": [USE]})  # the last turn: no next message to answer it yet
+    assert post(server, pending).status_code == 200
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": "text-embedding-3-small"}, "model"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 5}}, "thinking.budget_tokens"),
+    ({"thinking": {"type": "bogus"}}, "thinking"),
+])
+def test_count_tokens_refuses_what_messages_refuses(server, change, field):
+    body = {k: v for k, v in {**OK, **change}.items() if k != "max_tokens"}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        r = post(server, {**body, "max_tokens": 16} if path == "/v1/messages" else body, path)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (path, r.text)
+        assert field in r.json()["error"]["message"] or r.json()["error"]["message"].startswith(field), r.text
