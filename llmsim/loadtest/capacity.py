@@ -413,6 +413,12 @@ def _init(environment: Any) -> None:
         get_capacity(environment)
     except OptionError as e:
         _fail(str(e))
+    opts = environment.parsed_options
+    ignored = [flag for flag, dest in (("-u/--users", "num_users"), ("-r/--spawn-rate", "spawn_rate"))
+               if getattr(opts, dest, None) is not None]
+    if ignored:  # the shape reads --run-time, so Locust no longer says these are ignored
+        log.warning(f"{' and '.join(ignored)} do not shape the capacity test's steps: use --start-users, "
+                    "--step-users and --max-users")
     workload = toolkit.settings.workload
     if workload is not None and workload.trace is not None:
         _fail("--trace replays the trace's own arrival times; the capacity test steps the users up instead "

@@ -155,12 +155,20 @@ class StepSchedule:
 
 
 class StepShape(LoadTestShape):
-    """Locust's hook: asks the capacity run (llmsim.loadtest.capacity) which user count to run now."""
+    """Locust's hook: asks the capacity run (llmsim.loadtest.capacity) which user count to run now.
+
+    A shape owns the run's end, so Locust ignores -t/--run-time for it unless the shape reads it: this one
+    does, and ends the run then (the steps judged so far are reported, "interrupted before the last verdict").
+    """
 
     abstract = True
+    use_common_options = True
 
     def tick(self) -> tuple[int, float] | None:
         run: Any = getattr(self.runner.environment, "llmsim_capacity", None) if self.runner else None
         if run is None:  # capacity.py's init listener did not run: nothing to step
+            return None
+        limit = getattr(self.runner.environment.parsed_options, "run_time", None)
+        if limit and self.get_run_time() >= limit:
             return None
         return run.tick()

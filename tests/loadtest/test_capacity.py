@@ -666,3 +666,17 @@ def test_bad_options_give_one_line_errors(tmp_path, args, needle):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_run_time_ends_the_run_with_the_steps_judged_so_far(tmp_path):
+    """-t/--run-time is read by the step shape: with 3 s steps up to 50 users, a 7 s run stops after about two
+    steps, reports them, and says it was interrupted (Locust alone would ignore -t for a shape)."""
+    started = time.monotonic()
+    proc, report = run_capacity(tmp_path, "--llm-profile", str(PROFILE_FILE), "--start-users", "1", "--step-users",
+                                "1", "--step-time", "3", "--max-users", "50", "-t", "7s", timeout=60)
+    took = time.monotonic() - started
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["stop_reason"] == "interrupted before the last verdict"
+    assert 1 <= len(report["steps"]) <= 3 and took < 45
+    assert "will be ignored: --run-time" not in proc.stderr
