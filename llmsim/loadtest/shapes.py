@@ -165,10 +165,11 @@ class StepShape(LoadTestShape):
     use_common_options = True
 
     def tick(self) -> tuple[int, float] | None:
-        run: Any = getattr(self.runner.environment, "llmsim_capacity", None) if self.runner else None
+        environment: Any = self.runner.environment if self.runner else None
+        run: Any = getattr(environment, "llmsim_capacity", None)
         if run is None:  # capacity.py's init listener did not run: nothing to step
             return None
-        limit = getattr(self.runner.environment.parsed_options, "run_time", None)
+        limit = getattr(environment.parsed_options, "run_time", None)
         if limit and self.get_run_time() >= limit:
             return None
         return run.tick()
