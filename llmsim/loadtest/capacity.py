@@ -32,7 +32,7 @@ from .openloop import OpenLoopSource
 from .options import OptionError, _positive_int
 from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run, refresh_loop_clock
 from .prediction import TokenShape, predict_step
-from .report import workload_section
+from .report import output_problem, workload_section
 from .shapes import Step, StepPlan, StepSchedule, StepShape
 from .steps import SLICE_S, InFlight, SliceBook, StepStats, summarize, window_slices
 from .users import LlmUser
@@ -413,6 +413,9 @@ def _init(environment: Any) -> None:
         get_capacity(environment)
     except OptionError as e:
         _fail(str(e))
+    prefix = get_capacity(environment).settings.report_prefix
+    if problem := output_problem(f"{prefix}.json"):
+        _fail(f"--capacity-report: cannot write {prefix}.json ({problem})")
     opts = environment.parsed_options
     ignored = [flag for flag, dest in (("-u/--users", "num_users"), ("-r/--spawn-rate", "spawn_rate"))
                if getattr(opts, dest, None) is not None]

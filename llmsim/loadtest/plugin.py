@@ -25,8 +25,9 @@ from .aggregate import RunStats
 from .metrics import RequestRecord
 from .options import LoadTestSettings, OptionError, add_arguments
 from .records import RecordsFile, record_line
-from .report import build_report, format_summary, format_verdicts, install_web_ui, write_json
+from .report import build_report, format_summary, format_verdicts, install_web_ui, output_problem, write_json
 from .scoring import expected_values, request_meets_slo, score
+from .transport import url_problem
 from .workloads import TRACE_LEAD_S, TraceReplay, Work, refuses_exact_fields
 
 log = logging.getLogger("llmsim.loadtest")
@@ -363,6 +364,8 @@ def _init(environment: Any) -> None:
             RecordsFile.start(run.settings.records_path)
         except OSError as e:
             _fail(f"--llm-records: cannot write {run.settings.records_path} ({e.strerror or e})")
+    if run.settings.report_path and (problem := output_problem(run.settings.report_path)):
+        _fail(f"--llm-report: cannot write {run.settings.report_path} ({problem})")
     if environment.parsed_options is not None and run.settings.workload is not None:
         # The workers build their prompts from the same seed (the shared prefixes and trace blocks must match).
         environment.parsed_options.workload_seed = run.settings.workload.spec.seed
@@ -370,6 +373,9 @@ def _init(environment: Any) -> None:
         environment.runner.register_message(TRACE_DONE_MESSAGE, _on_trace_done)
     user_hosts = {getattr(u, "host", None) for u in environment.user_classes}
     embedded = not environment.host and not any(user_hosts)
+    for host in sorted({environment.host, *user_hosts} - {None, ""}):
+        if problem := url_problem(host):
+            _fail(f"--host: {problem}")
     if run.settings.trace_mode == "auto":
         # Resolved here, in the options too: workers take their settings from the master's options.
         # The trace comes inside the event stream: a --no-stream run has nowhere to carry it.

@@ -154,6 +154,21 @@ def workload_section(desc: dict[str, Any], stats: RunStats) -> dict[str, Any]:
     return out
 
 
+def output_problem(path: str) -> str | None:
+    """Why `path` could not be written when the run ends (None: it can), checked when it starts so that a long
+    run's results are not lost to a typo. Missing directories are made then, as write_json makes them."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK):
+        return f"{probe} is not writable"
+    return None
+
+
 def write_json(report: dict[str, Any], path: str) -> None:
     if d := os.path.dirname(path):
         os.makedirs(d, exist_ok=True)

@@ -71,6 +71,19 @@ def _gevent_sockets() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
+def url_problem(base_url: str) -> str | None:
+    """What is wrong with a base URL the client cannot send to (None: nothing)."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        return f"not an http(s) URL: {base_url!r} ({e})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) URL: {base_url!r} (give the scheme, e.g. http://{base_url})" \
+            if "://" not in base_url else f"not an http(s) URL: {base_url!r}"
+    return None
+
+
 class TransportError(Exception):
     """The connection failed, timed out or the server broke the HTTP framing."""
 
@@ -92,11 +105,12 @@ class HttpConnection:
 
     def __init__(self, base_url: str, *, timeout: float = 600.0, connect_timeout: float = 30.0,
                  verify: bool = True, kernel_stamps: bool = True) -> None:
+        problem = url_problem(base_url)
+        if problem:
+            raise ValueError(problem)
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.scheme = parts.scheme
-        self.host = parts.hostname
+        self.host: str = parts.hostname or ""  # url_problem checked there is one
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path
         default_port = 443 if parts.scheme == "https" else 80

@@ -680,3 +680,12 @@ def test_run_time_ends_the_run_with_the_steps_judged_so_far(tmp_path):
     assert report["stop_reason"] == "interrupted before the last verdict"
     assert 1 <= len(report["steps"]) <= 3 and took < 45
     assert "will be ignored: --run-time" not in proc.stderr
+
+
+def test_an_unwritable_capacity_report_stops_the_run_before_it_starts(tmp_path):
+    (tmp_path / "afile").write_text("a file, where the report's directory would go")
+    proc, _ = run_capacity(tmp_path, "--llm-profile", str(PROFILE_FILE), "--capacity-report", "afile/cap",
+                           timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--capacity-report: cannot write afile/cap.json" in errors[0], proc.stderr

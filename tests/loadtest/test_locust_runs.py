@@ -193,9 +193,14 @@ def test_processes_merge_exactly(tmp_path):
     (["--prompts", "missing.jsonl"], "missing.jsonl: cannot read"),
     (["--llm-model", "llama-3-8b", "--llm-score", "on"], "no profile covers model 'llama-3-8b'"),
     (["--llm-warmup", "ten"], "--llm-warmup"),
+    (["--host", "127.0.0.1:18999"], "--host: not an http(s) URL: '127.0.0.1:18999' (give the scheme"),
+    (["--host", "http://127.0.0.1:port"], "--host: not an http(s) URL"),
+    (["--llm-report", "afile/report.json"], "--llm-report: cannot write afile/report.json"),
+    (["--llm-report", "."], "--llm-report: cannot write . (it is a directory)"),
 ])
 
 def test_bad_options_give_one_line_errors(tmp_path, args, needle):
+    (tmp_path / "afile").write_text("a file, where a report's directory would go")
     proc, report = run_locust(tmp_path, *args, "-u", "1", "-t", "1s", timeout=30)
     assert proc.returncode == 2
     assert report is None
