@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,9 @@ from .sse import MalformedStream, SseParser
 from .transport import HttpConnection, TransportError
 
 ERROR_BODY_LIMIT = 300
+_REQUEST_ID = re.compile(r',?\s*"request_id"\s*:\s*"[^"]*"')
+"""An error body's per-request id (Anthropic's carry one): left out of the failure's message, so that Locust's
+error table and _failures.csv group one kind of failure on one row, not one row per request."""
 TRACE_HEADER = "x-llmsim-trace"
 """Asks an llmsim server for its own timings of the request (a `: llmsim-trace {json}` comment)."""
 
@@ -111,7 +115,8 @@ class LlmClient:
         start_time += t_sent - t0
         if resp.status >= 400:
             try:
-                detail = resp.read()[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+                raw = resp.read()[:4 * ERROR_BODY_LIMIT].decode("utf-8", "replace")
+                detail = _REQUEST_ID.sub("", raw)[:ERROR_BODY_LIMIT]
             except TransportError:
                 detail = ""
             rec = failed_record(start_time=start_time, t_sent=t_sent, t_end=self.conn.clock(),

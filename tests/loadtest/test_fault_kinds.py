@@ -173,3 +173,16 @@ def test_retry_429_option(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--retry-429", "0"])
     assert "--retry-429: must be at least 1" in capsys.readouterr().err
+
+
+def test_an_error_bodys_request_id_is_left_out_of_the_failure_message(count_tokens):
+    """Anthropic's error bodies carry a per-request id: left in, Locust's error table and _failures.csv would
+    get a row per request instead of one per kind of failure."""
+    from llmsim.loadtest.adapters import MessagesAdapter
+
+    with serve({"overloaded": 1.0}) as url:
+        c = LlmClient(url, MessagesAdapter(), model="claude-haiku-4-5", count_tokens=count_tokens)
+        first, second = c.run(PROMPT, max_tokens=5), c.run(PROMPT, max_tokens=5)
+    assert first.status == 529 and first.error_kind == "http_529"
+    assert first.error_message == second.error_message and "request_id" not in first.error_message
+    assert first.error_message.startswith("HTTP 529") and "overloaded_error" in first.error_message
