@@ -219,7 +219,8 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
         return reasoning if reasoning >= 0 else expected_hidden_reasoning(lat, visible)
 
     prompts = {key[0] for key, _ in entries}
-    if all(reasoning_of(key) == 0 for key, _ in entries) and (len(prompts) == 1 or not lat.prefill_tokens_per_s):
+    if k == 1 and all(reasoning_of(key) == 0 for key, _ in entries) and (
+            len(prompts) == 1 or not lat.prefill_tokens_per_s):
         out["ttft"] = _closed_form(lat.ttft, prefill_ms(next(iter(prompts))))
         closed_ttft = True
     else:
@@ -230,8 +231,10 @@ def expected_values(profile: ModelProfile, mix: dict[MixKey, int], *, concurrenc
     ttft_s, e2e_s, tpot_s = [], [], []
     for key in chosen:
         prompt, visible, output, _ = key
-        ttft = lat.ttft.sample(rng) + prefill_ms(prompt) + _sum_draws(itl, reasoning_of(key), rng)
-        gen = _sum_draws(itl, max(visible - 1, 0), rng)
+        # The first event carries the first chunk: k tokens (chunk_tokens), all made before it is sent.
+        first = min(k, visible) if visible > 0 else 1
+        ttft = lat.ttft.sample(rng) + prefill_ms(prompt) + _sum_draws(itl, reasoning_of(key) + first - 1, rng)
+        gen = _sum_draws(itl, max(visible - first, 0), rng)
         ttft_s.append(ttft)
         e2e_s.append(ttft + gen)
         if visible >= 2:

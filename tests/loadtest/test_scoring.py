@@ -81,6 +81,17 @@ def test_chunked_profile_itl_is_the_mean_of_k_draws():
     assert exp["itl"]["p99"] == pytest.approx(40.0 + 2.326 * 6.0, rel=0.03)  # stddev 12/sqrt(4)
 
 
+def test_a_chunked_profiles_first_event_waits_for_its_first_chunk():
+    """chunk_tokens 4: the first event carries 4 tokens, so TTFT holds 3 ITLs; E2E is unchanged, and TPOT
+    divides what is left after the first event by the visible tokens after the first (DESIGN.md)."""
+    exp = expected_values(profile(chunk=4), {(100, 10, 10, 0): 5})
+    assert exp["ttft"]["p50"] == pytest.approx(200.0 + 3 * 20)
+    assert exp["e2e"]["p50"] == pytest.approx(200.0 + 9 * 20)
+    assert exp["tpot"]["p50"] == pytest.approx(6 * 20 / 9)
+    short = expected_values(profile(chunk=4), {(100, 2, 2, 0): 5})  # fewer tokens than a chunk: one event
+    assert short["ttft"]["p50"] == pytest.approx(220.0) and short["e2e"]["p50"] == pytest.approx(220.0)
+
+
 def test_min_samples_and_judge():
     assert (min_samples("p50"), min_samples("p90"), min_samples("p99"), min_samples("mean")) == (10, 50, 500, 10)
     t = Tolerance(5.0, 0.1)
