@@ -348,6 +348,9 @@ class LoadTestSettings:
                 raise OptionError(f"--tools: {e}") from None
         elif getattr(opts, "tool_choice", None):
             raise OptionError("--tool-choice needs --tools (the tools to choose from)")
+        if getattr(opts, "llm_trace", None) == "on" and getattr(opts, "no_stream", False):
+            raise OptionError("--llm-trace on needs a streamed run: the server's trace comes inside the event stream "
+                              "(drop --no-stream, or --llm-trace off)")
         return cls(
             model=model, profile=profile, profile_file=profile_file, registry=registry,
             api_key=getattr(opts, "llm_api_key", None),
@@ -368,6 +371,8 @@ class LoadTestSettings:
 
 def _pick_from_file(profiles: list[ModelProfile], model: str, path: str) -> ModelProfile:
     """The file's profile that covers the model, else its only profile."""
+    if not profiles:
+        raise OptionError(f"--llm-profile: {path} holds no profiles")
     covering = ProfileRegistry(profiles).match(model)
     if covering is not None:
         return covering

@@ -197,10 +197,13 @@ def test_processes_merge_exactly(tmp_path):
     (["--host", "http://127.0.0.1:port"], "--host: not an http(s) URL"),
     (["--llm-report", "afile/report.json"], "--llm-report: cannot write afile/report.json"),
     (["--llm-report", "."], "--llm-report: cannot write . (it is a directory)"),
+    (["--llm-trace", "on", "--no-stream"], "--llm-trace on needs a streamed run"),
+    (["--llm-profile", "empty.yaml"], "--llm-profile: empty.yaml holds no profiles"),
 ])
 
 def test_bad_options_give_one_line_errors(tmp_path, args, needle):
     (tmp_path / "afile").write_text("a file, where a report's directory would go")
+    (tmp_path / "empty.yaml").write_text("profiles: []\n")
     proc, report = run_locust(tmp_path, *args, "-u", "1", "-t", "1s", timeout=30)
     assert proc.returncode == 2
     assert report is None
