@@ -48,6 +48,8 @@ class RunStats:
         self.mix: Counter[MixKey] = Counter()
         """Token shape of successful requests, for the expected values (scoring.py)."""
         self.retries_429 = 0
+        self.unfinished = 0
+        """Requests still waiting for their answers when the run stopped: in no figure, but not silent."""
         """429 answers that --retry-429 retried (each one is counted here, never hidden)."""
         self.retry_wait_ms = 0
         self.warmup = 0
@@ -113,6 +115,7 @@ class RunStats:
         self.retry_wait_ms += int(round(wait_s * 1000))
 
     def merge(self, other: RunStats) -> None:
+        self.unfinished += other.unfinished
         for m in METRICS:
             self.hist[m].merge(other.hist[m])
         self.requests += other.requests
@@ -192,7 +195,7 @@ class RunStats:
             "busy_ns": self.busy_ns,
             "start": self.start if self.requests else None, "end": self.end if self.requests else None,
             "mix": [[*k, n] for k, n in self.mix.items()],
-            "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms,
+            "retries_429": self.retries_429, "retry_wait_ms": self.retry_wait_ms, "unfinished": self.unfinished,
             "warmup": self.warmup, "kernel_stamped": self.kernel_stamped,
             "traced": self.traced, "trace_mismatch": self.trace_mismatch,
             "error": {m: h.to_wire() for m, h in self.error.items()},
@@ -214,6 +217,7 @@ class RunStats:
         s.mix = Counter({(int(a), int(b), int(c), int(r)): int(n) for a, b, c, r, n in d["mix"]})
         s.retries_429, s.retry_wait_ms = int(d.get("retries_429", 0)), int(d.get("retry_wait_ms", 0))
         s.warmup = int(d.get("warmup", 0))
+        s.unfinished = int(d.get("unfinished", 0))
         s.kernel_stamped = int(d.get("kernel_stamped", 0))
         s.traced, s.trace_mismatch = int(d.get("traced", 0)), int(d.get("trace_mismatch", 0))
         if "error" in d:
@@ -224,7 +228,7 @@ class RunStats:
         return s
 
     def __bool__(self) -> bool:
-        return self.requests > 0 or self.retries_429 > 0 or self.warmup > 0
+        return self.requests > 0 or self.retries_429 > 0 or self.warmup > 0 or self.unfinished > 0
 
 
 class TurnStats:

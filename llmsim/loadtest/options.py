@@ -38,6 +38,7 @@ DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_TOLERANCE = str(Tolerance())
 DEFAULT_RETRY_429 = 3
+DEFAULT_TIMEOUT_S = 600.0
 SCORE_MODES = ("auto", "on", "off")
 TRACE_MODES = ("auto", "on", "off")
 DEFAULT_TRACE_LIMIT_MS = 1.0
@@ -59,6 +60,16 @@ def _whole_number(text: str, minimum: int) -> int:
 
 def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return v
 
 
 def _tolerance(text: str) -> str:
@@ -211,6 +222,10 @@ def add_arguments(parser: Any) -> None:
                        help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
                             "what retry-after-ms/retry-after says; every retry is counted in the summary. "
                             "Off by default: nothing is retried")
+    group.add_argument("--llm-timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help=f"give up on a request whose server sends nothing for S seconds: a `timeout` failure "
+                            f"(default {DEFAULT_TIMEOUT_S:g}, as the OpenAI SDK's). A request still waiting when the "
+                            "run stops is counted as unfinished")
     group.add_argument("--llm-records", default=None, metavar="FILE",
                        help="write one JSON line per request (timings, token counts, status, users) to FILE, "
                             "for `llmsim profile fit`")
@@ -272,6 +287,8 @@ class LoadTestSettings:
     report_path: str | None
     retry_429: int = 0
     """--retry-429: how many times a 429 is retried (0: never)."""
+    timeout_s: float = 600.0
+    """--llm-timeout: a server silent this long fails the request (kind timeout)."""
     encoding: str = "o200k_base"
     """tiktoken encoding of the model: the profile's, or o200k_base when no profile applies."""
     score: bool = True
@@ -358,6 +375,7 @@ class LoadTestSettings:
             stream=not getattr(opts, "no_stream", False), tolerance=tolerance,
             report_path=getattr(opts, "llm_report", None),
             retry_429=getattr(opts, "retry_429", None) or 0,
+            timeout_s=getattr(opts, "llm_timeout", None) or DEFAULT_TIMEOUT_S,
             encoding=encoding, score=profile is not None and score_mode != "off",
             warmup=warmup, warmup_requests=warmup_requests, warmup_s=warmup_s,
             trace_mode=getattr(opts, "llm_trace", None) or "auto",

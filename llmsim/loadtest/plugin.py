@@ -167,6 +167,10 @@ class LoadTestRun:
         """Count one retried 429 in this process."""
         (self.pending if self.is_worker else self.stats).add_retry(wait_s)
 
+    def record_unfinished(self) -> None:
+        """Count one request that was still waiting for its answer when the run stopped."""
+        (self.pending if self.is_worker else self.stats).unfinished += 1
+
     def reset(self) -> None:
         self.stats = RunStats()
         self.pending = RunStats()

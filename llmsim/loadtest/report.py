@@ -49,7 +49,8 @@ def build_report(stats: RunStats, card: Scorecard | None, *, model: str, profile
         "requests": {"total": stats.requests, "ok": stats.ok, "failed": stats.failed,
                      "failures": stats.failures_by_class,
                      "errors_by_kind": dict(sorted(stats.errors.items())),
-                     "retries_429": stats.retries_429, "retry_wait_s": stats.retry_wait_ms / 1000},
+                     "retries_429": stats.retries_429, "retry_wait_s": stats.retry_wait_ms / 1000,
+                     "unfinished": stats.unfinished},
         "tokens": {"output": stats.output_tokens, "visible": stats.visible_tokens, "prompt": stats.prompt_tokens},
         "throughput": {"output_tokens_per_s": stats.rate(stats.output_tokens),
                        "visible_tokens_per_s": stats.rate(stats.visible_tokens),
@@ -214,6 +215,9 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append("errors by kind: " + (", ".join(f"{k}: {n}" for k, n in errors.items()) if errors else "none"))
     if req["retries_429"]:
         lines.append(f"429 retries (--retry-429): {req['retries_429']}, {req['retry_wait_s']:.1f} s waited in all")
+    if req.get("unfinished"):
+        lines.append(f"unfinished: {req['unfinished']} requests still waited for their answers when the run stopped "
+                     "(in no figure; --llm-timeout makes a slow answer a timeout failure)")
     ts = report.get("timestamps") or {}
     if ts.get("source"):
         lines.append("timestamps: " + TIMESTAMP_TEXT[ts["source"]].format(**ts))

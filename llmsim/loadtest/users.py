@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 import locust.stats
+from gevent import GreenletExit
 from locust import User, constant, task
 
 from ..tokens import get_encoding
@@ -122,6 +123,7 @@ class LlmUser(User):
         encode = get_encoding(self.settings.encoding).encode_ordinary
         api_key = self.settings.api_key or os.environ.get(self.adapter.api_key_env)
         return LlmClient(self.host or "", self.adapter, model=self.settings.model, api_key=api_key,
+                         timeout=self.settings.timeout_s,
                          count_tokens=lambda text: len(encode(text)), trace=self.settings.trace,
                          tools=self.settings.tools, tool_choice=self.settings.tool_choice,
                          keep_text=self.workload.multi_turn)
@@ -190,10 +192,15 @@ class LlmUser(User):
         warmup = self._run.begin_request()
         extra = self._run.exact_fields(self.adapter.name, work)
         for attempt in range(s.retry_429 + 1):
-            rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream, extra=extra)
-            if extra and not rec.ok and self._run.exact_refusal(rec):
-                extra = None  # the server refuses ignore_eos/min_tokens: once more without, and no more
-                rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream)
+            try:
+                rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream, extra=extra)
+                if extra and not rec.ok and self._run.exact_refusal(rec):
+                    extra = None  # the server refuses ignore_eos/min_tokens: once more without, and no more
+                    rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream)
+            except GreenletExit:  # the run stopped while this request waited for its answer
+                if not warmup:
+                    self._run.record_unfinished()
+                raise
             wait = self.retry_wait(rec, attempt)
             if wait is None:
                 break

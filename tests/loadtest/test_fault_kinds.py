@@ -186,3 +186,25 @@ def test_an_error_bodys_request_id_is_left_out_of_the_failure_message(count_toke
     assert first.status == 529 and first.error_kind == "http_529"
     assert first.error_message == second.error_message and "request_id" not in first.error_message
     assert first.error_message.startswith("HTTP 529") and "overloaded_error" in first.error_message
+
+
+def test_a_silent_server_is_a_timeout_with_llm_timeout_and_unfinished_without(tmp_path):
+    """A server that holds every request: with --llm-timeout 1 each becomes a timeout failure; with the default
+    (600 s) the run ends with them still waiting, and the summary and report count them as unfinished."""
+    srv = start_server(config={"errors": {"timeout": 1.0, "timeout_after_ms": 60000}}, latency_profile="fast")
+    (tmp_path / "timed").mkdir()
+    (tmp_path / "waiting").mkdir()
+    try:
+        timed, timed_report = run_locust(tmp_path / "timed", "--host", srv.url, "-u", "2", "-r", "2", "-t", "4s",
+                                         "--llm-timeout", "1", timeout=60)
+        waiting, waiting_report = run_locust(tmp_path / "waiting", "--host", srv.url, "-u", "2", "-r", "2",
+                                             "-t", "2s", timeout=60)
+    finally:
+        srv.stop()
+    assert timed_report is not None, timed.stderr[-3000:]
+    req = timed_report["requests"]
+    assert req["ok"] == 0 and req["failures"]["timeout"] >= 2 and req["failed"] == req["failures"]["timeout"]
+    assert waiting_report is not None, waiting.stderr[-3000:]
+    req = waiting_report["requests"]
+    assert req["total"] == 0 and req["unfinished"] == 2
+    assert "unfinished: 2 requests still waited for their answers when the run stopped" in waiting.stdout
