@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .errors import ApiError, invalid
+from .validation import finite_float
 
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object",
                type(None): "null"}
@@ -224,10 +225,13 @@ def get_number(body: dict, key: str, *, minimum: float | None = None, maximum: f
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise wrong_type(param, "a number", value)
-    if not math.isfinite(value):
-        raise non_finite_number(param, getattr(value, "text", repr(value)))
-    _check_range(param, value, minimum, maximum, "number", "decimal")
-    return float(value)
+    number = finite_float(value)
+    if number is None:
+        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else \
+            getattr(value, "text", repr(value))
+        raise non_finite_number(param, shown)
+    _check_range(param, number, minimum, maximum, "number", "decimal")
+    return number
 
 
 def get_object(body: dict, key: str, param: str | None = None) -> dict | None:

@@ -46,6 +46,7 @@ from .latency import REASONING_EFFORT_FACTORS
 from .profiles import ProfileRegistry, default_registry, parse_profiles_document
 from .record import RECORD_FORMAT, content_times, jsonl_lines
 from .scheduler import slowdown_multiplier
+from .validation import finite_float
 
 __all__ = ["FitError", "FitResult", "Observation", "fit", "format_report", "load_observations", "profile_yaml"]
 
@@ -139,7 +140,7 @@ def _int(v: Any) -> int | None:
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    return finite_float(v)
 
 
 def _from_record(line: dict[str, Any], where: str, registry: ProfileRegistry) -> Observation:

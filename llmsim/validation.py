@@ -65,14 +65,28 @@ def _near_miss(key: str, allowed: set[str]) -> str | None:
     return near[0] if near else None
 
 
+def finite_float(value: Any) -> float | None:
+    """`value` as a float when it is a number a float holds (None: not a number, a bool, NaN, an infinity, or an
+    integer too large for a float, which math.isfinite and float() would raise on)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False, strict: bool = False,
            secret: bool = False) -> float:
     """A finite number >= minimum (> minimum when `strict`); whole when `integer` (then returned as an int).
 
     With `secret`, a value that is not a number is named by its kind only (it may be a misplaced API key).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if finite_float(value) is None:
         shown = kind_of(value) if secret and not isinstance(value, (int, float)) else repr(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            shown = f"an integer of {len(str(abs(value)))} digits"
         raise ValidationError(src, key, f"must be a number, got {shown}")
     if integer and value != int(value):
         raise ValidationError(src, key, f"must be a whole number, got {value!r}")

@@ -103,3 +103,15 @@ def test_the_app_cannot_emit_nan():
             app.json.dumps({"temperature": float("nan")})
     finally:
         server.close()
+
+
+def test_an_integer_too_large_for_a_float_is_refused_by_every_number_reader():
+    """float(10**400) and math.isfinite(10**400) raise OverflowError: each reader says what is wrong instead."""
+    from llmsim.validation import ValidationError, finite_float, number
+
+    assert finite_float(10**400) is None and finite_float(True) is None and finite_float(3) == 3.0
+    with pytest.raises(ApiError) as e:
+        get_number({"temperature": 10**400}, "temperature", minimum=0, maximum=2)
+    assert e.value.param == "temperature" and "an integer of 401 digits" in str(e.value)
+    with pytest.raises(ValidationError, match=r"must be a number, got an integer of 401 digits"):
+        number("f.yaml", "rpm", 10**400)

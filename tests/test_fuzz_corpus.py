@@ -156,12 +156,16 @@ def test_bad_bodies_get_envelopes_on_every_endpoint(server, case):
 
 
 @pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty", "frequency_penalty"])
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999", "1" + "0" * 400, "-" + "9" * 400],
+                         ids=["NaN", "Infinity", "-Infinity", "1e999", "10**400", "-(10**400-1)"])
 def test_non_finite_numbers_are_refused_by_name(server, field, constant):
+    """Refused by name, never a 500: an integer too large for a float is as unusable as an infinity."""
     url, log = server
     for path in OPENAI_PATHS + ANTHROPIC_PATHS:
         if field not in ("temperature", "top_p") and "chat" not in path:
             continue
+        if "count_tokens" in path and constant.lstrip("-").isdigit():
+            continue  # counting reads no sampling field: a parsed number there is ignored, not a 500
         body = json.dumps(valid_body(path))
         resp = request(url, path, (body[:-1] + f', "{field}": {constant}}}').encode())
         err = check_envelope(resp, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from ..prefix_cache import ANTHROPIC_MAX_BREAKPOINTS, ANTHROPIC_TTLS, NO_CACHE, 
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
 from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
+from ..validation import finite_float
 from .clienttools import client_tool_schema
 
 ROLES = ("user", "assistant")
@@ -69,13 +69,14 @@ def _number(body: dict, key: str, minimum: float, maximum: float) -> float | Non
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(key, "Input should be a valid number")
-    if not math.isfinite(value):
+    number = finite_float(value)
+    if number is None:
         raise bad(key, "Input should be a finite number")
-    if value < minimum:
+    if number < minimum:
         raise bad(key, f"Input should be greater than or equal to {minimum}")
-    if value > maximum:
+    if number > maximum:
         raise bad(key, f"Input should be less than or equal to {maximum}")
-    return float(value)
+    return number
 
 
 def _object(value: Any, path: str) -> dict:

@@ -47,8 +47,8 @@ def _seconds(v: Any) -> float:
         raise ValueError(f"must be a number of seconds, got {v!r}")
     try:
         n = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be a number of seconds, got {v!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"must be a number of seconds, got {v!r}"[:200]) from None
     if not math.isfinite(n) or n < 0:
         raise ValueError(f"must be a number of seconds >= 0 (0: no timeout), got {v!r}")
     return n

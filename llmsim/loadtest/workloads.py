@@ -32,6 +32,7 @@ from typing import Any
 import tiktoken
 
 from ..tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, count_chat_tokens
+from ..validation import finite_float
 from .adapters import Prompt
 from .prompts import _single_token_words
 
@@ -423,8 +424,8 @@ def load_trace(path: str) -> Trace:
             if key not in obj:
                 raise WorkloadError(f"{where}: \"{key}\" is missing")
         ts = obj["timestamp"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
-            raise WorkloadError(f"{where}: \"timestamp\" must be milliseconds >= 0, got {json.dumps(ts)}")
+        if finite_float(ts) is None or ts < 0:
+            raise WorkloadError(f"{where}: \"timestamp\" must be milliseconds >= 0, got {json.dumps(ts)[:40]}")
         for key in ("input_length", "output_length"):
             if not _whole(obj[key], 1):
                 raise WorkloadError(f"{where}: \"{key}\" must be a whole number >= 1, got {json.dumps(obj[key])}")
