@@ -55,6 +55,8 @@ MAX_DEPTH = 8
 HARD_DEPTH = 48
 """Past this depth a schema that refers to itself (a required self-reference, allOf: [$ref: #]) gets the
 smallest value of its type: such a schema may have no finite instance at all."""
+MAX_NODES = 20_000
+"""At most this many values in one document (a valid schema may ask for 2**48: {l: #, r: #}, both required)."""
 _SMALLEST = {"object": dict, "array": list, "string": str, "integer": int, "number": int, "boolean": bool}
 
 
@@ -68,13 +70,16 @@ class SchemaValues:
         self.optional_probability = optional_probability
         self.left = max_chars if max_chars is not None else math.inf
         """Characters still worth generating: past them arrays and strings stop growing (see value_for_schema)."""
+        self.nodes = MAX_NODES
+        """Values still to make: a schema whose required parts refer to it twice doubles at every level."""
 
     def value(self, schema: Any = None, name: str | None = None, depth: int = 0) -> Any:
         schema = self.root if schema is None else schema
         if schema is True or not isinstance(schema, dict):
             return self._spent(self.rng.choice(_WORDS))
         schema = self._resolve(schema)
-        if depth > HARD_DEPTH:
+        self.nodes -= 1
+        if depth > HARD_DEPTH or self.nodes < 0 or self.left <= 0:
             kind = schema.get("type")
             return _SMALLEST.get(kind, type(None))() if isinstance(kind, str) else None
         if "const" in schema:
@@ -132,13 +137,16 @@ class SchemaValues:
     def _object(self, schema: dict, name: str | None, depth: int) -> dict:
         raw_props = schema.get("properties")
         props: dict = raw_props if isinstance(raw_props, dict) else {}
-        required = set(schema.get("required") or []) if isinstance(schema.get("required"), list) else set()
+        raw_required = schema.get("required")
+        # In the schema's order, not a set's: a set of strings iterates in an order that changes per process.
+        required = dict.fromkeys(r for r in raw_required if isinstance(r, str)) if isinstance(raw_required, list) \
+            else {}
         out: dict[str, Any] = {}
         for key, sub in props.items():
             if key in required or (depth < MAX_DEPTH and self.rng.random() < self.optional_probability):
                 self.left -= len(key) + 4
                 out[key] = self.value(sub, key, depth + 1)
-        for key in required - set(out):  # required but not described: any word
+        for key in (r for r in required if r not in out):  # required but not described: any word
             out[key] = self.rng.choice(_WORDS)
         minimum = schema.get("minProperties")
         extra = schema.get("additionalProperties", True)
@@ -159,6 +167,8 @@ class SchemaValues:
             hi = lo
         n = max(len(prefix), self.rng.randint(lo, min(hi, lo + 3))) if hi >= lo else lo
         items = schema.get("items", {})
+        if items is False:  # nothing past the prefix
+            n = min(n, len(prefix))
         out: list = [self.value(p, name, depth + 1) for p in prefix[:n]]
         unique = bool(schema.get("uniqueItems"))
         tries = 0
@@ -189,12 +199,8 @@ class SchemaValues:
         return self._spent(text[:hi] if len(text) > hi else text)
 
     def _number(self, schema: dict, name: str | None, depth: int, integer: bool = False) -> float | int:
-        lo = schema.get("minimum", -math.inf)
-        hi = schema.get("maximum", math.inf)
-        if "exclusiveMinimum" in schema and isinstance(schema["exclusiveMinimum"], (int, float)):
-            lo = max(lo, schema["exclusiveMinimum"] + (1 if integer else 1e-6))
-        if "exclusiveMaximum" in schema and isinstance(schema["exclusiveMaximum"], (int, float)):
-            hi = min(hi, schema["exclusiveMaximum"] - (1 if integer else 1e-6))
+        lo, lo_open = _bound(schema, "minimum", "exclusiveMinimum", max)
+        hi, hi_open = _bound(schema, "maximum", "exclusiveMaximum", min)
         if math.isinf(lo) and math.isinf(hi):
             lo, hi = 0, 100
         elif math.isinf(lo):
@@ -202,14 +208,24 @@ class SchemaValues:
         elif math.isinf(hi):
             hi = lo + 100
         step = schema.get("multipleOf")
-        if isinstance(step, (int, float)) and step > 0:
+        if integer:  # a whole number is a multiple of 1 too: the step is the smallest whole multiple of both
+            step = _whole_step(step) if isinstance(step, (int, float)) and step > 0 else 1
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step > 0:
             k_lo, k_hi = math.ceil(lo / step), math.floor(hi / step)
+            if lo_open and k_lo * step <= lo:
+                k_lo += 1
+            if hi_open and k_hi * step >= hi:
+                k_hi -= 1
             k = self.rng.randint(k_lo, k_hi) if k_hi >= k_lo else k_lo
             value = k * step
-            return int(value) if integer or float(value).is_integer() and isinstance(step, int) else value
-        if integer:
-            return self.rng.randint(math.ceil(lo), math.floor(hi)) if math.floor(hi) >= math.ceil(lo) else math.ceil(lo)
-        return round(self.rng.uniform(lo, hi), 2) if hi - lo >= 0.01 else lo
+            if integer or (isinstance(step, int) and float(value).is_integer()):
+                return int(round(value))
+            return round(value, 12)  # k x 0.1 is 0.30000000000000004: the decimal the step means
+        value = round(self.rng.uniform(lo, hi), 2)
+        if not (lo < value < hi or (value == lo and not lo_open) or (value == hi and not hi_open)):
+            # Rounding crossed a bound (or met an exclusive one): the midpoint, unrounded, is inside.
+            value = (lo + hi) / 2
+        return value
 
     def _integer(self, schema: dict, name: str | None, depth: int) -> int:
         return int(self._number(schema, name, depth, integer=True))
@@ -219,6 +235,30 @@ class SchemaValues:
 
     def _null(self, schema: dict, name: str | None, depth: int) -> None:
         return None
+
+
+def _bound(schema: dict, inclusive: str, exclusive: str, tighter: Any) -> tuple[float, bool]:
+    """A lower or upper bound (`tighter` is max for a lower one) and whether it is exclusive."""
+    unset = -math.inf if tighter is max else math.inf
+    given = [(v, False) for v in (schema.get(inclusive),) if _numeric(v)] + \
+        [(v, True) for v in (schema.get(exclusive),) if _numeric(v)]
+    if not given:
+        return unset, False
+    bound = tighter(v for v, _ in given)
+    return bound, any(v == bound and is_open for v, is_open in given)
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole_step(step: float) -> int:
+    """The smallest whole multiple of `step` (2.5 -> 5, 0.5 -> 1, 3 -> 3); `step` itself when none is near."""
+    for m in range(1, 1001):
+        v = step * m
+        if abs(v - round(v)) < 1e-9 and round(v) > 0:
+            return int(round(v))
+    return max(1, math.ceil(step))
 
 
 def _singular(name: str | None) -> str | None:

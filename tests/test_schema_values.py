@@ -135,3 +135,37 @@ def test_a_value_is_generated_only_as_far_as_max_tokens_could_send(schema, cut):
             small[key] = 3000  # enough to pass the budget, cheap to make in full
     full = value_for_schema(small, random.Random(5))
     assert cut(full, bounded) == bounded
+
+
+def test_a_schema_that_doubles_at_every_level_is_bounded():
+    """{l: #, r: #}, both required: 2**48 values to depth 48. A bounded number of them, at once."""
+    import time as _time
+
+    schema = {"type": "object", "properties": {"l": {"$ref": "#"}, "r": {"$ref": "#"}}, "required": ["l", "r"]}
+    started = _time.process_time()
+    value = value_for_schema(schema, random.Random(3))
+    assert isinstance(value, dict) and set(value) == {"l", "r"}
+    assert _time.process_time() - started < 10  # about 0.1 s; unbounded, it never returns
+    assert len(json.dumps(value)) < 20_000 * 12
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.1},
+    {"type": "number", "minimum": 0.101, "maximum": 0.119},
+    {"type": "number", "minimum": 5, "exclusiveMaximum": 5.004},
+    {"type": "integer", "multipleOf": 2.5},
+    {"type": "integer", "multipleOf": 0.5, "exclusiveMinimum": 3, "maximum": 6},
+    {"type": "number", "multipleOf": 0.25, "exclusiveMinimum": 0.25, "maximum": 1.5},
+    {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "items": False, "minItems": 1},
+])
+def test_bounds_hold_after_rounding(schema):
+    validator = Draft202012Validator(schema)
+    for seed in range(200):
+        value = value_for_schema(schema, random.Random(seed))
+        assert not list(validator.iter_errors(value)), (seed, value)
+
+
+def test_required_keys_come_in_the_schemas_order():
+    """Required keys a schema does not describe: in its order, so a seed gives the same JSON in every process."""
+    schema = {"type": "object", "required": ["zeta", "alpha", "mid", "beta"]}
+    assert list(value_for_schema(schema, random.Random(1))) == ["zeta", "alpha", "mid", "beta"]
