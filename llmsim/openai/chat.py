@@ -34,6 +34,7 @@ from ..logprobs import MAX_TOP_LOGPROBS, chat_logprob
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
 from ..toolcalls import OutputFormat
+from .parts import CHAT_PARTS, check_parts
 from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
@@ -124,10 +125,7 @@ def _message(msg: Any, param: str) -> dict:
         if role != "assistant":
             raise missing(f"{param}.content")
     elif isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise invalid(f"Invalid '{param}.content[{j}]': expected an object with a 'type'.",
-                              param=f"{param}.content[{j}]", code="invalid_type")
+        check_parts(content, f"{param}.content", CHAT_PARTS)
     elif not isinstance(content, str):
         raise wrong_type(f"{param}.content", "a string or an array of content parts", content)
     if role == "tool" and not isinstance(msg.get("tool_call_id"), str):

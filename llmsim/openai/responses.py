@@ -16,11 +16,12 @@ from typing import Any
 
 from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
-from ..errors import ApiError, invalid
+from ..errors import ApiError
 from ..fields import check_enum, get_bool, get_int, get_list, get_number, get_object, get_str, missing, wrong_type
 from ..latency import REASONING_EFFORT_FACTORS
 from ..stream import Block, TokenPlan
 from ..toolcalls import OutputFormat, ToolChoice
+from .parts import RESPONSES_PARTS, check_parts
 from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
 INPUT_ROLES = ("user", "assistant", "system", "developer")
@@ -42,10 +43,7 @@ def _dumps(obj: Any) -> str:
 
 def _content(content: Any, param: str) -> None:
     if isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise invalid(f"Invalid '{param}[{j}]': expected an object with a 'type'.", param=f"{param}[{j}]",
-                              code="invalid_type")
+        check_parts(content, param, RESPONSES_PARTS)
     elif not isinstance(content, str):
         raise wrong_type(param, "a string or an array of content parts", content)
 

@@ -80,6 +80,18 @@ def test_body_not_json_or_not_object(srv, raw, code):
     ({"model": "gpt-4o", "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop",
      "array_above_max_length"),
     ({"model": "o3", "messages": OK_MESSAGES, "reasoning_effort": "extreme"}, "reasoning_effort", "invalid_value"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text", "invalid_type"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0].text", "missing_required_parameter"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
+     "messages[0].content[0].type", "invalid_value"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content[0].image_url", "missing_required_parameter"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]},
+     "messages[0].content[0].image_url", "invalid_type"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content[0].image_url.url", "missing_required_parameter"),
 ])
 def test_field_errors_name_the_field(srv, body, param, code):
     assert_openai_error(post(srv, body), 400, param, code)
