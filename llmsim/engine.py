@@ -851,8 +851,11 @@ class Engine:
                 plan.finish_reason = "length"
             plan.reasoning_tokens = reasoning
         if keep_ids:
-            plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0,
-                                           gen_req.rng("logprobs") if gen_req.seed is not None else content)
+            lp_rng = gen_req.rng("logprobs") if gen_req.seed is not None else content
+            plan.logprobs = self._logprobs(plan, enc, req.logprobs or 0, lp_rng)
+            if req.echo.get("echo") and req.messages:  # the repeated prompt is scored too, as the API does
+                plan.prompt_logprobs = token_logprobs(enc, encode(req.messages[0]["content"], enc),
+                                                      req.logprobs or 0, lp_rng)
         counts = plan.piece_tokens  # a byte a chunk while the answer lasts, not a list's eight
         try:
             plan.piece_tokens = array("B", bytes(counts))  # bytes() checks every count is below 256, in C

@@ -70,6 +70,8 @@ class TokenPlan:
     """Each chunk's token ids, kept only when asked (logprobs need them)."""
     logprobs: list[list[Any]] | None = None
     """Each chunk's tokens with their log-probabilities (logprobs.TokenLogprob; [] outside text blocks)."""
+    prompt_logprobs: list[Any] | None = None
+    """The echoed prompt's tokens with their log-probabilities (legacy Completions' `echo` with `logprobs`)."""
 
     def block_text(self, block: Block) -> str:
         return "".join(self.pieces[block.start:block.end])

@@ -119,10 +119,24 @@ def completion_usage(gen: Generation) -> dict:
 
 
 def choice_logprobs(gen: Generation) -> dict | None:
-    """A choice's legacy `logprobs` object (`logprobs: k`), offsets counted after any echoed prompt."""
+    """A choice's legacy `logprobs` object (`logprobs: k`): with `echo`, the prompt's tokens first."""
     if gen.plan.logprobs is None:
         return None
-    return legacy_logprobs([t for chunk in gen.plan.logprobs for t in chunk], len(echoed(gen)))
+    return _with_prompt(gen, legacy_logprobs([t for chunk in gen.plan.logprobs for t in chunk], len(echoed(gen))))
+
+
+def _with_prompt(gen: Generation, generated: dict) -> dict:
+    """`generated` (legacy logprobs) after the echoed prompt's own, whose first token has no log-probability
+    (nothing precedes it), as OpenAI and vLLM answer `echo` with `logprobs`: scoring harnesses read these."""
+    prompt = gen.plan.prompt_logprobs
+    if not prompt:
+        return generated
+    out = legacy_logprobs(prompt)
+    out["token_logprobs"][0] = None
+    out["top_logprobs"][0] = None
+    for key in out:
+        out[key] += generated[key]
+    return out
 
 
 def finish_reason(gen: Generation) -> str:
@@ -172,13 +186,19 @@ class CompletionChunkEncoder(StreamEncoder):
         logprobs = b"null"
         if self._logprobs is not None:
             chunk = legacy_logprobs(self._logprobs[self._piece], self._offset)
+            if self._piece == 0:  # the echoed prompt rides with the first chunk: its tokens too
+                chunk = _with_prompt(self.gen, chunk)
             self._offset += len(text)
             logprobs = json.dumps(chunk, separators=(",", ":")).encode()
         self._piece += 1
         return self._head + self._text(text) + self._index + logprobs + self._tail
 
     def choice_closing(self) -> Iterable[bytes]:
-        yield (self._head + self._text("") + self._index + b'null,"finish_reason":'
+        logprobs = b"null"
+        if self._echo and self._logprobs is not None:  # no token came: the echoed prompt comes here, scored
+            logprobs = json.dumps(_with_prompt(self.gen, legacy_logprobs([], self._offset)),
+                                  separators=(",", ":")).encode()
+        yield (self._head + self._text("") + self._index + logprobs + b',"finish_reason":'
                + json.dumps(finish_reason(self.gen)).encode() + f"}}]{self._usage_tail}}}\n\n".encode())
 
     def closing(self) -> Iterable[bytes]:

@@ -111,6 +111,27 @@ def test_echo_prepends_the_prompt(client):
     assert [c.choices[0].text for c in zero_stream] == [PROMPT]
 
 
+def test_echo_with_logprobs_scores_the_prompt_too(client):
+    """What scoring harnesses send (echo, logprobs, max_tokens 0 or more): every token of the returned text,
+    the prompt's first, whose first token has no log-probability (nothing precedes it)."""
+    prompt_tokens = [CL100K.decode([t]) for t in CL100K.encode_ordinary(PROMPT)]
+    for max_tokens in (0, 3):
+        r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=max_tokens, echo=True, logprobs=1)
+        lp = r.choices[0].logprobs
+        assert "".join(lp.tokens) == r.choices[0].text and lp.tokens[:len(prompt_tokens)] == prompt_tokens
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert all(v <= 0 for v in lp.token_logprobs[1:]) and len(lp.token_logprobs) == len(lp.tokens)
+        assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(lp.tokens))]
+        chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=max_tokens, echo=True,
+                                                logprobs=1, stream=True))
+        streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+        assert "".join(streamed) == "".join(c.choices[0].text for c in chunks if c.choices)
+        assert streamed[:len(prompt_tokens)] == prompt_tokens
+    plain = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, logprobs=1)  # no echo: no prompt
+    assert plain.choices[0].logprobs.text_offset[0] == 0 and "".join(plain.choices[0].logprobs.tokens) == \
+        plain.choices[0].text
+
+
 def test_token_id_prompts(client):
     ids = CL100K.encode_ordinary("Hello world")
     for prompt in (ids, [ids], ["Hello world"]):
