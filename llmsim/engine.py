@@ -818,7 +818,10 @@ class Engine:
         latency = profile.latency
         mode = req.reasoning
         ratio = 0.0 if mode == "off" else latency.reasoning_ratio(req.effort, requested=mode in ("visible", "omitted"))
-        visible = mode == "visible" or (mode is None and latency.reasoning_visible and ratio > 0)
+        # A model that does not reason has no reasoning to show, whatever the request asks (its options have
+        # no effect there: docs/apis/openai-responses.md).
+        visible = (mode == "visible" and latency.reasoning) or (
+            mode is None and latency.reasoning_visible and ratio > 0)
         budget = req.reasoning_budget
         # The model reasons as much as its answer calls for (not as much as ignore_eos stretches it).
         reasoning = round(ratio * (plan.output_tokens if natural is None else natural))

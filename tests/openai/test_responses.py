@@ -168,6 +168,18 @@ def test_input_items_and_optional_fields(client):
     assert r.usage.input_tokens == expected
 
 
+def test_reasoning_options_have_no_effect_on_a_model_that_does_not_reason(client):
+    """gpt-4o has no reasoning: a summary asked for adds no (empty) reasoning item, and no effort is invented."""
+    for stream in (False, True):
+        if stream:
+            with client.responses.stream(model="gpt-4o", input="Hi", reasoning={"summary": "auto"}) as s:
+                r = s.get_final_response()
+        else:
+            r = client.responses.create(model="gpt-4o", input="Hi", reasoning={"summary": "auto"})
+        assert [item.type for item in r.output] == ["message"]
+        assert r.reasoning.effort is None and r.usage.output_tokens_details.reasoning_tokens == 0
+
+
 def test_reasoning_tokens_are_reported_and_take_time(reasoner):
     client = openai.OpenAI(base_url=reasoner + "/v1", api_key="k", max_retries=0)
     r = client.responses.create(model="test-reasoner", input=INPUT, reasoning={"effort": "high"})
