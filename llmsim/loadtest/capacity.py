@@ -285,6 +285,10 @@ class CapacityRun:
         """What the profile predicts for each judged step (prediction.py), judged by the same rule."""
         s, run = self.settings, get_run(self.environment)
         out = {}
+        if self.rows:  # a simulation of every token: seconds per step at tens of users, so say what is happening
+            log.info("Predicting the %d judged steps from profile %s (a simulation of each; larger steps take "
+                     "longer)...", len(self.rows), self.profile.name)
+        started = time.monotonic()
         for index, row in self.rows.items():
             mix = self.stats[index].run.mix if index in self.stats else {}
             shape = TokenShape.from_mix(mix, self.profile, default_visible=run.settings.max_tokens,
@@ -296,6 +300,8 @@ class CapacityRun:
                                  stream=run.settings.stream)
             out[index] = summarize(stats, window_s=window, slo=self.profile.slo,
                                    max_error_rate=s.max_error_rate, open_loop=s.open_loop)
+        if self.rows:
+            log.info("Predicted in %.1f s", time.monotonic() - started)
         return out
 
     def finish(self) -> dict[str, Any]:

@@ -625,6 +625,7 @@ def test_local_run_writes_csv_json_and_charts(local_run):
                    f"capacity: {report['capacity']['users']} users", "profile lt-capacity predicts: 2 users",
                    "stopped: the SLO was broken for 2 consecutive steps", "cap.png"):
         assert needle in out, needle
+    assert "Predicting the" in proc.stderr and "Predicted in" in proc.stderr  # no silent minute at the end
     # The whole-run summary is printed, but not the chat-style verdict table (it would mix every step's load).
     assert "LLM load test:" in out and "RESULT" not in out
 
