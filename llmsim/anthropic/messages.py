@@ -430,6 +430,7 @@ def _thinking(body: dict, req: Request) -> None:
     if display is not None and display not in THINKING_DISPLAYS:
         raise bad("thinking.display", "Input should be 'summarized' or 'omitted'")
     req.reasoning = "omitted" if display == "omitted" else "visible"
+    _thinking_leads_the_tool_turn(body.get("messages") or [])
     if kind == "adaptive":
         return
     budget = thinking.get("budget_tokens")
@@ -445,6 +446,29 @@ def _thinking(body: dict, req: Request) -> None:
                       "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
                       "#max-tokens-and-context-window-size", param=path)
     req.reasoning_budget = budget
+
+
+def _thinking_leads_the_tool_turn(messages: list) -> None:
+    """With thinking on, the assistant turn whose tool calls the last message answers must start with its
+    thinking block, as Claude produced it (a client that drops thinking blocks from its history fails here)."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user" or not _block_ids(last.get("content"), "tool_result",
+                                                                                    "tool_use_id"):
+        return
+    i = len(messages) - 2
+    turn = messages[i] if i >= 0 else None
+    if not isinstance(turn, dict) or turn.get("role") != "assistant":
+        return
+    content = turn.get("content")
+    first = content[0] if isinstance(content, list) and content else None
+    kind = first.get("type") if isinstance(first, dict) else "text"
+    if kind not in ("thinking", "redacted_thinking"):
+        raise bad(f"messages.{i}.content.0.type",
+                  f"Expected `thinking` or `redacted_thinking`, but found `{kind}`. When `thinking` is enabled, a "
+                  "final `assistant` message must start with a thinking block (preceeding the lastmost set of "
+                  "`tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous "
+                  "turns. To avoid this requirement, disable `thinking`. Please consult our documentation at "
+                  "https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
 
 
 def _output_format(body: dict) -> OutputFormat | None:

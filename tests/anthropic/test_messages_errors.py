@@ -192,3 +192,20 @@ def test_count_tokens_refuses_what_messages_refuses(server, change, field):
         r = post(server, {**body, "max_tokens": 16} if path == "/v1/messages" else body, path)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (path, r.text)
         assert field in r.json()["error"]["message"] or r.json()["error"]["message"].startswith(field), r.text
+
+
+def test_with_thinking_the_answered_tool_turn_starts_with_its_thinking_block(server):
+    """A client that drops Claude's thinking blocks from its history gets the API's 400; one that keeps them
+    (or turns thinking off) goes on."""
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    dropped = {**_turns({"role": "assistant", "content": [USE]}, {"role": "user", "content": [RESULT]}),
+               "max_tokens": 2048, "thinking": thinking}
+    assert_anthropic_error(post(server, dropped), 400, "invalid_request_error",
+                           "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                           "`tool_use`.")
+    kept = {**dropped, "messages": [dropped["messages"][0],
+                                    {"role": "assistant", "content": [
+                                        {"type": "thinking", "thinking": "Look it up.", "signature": "sig"}, USE]},
+                                    dropped["messages"][2]]}
+    assert post(server, kept).status_code == 200
+    assert post(server, {**dropped, "thinking": {"type": "disabled"}}).status_code == 200
