@@ -19,6 +19,8 @@ import string
 import uuid
 from typing import Any
 
+from .validation import finite_float
+
 _WORDS = ("alpha", "river", "stone", "lumen", "orbit", "cedar", "delta", "ember", "frost", "harbor", "indigo",
           "juniper", "kestrel", "lattice", "meadow", "nimbus", "onyx", "prism", "quartz", "summit", "tundra",
           "velvet", "willow", "zephyr", "beacon", "canyon", "falcon", "garnet", "horizon", "island")
@@ -207,10 +209,13 @@ class SchemaValues:
             lo = hi - 100
         elif math.isinf(hi):
             hi = lo + 100
-        step = schema.get("multipleOf")
+        given: Any = schema.get("multipleOf")
+        step: float | None = None
+        if finite_float(given) is not None and given > 0:
+            step = given  # as given: an int step keeps whole values ints
         if integer:  # a whole number is a multiple of 1 too: the step is the smallest whole multiple of both
-            step = _whole_step(step) if isinstance(step, (int, float)) and step > 0 else 1
-        if isinstance(step, (int, float)) and not isinstance(step, bool) and step > 0:
+            step = _whole_step(step) if step is not None else 1
+        if step is not None and math.isfinite(lo / step) and math.isfinite(hi / step):
             k_lo, k_hi = math.ceil(lo / step), math.floor(hi / step)
             if lo_open and k_lo * step <= lo:
                 k_lo += 1
@@ -249,7 +254,7 @@ def _bound(schema: dict, inclusive: str, exclusive: str, tighter: Any) -> tuple[
 
 
 def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return finite_float(v) is not None
 
 
 def _whole_step(step: float) -> int:

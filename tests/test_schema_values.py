@@ -169,3 +169,14 @@ def test_required_keys_come_in_the_schemas_order():
     """Required keys a schema does not describe: in its order, so a seed gives the same JSON in every process."""
     schema = {"type": "object", "required": ["zeta", "alpha", "mid", "beta"]}
     assert list(value_for_schema(schema, random.Random(1))) == ["zeta", "alpha", "mid", "beta"]
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "multipleOf": 1e-300, "minimum": 1e10},
+    {"type": "number", "minimum": 10**400},
+    {"type": "integer", "maximum": 10**400, "multipleOf": 10**400},
+    {"type": "number", "multipleOf": 1e308, "maximum": 1e308},
+])
+def test_extreme_numbers_in_a_schema_give_a_number_not_an_error(schema):
+    """Bounds and steps whose arithmetic overflows a float: a number still comes back, never an OverflowError."""
+    assert isinstance(value_for_schema(schema, random.Random(1)), (int, float))
