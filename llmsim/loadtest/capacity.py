@@ -25,11 +25,10 @@ from typing import Any
 import gevent
 from locust import events
 from locust.runners import STATE_MISSING, WorkerRunner
-from locust.util.timespan import parse_timespan
 
 from .capacity_report import build_result, format_table, step_line, write_outputs
 from .openloop import OpenLoopSource
-from .options import OptionError, _positive_int
+from .options import OptionError, _positive_float, _positive_int, _seconds
 from .plugin import EXIT_VERDICT_FAIL, _current_env, _fail, get_run, refresh_loop_clock
 from .prediction import TokenShape, predict_step
 from .report import output_problem, workload_section
@@ -54,32 +53,6 @@ PREDICT_WINDOW_MIN_S = 60.0
 
 
 # --------------------------------------------------------------------------- options
-
-def _number(text: str, what: str, parse: Any = float) -> float:
-    try:
-        return float(parse(text))
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def _positive(v: float, text: str) -> float:
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    return _positive(_number(text, "a number"), text)
-
-
-def _seconds(text: str) -> float:
-    """'30', '2.5', '30s', '1m30s' -> seconds (> 0)."""
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        v = _number(text, "seconds or a time span like 30s or 2m", parse_timespan)
-    return _positive(v, text)
-
 
 def _percent(text: str) -> float:
     try:

@@ -9,12 +9,15 @@ LoadTestSettings.from_options() turns them into the objects a run uses.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from locust.util.timespan import parse_timespan
 
 from ..profiles import ModelProfile, ProfileError, ProfileRegistry, load_profile_file
 from ..tokens import encoding_name_for_model, get_encoding
@@ -62,14 +65,30 @@ def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
-def _positive_seconds(text: str) -> float:
+def _number(text: str, what: str, parse: Any = float) -> float:
+    try:
+        return float(parse(text))
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _positive(v: float, text: str) -> float:
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    return _positive(_number(text, "a number"), text)
+
+
+def _seconds(text: str) -> float:
+    """'30', '2.5', '30s', '1m30s' -> seconds (> 0)."""
     try:
         v = float(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return v
+        v = _number(text, "seconds or a time span like 30s or 2m", parse_timespan)
+    return _positive(v, text)
 
 
 def _tolerance(text: str) -> str:
@@ -222,7 +241,7 @@ def add_arguments(parser: Any) -> None:
                        help=f"retry a request answered 429 up to N times (default {DEFAULT_RETRY_429}), waiting "
                             "what retry-after-ms/retry-after says; every retry is counted in the summary. "
                             "Off by default: nothing is retried")
-    group.add_argument("--llm-timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
+    group.add_argument("--llm-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
                        help=f"give up on a request whose server sends nothing for S seconds: a `timeout` failure "
                             f"(default {DEFAULT_TIMEOUT_S:g}, as the OpenAI SDK's). A request still waiting when the "
                             "run stops is counted as unfinished")

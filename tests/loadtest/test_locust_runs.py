@@ -198,6 +198,7 @@ def test_processes_merge_exactly(tmp_path):
     (["--llm-report", "afile/report.json"], "--llm-report: cannot write afile/report.json"),
     (["--llm-report", "."], "--llm-report: cannot write . (it is a directory)"),
     (["--llm-trace", "on", "--no-stream"], "--llm-trace on needs a streamed run"),
+    (["--llm-timeout", "0"], "--llm-timeout: must be a finite number more than 0"),
     (["--llm-profile", "empty.yaml"], "--llm-profile: empty.yaml holds no profiles"),
 ])
 
