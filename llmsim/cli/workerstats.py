@@ -21,11 +21,12 @@ Merge rules, for both forms:
 - a `hit_rate` is worked out again from the summed `hits_total` / `queries_total` beside it
   (every worker keeps its own prefix cache: the fleet's rate is over all their lookups).
 
-Metric families whose names start with one of PROCESS_LOCAL_PREFIXES are
-rendered per process and merged here. Any other family passes through as the
-answering worker rendered it: metrics kept with prometheus_client's
-multiprocess mode (PROMETHEUS_MULTIPROC_DIR, which the supervisor points at
-the `prometheus/` folder of the same directory) already cover every worker.
+Metric families whose names start with one of PROCESS_LOCAL_PREFIXES (llmsim's
+own and the vLLM-named ones, all rendered by each process from its own
+statistics) are merged here. Any other family passes through as the answering
+worker rendered it: a metric kept with prometheus_client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, which the supervisor points at the `prometheus/`
+folder of the same directory) already covers every worker.
 
 Nothing here imports Flask or gevent: the supervisor uses it too.
 """
@@ -47,7 +48,7 @@ WORKER_INDEX_ENV = "LLMSIM_WORKER_INDEX"
 PROMETHEUS_DIR = "prometheus"
 RETIRED = "retired.json"
 SNAPSHOT_PERIOD_S = 0.5
-PROCESS_LOCAL_PREFIXES = ("llmsim_", "vllm:prefix_cache_")
+PROCESS_LOCAL_PREFIXES = ("llmsim_", "vllm:")
 """Metric families each worker renders for itself alone; merged across workers (see the module doc)."""
 
 LIVE_ONLY = frozenset({"active_streams", "active", "waiting", "max_concurrent", "queue_limit", "multiplier",

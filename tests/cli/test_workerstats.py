@@ -68,14 +68,20 @@ llmsim_lat_seconds_bucket{le="0.1"} %d
 llmsim_lat_seconds_bucket{le="+Inf"} %d
 llmsim_lat_seconds_sum 0.5
 llmsim_lat_seconds_count %d
-# HELP vllm:num_requests_running Already aggregated by prometheus_client's multiprocess mode.
+# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{model_name="gpt-5"} 7
+vllm:num_requests_running{model_name="gpt-5"} %d
+# HELP vllm:generation_tokens Number of generation tokens processed.
+# TYPE vllm:generation_tokens counter
+vllm:generation_tokens_total{model_name="gpt-5"} %d
+# HELP my_app_things Already aggregated by prometheus_client's multiprocess mode.
+# TYPE my_app_things gauge
+my_app_things 7
 """
 
 
 def metrics(n, active):
-    return METRICS % (n, active, active, n, n, n)
+    return METRICS % (n, active, active, n, n, n, active, 10 * n)
 
 
 def samples(text):
@@ -97,7 +103,11 @@ def test_cluster_metrics_sum_counters_label_gauges_and_pass_other_families_throu
     assert s['llmsim_active_streams{worker="0"}'] == 1 and s['llmsim_active_streams{worker="1"}'] == 2
     assert "llmsim_active_streams" not in s  # no unlabelled total beside the per-worker series
     assert s['llmsim_batch_active{profile="gpt-5",worker="1"}'] == 2
-    assert s['vllm:num_requests_running{model_name="gpt-5"}'] == 7  # not multiplied by the worker count
+    # The vLLM-named families are rendered per worker too: totals and per-worker gauges, as llmsim's own
+    assert s['vllm:generation_tokens_total{model_name="gpt-5"}'] == 150
+    assert s['vllm:num_requests_running{model_name="gpt-5",worker="0"}'] == 1
+    assert s['vllm:num_requests_running{model_name="gpt-5",worker="1"}'] == 2
+    assert s["my_app_things"] == 7  # another family passes through, not multiplied by the worker count
     assert s["llmsim_workers"] == 2 and s["llmsim_worker_restarts_total"] == 2
     assert s['llmsim_worker_requests_total{worker="0"}'] == 2 and s['llmsim_worker_requests_total{worker="1"}'] == 3
     assert text.count("# TYPE llmsim_requests_total counter") == 1
