@@ -810,7 +810,7 @@ class Engine:
         else:
             blocks, natural = self._answer_blocks(req, profile, gen_req, rng, content, prompt_tokens)
         limit = req.max_tokens
-        if req.ignore_eos and limit is None:
+        if limit is None:  # the model stops at its own output limit ("length"), as a real one does
             limit = self._model_limit(profile, prompt_tokens)
         builder = TokenStreamBuilder(enc, profile.chunk_tokens)
         keep_ids = req.logprobs is not None
@@ -884,6 +884,12 @@ class Engine:
             return limit + 1, None
         if profile.output_tokens is not None and not self.fixed_length:
             return None, profile.output_tokens.sample(content)
+        own = getattr(self.generator, "target_tokens", None)
+        model_limit = self._model_limit(profile, prompt_tokens)
+        if isinstance(own, int) and own > model_limit + 1:
+            # A --target-tokens past what the model may send is cut at its limit anyway ("length"): made only
+            # that far (the same for every request to this model, so a max_tokens cut stays a prefix of it).
+            return None, model_limit + 1
         return None, None
 
     def _answer_blocks(self, req: Request, profile: ModelProfile, gen_req: GenerationRequest, rng: random.Random,

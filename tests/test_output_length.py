@@ -298,3 +298,16 @@ def test_unseeded_lorem_hands_the_stream_builder_its_tokens_as_a_fresh_encoding_
             builder._chunk(truth[:n - 1] if n > 1 else truth, slow)
             assert plan.pieces == slow.pieces and list(plan.piece_tokens) == list(slow.piece_tokens)
     assert told > 400  # most windows end at a word's end
+
+
+def test_a_target_past_the_models_limit_is_made_only_that_far():
+    """--target-tokens 10,000,000 on gpt-4o (16,384 output tokens at most): an answer stops at the model's limit
+    ("length"), a max_tokens cut is a prefix of it, and nothing makes the other 9,983,616 tokens (which took
+    seconds and half a GB per request)."""
+    with run_server(target_tokens=10_000_000, latency_profile="instant", seed=4) as url:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "seed": 9}
+        whole = requests.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+        cut = requests.post(url + "/v1/chat/completions", json={**body, "max_tokens": 5}, timeout=60).json()
+    assert whole["usage"]["completion_tokens"] == 16384 and whole["choices"][0]["finish_reason"] == "length"
+    assert cut["usage"]["completion_tokens"] == 5
+    assert whole["choices"][0]["message"]["content"].startswith(cut["choices"][0]["message"]["content"])
