@@ -294,7 +294,13 @@ def test_record_command_line(upstream, tmp_path):
     assert "1 request recorded" in p.stderr.read()
     assert json.loads(out.read_text())["usage"]["output_tokens"] == 3
     for args, message in ((["--upstream", "ftp://x", "--out", str(out)], "must be an http:// or https:// URL"),
-                          (["--upstream", upstream.url, "--out", str(tmp_path / "no" / "x.jsonl")], "cannot write")):
+                          (["--upstream", upstream.url, "--out", str(tmp_path / "no" / "x.jsonl")], "cannot write"),
+                          (["--upstream", upstream.url, "--out", str(out), "--port", "99999"],
+                           "--port: must be between 0 and 65535, got 99999"),
+                          (["--upstream", upstream.url, "--out", str(out), "--timeout", "0"],
+                           "--timeout: must be a number of seconds above 0, got '0'"),
+                          (["--upstream", upstream.url, "--out", str(out), "--timeout", "nan"],
+                           "--timeout: must be a number of seconds above 0")):
         r = subprocess.run([sys.executable, "-m", "llmsim", "record", *args], capture_output=True, text=True,
                            timeout=60, env=env)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

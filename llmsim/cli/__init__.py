@@ -6,12 +6,24 @@ which the console script runs) patch before they import it.
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
 from ..profiles import ProfileRegistry
 from ..validation import ValidationError
-from .config import add_server_flags, resolve_config
+from .config import PORT, add_server_flags, positive_seconds, resolve_config
+
+
+def _checked(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a config converter: its reason in the one-line usage error."""
+    def parse(text: str) -> Any:
+        try:
+            return conv(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", required=True, metavar="FILE.jsonl", help="the record file (one JSON line per request)")
     rec.add_argument("--append", action="store_true", help="append to FILE.jsonl instead of starting it afresh")
     rec.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    rec.add_argument("--port", type=int, default=8081, help="port to bind; 0 picks a free one (default %(default)s)")
-    rec.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    rec.add_argument("--port", type=_checked(PORT), default=8081,
+                     help="port to bind; 0 picks a free one (default %(default)s)")
+    rec.add_argument("--timeout", type=_checked(positive_seconds), default=600.0, metavar="S",
                      help="give up on an upstream that sends nothing for S seconds (default %(default)g)")
     rep = sub.add_parser("replay", help="serve recorded answers with their recorded timing (the generator answers "
                                          "the rest)")

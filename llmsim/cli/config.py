@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 from ..errors import FAULT_KINDS
-from ..validation import ValidationError
+from ..validation import ValidationError, kind_of
+
+MAX_TARGET_TOKENS = 10_000_000
+"""--target-tokens above this is a typo: no model sends that much (and a request is cut at its model's limit)."""
 
 ConfigError = ValidationError
 """A bad setting; str() is one line: source: key: reason (the same type as a bad profile)."""
@@ -30,7 +33,7 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
             raise ValueError(f"must be a whole number, got {v!r}")
         try:
             n = int(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: .inf
             raise ValueError(f"must be a whole number, got {v!r}") from None
         if isinstance(v, float) and v != n:
             raise ValueError(f"must be a whole number, got {v!r}")
@@ -60,8 +63,8 @@ def _float(lo: float) -> Callable[[Any], float]:
             raise ValueError(f"must be a number, got {v!r}")
         try:
             x = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a number, got {v!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"must be a number, got {v!r}"[:200]) from None
         if not x >= lo or x == float("inf"):
             raise ValueError(f"must be a number >= {lo:g}, got {v!r}")
         return x
@@ -84,9 +87,24 @@ def _str(v: Any) -> str:
     return v
 
 
-def _interval(v: Any) -> float:
-    """A positive number of seconds (an interval cannot be 0)."""
-    x = _seconds(v)
+def _secret(v: Any) -> str:
+    """_str for a secret: a wrong value is named by its kind only (a token written as a number or a list)."""
+    if not isinstance(v, str) or not v.strip():
+        shown = "a blank string" if isinstance(v, str) else kind_of(v)
+        raise ValueError(f"must be a non-empty string, got {shown} (not shown: it may be a secret)")
+    return v
+
+
+PORT = _int(0, 65535)
+"""A TCP port to bind (0: a free one)."""
+
+
+def positive_seconds(v: Any) -> float:
+    """A positive number of seconds (an interval, or a timeout that cannot be off)."""
+    try:
+        x = _seconds(v)
+    except ValueError:
+        x = 0.0  # not a number of seconds: the same one line
     if x <= 0:
         raise ValueError(f"must be a number of seconds above 0, got {v!r}")
     return x
@@ -120,12 +138,12 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", _str, "127.0.0.1", "address to bind"),
-    Option("port", _int(0, 65535), 8080, "port to bind; 0 picks a free one", "PORT"),
+    Option("port", PORT, 8080, "port to bind; 0 picks a free one", "PORT"),
     Option("latency_profile", _str, None, "force this profile for every model (default: each model's own)", "NAME"),
     Option("generator", _str, "lorem", "response text: lorem, echo, fixed:TEXT, random, sequence, script:FILE",
            "SPEC"),
-    Option("target_tokens", _int(1), None, "reply length in tokens for every model (default: the profile's "
-           "output_tokens, else 100)", "N"),
+    Option("target_tokens", _int(1, MAX_TARGET_TOKENS), None,
+           "reply length in tokens for every model (default: the profile's output_tokens, else 100)", "N"),
     Option("seed", _int(0), None, "seed for latencies and text: same seed and requests, same run", "N"),
     Option("profiles_dir", _str, None, "directory of extra or overriding profile YAMLs", "DIR"),
     Option("chunk_tokens", _int(1), None, "tokens per streamed chunk for every profile (default: profile's, 1)",
@@ -136,14 +154,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout", _seconds, 60.0, "seconds a keep-alive connection may wait for its next request "
            "(0: no limit)", "SECONDS"),
     Option("access_log", _bool, False, "log one line per request", flag=False),
-    Option("admin_token", _str, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
+    Option("admin_token", _secret, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
     Option("workers", _workers, 1, "server processes sharing the port, each one replica with its own batch slots "
                                    "and queue; auto = one per available core (see docs/scaling.md)", "N"),
     Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
                                             "the workers exit", "S"),
-    Option("stats_interval", _interval, None, "print a one-line status (req/s, tokens/s, active, queued, TTFT and "
-                                             "ITL p50/p99, errors) every S seconds", "S"),
+    Option("stats_interval", positive_seconds, None,
+           "print a one-line status (req/s, tokens/s, active, queued, TTFT and ITL p50/p99, errors) every S seconds",
+           "S"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 SECTION_KEYS = ("models", "errors", "rate_limits", "auth", "tools")
@@ -215,6 +234,9 @@ def _load_file(path: str) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(path, "file", f"cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "file", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") \
+            from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

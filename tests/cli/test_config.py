@@ -42,12 +42,17 @@ def test_models_section(tmp_path):
 @pytest.mark.parametrize("text,key,reason", [
     ("port: eighty\n", "port", "whole number"),
     ("port: 70000\n", "port", "between 0 and 65535"),
-    ("target_tokens: 0\n", "target_tokens", ">= 1"),
+    ("target_tokens: 0\n", "target_tokens", "between 1 and 10000000"),
     ("bogus: 1\n", "bogus", "unknown setting"),
     ("models: {allow_unknown: maybe}\n", "models.allow_unknown", "true or false"),
     ("models: {colour: red}\n", "models.colour", "unknown setting"),
     ("port: [1\n", "line", "invalid YAML"),
     ("- a\n- b\n", "(top level)", "mapping"),
+    ("port: .inf\n", "port", "whole number"),
+    ("target_tokens: .inf\n", "target_tokens", "whole number"),
+    ("target_tokens: 100000000000000000000000\n", "target_tokens", "between 1 and 10000000"),
+    ("admin_token: [my-admin-s3cret]\n", "admin_token", "got a list (not shown: it may be a secret)"),
+    ("admin_token: 987654321\n", "admin_token", "(not shown: it may be a secret)"),
 ])
 def test_bad_file_values_name_file_key_reason(tmp_path, text, key, reason):
     path = write(tmp_path, text)
@@ -62,6 +67,23 @@ def test_bad_env_and_flag_values_name_their_source():
         resolve_config({}, env={"LLMSIM_PORT": "x"})
     with pytest.raises(ConfigError, match=r"^command line: --seed: must be a whole number"):
         resolve_config({"seed": "abc"}, env={})
+
+
+def test_secrets_are_never_echoed_in_config_errors(tmp_path):
+    for text in ("admin_token: [my-admin-s3cret]\n", "admin_token: 987654321\n"):
+        with pytest.raises(ConfigError) as e:
+            resolve_config({"config": write(tmp_path, text)}, env={})
+        assert "s3cret" not in str(e.value) and "987654321" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^LLMSIM_ADMIN_TOKEN: LLMSIM_ADMIN_TOKEN: must be a non-empty string, got a "
+                                          r"blank string"):
+        resolve_config({}, env={"LLMSIM_ADMIN_TOKEN": " "})
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfeport: 1\n")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: file: not UTF-8 text \(byte 0xff at offset 0\)$"):
+        resolve_config({"config": str(path)}, env={})
 
 
 def test_missing_config_file():
