@@ -608,7 +608,7 @@ class ScriptGenerator(Generator):
         super().__init__(target_tokens)
         try:
             doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
             raise ScriptError(f"{path}: cannot read the script ({e})") from None
         options: dict[str, Any] = {}
         if isinstance(doc, dict):

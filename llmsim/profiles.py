@@ -378,6 +378,9 @@ def load_profile_file(path: str | os.PathLike) -> list[ModelProfile]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ValidationError(str(path), "file", f"cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValidationError(str(path), "file", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                                                 f"{e.start})") from None
     return parse_profiles_document(str(path), text)
 
 

@@ -66,14 +66,18 @@ _ADAPTERS: dict[str, ApiAdapter] = {"chat": ChatCompletionsAdapter(), "responses
 def jsonl_lines(path: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
     """(`file:line`, parsed JSON) of each non-blank line; `error` names the file (and line) at fault."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
     with fh:
-        for n, text in enumerate(fh, 1):
+        for n, raw in enumerate(fh, 1):
+            where = f"{path}:{n}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not text.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 yield where, json.loads(text)
             except ValueError as e:

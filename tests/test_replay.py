@@ -198,6 +198,14 @@ def test_bad_record_files_are_one_line_errors(tmp_path):
     other.write_text('{"llmsim": "requests/1"}\n')
     with pytest.raises(ReplayError, match=r"other.jsonl:1: not an `llmsim record` line"):
         ReplayBook.load([str(other)])
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\n\xff\xfe\x00garbage\n")
+    with pytest.raises(ReplayError, match=r"binary.jsonl:2: not UTF-8 text \(byte 0xff at column 1\)$"):
+        ReplayBook.load([str(binary)])
+    for command in (["replay", str(binary), "--port", "0"], ["profile", "fit", str(binary)]):
+        r = subprocess.run([sys.executable, "-m", "llmsim", *command], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "binary.jsonl:2: not UTF-8 text" in r.stderr
 
 
 def test_replay_command_line(tmp_path):
