@@ -305,13 +305,31 @@ def resolve_config(flags: dict[str, Any] | None = None, env: Mapping[str, str] |
         if key in OPTION_BY_KEY:
             _apply(cfg, key, value, "command line", OPTION_BY_KEY[key].cli)
     shortcuts: dict[str, float] = {}
+    given = ("", "")  # the source and key of the last shortcut: a total over 1 is reported there
     if environ.get("LLMSIM_ERROR_RATE"):
         shortcuts.update(_error_rates(environ["LLMSIM_ERROR_RATE"].split(","), "LLMSIM_ERROR_RATE",
                                       "LLMSIM_ERROR_RATE"))
+        given = ("LLMSIM_ERROR_RATE", "LLMSIM_ERROR_RATE")
     if flags.get("error_rate"):
         shortcuts.update(_error_rates(flags["error_rate"], "command line", "--error-rate"))
+        given = ("command line", "--error-rate")
     if shortcuts:
         errors = cfg.sections.get("errors")
         if errors is None or isinstance(errors, dict):  # anything else is reported when the section is read
-            cfg.sections["errors"] = {**(errors or {}), **shortcuts}
+            merged = {**(errors or {}), **shortcuts}
+            _check_total(merged, *given, errors is not None and cfg.source)
+            cfg.sections["errors"] = merged
     return cfg
+
+
+def _check_total(errors: dict, source: str, key: str, file: str | bool) -> None:
+    """A request fails at most one way: the rates the shortcuts leave must add up to at most 1 (named at the
+    flag or variable that set them, not at the file or the defaults)."""
+    rates = {k: v for k, v in errors.items() if k in FAULT_KINDS and isinstance(v, (int, float))
+             and not isinstance(v, bool) and v > 0}
+    total = sum(rates.values())
+    if total > 1 + 1e-9:
+        listed = ", ".join(f"{k}={v:g}" for k, v in rates.items())
+        with_file = f", with {file}'s errors section" if file else ""
+        raise ConfigError(source, key, f"the rates add up to {total:g} ({listed}{with_file}); a request fails at "
+                                       "most one way, so they must add up to at most 1")

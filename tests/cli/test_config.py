@@ -86,6 +86,20 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
         resolve_config({"config": str(path)}, env={})
 
 
+def test_error_rates_over_one_are_named_at_the_flag_or_variable_that_set_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"^command line: --error-rate: the rates add up to 1.4 \(rate_limit=0.7, "
+                                          r"server_error=0.7\)"):
+        resolve_config({"error_rate": ["rate_limit=0.7", "server_error=0.7"]}, env={})
+    with pytest.raises(ConfigError, match=r"^LLMSIM_ERROR_RATE: LLMSIM_ERROR_RATE: the rates add up to 1.4"):
+        resolve_config({}, env={"LLMSIM_ERROR_RATE": "rate_limit=0.7,server_error=0.7"})
+    path = write(tmp_path, "errors: {rate_limit: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"^command line: --error-rate: the rates add up to 1.2 .*with .*llmsim.yaml's "
+                                          r"errors section"):
+        resolve_config({"config": path, "error_rate": ["server_error=0.7"]}, env={})
+    ok = resolve_config({"config": path, "error_rate": ["server_error=0.3"]}, env={})
+    assert ok.sections["errors"] == {"rate_limit": 0.5, "server_error": 0.3}
+
+
 def test_missing_config_file():
     with pytest.raises(ConfigError, match=r"nope\.yaml: file: cannot read"):
         resolve_config({"config": "nope.yaml"}, env={})
