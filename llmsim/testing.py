@@ -42,24 +42,31 @@ class RunningServer:
 
 
 def start_server(*, latency_profile: str | None = None, profile_files: Iterable[str | os.PathLike] = (),
-                 profiles_dir: str | None = None, generator: str = "lorem", target_tokens: int | None = None,
-                 seed: int | None = None, config: dict | str | None = None, host: str = "127.0.0.1",
-                 port: int = 0, replay: Any = None, **settings: Any) -> RunningServer:
+                 profiles_dir: str | None = None, generator: str | None = None, target_tokens: int | None = None,
+                 seed: int | None = None, config: dict | str | None = None, host: str | None = None,
+                 port: int | None = None, replay: Any = None, **settings: Any) -> RunningServer:
     """Start llmsim on an ephemeral port (by default) and return once it accepts connections.
 
-    `config` is a config-file path or a dict of its settings; keyword arguments
-    override it, as flags do. `profile_files` are extra profile YAMLs. `replay`
-    is a llmsim.replay.ReplayBook: its recordings answer first, as with `llmsim replay`.
+    `config` is a config-file path or a dict of its settings; the keyword arguments you give override it,
+    as flags do, and the ones you leave out leave its values alone. Unless the config sets them, the
+    server listens on a free port of 127.0.0.1. `profile_files` are extra profile YAMLs (a list of paths). `replay` is a
+    llmsim.replay.ReplayBook: its recordings answer first, as with `llmsim replay`.
     """
-    from .cli.config import resolve_config
+    if isinstance(profile_files, (str, os.PathLike)):
+        profile_files = [profile_files]  # one path, not its characters
+    from .cli.config import load_config_file, resolve_config
     from .cli.server import build_server, server_url
     from .cli.state import AppState
 
-    flags: dict[str, Any] = {"host": host, "port": port, "generator": generator, **settings}
+    flags: dict[str, Any] = dict(settings)
     for key, value in (("latency_profile", latency_profile), ("target_tokens", target_tokens), ("seed", seed),
-                       ("profiles_dir", profiles_dir)):
+                       ("profiles_dir", profiles_dir), ("generator", generator), ("host", host), ("port", port)):
         if value is not None:
             flags[key] = value
+    doc = load_config_file(config) if isinstance(config, str) else config
+    for key, default in (("host", "127.0.0.1"), ("port", 0)):  # a test's defaults, unless the config says
+        if key not in flags and not (isinstance(doc, dict) and key in doc):
+            flags[key] = default
     if isinstance(config, str):
         flags["config"] = config
     cfg = resolve_config(flags, env={}, settings=config if isinstance(config, dict) else None)
@@ -76,6 +83,7 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
 
     def run() -> None:
         import gevent
+        import gevent.event
 
         try:
             server, state = build_server(cfg, AppState(cfg, registry), replay=replay)
@@ -84,9 +92,13 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
             box["error"] = e
             ready.set()
             return
-        box.update(server=server, state=state, hub=gevent.get_hub())
+        stopped = gevent.event.Event()
+        box.update(server=server, state=state, hub=gevent.get_hub(), stopped=stopped)
         ready.set()
-        server._stop_event.wait()
+        stopped.wait()  # set once stop() has run to its end (close() alone already ends serve_forever's wait)
+        # This thread's hub and its event loop (an epoll and an eventfd) die with the server: a test suite that
+        # starts a server per test would otherwise run out of file descriptors.
+        gevent.get_hub().destroy(destroy_loop=True)
 
     thread = threading.Thread(target=run, name="llmsim-server", daemon=True)
     thread.start()
@@ -96,7 +108,16 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
     server = box["server"]
 
     def stop() -> None:
-        box["hub"].loop.run_callback_threadsafe(server.stop, 1)
+        import gevent
+
+        def stop_then_say() -> None:
+            try:
+                server.stop(1)
+            finally:
+                box["stopped"].set()
+
+        # In a greenlet of the server's hub, not in the loop's callback: stop() waits out the streams' grace.
+        box["hub"].loop.run_callback_threadsafe(gevent.spawn, stop_then_say)
         thread.join(timeout=5)
 
     return RunningServer(server_url(server), box["state"], stop)

@@ -87,3 +87,59 @@ def test_the_console_script_patches_before_running_the_cli():
     r = subprocess.run([sys.executable, "-c", ENTRY], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "instant" in r.stdout
+
+
+SERVER_PER_TEST = r'''
+import json, os, socket, time, urllib.request
+import llmsim.testing
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+with llmsim.testing.run_server(latency_profile="instant"):
+    pass
+before = fds()
+for _ in range(30):  # a suite that starts a server per test
+    with llmsim.testing.run_server(latency_profile="instant") as url:
+        assert urllib.request.urlopen(url + "/health", timeout=10).status == 200
+after = fds()
+# A stream still open when its server stops: its connection closes after the grace, the client is not left waiting.
+server = llmsim.testing.start_server(latency_profile="fast", target_tokens=3000)
+sock = socket.create_connection((server.url.split("//")[1].split(":")[0], int(server.url.rsplit(":", 1)[1])))
+body = json.dumps({"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+assert sock.recv(65536)
+sock.settimeout(10)
+t0 = time.monotonic()
+server.stop()
+while sock.recv(65536):
+    pass
+print(before, after, round(time.monotonic() - t0, 2))
+'''
+
+
+def test_a_server_per_test_leaks_nothing_and_stop_closes_open_streams():
+    """In an unpatched process each server's thread has its own hub: its event loop's descriptors go with it
+    (they leaked two per server, so a long suite ran out), and stop() closes a stream still being written
+    after its grace second, so the client sees the end instead of waiting for its own timeout."""
+    r = subprocess.run([sys.executable, "-c", SERVER_PER_TEST], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    before, after, closed_in = r.stdout.split()
+    assert int(after) - int(before) <= 2, (before, after)
+    assert float(closed_in) < 5
+
+
+def test_a_config_dict_keeps_what_no_keyword_overrides(tmp_path):
+    """run_server's keywords override the config as flags do; those left out leave it alone."""
+    import requests
+
+    from llmsim.testing import run_server
+
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with run_server(config={"generator": "fixed:from the config", "latency_profile": "instant"}) as url:
+        assert requests.post(url + "/v1/chat/completions", json=body, timeout=10).json()["choices"][0][
+            "message"]["content"] == "from the config"
+    path = tmp_path / "c.yaml"
+    path.write_text("generator: fixed:from the file\nlatency_profile: instant\n")
+    with run_server(config=str(path), generator="fixed:from the keyword") as url:
+        assert requests.post(url + "/v1/chat/completions", json=body, timeout=10).json()["choices"][0][
+            "message"]["content"] == "from the keyword"

@@ -229,7 +229,7 @@ def _error_rates(specs: list[str], source: str, key: str) -> dict[str, float]:
     return rates
 
 
-def _load_file(path: str) -> dict:
+def load_config_file(path: str) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -272,7 +272,7 @@ def resolve_config(flags: dict[str, Any] | None = None, env: Mapping[str, str] |
     environ: Mapping[str, str] = os.environ if env is None else env
     cfg = ServerConfig()
     path = flags.pop("config", None) or environ.get("LLMSIM_CONFIG")
-    doc = _load_file(path) if path else settings
+    doc = load_config_file(path) if path else settings
     if doc is not None:
         path = path or "<settings>"
         _check_keys(path, doc)

@@ -543,9 +543,18 @@ class NoDelayWSGIServer(WSGIServer):
             self._sampler = gevent.spawn(self.state.stats.run_sampler)
 
     def stop(self, timeout: float | None = None) -> None:
+        """gevent's stop (no new connections; handlers get `timeout` to finish, then are killed), and the same
+        for the streams the event loop writes, which have no handler to wait for or kill: each gets the same
+        grace, then its connection is closed, so a client reading it fails at once instead of waiting."""
         if self._sampler is not None:
             self._sampler.kill(block=False)
             self._sampler = None
+        self.close()
+        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
+        while self.detached and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        for stream in list(self.detached):
+            stream.abort(ConnectionDrop())
         super().stop(timeout)
 
     def do_handle(self, *args: Any) -> None:
