@@ -222,12 +222,15 @@ class Generator:
         words = request.prompt.split()
         topic = " ".join(words[:12]) + (" …" if len(words) > 12 else "") if words else "(no question)"
         sentences: list[str] = [rng.choice(_REASONING_OPENERS).format(topic=topic)]
-        have = len(encode(sentences[0], enc))
+        closer = rng.choice(_REASONING_CLOSERS)
+        have = len(encode(sentences[0], enc)) + len(encode(" " + closer, enc))
         while have < tokens:
             sentence = rng.choice([s for s in _REASONING_STEPS if s != sentences[-1]])
             sentences.append(sentence)
-            have += len(encode(sentence, enc)) + 1
-        sentences.append(rng.choice(_REASONING_CLOSERS))
+            have += len(encode(" " + sentence, enc))  # the joining space belongs to the sentence's first token
+        sentences.append(closer)
+        # At least `tokens` tokens of prose now (a sentence's count can shift by one where it meets the next):
+        # cut to exactly `tokens`; pads only in the rare case of a shortfall, never by a run of filler words.
         return fit_tokens(" ".join(sentences), tokens, request.encoding_name())
 
     def prepare(self, encoding_name: str) -> None:

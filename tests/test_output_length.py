@@ -311,3 +311,15 @@ def test_a_target_past_the_models_limit_is_made_only_that_far():
     assert whole["usage"]["completion_tokens"] == 16384 and whole["choices"][0]["finish_reason"] == "length"
     assert cut["usage"]["completion_tokens"] == 5
     assert whole["choices"][0]["message"]["content"].startswith(cut["choices"][0]["message"]["content"])
+
+
+def test_visible_reasoning_is_prose_to_its_last_token_not_filler():
+    """Reasoning of exactly n tokens (as before), made of its sentences to the end: the joining spaces were
+    counted as tokens of their own, so the text came out short and was padded with ' the the the …'."""
+    gen = LoremGenerator(100)
+    for model, encoding in (("gpt-4o", "o200k_base"), ("claude-sonnet-4-5", "cl100k_base")):
+        req = GenerationRequest.from_body({"model": model, "messages": [{"role": "user", "content": "Why blue?"}]})
+        for n in (*range(20, 400, 13), 800, 1944, 2000):
+            text = gen.reasoning(req, tokens=n)
+            assert count_tokens(text, model) == n
+            assert not text.endswith(" the the"), (model, n, text[-80:])
