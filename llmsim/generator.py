@@ -211,10 +211,11 @@ class Generator:
         have = len(encode(text, get_encoding(request.encoding_name())))
         return " ".join([text] * (tokens // max(1, have) + 1))
 
-    def reasoning(self, request: GenerationRequest | None = None, tokens: int = 0) -> str:
+    def reasoning(self, request: GenerationRequest | dict | None = None, tokens: int = 0) -> str:
         """Visible reasoning of exactly `tokens` tokens: plausible step-by-step prose about the
-        prompt, never the answer's own text (seeded like the answer, from its own draw)."""
-        request = request or GenerationRequest()
+        prompt, never the answer's own text (seeded like the answer, from its own draw). `request` as
+        generate() takes it (a request body works too)."""
+        request = GenerationRequest.of(request)
         if tokens <= 0:
             return ""
         rng = request.rng("reasoning")

@@ -417,7 +417,12 @@ class ProfileRegistry:
     @classmethod
     def load(cls, extra_dirs: Iterable[str | os.PathLike] = (), extra_files: Iterable[str | os.PathLike] = ()
              ) -> ProfileRegistry:
-        """Built-in profiles, then each extra dir's *.yaml, then extra files; later wins by name."""
+        """Built-in profiles, then each extra dir's *.yaml, then extra files; later wins by name. One path
+        given as a string counts as one path, not as its characters."""
+        if isinstance(extra_dirs, (str, os.PathLike)):
+            extra_dirs = [extra_dirs]
+        if isinstance(extra_files, (str, os.PathLike)):
+            extra_files = [extra_files]
         profiles: list[ModelProfile] = []
         for src, text in _builtin_files():
             profiles.extend(parse_profiles_document(src, text))

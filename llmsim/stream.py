@@ -126,9 +126,10 @@ class TokenStreamBuilder:
         self.encoding = encoding
         self.chunk_tokens = chunk_tokens
 
-    def build(self, text: str, max_tokens: int | None = None, stop: Sequence[str] | None = None) -> TokenPlan:
-        """Apply stop sequences, then max_tokens (which wins with "length"), then chunk."""
-        plan = self.build_blocks([Block("text", text)], max_tokens, stop)
+    def build(self, text: str, max_tokens: int | None = None, stop: str | Sequence[str] | None = None) -> TokenPlan:
+        """Apply stop sequences (one string is one sequence, as the APIs take it), then max_tokens (which wins
+        with "length"), then chunk."""
+        plan = self.build_blocks([Block("text", text)], max_tokens, [stop] if isinstance(stop, str) else stop)
         plan.blocks = []
         return plan
 

@@ -143,3 +143,26 @@ def test_a_config_dict_keeps_what_no_keyword_overrides(tmp_path):
     with run_server(config=str(path), generator="fixed:from the keyword") as url:
         assert requests.post(url + "/v1/chat/completions", json=body, timeout=10).json()["choices"][0][
             "message"]["content"] == "from the keyword"
+
+
+def test_one_string_is_one_stop_sequence_and_one_path_and_a_body_works_for_reasoning(tmp_path):
+    """Where an API takes a string or a list, the library takes one string as one item (not its characters)."""
+    import pytest
+
+    from llmsim import LoremGenerator, TokenStreamBuilder, get_encoding
+    from llmsim.profiles import ProfileRegistry
+    from llmsim.validation import ValidationError
+
+    builder = TokenStreamBuilder(get_encoding("o200k_base"))
+    assert builder.build("some text here", stop="te").pieces == builder.build("some text here", stop=["te"]).pieces
+    assert "".join(builder.build("some text here", stop="te").pieces) == "some "
+    with pytest.raises(ValidationError, match=r"^/no/such/dir: profiles_dir: is not a directory$"):
+        ProfileRegistry.load(extra_dirs="/no/such/dir")
+    own = tmp_path / "own.yaml"
+    own.write_text("profiles:\n  - name: own\n    models: [own-model]\n    ttft: {distribution: constant, mean_ms: 5}\n"
+                   "    itl: {distribution: constant, mean_ms: 1}\n")
+    assert ProfileRegistry.load(extra_files=str(own)).resolve("own-model").name == "own"
+    from llmsim import count_tokens
+
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+    assert count_tokens(LoremGenerator(10).reasoning(body, tokens=7), "gpt-4o") == 7  # a body, as generate() takes
