@@ -25,7 +25,8 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 def test_dashboard_is_one_self_contained_page():
     with run_server(latency_profile="instant") as url:
         r = requests.get(url + "/llmsim/", timeout=10)
-        assert requests.get(url + "/llmsim", timeout=10).url.endswith("/llmsim/")  # redirected
+        bare = requests.get(url + "/llmsim", timeout=10, allow_redirects=False)  # the same page, no HTML redirect
+        assert bare.status_code == 200 and bare.text == r.text
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
     assert "<script>" in page and "<svg" in page

@@ -230,6 +230,7 @@ def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
                                         f"{state.traces.size} streamed requests sent with `{TRACE_HEADER}: 1`.")
         return jsonify(record)
 
+    @app.get("/llmsim")  # the same page: Flask would answer this one with an HTML redirect
     @app.get("/llmsim/")
     def dashboard() -> Response:
         return Response(dashboard_html(), mimetype="text/html")
