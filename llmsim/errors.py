@@ -327,6 +327,10 @@ def decide(settings: FaultSettings, rng: random.Random) -> Fault | None:
 _SETTING_KEYS = (*FAULT_KINDS, "timeout_after_ms", "midstream_mode", "retry_after_ms")
 
 
+MAX_FAULT_MS = 86_400_000
+"""A day: a longer timeout or retry hint is a typo (and retry-after headers would carry its digits)."""
+
+
 def _parse_settings(src: str, key: str, raw: Any, base: FaultSettings) -> FaultSettings:
     """A mapping of rates and knobs layered over `base` (so an override names only what changes)."""
     rates = dict(base.rates)
@@ -343,7 +347,7 @@ def _parse_settings(src: str, key: str, raw: Any, base: FaultSettings) -> FaultS
                 raise ValidationError(src, where, f"must be one of {', '.join(MIDSTREAM_MODES)}, got {v!r}")
             changes[k] = v
         elif k in ("timeout_after_ms", "retry_after_ms"):
-            changes[k] = number(src, where, v)
+            changes[k] = number(src, where, v, maximum=MAX_FAULT_MS)
     settings = replace(base, rates={k: r for k, r in rates.items() if r > 0}, **changes)
     if settings.total > 1 + 1e-9:
         rates_text = ", ".join(f"{k}={r:g}" for k, r in settings.rates.items())

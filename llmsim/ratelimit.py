@@ -23,6 +23,8 @@ from .errors import go_duration, rate_limited
 from .validation import ValidationError, integer, kind_of, mapping
 
 # bucket -> the tier field that sizes it; checked in this order
+MAX_LIMIT = 10**12
+"""A per-minute limit above this is a typo (and would fill every answer's rate-limit headers with digits)."""
 BUCKETS: dict[str, str] = {"requests": "rpm", "tokens": "tpm", "input_tokens": "itpm", "output_tokens": "otpm"}
 LIMIT_KEYS = tuple(BUCKETS.values())
 DEFAULT_TIER = "default"
@@ -48,7 +50,7 @@ class Tier:
 
 def _parse_tier(src: str, key: str, name: str, raw: Any) -> Tier:
     raw = mapping(src, key, raw, LIMIT_KEYS, secret_keys=True)
-    limits = {k: integer(src, f"{key}.{k}", v, minimum=1, secret=True) for k, v in raw.items()}
+    limits = {k: integer(src, f"{key}.{k}", v, minimum=1, secret=True, maximum=MAX_LIMIT) for k, v in raw.items()}
     if not limits:
         raise ValidationError(src, key, f"give at least one of {', '.join(LIMIT_KEYS)}")
     return Tier(name, **limits)

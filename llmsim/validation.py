@@ -78,7 +78,7 @@ def finite_float(value: Any) -> float | None:
 
 
 def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool = False, strict: bool = False,
-           secret: bool = False) -> float:
+           secret: bool = False, maximum: float | None = None) -> float:
     """A finite number >= minimum (> minimum when `strict`); whole when `integer` (then returned as an int).
 
     With `secret`, a value that is not a number is named by its kind only (it may be a misplaced API key).
@@ -92,12 +92,15 @@ def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool 
         raise ValidationError(src, key, f"must be a whole number, got {value!r}")
     if value < minimum or (strict and value == minimum):
         raise ValidationError(src, key, f"must be {'>' if strict else '>='} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValidationError(src, key, f"must be at most {maximum:g}, got {value:g}")
     return int(value) if integer else float(value)
 
 
-def integer(src: str, key: str, value: Any, *, minimum: int = 0, secret: bool = False) -> int:
+def integer(src: str, key: str, value: Any, *, minimum: int = 0, secret: bool = False,
+            maximum: int | None = None) -> int:
     """A whole number >= minimum (3.0 counts: YAML and JSON do not always keep the difference)."""
-    return int(number(src, key, value, minimum=minimum, integer=True, secret=secret))
+    return int(number(src, key, value, minimum=minimum, integer=True, secret=secret, maximum=maximum))
 
 
 def string(src: str, key: str, value: Any, what: str = "a non-empty string") -> str:

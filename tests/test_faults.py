@@ -210,3 +210,13 @@ def test_non_finite_numbers_are_refused(value):
         FaultPlan.parse("f", {"rate_limit": value})
     with pytest.raises(ProfileError, match="must be a number"):
         FaultPlan.parse("f", {"timeout_after_ms": value})
+
+
+def test_fault_times_longer_than_a_day_are_refused():
+    """A retry hint or timeout past a day is a typo; every 429 would carry its digits in retry-after."""
+    from llmsim.errors import FaultPlan
+    from llmsim.profiles import ProfileError
+
+    for key in ("retry_after_ms", "timeout_after_ms"):
+        with pytest.raises(ProfileError, match=rf"^c.yaml: errors.{key}: must be at most 8.64e\+07, got 1e\+300$"):
+            FaultPlan.parse("c.yaml", {"rate_limit": 0.1, key: 1e300})

@@ -154,6 +154,7 @@ def test_shorthand_is_the_default_tier():
     ({"tiers": {"a": {"sk-secret-value-123": 1}}}, "rate_limits.tiers.a", "unknown key at position 1"),
     ({"tiers": {"a": {"rpm": "sk-secret-value-123"}}}, "rate_limits.tiers.a.rpm", "must be a number, got a string"),
     ({"rpm": 1, "tiers": {"default": {"rpm": 2}}}, "rate_limits", "keep one"),
+    ({"rpm": 1e300}, "rate_limits.rpm", "must be at most 1e+12"),
 ])
 def test_bad_rate_limits_section(raw, key, reason):
     with pytest.raises(ProfileError) as e:
