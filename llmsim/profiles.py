@@ -415,8 +415,8 @@ class ProfileRegistry:
         self._globs.sort(key=lambda t: -t[0])
 
     @classmethod
-    def load(cls, extra_dirs: Iterable[str | os.PathLike] = (), extra_files: Iterable[str | os.PathLike] = ()
-             ) -> ProfileRegistry:
+    def load(cls, extra_dirs: str | os.PathLike | Iterable[str | os.PathLike] = (),
+             extra_files: str | os.PathLike | Iterable[str | os.PathLike] = ()) -> ProfileRegistry:
         """Built-in profiles, then each extra dir's *.yaml, then extra files; later wins by name. One path
         given as a string counts as one path, not as its characters."""
         if isinstance(extra_dirs, (str, os.PathLike)):

@@ -41,7 +41,8 @@ class RunningServer:
         self._stop()
 
 
-def start_server(*, latency_profile: str | None = None, profile_files: Iterable[str | os.PathLike] = (),
+def start_server(*, latency_profile: str | None = None,
+                 profile_files: str | os.PathLike | Iterable[str | os.PathLike] = (),
                  profiles_dir: str | None = None, generator: str | None = None, target_tokens: int | None = None,
                  seed: int | None = None, config: dict | str | None = None, host: str | None = None,
                  port: int | None = None, replay: Any = None, **settings: Any) -> RunningServer:
@@ -52,8 +53,6 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
     server listens on a free port of 127.0.0.1. `profile_files` are extra profile YAMLs (a list of paths). `replay` is a
     llmsim.replay.ReplayBook: its recordings answer first, as with `llmsim replay`.
     """
-    if isinstance(profile_files, (str, os.PathLike)):
-        profile_files = [profile_files]  # one path, not its characters
     from .cli.config import load_config_file, resolve_config
     from .cli.server import build_server, server_url
     from .cli.state import AppState
@@ -71,7 +70,7 @@ def start_server(*, latency_profile: str | None = None, profile_files: Iterable[
         flags["config"] = config
     cfg = resolve_config(flags, env={}, settings=config if isinstance(config, dict) else None)
     registry = ProfileRegistry.load(extra_dirs=[cfg.profiles_dir] if cfg.profiles_dir else [],
-                                    extra_files=list(profile_files))
+                                    extra_files=profile_files)  # one path or several
 
     if _patched():
         server, state = build_server(cfg, AppState(cfg, registry), replay=replay)
