@@ -349,11 +349,18 @@ def _parse_settings(src: str, key: str, raw: Any, base: FaultSettings) -> FaultS
         elif k in ("timeout_after_ms", "retry_after_ms"):
             changes[k] = number(src, where, v, maximum=MAX_FAULT_MS)
     settings = replace(base, rates={k: r for k, r in rates.items() if r > 0}, **changes)
-    if settings.total > 1 + 1e-9:
-        rates_text = ", ".join(f"{k}={r:g}" for k, r in settings.rates.items())
-        raise ValidationError(src, key or "errors", f"the rates add up to {settings.total:g} ({rates_text}); "
-                                                 "a request fails at most one way, so they must add up to at most 1")
+    check_rates_total(src, key or "errors", settings.rates)
     return settings
+
+
+def check_rates_total(src: str, key: str, rates: dict[str, float], note: str = "") -> None:
+    """A request fails at most one way: its fault rates must add up to at most 1 (`note`: where else they
+    came from, for the message)."""
+    total = sum(rates.values())
+    if total > 1 + 1e-9:
+        listed = ", ".join(f"{k}={r:g}" for k, r in rates.items())
+        raise ValidationError(src, key, f"the rates add up to {total:g} ({listed}{note}); a request fails at most "
+                                        "one way, so they must add up to at most 1")
 
 
 @dataclass(frozen=True)

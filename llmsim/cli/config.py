@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import FAULT_KINDS
+from ..errors import FAULT_KINDS, check_rates_total
 from ..validation import ValidationError, kind_of
 
 MAX_TARGET_TOKENS = 10_000_000
@@ -323,13 +323,8 @@ def resolve_config(flags: dict[str, Any] | None = None, env: Mapping[str, str] |
 
 
 def _check_total(errors: dict, source: str, key: str, file: str | bool) -> None:
-    """A request fails at most one way: the rates the shortcuts leave must add up to at most 1 (named at the
-    flag or variable that set them, not at the file or the defaults)."""
+    """The rates the shortcuts leave, checked at the flag or variable that set them (not at the file or the
+    defaults, where the errors section is read later)."""
     rates = {k: v for k, v in errors.items() if k in FAULT_KINDS and isinstance(v, (int, float))
              and not isinstance(v, bool) and v > 0}
-    total = sum(rates.values())
-    if total > 1 + 1e-9:
-        listed = ", ".join(f"{k}={v:g}" for k, v in rates.items())
-        with_file = f", with {file}'s errors section" if file else ""
-        raise ConfigError(source, key, f"the rates add up to {total:g} ({listed}{with_file}); a request fails at "
-                                       "most one way, so they must add up to at most 1")
+    check_rates_total(source, key, rates, f", with {file}'s errors section" if file else "")
