@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .errors import ApiError, invalid
-from .validation import finite_float
+from .validation import finite_float, number_text
 
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object",
                type(None): "null"}
@@ -227,9 +227,7 @@ def get_number(body: dict, key: str, *, minimum: float | None = None, maximum: f
         raise wrong_type(param, "a number", value)
     number = finite_float(value)
     if number is None:
-        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else \
-            getattr(value, "text", repr(value))
-        raise non_finite_number(param, shown)
+        raise non_finite_number(param, number_text(value))
     _check_range(param, number, minimum, maximum, "number", "decimal")
     return number
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .latency import DISTRIBUTIONS, LENGTH_DISTRIBUTIONS, Distribution, LatencyProfile, LengthDistribution
-from .validation import ValidationError, integer, mapping, number
+from .validation import ValidationError, integer, mapping, not_utf8, number
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 PROVIDERS = ("openai", "anthropic", "google", "deepseek", "any")
@@ -379,8 +379,7 @@ def load_profile_file(path: str | os.PathLike) -> list[ModelProfile]:
     except OSError as e:
         raise ValidationError(str(path), "file", f"cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise ValidationError(str(path), "file", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                                                 f"{e.start})") from None
+        raise ValidationError(str(path), "file", not_utf8(e)) from None
     return parse_profiles_document(str(path), text)
 
 

@@ -34,6 +34,7 @@ from .errors import ConnectionDrop
 from .loadtest.adapters import ApiAdapter, ChatCompletionsAdapter, MessagesAdapter, ResponsesAdapter, Usage
 from .loadtest.sse import MalformedStream, SseEvent
 from .upstream import Stale, Upstream, UpstreamConnection, UpstreamError, UpstreamResponse
+from .validation import not_utf8
 
 __all__ = ["Exchange", "Proxy", "RecordWriter", "Upstream", "UpstreamError", "api_of", "content_times",
            "RECORD_FORMAT"]
@@ -75,7 +76,7 @@ def jsonl_lines(path: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise error(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+                raise error(f"{where}: {not_utf8(e, 'column')}") from None
             if not text.strip():
                 continue
             try:

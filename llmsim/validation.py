@@ -65,6 +65,21 @@ def _near_miss(key: str, allowed: set[str]) -> str | None:
     return near[0] if near else None
 
 
+def not_utf8(e: UnicodeDecodeError, at: str = "offset") -> str:
+    """The reason a file that is not UTF-8 is refused, naming the first bad byte and where it is (`at`:
+    "offset" from 0 in the file, or "column" from 1 in a line)."""
+    where = e.start if at == "offset" else e.start + 1
+    return f"not UTF-8 text (byte {e.object[e.start]:#04x} at {at} {where})"
+
+
+def number_text(value: Any) -> str:
+    """A number for a message: an integer too large for a float by its size (it may run to thousands of
+    digits), anything else as written."""
+    if isinstance(value, int) and not isinstance(value, bool) and finite_float(value) is None:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return getattr(value, "text", repr(value))
+
+
 def finite_float(value: Any) -> float | None:
     """`value` as a float when it is a number a float holds (None: not a number, a bool, NaN, an infinity, or an
     integer too large for a float, which math.isfinite and float() would raise on)."""
@@ -84,9 +99,7 @@ def number(src: str, key: str, value: Any, *, minimum: float = 0, integer: bool 
     With `secret`, a value that is not a number is named by its kind only (it may be a misplaced API key).
     """
     if finite_float(value) is None:
-        shown = kind_of(value) if secret and not isinstance(value, (int, float)) else repr(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            shown = f"an integer of {len(str(abs(value)))} digits"
+        shown = kind_of(value) if secret and not isinstance(value, (int, float)) else number_text(value)
         raise ValidationError(src, key, f"must be a number, got {shown}")
     if integer and value != int(value):
         raise ValidationError(src, key, f"must be a whole number, got {value!r}")

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import FAULT_KINDS, check_rates_total
-from ..validation import ValidationError, kind_of
+from ..validation import ValidationError, kind_of, not_utf8
 
 MAX_TARGET_TOKENS = 10_000_000
 """--target-tokens above this is a typo: no model sends that much (and a request is cut at its model's limit)."""
@@ -235,8 +235,7 @@ def load_config_file(path: str) -> dict:
     except OSError as e:
         raise ConfigError(path, "file", f"cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(path, "file", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") \
-            from None
+        raise ConfigError(path, "file", not_utf8(e)) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

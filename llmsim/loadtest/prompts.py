@@ -14,6 +14,7 @@ from typing import Any
 import tiktoken
 
 from ..tokens import count_chat_tokens
+from ..validation import not_utf8
 from .adapters import Prompt
 
 # Common English words; each is checked to be exactly one token (with its
@@ -76,8 +77,8 @@ def load_prompts(path: str | Path) -> list[tuple[dict[str, Any], ...]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise PromptError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise PromptError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: {not_utf8(e)}") from None
     out = []
     for no, line in enumerate(lines, 1):
         if not line.strip():

@@ -32,7 +32,7 @@ from typing import Any
 import tiktoken
 
 from ..tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, count_chat_tokens
-from ..validation import finite_float
+from ..validation import finite_float, not_utf8
 from .adapters import Prompt
 from .prompts import _single_token_words
 
@@ -244,8 +244,8 @@ def _read(path: Path) -> tuple[str, str]:
         raise WorkloadError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
-    except UnicodeDecodeError:
-        raise WorkloadError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise WorkloadError(f"{path}: {not_utf8(e)}") from None
 
 
 def _json_lines(text: str, path: Path) -> Iterator[tuple[int, Any]]:
