@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,14 @@ def structured_json(fmt: OutputFormat, rng: random.Random, max_tokens: int | Non
                              max_chars=_chars(max_tokens)) \
         if fmt.type == "json_schema" and fmt.schema is not None else small_object(rng)
     return json.dumps(value, ensure_ascii=False, indent=None)
+
+
+def tool_turn_mismatch(calls: Sequence[Any], results: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """One turn of a tool loop (the calls one message makes, the results the next messages give): the call
+    ids no result answers, in order, and the positions of the results that answer no call. Every API refuses
+    either: a client's loop that loses or invents a result fails against llmsim, not first in production."""
+    asked, answered = set(calls), set(results)
+    return [c for c in calls if c not in answered], [j for j, r in enumerate(results) if r not in asked]
 
 
 def tools_to_call(tools: list[Tool], choice: ToolChoice, *, answers_tool_result: bool, parallel: bool,

@@ -23,7 +23,7 @@ from ..fields import json_type
 from ..prefix_cache import ANTHROPIC_MAX_BREAKPOINTS, ANTHROPIC_TTLS, NO_CACHE, CacheUsage, Segment, segment_key
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
-from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem
+from ..toolcalls import OutputFormat, Tool, ToolChoice, schema_problem, tool_turn_mismatch
 from ..validation import finite_float
 from .clienttools import client_tool_schema
 
@@ -170,26 +170,22 @@ def _block_ids(content: Any, kind: str, key: str) -> list[tuple[int, Any]]:
 
 
 def _tool_pairs(messages: list[dict]) -> None:
-    """Every tool_result answers a tool_use of the message before it, and every tool_use is answered by a
-    tool_result in the next message (Anthropic's rules: a client's tool loop that invents or loses a result
-    fails here, not first in production). A result that answers nothing is named first, as the more specific."""
-    uses = [{use for _, use in _block_ids(m["content"], "tool_use", "id")} if m["role"] == "assistant" else set()
-            for m in messages]
+    """Each tool_use is answered by a tool_result in the next message, and each tool_result answers a tool_use
+    of the message before it (toolcalls.tool_turn_mismatch, in Anthropic's words)."""
+    calls: list[Any] = []  # the tool_use ids of the message before (an assistant's)
     for i, msg in enumerate(messages):
-        known = uses[i - 1] if i > 0 else set()
-        for j, answered in _block_ids(msg["content"], "tool_result", "tool_use_id"):
-            if answered not in known:
-                raise bad(f"messages.{i}.content.{j}", f"unexpected `tool_use_id` found in `tool_result` blocks: "
-                                                       f"{answered}. Each `tool_result` block must have a "
-                                                       f"corresponding `tool_use` block in the previous message.")
-    for i, msg in enumerate(messages[:-1]):
-        if uses[i]:
-            answered_ids = {a for _, a in _block_ids(messages[i + 1]["content"], "tool_result", "tool_use_id")}
-            missing = [use for _, use in _block_ids(msg["content"], "tool_use", "id") if use not in answered_ids]
-            if missing:
-                raise bad(f"messages.{i + 1}", f"`tool_use` ids were found without `tool_result` blocks immediately "
-                                               f"after: {', '.join(map(str, missing))}. Each `tool_use` block must "
-                                               f"have a corresponding `tool_result` block in the next message.")
+        results = _block_ids(msg["content"], "tool_result", "tool_use_id")
+        missing, extra = tool_turn_mismatch(calls, [r for _, r in results])
+        if extra:
+            j, answered = results[extra[0]]
+            raise bad(f"messages.{i}.content.{j}", f"unexpected `tool_use_id` found in `tool_result` blocks: "
+                                                   f"{answered}. Each `tool_result` block must have a "
+                                                   f"corresponding `tool_use` block in the previous message.")
+        if missing:
+            raise bad(f"messages.{i}", f"`tool_use` ids were found without `tool_result` blocks immediately "
+                                       f"after: {', '.join(map(str, missing))}. Each `tool_use` block must "
+                                       f"have a corresponding `tool_result` block in the next message.")
+        calls = [u for _, u in _block_ids(msg["content"], "tool_use", "id")] if msg["role"] == "assistant" else []
 
 
 def _system(body: dict) -> str | list | None:

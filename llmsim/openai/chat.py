@@ -33,7 +33,7 @@ from ..latency import REASONING_EFFORT_FACTORS
 from ..logprobs import MAX_TOP_LOGPROBS, chat_logprob
 from ..stream import Block, TokenPlan
 from ..tokens import message_text
-from ..toolcalls import OutputFormat
+from ..toolcalls import OutputFormat, tool_turn_mismatch
 from .parts import CHAT_PARTS, check_parts
 from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
@@ -46,6 +46,7 @@ def parse_chat_request(body: dict) -> Request:
     model = get_str(body, "model", required=True, nonempty=True) or ""
     raw_messages = get_list(body, "messages", required=True, nonempty=True) or []
     messages = [_message(msg, f"messages[{i}]") for i, msg in enumerate(raw_messages)]
+    _tool_turns(raw_messages)
     stream, include_usage = stream_options(body)
     n = get_int(body, "n", minimum=1, maximum=128) or 1
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -138,11 +139,48 @@ def _message(msg: Any, param: str) -> dict:
             fn = call.get("function") if isinstance(call, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise missing(f"{param}.tool_calls[{j}].function.name")
+            if not isinstance(call.get("id"), str):
+                raise missing(f"{param}.tool_calls[{j}].id")
             text += fn["name"] + str(fn.get("arguments") or "")
     out = {"role": role, "content": text}
     if isinstance(msg.get("name"), str):
         out["name"] = msg["name"]
     return out
+
+
+def _tool_turns(messages: list[dict]) -> None:
+    """Each assistant message's tool_calls are answered by the `tool` messages right after it, and each of those
+    answers one of them (toolcalls.tool_turn_mismatch, in OpenAI's words). An assistant's calls that end the
+    conversation may wait for their answers."""
+    owner: int | None = None  # the assistant message whose calls the tool messages that follow answer
+    calls: list[str] = []
+    results: list[tuple[int, str]] = []
+
+    def close(at: int) -> None:
+        missing_ids, extra = tool_turn_mismatch(calls, [r for _, r in results])
+        if extra:
+            i, answered = results[extra[0]]
+            raise invalid(f"Invalid parameter: 'tool_call_id' of '{answered}' not found in 'tool_calls' of previous "
+                          "message.", param=f"messages[{i}].tool_call_id")
+        if missing_ids and (at < len(messages) or results):
+            raise invalid("An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                          "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                          + ", ".join(missing_ids), param=f"messages[{owner}].role")
+
+    for i, msg in enumerate(messages):
+        if msg["role"] == "tool":
+            if owner is None:
+                raise invalid("Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                              "message with 'tool_calls'.", param=f"messages[{i}].role")
+            results.append((i, msg["tool_call_id"]))
+            continue
+        if owner is not None:
+            close(i)
+        owner = i if msg["role"] == "assistant" and msg.get("tool_calls") else None
+        calls = [c["id"] for c in msg.get("tool_calls") or ()] if owner is not None else []
+        results = []
+    if owner is not None:
+        close(len(messages))
 
 
 def _response_format(body: dict) -> OutputFormat | None:

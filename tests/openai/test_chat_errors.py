@@ -173,3 +173,33 @@ def test_garbage_on_the_socket_does_not_break_the_server(srv):
         sk.sendall(junk)
         sk.close()
     assert post(srv, {"model": "gpt-4o", "messages": OK_MESSAGES, "max_tokens": 2}).status_code == 200
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+ASKED = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("messages, param, words", [
+    ([{"role": "user", "content": "hi"}, ASKED, {"role": "user", "content": "and?"}], "messages[1].role",
+     ("must be followed by tool messages", "call_1")),
+    ([{"role": "user", "content": "hi"}, ASKED, {"role": "tool", "tool_call_id": "call_9", "content": "x"}],
+     "messages[2].tool_call_id", ("'call_9' not found",)),
+    ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_1", "content": "x"}],
+     "messages[1].role", ("must be a response to a preceeding message with 'tool_calls'",)),
+    ([{"role": "user", "content": "hi"}, {**ASKED, "tool_calls": [{**CALL, "id": None}]}],
+     "messages[1].tool_calls[0].id", ("Missing required parameter",)),
+])
+def test_a_tool_loop_that_loses_or_invents_a_result_is_refused(srv, messages, param, words):
+    """The same rule as Anthropic's (toolcalls.tool_turn_mismatch), in OpenAI's words."""
+    assert_openai_error(post(srv, {"model": "gpt-4o", "messages": messages, "tools": WEATHER}), 400, param,
+                        words=words)
+
+
+def test_a_complete_tool_loop_and_calls_that_end_the_conversation_are_accepted(srv):
+    done = [{"role": "user", "content": "hi"}, {**ASKED, "tool_calls": [CALL, {**CALL, "id": "call_2"}]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "b"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "a"}, {"role": "user", "content": "thanks"}]
+    assert post(srv, {"model": "gpt-4o", "messages": done, "tools": WEATHER}).status_code == 200
+    pending = [{"role": "user", "content": "hi"}, ASKED]
+    assert post(srv, {"model": "gpt-4o", "messages": pending, "tools": WEATHER}).status_code == 200
