@@ -40,7 +40,7 @@ from .errors import (
 )
 from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, ScriptTurn, make_generator
 from .logprobs import TokenLogprob, token_logprobs
-from .precise import precise_timer
+from .precise import hub_timer, precise_waits_on
 from .prefix_cache import NO_CACHE, CacheUsage, PrefixCache, Segment, prompt_blocks, segment_prefixes
 from .profiles import ModelProfile, ProfileRegistry
 from .ratelimit import Charge, RateLimitConfig, RateLimiter
@@ -345,6 +345,7 @@ class Engine:
         """--target-tokens (or a Generator object) was given: it sets the length, not the profiles'
         `output_tokens` distributions."""
         self.stats = ServerStats()
+        self.precise_waits = precise_waits_on()  # read once: every request asks
         self.traces = TraceStore()
         self.schedulers = Schedulers()  # one load model per profile deployment
         self._counter = itertools.count()
@@ -622,7 +623,7 @@ class Engine:
             pacer = Pacer(profile.latency, prng, prompt_tokens=prompt_tokens - cache.read, slot=slot,
                           cut=cut if k == 0 else None,
                           first_sleep=watch.sleep if watch is not None and k == 0 else None,
-                          precise=precise_timer())
+                          precise=hub_timer() if self.precise_waits else None)
             if watch is not None and not req.stream:
                 pacer.sleep = watch.sleep  # nothing is written until the end: watch every wait
             gens.append(Generation(request=req, profile=profile, plan=p, prompt_tokens=prompt_tokens, pacer=pacer,

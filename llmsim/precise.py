@@ -46,7 +46,8 @@ from typing import Any
 
 from gevent import get_hub
 
-__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "precise_timer", "run_due"]
+__all__ = ["MAX_LEAD_S", "PRECISE_MARGIN_S", "PreciseTimer", "SpinTimer", "TimerfdTimer", "hub_timer", "precise_timer",
+           "precise_waits_on", "run_due"]
 
 PRECISE_MARGIN_S = 0.002
 """The coarse sleep ends this long before the deadline; the precise wait does the rest.
@@ -279,14 +280,22 @@ def run_due() -> None:
         timer.run_due()
 
 
+def precise_waits_on() -> bool:
+    """Whether precise waits are on (LLMSIM_PRECISE_WAITS is not 0, false, no or off)."""
+    return os.environ.get("LLMSIM_PRECISE_WAITS", "1") not in ("0", "false", "no", "off")
+
+
 def precise_timer() -> PreciseTimer | None:
     """The current hub's precise timer (timerfd on Linux, else spinning), or None when switched off."""
-    if os.environ.get("LLMSIM_PRECISE_WAITS", "1") in ("0", "false", "no", "off"):
-        return None
+    return hub_timer() if precise_waits_on() else None
+
+
+def hub_timer() -> PreciseTimer:
+    """The current hub's precise timer, made on first use; for a caller that read the switch itself
+    (precise_waits_on) once, rather than for every request."""
     hub = get_hub()
     timer = getattr(hub, _ATTR, None)
     if timer is None:
-        timer = None
         if _LIBC is not None:
             try:
                 timer = TimerfdTimer(_LIBC, hub)
