@@ -2,8 +2,9 @@
 
 Nothing here runs per token. A stream keeps its emit times in a plain list
 while it runs (llmsim/api.py, stream_bytes); when its response ends,
-`record_generation()` buckets its TTFT, gaps, TPOT, E2E and queue wait in one
-pass. A sampler (`run_sampler`, one greenlet per server) takes a snapshot of
+`record_generation()` takes its TTFT, gaps, TPOT, E2E and queue wait in one
+pass, and they are bucketed with the other responses' when anything reads
+them or the sampler ticks. A sampler (`run_sampler`, one greenlet per server) takes a snapshot of
 the cumulative counters every second, which gives the request and token rates
 over the last second and minute and the latency percentiles of recent
 windows.
@@ -114,11 +115,9 @@ Batch = tuple[dict[int, int], int, float, float, float]
 """Values summarised for Distribution.add: their fine-bucket counts, count, sum, min and max."""
 
 _bucket_of = partial(bisect_left, EDGES)
-
-
-def single(value: float) -> Batch:
-    """summarise([value]), for the metrics a response has one value of."""
-    return {_bucket_of(value): 1}, 1, value, value, value
+_ZERO_BUCKET = _bucket_of(0.0)
+FOLD_AFTER = 4096
+"""Responses whose latencies may wait to be bucketed (a reader or the sampler's tick buckets them sooner)."""
 
 
 def summarise(values: list[float]) -> Batch:
@@ -142,7 +141,7 @@ class Distribution:
         self.max = -math.inf
 
     def add(self, batch: Batch) -> None:
-        """A batch of values, summarised once (summarise or single) for the several distributions it goes to."""
+        """A batch of values, summarised once (summarise) for the several distributions it goes to."""
         indices, n, total, lo, hi = batch
         counts = self.counts
         for i, k in indices.items():  # not Counter.update: its Mapping check costs more than this loop
@@ -200,7 +199,7 @@ class _VllmHistogram:
         self.by_model: dict[str, list] = {}
 
     def add(self, model: str, batch: Batch) -> None:
-        """A batch of values (summarise or single), each counted in the vLLM bucket its fine bucket falls in."""
+        """A batch of values (summarise), each counted in the vLLM bucket its fine bucket falls in."""
         row = self.by_model.get(model)
         if row is None:
             row = self.by_model[model] = [[0] * (len(self.bounds) + 1), 0.0]
@@ -241,9 +240,10 @@ class ServerStats:
         self.cache_hits: Counter[str] = Counter()  # model -> of those, tokens found (not prefilled)
         self.models: dict[str, _ModelStats] = {}
         self.live: weakref.WeakValueDictionary[int, Generation] = weakref.WeakValueDictionary()
-        self.total = {m: Distribution() for m in METRICS}
-        self.vllm = {m: _VllmHistogram(m) for m in METRICS}
+        self._total = {m: Distribution() for m in METRICS}
+        self._vllm = {m: _VllmHistogram(m) for m in METRICS}
         self._current = {m: Distribution() for m in METRICS}
+        self._pending: list[tuple] = []  # responses' latencies not yet bucketed (see record_generation)
         self._ticks: deque[dict[str, Distribution]] = deque(maxlen=WINDOW_TICKS)
         self._samples: deque[tuple[float, int, int, int]] = deque(maxlen=WINDOW_TICKS + 2)
 
@@ -315,28 +315,31 @@ class ServerStats:
             self.models[self.model_label(gen.request.model)].requests += 1
 
     def record_generation(self, gen: Generation, completed: bool, completion_tokens: int) -> None:
-        """A response ended: its latencies as emitted, its tokens and how it finished (once per request)."""
+        """A response ended: its latencies as emitted, its tokens and how it finished (once per request).
+
+        The counters change now; the latencies wait in a list and are bucketed together when
+        anything reads them (or a second passes, or FOLD_AFTER responses wait): a bisect per value in
+        C for all of them, and three histogram updates per series and model, not per response."""
         arrival = gen.arrival if gen.arrival is not None else gen.slot.submitted_at
         emitted = gen.emitted
         end = gen.ended if gen.ended is not None else self.clock()
-        batches = [("e2e", single(end - arrival))]
-        if gen.slot.granted:  # a request abandoned in the queue never finished waiting
-            batches.append(("queue", single(gen.slot.queue_wait_s)))
+        queue = gen.slot.queue_wait_s if gen.slot.granted else None  # abandoned in the queue: never finished waiting
         visible = gen.pacer.sent_tokens
+        ttft = tpot = itl = None
         if emitted:
-            batches.append(("ttft", single(emitted[0] - arrival)))
+            ttft = emitted[0] - arrival
             n = len(emitted)
             if n > 1 and visible == n and emitted[0] == emitted[-1]:
                 # Stamps never decrease: every gap is 0 (zero delays), one bucket.
-                batches.append(("itl", ({_bucket_of(0.0): n - 1}, n - 1, 0.0, 0.0, 0.0)))
+                itl = ({_ZERO_BUCKET: n - 1}, n - 1, 0.0, 0.0, 0.0)
             elif n > 1:
                 gaps = list(map(sub, islice(emitted, 1, None), emitted))
                 if visible != n:  # chunks of k > 1 tokens: gap/k, k times, as the client counts ITL
                     gaps = split_gaps(gaps, islice(gen.plan.piece_tokens, 1, None))
                 if gaps:
-                    batches.append(("itl", summarise(gaps)))
+                    itl = summarise(gaps)
             if visible >= 2:
-                batches.append(("tpot", single((emitted[-1] - emitted[0]) / (visible - 1))))
+                tpot = (emitted[-1] - emitted[0]) / (visible - 1)
         reason = _finished_reason(gen.plan.finish_reason) if completed else "abort"
         with self._lock:
             self.live.pop(id(gen), None)
@@ -346,11 +349,50 @@ class ServerStats:
             m.prompt_tokens += gen.prompt_tokens
             m.completion_tokens += completion_tokens
             m.finished[reason] += 1
-            current = self._current
-            for name, batch in batches:
-                self.total[name].add(batch)
-                current[name].add(batch)
-                self.vllm[name].add(label, batch)
+            pending = self._pending
+            pending.append((label, end - arrival, queue, ttft, tpot, itl))
+            if len(pending) >= FOLD_AFTER:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Bucket the waiting latencies into the totals, the current window and the vLLM histograms
+        (the lock held)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        columns: dict[tuple[str, str], list[float]] = {}
+        itls: list[tuple[str, Batch]] = []
+        for label, e2e, queue, ttft, tpot, itl in pending:
+            for name, value in (("e2e", e2e), ("queue", queue), ("ttft", ttft), ("tpot", tpot)):
+                if value is not None:
+                    column = columns.get((label, name))
+                    if column is None:
+                        column = columns[label, name] = []
+                    column.append(value)
+            if itl is not None:
+                itls.append((label, itl))
+        batches = [(label, name, summarise(values)) for (label, name), values in columns.items()]
+        batches += [(label, "itl", batch) for label, batch in itls]
+        total, current, vllm = self._total, self._current, self._vllm
+        for label, name, batch in batches:
+            total[name].add(batch)
+            current[name].add(batch)
+            vllm[name].add(label, batch)
+
+    @property
+    def total(self) -> dict[str, Distribution]:
+        """Every response's latencies since the server started, per series."""
+        with self._lock:
+            self._fold()
+            return self._total
+
+    @property
+    def vllm(self) -> dict[str, _VllmHistogram]:
+        """The latencies in vLLM's buckets, per series and model label."""
+        with self._lock:
+            self._fold()
+            return self._vllm
 
     # ------------------------------------------------------------------ sampling
 
@@ -361,6 +403,7 @@ class ServerStats:
         """One sampler step: snapshot the counters, start a new latency window slot."""
         now = self.clock() if now is None else now
         with self._lock:
+            self._fold()  # what ended before this tick belongs to its window
             self._samples.append((now, self.api_requests, self._emitted_now(), sum(self.errors.values())))
             self._ticks.append(self._current)
             self._current = {m: Distribution() for m in METRICS}
@@ -395,7 +438,8 @@ class ServerStats:
         return out
 
     def window(self, ticks: int) -> dict[str, Distribution]:
-        """Latencies of responses that ended in about the last `ticks` seconds."""
+        """Latencies of responses that ended in about the last `ticks` seconds (the lock held)."""
+        self._fold()
         out = {m: Distribution() for m in METRICS}
         recent = list(self._ticks)[-ticks:] + [self._current]
         for slot in recent:
@@ -427,7 +471,7 @@ class ServerStats:
                                  "finished": dict(sorted(m.finished.items()))}
             windows = {name: self.window(ticks) for name, ticks in LATENCY_WINDOWS.items()}
             latency = {name: {m: d[m].summary() for m in METRICS} for name, d in windows.items()}
-            latency["total"] = {m: self.total[m].summary() for m in METRICS}
+            latency["total"] = {m: self._total[m].summary() for m in METRICS}
             return {
                 "uptime_s": round(time.time() - self.started, 3),
                 "requests": by_endpoint,
@@ -487,6 +531,7 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Any]:
         st = self.stats
         with st._lock:
+            st._fold()
             yield from self._vllm(st)
             yield from self._own(st)
         if self.schedulers is not None:
@@ -523,7 +568,7 @@ class _Collector(Collector):
             hits.add_metric([model, VLLM_ENGINE], st.cache_hits.get(model, 0))
         yield from (running, waiting, prompt, generation, success, queries, hits)
         for name, help_, series in VLLM_HISTOGRAMS:
-            h = st.vllm[series]
+            h = st._vllm[series]
             fam = HistogramMetricFamily(name, help_, labels=labels)
             for label in st.models:
                 counts, total = h.by_model.get(label) or ([0] * (len(h.bounds) + 1), 0.0)
