@@ -529,3 +529,48 @@ def test_the_itl_split_is_one_rule_for_server_and_client():
     assert split_gaps([0.01, 0.02], [2]) == pytest.approx([0.005, 0.005])  # pairs up to the shorter
     times, tokens = [0.0, 0.01, 0.04, 0.06], [1, 1, 3, 0]
     assert itl_samples(times, tokens) == pytest.approx([1000 * g for g in split_gaps([0.01, 0.03, 0.02], [1, 3, 0])])
+
+
+def test_latencies_wait_to_be_bucketed_and_land_in_the_window_they_ended_in(monkeypatch):
+    """record_generation keeps a response's latencies in a list; they are bucketed (with the others') when
+    read, at the sampler's tick (into the window that was current when they ended), or once FOLD_AFTER wait.
+    Bucketed in bulk or one by one, the figures are the same."""
+    from llmsim import stats as stats_module
+    from llmsim.engine import Engine
+    from llmsim.openai.chat import ChatCompletions
+    from llmsim.stats import Distribution, summarise
+
+    monkeypatch.setattr(stats_module, "FOLD_AFTER", 5)
+    clock = [100.0]
+    engine, api = Engine(latency_profile="instant"), ChatCompletions()
+    st = engine.stats
+    st.clock = lambda: clock[0]
+
+    def answer(seconds: float) -> float:
+        gen = engine.generate(api.parse({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+                                         "max_tokens": 3}))
+        gen.wait_all()
+        gen.ended = gen.arrival + seconds
+        engine.finish(gen, True)
+        return gen.ended - gen.arrival
+
+    early = [answer(s) for s in (0.010, 0.020, 0.030)]
+    assert len(st._pending) == 3  # nothing bucketed yet
+    st.tick()  # the window of the first three ends
+    assert st._pending == []
+    late = [answer(s) for s in (0.5, 0.6)]
+    with st._lock:
+        st._fold()
+        newest = st._current["e2e"]  # the current window only: the two late answers
+        previous = st._ticks[-1]["e2e"]
+    assert (newest.count, newest.min, newest.max) == (2, pytest.approx(0.5), pytest.approx(0.6))
+    assert (previous.count, previous.min, previous.max) == (3, pytest.approx(0.010), pytest.approx(0.030))
+    total = st.total["e2e"]
+    want = Distribution()
+    want.add(summarise(early + late))
+    assert (dict(total.counts), total.count, total.min, total.max) == (dict(want.counts), 5, min(early), max(late))
+    assert math.isclose(total.sum, math.fsum(early + late))
+    for _ in range(4):  # past FOLD_AFTER: bucketed without a reader
+        answer(0.1)
+    assert len(st._pending) < 5
+    assert sum(st.vllm["e2e"].by_model["gpt-4o"][0]) == 9
