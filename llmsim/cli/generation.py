@@ -39,6 +39,9 @@ SOCKET_KEY = "llmsim.socket"
 """The environ key under which the WSGI handler passes the client's socket (to notice hang-ups)."""
 T0_KEY = "llmsim.t0"
 """The environ key of the monotonic time the request's first line was read (TTFT runs from it)."""
+ANSWER_KEY = "llmsim.answer"
+"""WSGI environ key: where the server offers to send a whole answer at once (status line, headers, body), for
+headers this module made itself, without start_response's per-header checks (cli/server.py, send_answer)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no hop-by-hop headers (PEP 3333)
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
@@ -272,7 +275,10 @@ class GenerationRoutes:
         if isinstance(answer, StreamBody):
             start_response(_STATUS[200], [("Content-Type", SSE_TYPE), *SSE_HEADERS.items(), *out.items()])
             return answer
-        start_response(_STATUS.get(status) or _status_line(status),
-                       [("Content-Type", JSON_TYPE), ("Content-Length", str(len(answer))), *extra.items(),
-                        *out.items()])
+        line = _STATUS.get(status) or _status_line(status)
+        fields = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(answer))), *extra.items(), *out.items()]
+        send = environ.get(ANSWER_KEY)
+        if send is not None and send(line, fields, answer):
+            return ()
+        start_response(line, fields)
         return [answer]

@@ -40,7 +40,7 @@ from ..precise import TimerfdTimer, precise_timer, run_due
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
 from .fdtable import raise_fd_limit, reserve_fd_table
-from .generation import StreamBody
+from .generation import ANSWER_KEY, StreamBody
 from .handlers import create_app
 from .plainrequest import parse_plain_head
 from .requestheaders import RequestHeaders, read_headers
@@ -171,6 +171,8 @@ class _QuietHandler(WSGIHandler):
         environ = super().get_environ()
         environ["llmsim.socket"] = self.socket  # handlers.SOCKET_KEY: to notice a client that hangs up
         environ["llmsim.t0"] = self._t0  # handlers.T0_KEY
+        if self.direct_answers:
+            environ[ANSWER_KEY] = self.send_answer
         self.headers = WSGIHandler.headers  # parsed request headers: in the environ now, not kept twice
         return environ
 
@@ -281,6 +283,8 @@ class _QuietHandler(WSGIHandler):
         environ["wsgi.input_terminated"] = True
         environ["llmsim.socket"] = self.socket  # as get_environ
         environ["llmsim.t0"] = self._t0
+        if self.direct_answers:
+            environ[ANSWER_KEY] = self.send_answer
         self.environ = environ
         self.application = self.server.application
         run_due()  # as read_request
@@ -362,6 +366,43 @@ class _QuietHandler(WSGIHandler):
                 self.close_connection = True
                 self.wsgi_input = _DiscardSome(self.wsgi_input, DISCARD_AFTER_REFUSAL)
 
+    # ------------------------------------------------------------------ whole answers
+
+    direct_answers = True
+    """Offer the app send_answer (generation.ANSWER_KEY); off, every answer goes through start_response."""
+
+    def send_answer(self, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
+        """A whole answer (with its Content-Length) in one send: the bytes start_response and write would
+        send, without their per-header checks, copies and encodings, for headers an app made itself
+        (no hop-by-hop ones, as PEP 3333 asks). False, with nothing sent, when a header holds a line
+        break or a character latin-1 lacks: the app then calls start_response, which refuses it."""
+        if self.status is not None:
+            return False
+        text = "\r\n".join([f"{name}: {value}" for name, value in headers])
+        breaks = len(headers) - 1
+        if text.count("\n") != breaks or text.count("\r") != breaks:
+            return False
+        # Where start_response would add a Connection header, before finalize_headers' Date.
+        if self.environ.get(BODY_REFUSED):
+            self.close_connection = True
+            text += "\r\nConnection: close"
+        elif self.request_version == "HTTP/1.0":
+            text += "\r\nConnection: close" if self.close_connection else "\r\nConnection: keep-alive"
+        try:
+            head = f"HTTP/1.1 {status}\r\n{text}\r\nDate: ".encode("latin-1")
+            code = int(status[:3])
+        except (UnicodeEncodeError, ValueError):
+            return False
+        self.status, self._orig_status, self.code = status.encode("latin-1"), status, code
+        self.headers_sent = True
+        data = b"".join((head, http_date(), b"\r\n\r\n", body))
+        raw = getattr(self.socket, "_sock", None)
+        if raw is None:
+            self._sendall(data)
+        else:
+            self._send_now(raw, data)
+        return True
+
     # ------------------------------------------------------------------ streams
 
     def process_result(self) -> None:
@@ -415,8 +456,8 @@ class _QuietHandler(WSGIHandler):
             sent = 0
         except OSError as ex:  # as pywsgi's _sendall: the handler then closes quietly
             self.status = f"socket error: {ex}"
-            if self.code > 0:  # type: ignore[has-type]
-                self.code = -self.code  # type: ignore[has-type]
+            if self.code > 0:
+                self.code = -self.code
             raise
         self.response_length += sent
         if sent < len(frame):

@@ -466,6 +466,11 @@ def worker_handler(server_class: Any, worker: Worker) -> type:
                 headers.append(("Connection", "close"))
             return super().start_response(status, headers, exc_info)
 
+        def send_answer(self, status: str, headers: list, body: bytes) -> bool:
+            if worker.draining:  # Connection: close is the server's to add: start_response does
+                return False
+            return super().send_answer(status, [*headers, ("x-llmsim-worker", tag)], body)
+
         def handle_one_response(self) -> Any:
             worker.in_flight += 1
             worker.activity += 1
