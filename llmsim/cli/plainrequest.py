@@ -96,3 +96,21 @@ def parse_plain_head(buf: bytes) -> PlainHead | None:
         return None
     close = connection == "close" if version == "HTTP/1.1" else connection != "keep-alive"
     return PlainHead(requestline, method, target, version, end + 4, content_length, close, items)
+
+
+_STREAM_OFF = re.compile(rb'"stream"\s*:\s*false\b')
+
+
+def answered_at_once(head: PlainHead, buffered: bytes) -> bool:
+    """Whether the request cannot be asking for a stream: it has no body, or its whole body is buffered
+    and names "stream" only as `"stream": false`. It decides where the application call runs (see
+    cli/stacks.py), never what it answers: a guess either way costs at most a page of memory."""
+    n = head.content_length or 0
+    if not n:
+        return True
+    body = buffered[head.size:head.size + n]
+    if len(body) < n:
+        return False
+    found = body.count(b'"stream"')
+    return found == 0 or (found == 1 and _STREAM_OFF.search(body) is not None)
+

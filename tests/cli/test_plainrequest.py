@@ -224,3 +224,62 @@ def test_a_reset_while_waiting_with_no_timeouts_is_closed_quietly(monkeypatch, s
     finally:
         srv.stop(timeout=1)
     assert errors == []
+
+
+ASKS = {  # body -> whether it may be asking for a stream
+    b'{"model":"m","messages":[]}': False,
+    b'{"model":"m","stream":false,"messages":[]}': False,
+    b'{"model":"m", "stream" :  false}': False,
+    b'{"model":"m","stream":true}': True,
+    b'{"model":"m","stream": true ,"x":1}': True,
+    b'{"stream":false,"messages":[{"content":"stream"}]}': True,  # named twice: not sure
+    b'{"stream":false,"messages":[{"content":"say \\"stream\\""}]}': False,  # escaped: not the name
+    b'{"model":"m","stream":falsey}': True,
+    b'{"model":"m","stream":null}': True,
+}
+
+
+@pytest.mark.parametrize("body", sorted(ASKS))
+def test_a_request_that_cannot_stream_is_answered_at_once(body):
+    from llmsim.cli.plainrequest import answered_at_once
+
+    raw = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    head = parse_plain_head(raw)
+    assert answered_at_once(head, raw) is not ASKS[body]
+    assert answered_at_once(head, raw[:-1]) is False  # the body is not all in: not sure
+    assert answered_at_once(parse_plain_head(PLAIN["get"]), PLAIN["get"]) is True  # no body
+
+
+def test_only_a_request_that_may_stream_runs_on_a_helper_stack():
+    """cli/stacks.py: the application call of a request that may ask for a stream runs on a helper greenlet
+    (the connection's then streams with a shallow stack); one that cannot runs on the connection's own."""
+    import greenlet
+
+    where = []
+
+    def app(environ, start_response):
+        environ["wsgi.input"].read()
+        where.append(greenlet.getcurrent())
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"{}"]
+
+    srv = NoDelayWSGIServer(("127.0.0.1", 0), app, log=None)
+    srv.start()
+    try:
+        for body in (b'{"stream":false}', b'{"stream":true}', b'{"stream":false}'):
+            raw = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            assert _exchange(srv.server_port, raw).count(b"200 OK") == 2  # and the probe's (a GET)
+    finally:
+        srv.stop(timeout=1)
+    from llmsim.cli.stacks import _serve
+
+    on_helper = [g.gr_frame is not None and _serve.__code__ in _frames(g) for g in where]
+    assert on_helper == [False, False, True, False, False, False]
+
+
+def _frames(g) -> set:
+    codes, frame = set(), g.gr_frame
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    return codes
