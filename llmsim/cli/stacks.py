@@ -9,7 +9,9 @@ reach about 5 KB deep: two pages. Streaming needs well under one.
 
 `call_off_stack()` therefore runs the WSGI application call on a helper
 greenlet, and the connection's greenlet only streams what it returned: one
-page (4 KB) less per open stream (see bench/memory.py). Helpers come from a
+page (4 KB) less per open stream (see bench/memory.py). A request that cannot
+be asking for a stream (cli/plainrequest.py, answered_at_once) skips it: its
+greenlet holds no stream afterwards. Helpers come from a
 small pool per hub, so a call costs two greenlet switches, not a new frame
 stack (about 9 µs to map and unmap). A helper serves one call at a time;
 calls that overlap (a slow request body, a non-streamed answer's wait) take
