@@ -115,7 +115,7 @@ os.register_at_fork(after_in_child=_IDS.seed)  # a forked process must not repea
 def new_call_id(prefix: str) -> str:
     """A fresh id (96 random bits, as 24 hex digits, like the providers' ids): unique, not secret, and cheap,
     since every request takes a few (uuid4 reads the kernel's random pool each time)."""
-    return f"{prefix}{_IDS.getrandbits(96):024x}"
+    return prefix + _IDS.randbytes(12).hex()
 
 
 MAX_CHARS_PER_TOKEN = 16

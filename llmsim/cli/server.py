@@ -115,7 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _SPENT_ENVIRON: dict = {}
 """A handed-off stream's handler keeps this instead of its request's WSGI environ (about 2 KB)."""
 
-_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at", "_detached")
+_HANDLER_SLOTS = ("_t0", "_served", "_deadline", "_late", "_connected_at", "_detached", "_idle_timer")
 """_QuietHandler's own state (named, not literal, in its __slots__: mypy cannot tell that pywsgi's
 untyped handler, its base, keeps every other attribute in a __dict__)."""
 
@@ -150,6 +150,7 @@ class _QuietHandler(WSGIHandler):
         self._late = False  # the header deadline passed while reading the request line
         self._connected_at = 0.0
         self._detached: DetachedStream | None = None  # the stream the event loop writes, between hand-off and end
+        self._idle_timer: gevent.Timeout | None = None  # the wait for a next request's, made once a connection
         super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
 
     def MessageClass(self, fp: Any, *_: Any) -> Any:  # noqa: N802 - pywsgi's name
@@ -185,7 +186,12 @@ class _QuietHandler(WSGIHandler):
     def serve_requests(self) -> Any:
         """pywsgi's request loop; DETACHED when it ended by handing a stream to the event loop
         (cli/streamwriter.py), which then owns the connection: the caller must not close it."""
-        super().handle()
+        try:
+            super().handle()
+        finally:
+            if self._idle_timer is not None:  # not kept while a handed-off stream runs, nor after the end
+                self._idle_timer.close()
+                self._idle_timer = None
         stream = self._detached
         if stream is None:
             return None
@@ -203,8 +209,19 @@ class _QuietHandler(WSGIHandler):
         wait = idle if self._served else header and header - (time.monotonic() - self._connected_at)  # 0: no limit
         if not wait:
             return True
-        with gevent.Timeout(max(wait, 0.001), _IdleTimeout("no request")):
+        if not self._served:
+            with gevent.Timeout(max(wait, 0.001), _IdleTimeout("no request")):
+                return bool(self.rfile.peek(1))
+        timer = self._idle_timer  # the same wait before every later request: one timer, started again
+        if timer is None or timer.seconds != idle:
+            if timer is not None:
+                timer.close()
+            timer = self._idle_timer = gevent.Timeout(idle, _IdleTimeout("no request"))
+        timer.start()
+        try:
             return bool(self.rfile.peek(1))
+        finally:
+            timer.cancel()
 
     def read_requestline(self) -> str:
         """Wait for the next request, then give its request line and headers one deadline.
