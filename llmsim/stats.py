@@ -123,8 +123,10 @@ try:  # where gevent patched the thread module, its original lock
 except ImportError:  # pragma: no cover - gevent is a dependency
     pass
 _ZERO_BUCKET = _bucket_of(0.0)
-FOLD_AFTER = 4096
-"""Responses whose latencies may wait to be bucketed (a reader or the sampler's tick buckets them sooner)."""
+FOLD_AFTER = 256
+"""Responses whose latencies may wait to be bucketed (a reader or the sampler's tick buckets them sooner).
+Bucketing them holds the event loop for about a microsecond each: a few hundred at once stay well under
+a stream's tolerance for a late chunk."""
 
 
 def summarise(values: list[float]) -> Batch:

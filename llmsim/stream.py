@@ -84,7 +84,8 @@ class TokenPlan:
         """The visible answer text (text blocks only)."""
         if not self.blocks:
             return "".join(self.pieces)
-        return "".join(self.block_text(b) for b in self.blocks if b.kind == "text")
+        # A planned block holds its text already (build_blocks): not joined again from its chunks.
+        return "".join(b.text or self.block_text(b) for b in self.blocks if b.kind == "text")
 
     @property
     def tool_calls(self) -> list[Block]:
