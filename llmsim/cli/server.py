@@ -150,7 +150,7 @@ class _QuietHandler(WSGIHandler):
         self._late = False  # the header deadline passed while reading the request line
         self._connected_at = 0.0
         self._detached: DetachedStream | None = None  # the stream the event loop writes, between hand-off and end
-        self._idle_timer: gevent.Timeout | None = None  # the wait for a next request's, made once a connection
+        self._idle_timer: gevent.Timeout | None = None  # the wait before each later request: one per connection
         super().__init__(sock, address, server, sock.makefile("rb", RFILE_BUFFER) if rfile is None else rfile)
 
     def MessageClass(self, fp: Any, *_: Any) -> Any:  # noqa: N802 - pywsgi's name
@@ -397,7 +397,7 @@ class _QuietHandler(WSGIHandler):
         send, without their per-header checks, copies and encodings, for headers an app made itself
         (no hop-by-hop ones, as PEP 3333 asks). False, with nothing sent, when a header holds a line
         break or a character latin-1 lacks: the app then calls start_response, which refuses it."""
-        if self.status is not None:
+        if self.status is not None or "\r" in status or "\n" in status:
             return False
         text = "\r\n".join([f"{name}: {value}" for name, value in headers])
         breaks = len(headers) - 1

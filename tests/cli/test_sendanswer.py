@@ -22,7 +22,7 @@ def _answering(environ, start_response):
     """The echo app of test_plainrequest, answering through send_answer where the server offers it.
 
     A `?h=` query adds a header with that (percent-decoded, latin-1) value (`euro`: one latin-1 lacks);
-    `?refuse` marks the body refused."""
+    `?refuse` marks the body refused; `?badstatus` puts a line break in the status."""
     body = environ["wsgi.input"].read()
     items = {k: v for k, v in environ.items() if isinstance(v, str) and not k.startswith("wsgi.")}
     for port in ("REMOTE_PORT", "SERVER_PORT"):
@@ -39,6 +39,8 @@ def _answering(environ, start_response):
     if query == "refuse":
         environ[BODY_REFUSED] = True
     status = "404 Not Found" if environ.get("PATH_INFO") == "/missing" else "200 OK"
+    if query == "badstatus":
+        status = "200 OK\r\nX-Injected: 1"
     send = environ.get(ANSWER_KEY)
     if send is not None:
         sent = send(status, headers, out)
@@ -88,12 +90,13 @@ def test_the_same_bytes_as_start_response(servers, name):
     assert mine == _exchange(usual, raw)
 
 
-@pytest.mark.parametrize("value", ["%0D%0AX-Injected:%201", "a%0Ab", "a%0Db", "euro"])
+@pytest.mark.parametrize("value", ["%0D%0AX-Injected:%201", "a%0Ab", "a%0Db", "euro", None])
 def test_a_header_it_cannot_vouch_for_goes_to_start_response(servers, value):
     """A line break or a character latin-1 lacks: nothing is sent by send_answer, and start_response refuses
     the header as it always did (a 500), on both servers alike."""
     direct, usual = servers
-    raw = f"GET /echo?h={value} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+    query = "badstatus" if value is None else f"h={value}"  # None: the line break is in the status
+    raw = f"GET /echo?{query} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
     SENT.clear()
     mine = _exchange(direct, raw)
     assert SENT == [False]
