@@ -97,13 +97,13 @@ def _echo(environ, start_response):
     return [out]
 
 
-class _PywsgiHandler(_QuietHandler):
-    __slots__ = ()
-    plain_requests = False
+def server_without(switch: str) -> type:
+    """NoDelayWSGIServer whose handlers have one of their shortcuts (a class attribute) turned off."""
+    handler = type(f"_No_{switch}", (_QuietHandler,), {"__slots__": (), switch: False})
+    return type(f"_ServerNo_{switch}", (NoDelayWSGIServer,), {"handler_class": handler})
 
 
-class _PywsgiServer(NoDelayWSGIServer):
-    handler_class = _PywsgiHandler
+_PywsgiServer = server_without("plain_requests")
 
 
 @pytest.fixture

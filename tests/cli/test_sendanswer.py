@@ -13,7 +13,7 @@ from llmsim.cli.body import BODY_REFUSED
 from llmsim.cli.generation import ANSWER_KEY
 from llmsim.cli.server import NoDelayWSGIServer, _QuietHandler
 from llmsim.testing import run_server
-from tests.cli.test_plainrequest import PLAIN, UNUSUAL, _exchange
+from tests.cli.test_plainrequest import PLAIN, UNUSUAL, _exchange, server_without
 
 SENT: list[bool] = []
 
@@ -51,13 +51,7 @@ def _answering(environ, start_response):
     return [out]
 
 
-class _UsualHandler(_QuietHandler):
-    __slots__ = ()
-    direct_answers = False
-
-
-class _UsualServer(NoDelayWSGIServer):
-    handler_class = _UsualHandler
+_UsualServer = server_without("direct_answers")
 
 
 @pytest.fixture
