@@ -166,11 +166,14 @@ def test_unknown_kind_is_a_400_naming_the_header(server, api):
 
 
 def test_no_header_no_fault_and_the_header_beats_the_plan(server):
+    before = requests.get(server + "/llmsim/stats", timeout=10).json()["faults_injected"].get("rate_limit", 0)
     for api in APIS:
         call(server, api, None)
         call(server, api, None, stream=True)
+        with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)):
+            call(server, api, "rate_limit")
     stats = requests.get(server + "/llmsim/stats", timeout=10).json()
-    assert stats["faults_injected"]["rate_limit"] >= 8  # the header's faults are counted like the plan's
+    assert stats["faults_injected"]["rate_limit"] == before + len(APIS)  # the header's faults count like the plan's
     with run_server(config={"errors": {"server_error": 1.0}}, latency_profile="fast") as url:
         with pytest.raises(openai.RateLimitError):
             call(url, "chat", "rate_limit")
