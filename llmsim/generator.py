@@ -18,7 +18,7 @@ from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from itertools import accumulate, chain, repeat, starmap
 from math import floor
 from pathlib import Path
@@ -359,30 +359,49 @@ def _pool_window(encoding_name: str, n: int, exact: bool) -> tuple[str, list[int
     random word; None when the pool is too short for n, or (exact) when the word the n-th token ends
     inside says more tokens once cut."""
     pool = _lorem_pool(encoding_name)
-    table = _lorem_ids(encoding_name)
-    if pool is None or table is None:
+    if pool is None:
         return None
     forms, upto, pieces = pool.forms, pool.upto, pool.pieces
     start = floor(_UNSEEDED.random() * (len(forms) - 1))
     if forms[start] == ".":
         start += 1
-    first = forms[start][1:].capitalize()  # an answer starts a sentence
-    head = table[first]
+    first, head, head_pieces = _opening(encoding_name, forms[start])
     begin = upto[start]  # the pool's token after the first word
     end = begin + n - len(head)
     if end <= begin or end > len(pool.ids):
         return None
     last = bisect_left(upto, end, start)  # the form holding the n-th token
     if upto[last] == end:
-        out = [*_form_pieces(encoding_name, first), *pieces[begin:end]]
+        out = [*head_pieces, *pieces[begin:end]]
         return "".join(out), [*head, *pool.ids[begin:end]], out
     before = upto[last - 1]
     partial = "".join(pieces[before:end])
-    tail = _cut_word(partial, end - before, get_encoding(encoding_name), exact)
-    if tail is None:
+    tail, tail_pieces = _word_cut(encoding_name, partial)
+    if exact and len(tail) != end - before:
         return None
-    text = first + "".join(pieces[begin:before]) + partial
-    return text, [*head, *pool.ids[begin:before], *tail], None
+    out = [*head_pieces, *pieces[begin:before], *tail_pieces] if tail_pieces is not None else None
+    text = "".join(out) if out is not None else first + "".join(pieces[begin:before]) + partial
+    return text, [*head, *pool.ids[begin:before], *tail], out
+
+
+@cache
+def _opening(encoding_name: str, form: str) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    """A pool form as an answer's first word: capitalised, without its space, with its ids and token
+    texts (the lorem vocabulary is small: a few hundred of these)."""
+    first = form[1:].capitalize()
+    enc = get_encoding(encoding_name)
+    ids = tuple(enc.encode_ordinary(first))
+    return first, ids, tuple(token_text(enc, t) or "" for t in ids)
+
+
+@lru_cache(maxsize=4096)
+def _word_cut(encoding_name: str, partial: str) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
+    """The ids of a word cut short (`partial`, when an answer's n-th token ends inside it), as a client
+    would count the cut text, and their texts (None when one splits a character)."""
+    enc = get_encoding(encoding_name)
+    ids = tuple(enc.encode_ordinary(partial))
+    texts = tuple(token_text(enc, t) for t in ids)
+    return ids, None if None in texts else texts  # type: ignore[return-value]
 
 
 def _cut_word(partial: str, tokens: int, enc: tiktoken.Encoding, exact: bool) -> list[int] | None:
@@ -391,13 +410,6 @@ def _cut_word(partial: str, tokens: int, enc: tiktoken.Encoding, exact: bool) ->
     when exact and they are not `tokens` (the rare word that re-tokenises otherwise)."""
     tail = encode(partial, enc)
     return None if exact and len(tail) != tokens else tail
-
-
-@cache
-def _form_pieces(encoding_name: str, form: str) -> tuple[str, ...]:
-    """A lorem form's token texts (an answer's first word is not in the pool as it is)."""
-    enc = get_encoding(encoding_name)
-    return tuple(token_text(enc, t) or "" for t in enc.encode_ordinary(form))
 
 
 class LoremGenerator(Generator):

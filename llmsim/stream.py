@@ -147,6 +147,7 @@ class TokenStreamBuilder:
         if keep_ids:
             plan.piece_ids = []
         budget = max_tokens
+        calls = False
         for spec in blocks:
             text, stopped = spec.text, False
             if stop and spec.kind == "text":
@@ -158,21 +159,28 @@ class TokenStreamBuilder:
                 ids, plan.finish_reason, plan.stop_sequence, stopped = ids[:budget], "length", None, True
             start = len(plan.pieces)
             known = known_pieces(text, self.encoding) if self.chunk_tokens == 1 and not keep_ids else None
+            whole = ""  # the block's text when its chunks are the whole text, known without joining them
             if known is not None:  # the generator built the text from tokens: a chunk a token, as it says
-                plan.pieces += known[:len(ids)]
+                if len(known) == len(ids):
+                    plan.pieces += known
+                    whole = text
+                else:
+                    plan.pieces += known[:len(ids)]
                 plan.piece_tokens.extend([1] * len(ids))
             else:
                 self._chunk(ids, plan)
             if budget is not None:
                 budget -= len(ids)
-            plan.blocks.append(Block(spec.kind, "", spec.call_id, spec.name, start, len(plan.pieces)))
+            calls = calls or spec.kind == "tool_call"
+            plan.blocks.append(Block(spec.kind, whole, spec.call_id, spec.name, start, len(plan.pieces)))
             if stopped:
                 break
         if len(plan.blocks) > 1:  # an empty text block says nothing beside other blocks
             plan.blocks = [b for b in plan.blocks if b.end > b.start or b.kind != "text"]
         for b in plan.blocks:
-            b.text = plan.block_text(b)
-        if plan.finish_reason != "length" and plan.tool_calls:
+            if not b.text:
+                b.text = plan.block_text(b)
+        if calls and plan.finish_reason != "length":
             plan.finish_reason = "tool_calls"
         return plan
 

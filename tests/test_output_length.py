@@ -276,6 +276,7 @@ def test_unseeded_lorem_hands_the_stream_builder_its_tokens_as_a_fresh_encoding_
     """A pool window comes with its ids and token texts (no tokenising per request); they must be exactly
     what encoding the text gives, and the plan built from them what the builder's own path builds,
     whether the n-th token ends a word or falls inside one."""
+    from llmsim.generator import _LOREM, _pool_window
     from llmsim.stream import Block, TokenPlan, TokenStreamBuilder
     from llmsim.tokens import encode, get_encoding, known_pieces
 
@@ -283,21 +284,30 @@ def test_unseeded_lorem_hands_the_stream_builder_its_tokens_as_a_fresh_encoding_
     generator = LoremGenerator(100)
     request = GenerationRequest(prompt="x", model="gpt-4o")
     builder = TokenStreamBuilder(enc)
-    told = 0
+    told = asked = 0
     for n in (*range(1, 40), 99, 100, 101, 250, 600):
         for _ in range(12):
+            asked += 1
             text = generator.generate(request, tokens=n)
             truth = enc.encode_ordinary(text)
             assert encode(text, enc) == truth and len(truth) == n
             pieces = known_pieces(text, enc)
             if pieces is not None:
                 told += 1
-                assert pieces == [enc.decode([t]) for t in truth]
+                assert pieces == [enc.decode([t]) for t in truth] and "".join(pieces) == text
             plan = builder.build_blocks([Block("text", text)], max_tokens=n - 1 if n > 1 else None)
             slow = TokenPlan()
             builder._chunk(truth[:n - 1] if n > 1 else truth, slow)
             assert plan.pieces == slow.pieces and list(plan.piece_tokens) == list(slow.piece_tokens)
-    assert told > 400  # most windows end at a word's end
+            assert plan.blocks[0].text == "".join(slow.pieces)
+            whole = builder.build_blocks([Block("text", text)])
+            assert whole.blocks[0].text == text and whole.pieces == [enc.decode([t]) for t in truth]
+    # Lorem is ASCII: every window says its tokens' texts, whether it ends at a word's end or inside one
+    # (the rest: a first word longer than n, or a cut word that re-tokenises, drawn afresh).
+    assert told > 0.9 * asked
+    windows = [_pool_window("o200k_base", n, False) for n in (5, 37, 100) for _ in range(300)]
+    cut = [w for w in windows if w is not None and not w[0].lower().endswith((*_LOREM, "."))]
+    assert len(cut) > 30 and all(w[2] is not None and "".join(w[2]) == w[0] for w in windows if w is not None)
 
 
 def test_a_target_past_the_models_limit_is_made_only_that_far():
