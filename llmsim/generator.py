@@ -372,8 +372,8 @@ def _pool_window(encoding_name: str, n: int, exact: bool) -> tuple[str, list[int
         return None
     last = bisect_left(upto, end, start)  # the form holding the n-th token
     if upto[last] == end:
-        out = [*head_pieces, *pieces[begin:end]]
-        return "".join(out), [*head, *pool.ids[begin:end]], out
+        whole = [*head_pieces, *pieces[begin:end]]
+        return "".join(whole), [*head, *pool.ids[begin:end]], whole
     before = upto[last - 1]
     partial = "".join(pieces[before:end])
     tail, tail_pieces = _word_cut(encoding_name, partial)
