@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .engine import Generation, Request
 from .errors import ApiError, StreamCut
@@ -25,6 +26,20 @@ def json_str(text: str) -> bytes:
     """A JSON string literal, as json.dumps writes it (ASCII, escaped), without its per-call set-up: every
     streamed chunk carries one."""
     return _encode_basestring_ascii(text).encode()
+
+
+def _no_json(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_ENCODE = c_make_encoder(None, _no_json, _encode_basestring_ascii, None, ":", ",", False, False, False)
+"""json's own encoder, made once: compact, in the body's key order, never NaN (as Flask's provider is set). With
+no circular-reference markers (an answer body is a tree built for it), it costs a third less than json.dumps."""
+
+
+def json_body(obj: Any) -> bytes:
+    """A JSON answer's bytes."""
+    return "".join(_ENCODE(obj, 0)).encode() + b"\n"
 
 
 class StreamEncoder:
@@ -97,6 +112,11 @@ class Api:
     def body(self, gen: Generation) -> dict:  # pragma: no cover - abstract
         """The non-streaming answer."""
         raise NotImplementedError
+
+    def answer_bytes(self, gen: Generation) -> bytes:
+        """The non-streaming answer as sent: `body` in JSON, unless an API writes its common shape faster
+        (byte for byte the same: tests/test_answer_bytes.py)."""
+        return json_body(self.body(gen))
 
     def encoder(self, gen: Generation) -> StreamEncoder:  # pragma: no cover - abstract
         raise NotImplementedError

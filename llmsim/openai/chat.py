@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Api, StreamEncoder, json_str
+from ..api import Api, StreamEncoder, json_body, json_str
 from ..engine import Generation, Request, new_id
 from ..errors import ApiError, invalid
 from ..fields import (
@@ -338,6 +338,16 @@ class ChatChunkEncoder(StreamEncoder):
         return b"data: " + json.dumps(err.openai_body(), separators=(",", ":")).encode() + b"\n\n"
 
 
+_PLAIN_MESSAGE = (b',"system_fingerprint":"fp_llmsim","choices":[{"index":0,"message":{"role":"assistant",'
+                  b'"content":')
+_PLAIN_FINISH = b',"refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"'
+_PLAIN_USAGE = (b'"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,"prompt_tokens_details":'
+                b'{"cached_tokens":%d,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":%d,'
+                b'"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},'
+                b'"service_tier":"default"}\n')
+"""A plain `chat.completion`'s bytes around its values, in chat_completion's key order (answer_bytes)."""
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -359,6 +369,20 @@ class ChatCompletions(Api):
 
     def body(self, gen: Generation) -> dict:
         return chat_completion(self._meta(gen), gen)
+
+    def answer_bytes(self, gen: Generation) -> bytes:
+        """`body` in JSON; the usual answer (one choice of text, no logprobs) from a template, at half the cost
+        of building and encoding its dicts."""
+        plan = gen.plan
+        if gen.choices or plan.logprobs is not None or any(b.kind != "text" for b in plan.blocks):
+            return json_body(self.body(gen))
+        prompt, completion = gen.prompt_tokens, plan.completion_tokens
+        return b"".join((
+            b'{"id":"', new_id("chatcmpl-").encode(),
+            b'","object":"chat.completion","created":%d,"model":' % gen.created,
+            json_str(gen.request.model), _PLAIN_MESSAGE, json_str(plan.text), _PLAIN_FINISH,
+            finish_reason(gen).encode(),
+            _PLAIN_USAGE % (prompt, completion, prompt + completion, gen.cache.read, plan.all_reasoning_tokens)))
 
     def encoder(self, gen: Generation) -> StreamEncoder:
         return ChatChunkEncoder(self._meta(gen), gen.request.include_usage, gen)
