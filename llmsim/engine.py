@@ -38,7 +38,15 @@ from .errors import (
     scripted_error,
     server_error,
 )
-from .generator import DEFAULT_TARGET_TOKENS, GenerationRequest, Generator, LoremGenerator, ScriptTurn, make_generator
+from .generator import (
+    DEFAULT_TARGET_TOKENS,
+    GenerationRequest,
+    Generator,
+    LoremGenerator,
+    ScriptTurn,
+    last_user_text,
+    make_generator,
+)
 from .logprobs import TokenLogprob, token_logprobs
 from .precise import hub_timer, precise_waits_on
 from .prefix_cache import NO_CACHE, CacheUsage, PrefixCache, Segment, prompt_blocks, segment_prefixes
@@ -141,7 +149,7 @@ class Request:
 
     def prompt_text(self) -> str:
         """The last user text: what generators answer to."""
-        return GenerationRequest.from_body({"messages": self.messages}).prompt
+        return last_user_text(self.messages)
 
     def drop_prompt(self) -> None:
         """Forget the prompt once it is counted and answered, so a response that takes long (a stream)
@@ -825,7 +833,7 @@ class Engine:
             mode is None and latency.reasoning_visible and ratio > 0)
         budget = req.reasoning_budget
         # The model reasons as much as its answer calls for (not as much as ignore_eos stretches it).
-        reasoning = round(ratio * (plan.output_tokens if natural is None else natural))
+        reasoning = round(ratio * (plan.output_tokens if natural is None else natural)) if ratio else 0
         if budget is not None:
             reasoning = min(reasoning, budget)
         if visible:

@@ -82,6 +82,14 @@ _REASONING_CLOSERS = (
 _UNSEEDED = random.Random()
 
 
+def last_user_text(messages: list) -> str:
+    """The last user message's text: what generators answer to ("" when there is none)."""
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            return message_text(msg.get("content"))
+    return ""
+
+
 @dataclass
 class GenerationRequest:
     """What a generator may look at: the prompt text, the model, the seed."""
@@ -98,16 +106,12 @@ class GenerationRequest:
     @classmethod
     def from_body(cls, body: dict, seed: int | None = None, encoding: str | None = None) -> GenerationRequest:
         """From a Chat Completions / Messages / Responses request body: the last user text is the prompt."""
-        prompt = ""
         messages = body.get("messages")
         if messages is None and "input" in body:
             value = body["input"]
             messages = value if isinstance(value, list) else [{"role": "user", "content": value}]
-        for msg in reversed(messages or []):
-            if isinstance(msg, dict) and msg.get("role") == "user":
-                prompt = message_text(msg.get("content"))
-                break
-        return cls(prompt=prompt, model=str(body.get("model", "gpt-5")), seed=seed, encoding=encoding)
+        return cls(prompt=last_user_text(messages or []), model=str(body.get("model", "gpt-5")), seed=seed,
+                   encoding=encoding)
 
     @classmethod
     def of(cls, request: GenerationRequest | dict | None) -> GenerationRequest:

@@ -137,6 +137,22 @@ def summarise(values: list[float]) -> Batch:
     return counts, len(values), math.fsum(values), lo, hi
 
 
+def merge_batches(batches: list[Batch]) -> Batch:
+    """Several batches (summarise) as one: what summarise gives for all their values at once."""
+    counts: dict[int, int] = {}
+    get = counts.get
+    n, lo, hi = 0, math.inf, -math.inf
+    for indices, k, _, low, high in batches:
+        for i, c in indices.items():
+            counts[i] = get(i, 0) + c
+        n += k
+        if low < lo:
+            lo = low
+        if high > hi:
+            hi = high
+    return counts, n, math.fsum(b[2] for b in batches), lo, hi
+
+
 class Distribution:
     """Counts of values (seconds) in the fine buckets, with exact count, sum, min and max."""
 
@@ -385,7 +401,9 @@ class ServerStats:
                 values = [v for v in column if v is not None]
                 if values:
                     batches.append((label, name, summarise(values)))
-            batches += [(label, "itl", batch) for batch in itl if batch is not None]
+            gaps = [batch for batch in itl if batch is not None]
+            if gaps:  # every response's gaps as one batch: three updates a fold, not three a response
+                batches.append((label, "itl", gaps[0] if len(gaps) == 1 else merge_batches(gaps)))
         total, current, vllm = self._total, self._current, self._vllm
         for label, name, batch in batches:
             total[name].add(batch)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import socket
 import statistics
 import time
@@ -529,6 +530,23 @@ def test_the_itl_split_is_one_rule_for_server_and_client():
     assert split_gaps([0.01, 0.02], [2]) == pytest.approx([0.005, 0.005])  # pairs up to the shorter
     times, tokens = [0.0, 0.01, 0.04, 0.06], [1, 1, 3, 0]
     assert itl_samples(times, tokens) == pytest.approx([1000 * g for g in split_gaps([0.01, 0.03, 0.02], [1, 3, 0])])
+
+
+def test_batches_merged_are_the_batch_of_all_their_values():
+    """_fold adds every response's ITL gaps as one batch per model (merge_batches): the same counts, count,
+    min and max as summarising all the gaps at once, and their sum."""
+    from llmsim.stats import merge_batches, summarise
+
+    rng = random.Random(5)
+    groups = [[rng.choice([0.0, 0.0, 0.02]) + rng.random() / rng.choice([10, 1000]) for _ in range(rng.randint(1, 60))]
+              for _ in range(40)]
+    groups.append([0.02] * 30)  # a response whose gaps are all alike (one bucket)
+    merged = merge_batches([summarise(g) for g in groups])
+    values = [v for g in groups for v in g]
+    whole = summarise(values)
+    assert dict(merged[0]) == dict(whole[0]) and merged[1] == whole[1] == len(values)
+    assert merged[3:] == whole[3:] == (min(values), max(values))
+    assert math.isclose(merged[2], whole[2], rel_tol=1e-12)
 
 
 def test_latencies_wait_to_be_bucketed_and_land_in_the_window_they_ended_in(monkeypatch):
