@@ -65,3 +65,25 @@ def test_short_texts_are_counted_once_and_the_memo_stays_bounded():
     for i in range(tokens.RECENT_TEXTS + 5):
         tokens.count_text_bounded(f"text number {i}", enc)
     assert len(tokens._COUNTED) <= tokens.RECENT_TEXTS
+
+
+def test_answers_a_generator_made_are_kept_only_for_their_own_set_up():
+    """A generated answer's ids and token texts wait for the stream builder in a short table (MADE_TEXTS), and
+    never enter the table of texts encoded lately: a long table of them cost every request cache misses."""
+    from llmsim import tokens
+    from llmsim.generator import GenerationRequest, LoremGenerator
+    from llmsim.stream import Block, TokenStreamBuilder
+
+    enc = tokens.get_encoding("o200k_base")
+    generator, builder = LoremGenerator(100), TokenStreamBuilder(enc)
+    for seed in (None, 7):  # a pool window, and a seeded draw
+        texts = []
+        for i in range(3 * tokens.MADE_TEXTS):
+            text = generator.generate(GenerationRequest(prompt=f"x{i}", model="gpt-4o", seed=seed), tokens=40)
+            plan = builder.build_blocks([Block("text", text)])
+            assert plan.output_tokens == 40 and "".join(plan.pieces) == text
+            texts.append(text)
+        assert len(tokens._MADE) <= tokens.MADE_TEXTS
+        assert not any((enc.name, t) in tokens._RECENT for t in texts)
+        assert tokens.known_pieces(texts[-1], enc) is not None or seed is not None
+        assert encode(texts[-1], enc) == enc.encode_ordinary(texts[-1])
