@@ -24,7 +24,6 @@ from math import floor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import tiktoken
 import yaml
 
 from .tokens import encode, encoding_name_for_model, get_encoding, message_text, remember, token_text
@@ -401,19 +400,12 @@ def _opening(encoding_name: str, form: str) -> tuple[str, tuple[int, ...], tuple
 @lru_cache(maxsize=4096)
 def _word_cut(encoding_name: str, partial: str) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
     """The ids of a word cut short (`partial`, when an answer's n-th token ends inside it), as a client
-    would count the cut text, and their texts (None when one splits a character)."""
+    would count the cut text (exact lengths check they are as many as were cut), and their texts (None
+    when one splits a character)."""
     enc = get_encoding(encoding_name)
     ids = tuple(enc.encode_ordinary(partial))
     texts = tuple(token_text(enc, t) for t in ids)
     return ids, None if None in texts else texts  # type: ignore[return-value]
-
-
-def _cut_word(partial: str, tokens: int, enc: tiktoken.Encoding, exact: bool) -> list[int] | None:
-    """The ids of a word cut after its first `tokens` tokens (`partial`, their text), when the n-th
-    token of an answer ends inside it: the cut text's own ids, as a client would count them; None
-    when exact and they are not `tokens` (the rare word that re-tokenises otherwise)."""
-    tail = encode(partial, enc)
-    return None if exact and len(tail) != tokens else tail
 
 
 class LoremGenerator(Generator):
@@ -461,8 +453,8 @@ class LoremGenerator(Generator):
         else:
             before = upto[j - 1] if j else 0
             partial = enc.decode(list(table[forms[j]][:n - before]))
-            tail = _cut_word(partial, n - before, enc, exact)
-            if tail is None:
+            tail, _ = _word_cut(name, partial)
+            if exact and len(tail) != n - before:  # the rare word that re-tokenises otherwise once cut
                 return fit_tokens("".join(forms), n, name)
             text = "".join(forms[:j]) + partial
             ids = [*chain.from_iterable(map(table.__getitem__, forms[:j])), *tail]

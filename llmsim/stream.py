@@ -161,12 +161,9 @@ class TokenStreamBuilder:
             known = known_pieces(text, self.encoding) if self.chunk_tokens == 1 and not keep_ids else None
             whole = ""  # the block's text when its chunks are the whole text, known without joining them
             if known is not None:  # the generator built the text from tokens: a chunk a token, as it says
-                if len(known) == len(ids):
-                    plan.pieces += known
-                    whole = text
-                else:
-                    plan.pieces += known[:len(ids)]
+                plan.pieces += known[:len(ids)]
                 plan.piece_tokens.extend([1] * len(ids))
+                whole = text if len(known) == len(ids) else ""
             else:
                 self._chunk(ids, plan)
             if budget is not None:

@@ -113,4 +113,3 @@ def answered_at_once(head: PlainHead, buffered: bytes) -> bool:
         return False
     found = body.count(b'"stream"')
     return found == 0 or (found == 1 and _STREAM_OFF.search(body) is not None)
-

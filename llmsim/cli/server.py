@@ -535,9 +535,9 @@ def http_date() -> bytes:
 
 
 _NOT_PLAIN: Any = object()
+"""_handle_plain_request: not a plain request, nothing of it read."""
 _AT_ONCE_KEY = "llmsim.at_once"
 """WSGI environ key: the request cannot be asking for a stream (plainrequest.answered_at_once)."""
-"""_handle_plain_request: not a plain request, nothing of it read."""
 
 DETACHED: Any = object()
 """What a connection's handling returns when the event loop now writes its stream: it stays open."""
