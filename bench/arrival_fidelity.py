@@ -23,7 +23,7 @@ connections passed 256: Linux grew the server's descriptor table, and waited for
 grace period to do it. The server now sizes the table at start-up (llmsim/cli/fdtable.py).
 `--warm 0` measures the first ramp only.
 
-    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--warm 0]
+    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--pin-workers] [--warm 0]
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[100, 250, 500])
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--workers", default="1")
+    ap.add_argument("--pin-workers", action="store_true", help="start the server with --pin-workers")
     ap.add_argument("--warm", type=int, choices=[0, 1], default=1,
                     help="also measure a second ramp against the same server (default 1)")
     args = ap.parse_args()
@@ -103,11 +104,13 @@ def main() -> None:
                 "    ttft: {distribution: constant, mean_ms: 100}\n    itl: {distribution: constant, mean_ms: 20}\n")
     print(f"{'streams':>8} {'ramp':>6} {'chunks':>8} {'p1 ms':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
           f"{'max ms':>8} "
-          f"{'client CPU':>10}  (lateness of each chunk on the server, --workers {args.workers}; client at the "
+          f"{'client CPU':>10}  (lateness of each chunk on the server, --workers {args.workers}"
+          f"{' --pin-workers' if args.pin_workers else ''}; client at the "
           f"lowest priority)")
     for n in args.streams:
         server = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d,
-                                   "--target-tokens", str(args.tokens), "--workers", args.workers],
+                                   "--target-tokens", str(args.tokens), "--workers", args.workers,
+                                   *(["--pin-workers"] if args.pin_workers else [])],
                                   stdout=subprocess.PIPE, text=True)
         try:
             m = re.search(r"http://([\d.]+):(\d+)", server.stdout.readline())

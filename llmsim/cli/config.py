@@ -125,7 +125,6 @@ class Option:
     default: Any
     help: str
     metavar: str | None = None
-    flag: bool = True  # False: file/env only
 
     @property
     def env(self) -> str:
@@ -153,11 +152,13 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no limit)", "SECONDS"),
     Option("idle_timeout", _seconds, 60.0, "seconds a keep-alive connection may wait for its next request "
            "(0: no limit)", "SECONDS"),
-    Option("access_log", _bool, False, "log one line per request", flag=False),
+    Option("access_log", _bool, False, "log one line per request"),
     Option("admin_token", _secret, None, "enable POST /llmsim/config (runtime control), guarded by this bearer token",
            "TOKEN"),
     Option("workers", _workers, 1, "server processes sharing the port, each one replica with its own batch slots "
                                    "and queue; auto = one per available core (see docs/scaling.md)", "N"),
+    Option("pin_workers", _bool, False, "with --workers: pin worker i to the i-th CPU this process may use (Linux), "
+                                        "so two replicas never wait on one core while another idles"),
     Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
                                             "the workers exit", "S"),
     Option("stats_interval", positive_seconds, None,
@@ -185,6 +186,7 @@ class ServerConfig:
     access_log: bool = False
     admin_token: str | None = None
     workers: int | str = 1
+    pin_workers: bool = False
     grace_period: float = 10.0
     stats_interval: float | None = None
     allow_unknown_models: bool = False
@@ -198,12 +200,12 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                         help="YAML config file (env LLMSIM_CONFIG)")
     for o in OPTIONS:
-        if not o.flag:
+        if o.convert is _bool:  # a switch: given, it is on
+            parser.add_argument(o.cli, dest=o.key, action="store_true", default=argparse.SUPPRESS,
+                                help=f"{o.help} (env {o.env})")
             continue
         parser.add_argument(o.cli, dest=o.key, metavar=o.metavar, default=argparse.SUPPRESS,
                             help=f"{o.help} (env {o.env})")
-    parser.add_argument("--access-log", dest="access_log", action="store_true", default=argparse.SUPPRESS,
-                        help="log one line per request (env LLMSIM_ACCESS_LOG)")
     parser.add_argument("--error-rate", dest="error_rate", action="append", metavar="KIND=RATE",
                         default=argparse.SUPPRESS,
                         help=f"inject a fault into this share of requests; repeatable; kinds: {', '.join(FAULT_KINDS)} "

@@ -269,3 +269,24 @@ def test_grace_period_cuts_what_is_still_open(tmp_path):
         list(lines)
     assert "grace period over, cutting 1 open request(s)" in f.stderr_text()
     f.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_pin_workers_puts_each_worker_on_its_own_cpu(tmp_path):
+    f = Fleet(tmp_path, "--pin-workers", "--target-tokens", "5")
+    try:
+        stats = f.stats_when(lambda s: len(s["workers"]) == 2)
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = {w["worker"]: os.sched_getaffinity(w["pid"]) for w in stats["workers"]}
+        assert pinned == {0: {cpus[0]}, 1: {cpus[1]}}
+        assert f.chat().status_code == 200
+    finally:
+        assert f.stop() == 0
+
+
+def test_unpinned_workers_keep_every_cpu(fleet):
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity here")
+    stats = fleet.stats_when(lambda s: len(s["workers"]) == 2)
+    assert all(os.sched_getaffinity(w["pid"]) == os.sched_getaffinity(0) for w in stats["workers"])

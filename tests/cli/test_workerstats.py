@@ -1,6 +1,8 @@
 """Merging the workers' snapshots (llmsim/cli/workerstats.py): the rules for JSON and Prometheus text, retiring
 a dead worker's counters, and how many workers `auto` means."""
 
+import os
+
 import pytest
 
 from llmsim.cli import workerstats as ws
@@ -173,3 +175,34 @@ def test_workers_setting():
         resolve_config({"workers": "0"}, env={})
     with pytest.raises(ConfigError, match="LLMSIM_GRACE_PERIOD: must be a number >= 0, got '-1'"):
         resolve_config({}, env={"LLMSIM_GRACE_PERIOD": "-1"})
+
+
+def test_pin_to_cpu_goes_round_robin_over_the_allowed_cpus(monkeypatch):
+    from llmsim.cli import workers
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity here")
+    calls = []
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {5, 3, 9})
+    monkeypatch.setattr(workers.os, "sched_setaffinity", lambda pid, cpus: calls.append(cpus))
+    assert [workers.pin_to_cpu(i) for i in range(4)] == [3, 5, 9, 3]
+    assert calls == [{3}, {5}, {9}, {3}]
+
+
+def test_pin_to_cpu_says_none_where_affinity_cannot_be_set(monkeypatch):
+    from llmsim.cli import workers
+
+    def refuse(pid, cpus):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(workers.os, "sched_setaffinity", refuse, raising=False)
+    assert workers.pin_to_cpu(0) is None
+
+
+def test_pin_workers_reads_as_a_switch():
+    assert resolve_config({}, env={}).pin_workers is False
+    assert resolve_config({"pin_workers": True}, env={}).pin_workers is True
+    assert resolve_config({}, env={"LLMSIM_PIN_WORKERS": "on"}).pin_workers is True
+    with pytest.raises(ConfigError, match="LLMSIM_PIN_WORKERS: must be true or false, got 'sometimes'"):
+        resolve_config({}, env={"LLMSIM_PIN_WORKERS": "sometimes"})
