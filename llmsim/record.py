@@ -125,8 +125,19 @@ def secrets_of(headers: Iterable[tuple[str, str]], target: str) -> list[str]:
                 out += [c.partition("=")[2].strip() for c in value.split(";") if "=" in c]
     _, _, query = target.partition("?")
     out += [v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() in SECRET_QUERY_KEYS]
+    out += [u for u in map(_as_utf8, out) if u is not None]
     # Longest first, so a bearer token is not left half-replaced inside its header value.
     return sorted({s for s in out if len(s) >= 4}, key=len, reverse=True)
+
+
+def _as_utf8(value: str) -> str | None:
+    """A header value as its UTF-8 text, where it differs: WSGI hands headers over as Latin-1, so a
+    non-ASCII key arrives as mojibake ("cafÃ©") while the same key in a JSON body reads "café"."""
+    try:
+        text = value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+    return text if text != value else None
 
 
 def kept_headers(headers: Iterable[tuple[str, str]], names: frozenset[str],

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from llmsim.cli.proxy import start_proxy
-from llmsim.record import SseSplitter, event_bytes, redact_target, secrets_of
+from llmsim.record import REDACTED, RecordWriter, SseSplitter, event_bytes, redact_target, secrets_of
 from llmsim.testing import start_server
 
 OPENAI_KEY = "sk-test-OPENAIKEY-0123456789abcdef"
@@ -235,6 +235,18 @@ def test_secrets_and_redaction_rules():
     assert {"Bearer sk-abcdef", "sk-abcdef", "k-123456", "b12345", "qwerty"} <= set(got)
     assert redact_target("/v1/x?key=qwerty&n=1") == "/v1/x?key=%5Bredacted%5D&n=1"
     assert redact_target("/v1/x?n=1") == "/v1/x?n=1"
+
+
+def test_a_non_ascii_key_is_scrubbed_in_its_utf8_form_too(tmp_path):
+    """WSGI gives a header's UTF-8 bytes as Latin-1 text; the same key echoed in a body is UTF-8 text."""
+    key = "sk-caf\u00e9-123456"
+    got = secrets_of([("Authorization", "Bearer " + key.encode().decode("latin-1"))], "/v1/x")
+    assert key in got
+    w = RecordWriter(str(tmp_path / "r.jsonl"))
+    w.write({"request": {"body": {"note": key, "other": "caf\u00e9"}}}, got)
+    w.close()
+    text = (tmp_path / "r.jsonl").read_text(encoding="utf-8")
+    assert key not in text and text.count(REDACTED) == 1 and "caf\u00e9" in text
 
 
 def test_timing_is_consistent(proxy):
