@@ -102,6 +102,11 @@ class ApiAdapter:
     def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
         raise NotImplementedError
 
+    def adopt_length_field(self, status: int | None, message: str | None) -> bool:
+        """A refusal that names the field the server wants for the output length instead: send that one
+        from now on. True when it switched (the request is worth sending once more)."""
+        return False
+
     def read_event(self, event: SseEvent) -> StreamDelta:
         """Interpret one SSE event; raise MalformedStream when its data cannot be read."""
         raise NotImplementedError
@@ -154,8 +159,16 @@ class ChatCompletionsAdapter(ApiAdapter):
     name = "chat"
     path = "/v1/chat/completions"
     max_tokens_field = "max_tokens"
-    """Some deployments want `max_completion_tokens`; override in a subclass."""
+    """The length field sent; OpenAI's reasoning models refuse it and want `max_completion_tokens`, which
+    adopt_length_field switches to on that refusal (or set it in a subclass)."""
     supports_tools = True
+
+    def adopt_length_field(self, status: int | None, message: str | None) -> bool:
+        if status != 400 or self.max_tokens_field != "max_tokens" or not message or \
+                "max_completion_tokens" not in message or "'max_tokens'" not in message:
+            return False
+        self.max_tokens_field = "max_completion_tokens"
+        return True
 
     def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
         return {"tools": list(tools), "tool_choice": tool_choice}

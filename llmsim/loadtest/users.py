@@ -30,7 +30,7 @@ from .adapters import ApiAdapter, ChatCompletionsAdapter, CompletionsAdapter, Me
 from .client import LlmClient
 from .metrics import RequestRecord
 from .openloop import OpenLoopSource
-from .plugin import get_run
+from .plugin import get_run, log
 from .workloads import TRACE_MAX_IN_FLIGHT, TraceReplay, Work
 
 METRIC_ROW_TYPE = "LLM"
@@ -197,6 +197,11 @@ class LlmUser(User):
                 if extra and not rec.ok and self._run.exact_refusal(rec):
                     extra = None  # the server refuses ignore_eos/min_tokens: once more without, and no more
                     rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream)
+                if not rec.ok and self.adapter.adopt_length_field(rec.status, rec.error_message):
+                    log.warning("The server refused the %s length field (%s); sending %s from now on",
+                                self.adapter.name, (rec.error_message or "")[:160],
+                                getattr(self.adapter, "max_tokens_field", "the one it named"))
+                    rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream, extra=extra)
             except GreenletExit:  # the run stopped while this request waited for its answer
                 if not warmup:
                     self._run.record_unfinished()

@@ -17,6 +17,7 @@ token in every OpenAI encoding. The request's model picks a behaviour:
                           that tiktoken counts as several tokens
   "mode-wordy-no-usage"   the same without a usage chunk
   "mode-strict"           HTTP 400 naming the field when the body has ignore_eos or min_tokens (OpenAI does)
+  "mode-reasoning"        HTTP 400 when the body has max_tokens, in the words OpenAI's reasoning models use
   "mode-cache"            a prefix cache: prompt tokens are the words of the messages; a system message seen
                           before is cached (usage prompt_tokens_details.cached_tokens = its words) and the
                           request's TTFT is a quarter of the configured one
@@ -115,6 +116,16 @@ class MiniServer:
             sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
             return True
+        if model == "mode-reasoning":
+            if "max_tokens" in req:
+                body = json.dumps({"error": {
+                    "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                               "Use 'max_completion_tokens' instead.",
+                    "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}).encode()
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                return True
+            n = int(req.get("max_completion_tokens") or 16)
         usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}
         ttft_ms = self.ttft_ms
         if model == "mode-cache":

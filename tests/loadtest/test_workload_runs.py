@@ -20,6 +20,7 @@ import pytest
 from locust.env import Environment
 
 from llmsim.loadtest import plugin  # noqa: F401 - registers the listeners
+from llmsim.loadtest.adapters import ChatCompletionsAdapter
 from llmsim.loadtest.report import format_summary
 from llmsim.loadtest.users import ChatCompletionsUser, CompletionsUser, MessagesUser
 from llmsim.loadtest.workloads import load_dataset, load_trace
@@ -371,6 +372,34 @@ def test_exact_output_degrades_when_the_server_refuses_it():
     e = report["workload"]["exact_output"]
     assert "ignore_eos" in e["refused"] and e["requests_with_fields"] == 0
     assert "the server refused ignore_eos/min_tokens" in format_summary(report)
+
+
+def test_a_reasoning_model_that_refuses_max_tokens_gets_max_completion_tokens():
+    """OpenAI's reasoning models answer max_tokens with a 400 naming max_completion_tokens: the refused
+    request goes out again at once with that field, and so does every later one."""
+    srv = MiniServer(ttft_ms=2.0, itl_ms=0.5).start()
+    ChatCompletionsUser.adapter = ChatCompletionsAdapter()  # the switch lives on the class's adapter
+    try:
+        report, log, _ = run_inprocess(ChatCompletionsUser, srv.url, users=1, requests=6,
+                                       llm_model="mode-reasoning", llm_trace="off", max_tokens="6")
+    finally:
+        srv.stop()
+        ChatCompletionsUser.adapter = ChatCompletionsAdapter()
+    assert report["requests"]["failed"] == 0 and all(r.ok and r.output_tokens == 6 for _, r in log)
+    fields = [("max_tokens" in body, body.get("max_completion_tokens")) for _, body in srv.received]
+    assert fields[0] == (True, None) and all(f == (False, 6) for f in fields[1:])
+    assert srv.received[0][1]["messages"] == srv.received[1][1]["messages"]
+
+
+def test_the_length_field_is_switched_only_on_that_refusal():
+    a = ChatCompletionsAdapter()
+    assert not a.adopt_length_field(400, "Unrecognized request argument supplied: ignore_eos")
+    assert not a.adopt_length_field(429, "Use 'max_completion_tokens' instead of 'max_tokens'")
+    assert a.max_tokens_field == "max_tokens"
+    assert a.adopt_length_field(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                     "Use 'max_completion_tokens' instead.")
+    assert a.max_tokens_field == "max_completion_tokens"
+    assert not a.adopt_length_field(400, "'max_tokens' ... 'max_completion_tokens'")  # once only
 
 
 def test_exact_output_on_does_not_degrade():
