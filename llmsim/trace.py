@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from itertools import pairwise
+from operator import sub
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
     from .engine import Generation
 
 __all__ = ["TRACE_HEADER", "TraceStore", "trace_comment", "trace_record", "wants_trace"]
@@ -38,7 +40,13 @@ def wants_trace(value: str | None) -> bool:
 
 
 def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
+    """Milliseconds to the microsecond (as round(ms, 3), at half its cost: no decimal digits to place)."""
+    return round(seconds * 1e6) / 1000
+
+
+def _gaps_ms(stamps: Sequence[float]) -> list[float]:
+    """Each gap between consecutive stamps, in _ms's units: one pass, no call per gap."""
+    return [round(d * 1e6) / 1000 for d in map(sub, stamps[1:], stamps)]
 
 
 def trace_record(gen: Generation) -> dict:
@@ -55,9 +63,9 @@ def trace_record(gen: Generation) -> dict:
         "id": gen.trace_id,
         "queue_ms": _ms(gen.slot.queue_wait_s),
         "ttft_ms": _ms(emitted[0] - arrival) if emitted else None,
-        "gaps_ms": [_ms(b - a) for a, b in pairwise(emitted)],
+        "gaps_ms": _gaps_ms(emitted),
         "planned_ttft_ms": _ms(planned[0] - arrival) if planned else None,
-        "planned_gaps_ms": [_ms(b - a) for a, b in pairwise(planned)],
+        "planned_gaps_ms": _gaps_ms(planned),
     }
 
 

@@ -592,3 +592,17 @@ def test_latencies_wait_to_be_bucketed_and_land_in_the_window_they_ended_in(monk
         answer(0.1)
     assert len(st._pending) < 5
     assert sum(st.vllm["e2e"].by_model["gpt-4o"][0]) == 9
+
+
+def test_trace_times_are_milliseconds_to_the_microsecond():
+    from llmsim.trace import _gaps_ms, _ms
+
+    rng = random.Random(7)
+    stamps = [1e4 + 0.1]
+    for _ in range(500):
+        stamps.append(stamps[-1] + rng.choice([0.0, 1e-7, 0.02, rng.uniform(0, 0.5)]))
+    gaps = _gaps_ms(stamps)
+    assert len(gaps) == len(stamps) - 1
+    for g, a, b in zip(gaps, stamps, stamps[1:]):
+        assert abs(g - (b - a) * 1000) <= 0.0005 + 1e-9 and g == round(g, 3)
+    assert [_ms(x) for x in (0.0, 0.0200004, 0.0200006, 1.2345675, -0.0000004)] == [0.0, 20.0, 20.001, 1234.568, -0.0]
