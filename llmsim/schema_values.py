@@ -7,8 +7,9 @@ uniqueItems, anyOf / oneOf / allOf, $ref into $defs or definitions, numeric
 bounds (minimum, maximum, exclusive bounds, multipleOf), string lengths and
 the common formats. Strings are words, and a few property names get values
 of their kind (a city for `location`, an address for `email`), so arguments
-read like a model's. `pattern` is honoured only for the patterns the
-providers' docs show (digits, letters); others get a plain word.
+read like a model's. A `pattern` gets a string drawn from the expression
+(llmsim/regex_strings.py); one that needs look-around or back-references
+gets a plain word.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import string
 import uuid
 from typing import Any
 
+from jsonschema.validators import validator_for
+
+from .regex_strings import string_for_pattern
 from .validation import finite_float
 
 _WORDS = ("alpha", "river", "stone", "lumen", "orbit", "cedar", "delta", "ember", "frost", "harbor", "indigo",
@@ -57,6 +61,8 @@ MAX_DEPTH = 8
 HARD_DEPTH = 48
 """Past this depth a schema that refers to itself (a required self-reference, allOf: [$ref: #]) gets the
 smallest value of its type: such a schema may have no finite instance at all."""
+ONE_OF_TRIES = 8
+"""Draws a oneOf gets to find a value only one of its branches accepts."""
 MAX_NODES = 20_000
 """At most this many values in one document (a valid schema may ask for 2**48: {l: #, r: #}, both required)."""
 _SMALLEST = {"object": dict, "array": list, "string": str, "integer": int, "number": int, "boolean": bool}
@@ -74,6 +80,8 @@ class SchemaValues:
         """Characters still worth generating: past them arrays and strings stop growing (see value_for_schema)."""
         self.nodes = MAX_NODES
         """Values still to make: a schema whose required parts refer to it twice doubles at every level."""
+        self._validator: Any = None
+        """The root's jsonschema validator, made when a oneOf needs to check its branches."""
 
     def value(self, schema: Any = None, name: str | None = None, depth: int = 0) -> Any:
         schema = self.root if schema is None else schema
@@ -105,8 +113,11 @@ class SchemaValues:
             if isinstance(options, list) and options:
                 # Prefer a non-null branch: a model fills optional fields more often than not.
                 real = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-                pick = self.rng.choice(real or options) if depth < MAX_DEPTH else options[-1]
-                return self.value(pick, name, depth + 1)
+                if depth >= MAX_DEPTH:
+                    return self.value(options[-1], name, depth + 1)
+                if key == "oneOf" and len(options) > 1:
+                    return self._one_of(options, real, name, depth)
+                return self.value(self.rng.choice(real or options), name, depth + 1)
         kind = schema.get("type")
         if isinstance(kind, list):
             real = [k for k in kind if k != "null"]
@@ -115,6 +126,29 @@ class SchemaValues:
             kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
         made = getattr(self, f"_{kind}", self._string)(schema, name, depth)
         return made if isinstance(made, (dict, list, str)) else self._spent(made)  # those count themselves
+
+    def _one_of(self, options: list, real: list, name: str | None, depth: int) -> Any:
+        """A value exactly one branch accepts: a draw that several accept ({type: integer} and
+        {type: number} both take 3) is drawn again, from the next branch in a shuffled order."""
+        order = self.rng.sample(real, len(real)) + [o for o in options if o not in real]
+        value: Any = None
+        for attempt in range(ONE_OF_TRIES):
+            value = self.value(order[attempt % len(order)], name, depth + 1)
+            if self._accepted_by(options, value) == 1:
+                break
+        return value
+
+    def _accepted_by(self, options: list, value: Any) -> int:
+        """How many of `options` accept `value` (1 when the schema cannot be checked: as drawn)."""
+        if self._validator is None:
+            try:
+                self._validator = validator_for(self.root)(self.root)
+            except Exception:  # noqa: BLE001 - a schema jsonschema cannot load: the draw stands
+                return 1
+        try:
+            return sum(1 for o in options if self._validator.evolve(schema=o).is_valid(value))
+        except Exception:  # noqa: BLE001 - an unresolvable $ref, a bad keyword: the draw stands
+            return 1
 
     def _spent(self, value: Any) -> Any:
         """`value`, its length in JSON (about) taken from what is left to generate."""
@@ -191,6 +225,10 @@ class SchemaValues:
         if isinstance(pattern, str) and pattern in _SIMPLE_PATTERNS:
             size = min(max(1, lo, min(hi, 6)), max(1, int(min(self.left, 1 << 30))))
             return self._spent("".join(rng.choice(_SIMPLE_PATTERNS[pattern]) for _ in range(size)))
+        if isinstance(pattern, str):
+            made = string_for_pattern(pattern, rng, min_length=lo, max_length=hi)
+            if made is not None:
+                return self._spent(made)
         if isinstance(fmt, str) and fmt in _FORMATS:
             text = _FORMATS[fmt](rng)
         else:

@@ -3,6 +3,7 @@
 import json
 import time
 import warnings
+from typing import Literal
 
 import anthropic
 import openai
@@ -77,6 +78,34 @@ def test_chat_parse_returns_the_pydantic_object(oai):
         team = r.choices[0].message.parsed
         assert isinstance(team, Team) and 1 <= len(team.members) <= 3
         assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens > 5
+
+
+class Card(BaseModel):
+    kind: Literal["card"]
+    number: str = Field(pattern=r"^\d{4}-\d{4}-\d{4}-\d{4}$")
+
+
+class Iban(BaseModel):
+    kind: Literal["iban"]
+    iban: str = Field(pattern=r"^[A-Z]{2}\d{2}[A-Z0-9]{11,30}$")
+
+
+class Payment(BaseModel):
+    amount: float = Field(gt=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    method: Card | Iban = Field(discriminator="kind")
+
+
+def test_chat_parse_gives_a_discriminated_union_and_patterns(oai):
+    """pydantic writes the union as a oneOf, and the strings with patterns: each answer validates."""
+    kinds = set()
+    for i in range(12):
+        r = oai.chat.completions.parse(model="gpt-4o", messages=[{"role": "user", "content": f"pay {i}"}],
+                                       response_format=Payment)
+        payment = r.choices[0].message.parsed
+        assert isinstance(payment, Payment), r.choices[0].message.content
+        kinds.add(payment.method.kind)
+    assert kinds == {"card", "iban"}
 
 
 def test_responses_parse_returns_the_pydantic_object(oai):

@@ -180,3 +180,57 @@ def test_required_keys_come_in_the_schemas_order():
 def test_extreme_numbers_in_a_schema_give_a_number_not_an_error(schema):
     """Bounds and steps whose arithmetic overflows a float: a number still comes back, never an OverflowError."""
     assert isinstance(value_for_schema(schema, random.Random(1)), (int, float))
+
+
+OVERLAPPING_ONE_OF = [
+    {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+    {"type": "object", "properties": {"v": {"oneOf": [{"type": "string", "maxLength": 5},
+                                                      {"type": "string", "minLength": 3}]}}, "required": ["v"]},
+    {"$defs": {"n": {"type": "integer", "minimum": 0, "maximum": 10}},
+     "type": "array", "minItems": 3, "items": {"oneOf": [{"$ref": "#/$defs/n"}, {"type": "integer", "minimum": 5}]}},
+]
+
+
+@pytest.mark.parametrize("schema", OVERLAPPING_ONE_OF, ids=["int-or-number", "short-or-long", "ref-overlap"])
+def test_one_of_gives_a_value_exactly_one_branch_accepts(schema):
+    """{type: integer} and {type: number} both accept 3: a oneOf of them needs a number that is not whole."""
+    validator = Draft202012Validator(schema)
+    for seed in range(200):
+        value = value_for_schema(schema, random.Random(seed))
+        assert validator.is_valid(value), (seed, value)
+
+
+PATTERNS = [r"^[A-Z]{2}-\d{3,}(x|yz)?$", r"^\+?[1-9]\d{1,14}$", r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$",
+            r"^#[0-9a-fA-F]{6}$", r"[^,]+", r"^\w+\s\w+$", r"^\d{5}(-\d{4})?$", r"^[^\W\d]+$", r"^\D\S\W$",
+            r"^(?:[01]\d|2[0-3]):[0-5]\d$", r"^v\d+\.\d+\.\d+(-[a-z]+\.\d+)?$", r"^[A-Z][a-z]*( [A-Z][a-z]*)*$"]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_a_pattern_gets_a_string_it_matches(pattern):
+    import re
+
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}, "required": ["code"]}
+    validator = Draft202012Validator(schema)
+    values = {value_for_schema(schema, random.Random(seed))["code"] for seed in range(100)}
+    assert all(re.search(pattern, v) for v in values), values
+    assert len(values) > 3 and all(validator.is_valid({"code": v}) for v in values)
+
+
+@pytest.mark.parametrize("pattern,lo,hi", [(r"^[a-z]+[0-9]*$", 12, 14), (r"^[A-Z]{2}\d+$", 10, 10),
+                                           (r"^(ab|c)+$", 7, 7), (r"abc", 10, 12), (r"^\d{3}", 8, None)])
+def test_a_pattern_with_lengths_gets_both(pattern, lo, hi):
+    """Lengths are shared out over the pattern's parts; an unanchored end is padded."""
+    schema = {"type": "string", "pattern": pattern, "minLength": lo, **({"maxLength": hi} if hi else {})}
+    validator = Draft202012Validator(schema)
+    for seed in range(50):
+        v = value_for_schema(schema, random.Random(seed))
+        assert validator.is_valid(v), v
+
+
+@pytest.mark.parametrize("pattern", [r"(?=a)b", r"(a)\1", r"\bfoo", r"\p{L}+", r"a{100000}", r"(?<!x)y"])
+def test_a_pattern_that_cannot_be_drawn_gives_a_plain_string(pattern):
+    from llmsim.regex_strings import string_for_pattern
+
+    rng = random.Random(3)
+    assert string_for_pattern(pattern, rng) is None
+    assert isinstance(value_for_schema({"type": "string", "pattern": pattern}, rng), str)
