@@ -140,12 +140,19 @@ class SliceBook:
 
     def add(self, rec: RequestRecord, slo: Sequence[SloCheck], intended: float | None = None) -> None:
         """File the request's latency under the slice it started in, and its activity where it happened."""
-        key = slice_of(rec.start_time if intended is None else intended)
-        self.slices.setdefault(key, StepStats()).add(rec, slo, intended)
+        self._slice(slice_of(rec.start_time if intended is None else intended)).add(rec, slo, intended)
         for key, active_ns, token_micros in activity(rec):
-            part = self.slices.setdefault(key, StepStats())
+            part = self._slice(key)
             part.active_ns += active_ns
             part.token_micros += token_micros
+
+    def _slice(self, key: int) -> StepStats:
+        """The slice's stats, made the first time only (setdefault would build a StepStats, and its
+        histograms, for every request that meets an existing slice)."""
+        part = self.slices.get(key)
+        if part is None:
+            part = self.slices[key] = StepStats()
+        return part
 
     def merge(self, key: int, stats: StepStats) -> None:
         mine = self.slices.get(key)
