@@ -164,6 +164,7 @@ class CapacityRun:
         """Master: per worker, when its last report was taken and the start of its oldest request then in flight."""
         self.schedule = self._new_schedule()
         self.result: dict[str, Any] | None = None
+        self.prediction_interrupted = False
 
     def _new_schedule(self) -> StepSchedule:
         plan = self.settings.plan
@@ -262,17 +263,23 @@ class CapacityRun:
             log.info("Predicting the %d judged steps from profile %s (a simulation of each; larger steps take "
                      "longer)...", len(self.rows), self.profile.name)
         started = time.monotonic()
-        for index, row in self.rows.items():
-            mix = self.stats[index].run.mix if index in self.stats else {}
-            shape = TokenShape.from_mix(mix, self.profile, default_visible=run.settings.max_tokens,
-                                        default_prompt=run.settings.prompts[0].prompt_tokens or 0,
-                                        cached_share=self.stats[index].run.cached_share() if index in self.stats
-                                        else 0.0)
-            window = max(s.plan.step_time_s, PREDICT_WINDOW_MIN_S)
-            stats = predict_step(self.profile, row["users"], window, shape, arrival_rate=s.arrival_rate,
-                                 stream=run.settings.stream)
-            out[index] = summarize(stats, window_s=window, slo=self.profile.slo,
-                                   max_error_rate=s.max_error_rate, open_loop=s.open_loop)
+        try:
+            for index, row in self.rows.items():
+                mix = self.stats[index].run.mix if index in self.stats else {}
+                shape = TokenShape.from_mix(mix, self.profile, default_visible=run.settings.max_tokens,
+                                            default_prompt=run.settings.prompts[0].prompt_tokens or 0,
+                                            cached_share=self.stats[index].run.cached_share()
+                                            if index in self.stats else 0.0)
+                window = max(s.plan.step_time_s, PREDICT_WINDOW_MIN_S)
+                stats = predict_step(self.profile, row["users"], window, shape, arrival_rate=s.arrival_rate,
+                                     stream=run.settings.stream)
+                out[index] = summarize(stats, window_s=window, slo=self.profile.slo,
+                                       max_error_rate=s.max_error_rate, open_loop=s.open_loop)
+        except KeyboardInterrupt:  # Ctrl-C while predicting: the measured result is written all the same
+            self.prediction_interrupted = True
+            log.warning("Prediction interrupted (Ctrl-C) after %d of %d steps: the report has the measured "
+                        "steps, and predictions only for those", len(out), len(self.rows))
+            return out
         if self.rows:
             log.info("Predicted in %.1f s", time.monotonic() - started)
         return out
@@ -285,6 +292,7 @@ class CapacityRun:
         self.result = build_result(self.rows, self.predict(), settings=self.settings, profile=self.profile,
                                    model=run.settings.model, host=self.environment.host,
                                    stop_reason=self.schedule.stop_reason or "interrupted before the last verdict")
+        self.result["prediction_interrupted"] = self.prediction_interrupted
         workload = run.settings.workload
         self.result["workload"] = None if workload is None else \
             workload_section(workload.describe(), run.stats)

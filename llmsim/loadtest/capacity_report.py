@@ -165,7 +165,9 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{cap['output_tok_s']:.1f} output tok/s) - the largest step that met the SLO")
     pred = result["predicted_capacity"]
     lines.append(f"profile {result['profile']} predicts: "
-                 + (f"{pred['users']} users" if pred else "no step within the SLO"))
+                 + (f"{pred['users']} users" if pred else "no step within the SLO")
+                 + (" (prediction interrupted: only the steps predicted before Ctrl-C)"
+                    if result.get("prediction_interrupted") else ""))
     lines.append(f"stopped: {result['stop_reason']}")
     if result["min_capacity"] is not None:
         lines.append(f"--min-capacity {result['min_capacity']}: " + ("met" if result["min_capacity_met"] else

@@ -191,6 +191,40 @@ def test_only_requests_that_start_inside_the_window_count():
     assert r["itl_p99"] == pytest.approx(5.0, abs=0.01) and r["meets_slo"] and r["goodput"] == 1.0
 
 
+def test_ctrl_c_while_predicting_keeps_the_steps_predicted_so_far(monkeypatch):
+    """Ctrl-C lands in whichever greenlet runs: during the prediction, it stops predicting, and the report is
+    written with the measured steps (no traceback, and no second prediction on the way out)."""
+    import llmsim.loadtest.capacity as capacity
+
+    profile = load_profile_file(str(PROFILE_FILE))[0]
+    env = SimpleNamespace(runner=None, host="http://x", llmsim=SimpleNamespace(
+        is_worker=False, is_master=False,
+        settings=SimpleNamespace(profile=profile, max_tokens=20, stream=True, model="m", workload=None,
+                                 prompts=[SimpleNamespace(prompt_tokens=10)])))
+    cap = CapacityRun(env, capacity_settings())
+    measured = summarize(StepStats(), window_s=2.0, slo=profile.slo, max_error_rate=1.0, open_loop=False)
+    cap.rows = {i: {"step": i, "users": i, **measured, "complete": True} for i in (1, 2, 3)}
+    calls = []
+
+    def predict_step(*args, **kw):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return StepStats()
+
+    monkeypatch.setattr(capacity, "predict_step", predict_step)
+    monkeypatch.setattr(capacity, "write_outputs", lambda result, prefix: {})
+    predicted = cap.predict()
+    assert list(predicted) == [1] and cap.prediction_interrupted and calls == [1, 2]
+    cap.prediction_interrupted = False
+    calls.clear()
+    result = cap.finish()
+    assert result["prediction_interrupted"] is True and calls == [1, 2]
+    assert "predicted" in result["steps"][0] and "predicted" not in result["steps"][1]
+    assert "(prediction interrupted: only the steps predicted before Ctrl-C)" in format_table(result)
+    assert cap.finish() is result and calls == [1, 2]  # on the way out (quitting): the same result, not again
+
+
 def test_activity_spreads_time_in_flight_and_tokens_over_slices():
     r = rec(10.05, ttft=50.0, itl=(50.0,) * 5, output_tokens=5)  # in flight 10.05-10.35, decoding from 10.10
     got = {key: (ns / 1e9, micros / 1e6) for key, ns, micros in activity(r)}
