@@ -16,11 +16,11 @@ from typing import Any
 
 from ..api import Api, StreamEncoder, json_str
 from ..engine import Generation, Request, new_id
-from ..errors import ApiError
+from ..errors import ApiError, invalid
 from ..fields import check_enum, get_bool, get_int, get_list, get_number, get_object, get_str, missing, wrong_type
 from ..latency import REASONING_EFFORT_FACTORS
 from ..stream import Block, TokenPlan
-from ..toolcalls import OutputFormat, ToolChoice
+from ..toolcalls import OutputFormat, ToolChoice, tool_turn_mismatch
 from .parts import RESPONSES_PARTS, check_parts
 from .tools import parse_function, parse_json_schema_format, parse_tool_choice
 
@@ -76,11 +76,25 @@ def _input_messages(body: dict) -> list[dict]:
             messages.append({"role": item["role"], "content": item["content"]})
         else:  # tool calls, their outputs, reasoning items: only their text is counted
             text = next((item[k] for k in ITEM_TEXT_FIELDS if isinstance(item.get(k), (str, list))), None)
-            if kind == "function_call_output" and not isinstance(item.get("call_id"), str):
+            if kind in ("function_call", "function_call_output") and not isinstance(item.get("call_id"), str):
                 raise missing(f"{param}.call_id")
             messages.append({"role": "tool" if kind.endswith("_output") else "assistant",
                              "content": text if text is not None else ""})
     return messages
+
+
+def _tool_loop(items: list[dict]) -> None:
+    """Every function_call_output answers a function_call of the input, and every function_call is answered
+    (toolcalls.tool_turn_mismatch, in OpenAI's words). Only for an input that holds the whole conversation:
+    with previous_response_id the calls may live in a stored response."""
+    calls = [item["call_id"] for item in items if item.get("type") == "function_call"]
+    results = [item["call_id"] for item in items if item.get("type") == "function_call_output"]
+    unanswered, invented = tool_turn_mismatch(calls, results)
+    if invented:
+        raise invalid(f"No tool call found for function call output with call_id {results[invented[0]]}.",
+                      param="input")
+    if unanswered:
+        raise invalid(f"No tool output found for function call {unanswered[0]}.", param="input")
 
 
 def parse_responses_request(body: dict) -> Request:
@@ -89,6 +103,8 @@ def parse_responses_request(body: dict) -> Request:
     messages = _input_messages(body)
     raw_input = body.get("input")
     items: list = raw_input if isinstance(raw_input, list) else []
+    if get_str(body, "previous_response_id") is None:
+        _tool_loop(items)
     answers_tool_result = bool(items) and isinstance(items[-1], dict) and \
         str(items[-1].get("type", "")).endswith("_call_output")
     instructions = get_str(body, "instructions")

@@ -153,6 +153,7 @@ def test_input_items_and_optional_fields(client):
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": [{"type": "input_text", "text": "Hello"}]},
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "call_1", "output": "72F"},
         {"role": "user", "content": "Again"},
     ]
@@ -162,10 +163,36 @@ def test_input_items_and_optional_fields(client):
     assert r.temperature == 0.3 and r.top_p == 0.5 and r.metadata == {"k": "v"} and r.truncation == "auto"
     assert len(r.tools) == 1 and r.tool_choice == "auto"
     expected = 3 + sum(3 + n_tokens(role) + n_tokens(text) for role, text in [
-        ("developer", "Be brief."), ("user", "Hello"), ("assistant", "Hi."), ("tool", "72F"), ("user", "Again")])
+        ("developer", "Be brief."), ("user", "Hello"), ("assistant", "Hi."), ("assistant", "{}"), ("tool", "72F"),
+        ("user", "Again")])
     # Tool definitions are prompt tokens too: their compact JSON (name, description, parameters).
     expected += n_tokens('[{"name":"f","description":"","parameters":{}}]')
     assert r.usage.input_tokens == expected
+
+
+def test_a_tool_loop_that_loses_or_invents_an_output_is_refused(client):
+    """Without previous_response_id the input is the whole conversation: each function_call_output answers a
+    function_call in it, and each function_call has its output (OpenAI's 400s, param `input`)."""
+    call = {"type": "function_call", "call_id": "call_a", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "call_a", "output": "ok"}
+    user = {"role": "user", "content": "go"}
+    r = client.responses.create(model=MODEL, input=[user, call, output], max_output_tokens=16)
+    assert r.output and r.usage.output_tokens == 16
+    cases = [([user, {**output, "call_id": "call_zz"}],
+              "No tool call found for function call output with call_id call_zz."),
+             ([user, call], "No tool output found for function call call_a."),
+             ([user, call, output, {**call, "call_id": "call_b"}], "No tool output found for function call call_b.")]
+    for items, message in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input=items, max_output_tokens=16)
+        assert e.value.body["message"] == message and e.value.body["param"] == "input"
+        assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input=[user, {k: v for k, v in call.items() if k != "call_id"}])
+    assert e.value.body["param"] == "input[1].call_id"
+    # With previous_response_id the calls may be in the stored response: an output alone is fine.
+    r = client.responses.create(model=MODEL, input=[output], previous_response_id="resp_1", max_output_tokens=16)
+    assert r.output and r.usage.output_tokens == 16
 
 
 def test_reasoning_options_have_no_effect_on_a_model_that_does_not_reason(client):
