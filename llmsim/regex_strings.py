@@ -4,10 +4,12 @@ Walks the expression as Python's own parser reads it (the dialect of JSON
 Schema patterns, ECMA-262, agrees with it on what schemas use: classes,
 ranges, \\d \\w \\s, groups, alternation, counted repeats, anchors). Unbounded
 repeats stop a few past their minimum, and a class like [^,] draws printable
-ASCII. What cannot be drawn without looking around (look-ahead and -behind,
-back-references, word boundaries) gives None, and so does an expression
-Python cannot read (\\p{L}); every string made is checked with re.search
-before it is returned, so a caller never gets a string that does not match.
+ASCII. Anchors and word boundaries take no room; whether a boundary holds is
+left to the check below. What cannot be drawn without looking around
+(look-ahead and -behind, back-references) gives None, and so does an
+expression Python cannot read (\\p{L}); every string made is checked with
+re.search before it is returned, so a caller never gets a string that does
+not match.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ if _c is not None:
 
 
 class _Unsupported(Exception):
-    """A construct that needs context to draw (look-around, back-reference, word boundary)."""
+    """A construct that needs context to draw (look-around, back-reference)."""
 
 
 @lru_cache(maxsize=256)
@@ -109,9 +111,7 @@ def _span(items: Any) -> tuple[int, float]:
 def _node_span(op: Any, av: Any) -> tuple[int, float]:
     if op is _c.LITERAL or op is _c.NOT_LITERAL or op is _c.ANY or op is _c.IN:
         return 1, 1
-    if op is _c.AT:
-        if av not in (_c.AT_BEGINNING, _c.AT_BEGINNING_STRING, _c.AT_END, _c.AT_END_STRING):
-            raise _Unsupported("boundary")
+    if op is _c.AT:  # anchors, and word boundaries: zero-width; the final re.search judges a boundary
         return 0, 0
     if op is _c.BRANCH:
         spans = [_span(b) for b in av[1]]
@@ -171,7 +171,7 @@ def _draw(items: Any, rng: random.Random, want: int | None) -> list[str]:
         elif _is_repeat(op):
             out += _draw_repeat(av, rng, part)
         elif op is _c.AT:
-            _node_span(op, av)  # raises for a boundary
+            pass
         else:
             raise _Unsupported(str(op))
         if len(out) > MAX_CHARS:
