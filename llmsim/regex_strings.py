@@ -33,7 +33,7 @@ __all__ = ["string_for_pattern"]
 EXTRA_REPEATS = 3
 """An unbounded repeat (`*`, `+`, `{n,}`) is drawn between its minimum and this many more, unless a length
 is asked for."""
-MAX_CHARS = 400
+MAX_CHARS = 4000
 """A drawn string longer than this is not used (a pattern such as `a{100000}`)."""
 _PRINTABLE = tuple(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
 _WORD = string.ascii_letters + string.digits + "_"
@@ -161,7 +161,7 @@ def _draw(items: Any, rng: random.Random, want: int | None) -> list[str]:
         elif op is _c.BRANCH:
             branches = av[1]
             if part is not None:  # a branch that can make this length, if any can
-                fits = [b for b in branches if _span(b)[0] <= part <= _span(b)[1]]
+                fits = [b for b in branches if (span := _span(b))[0] <= part <= span[1]]
                 branches = fits or branches
             out += _draw(rng.choice(branches), rng, part)
         elif op is _c.SUBPATTERN:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import random
-import string
 import uuid
 from typing import Any
 
 from jsonschema.validators import validator_for
 
+from .regex_strings import MAX_CHARS as PATTERN_MAX_CHARS
 from .regex_strings import string_for_pattern
 from .validation import finite_float
 
@@ -54,8 +54,6 @@ _FORMATS = {
     "url": lambda r: f"https://example.com/{r.choice(_WORDS)}",
 }
 _FORMATS["uri-reference"] = _FORMATS["uri"]
-_SIMPLE_PATTERNS = {r"^\d+$": string.digits, r"^[0-9]+$": string.digits, r"^[a-z]+$": string.ascii_lowercase,
-                    r"^[A-Z]+$": string.ascii_uppercase, r"^[a-zA-Z]+$": string.ascii_letters}
 MAX_DEPTH = 8
 """Below this depth optional properties, alternatives and array lengths are drawn; past it, only what is required."""
 HARD_DEPTH = 48
@@ -222,11 +220,10 @@ class SchemaValues:
         pattern = schema.get("pattern")
         lo = int(schema.get("minLength", 0))
         hi = int(schema.get("maxLength", max(lo, 60)))
-        if isinstance(pattern, str) and pattern in _SIMPLE_PATTERNS:
-            size = min(max(1, lo, min(hi, 6)), max(1, int(min(self.left, 1 << 30))))
-            return self._spent("".join(rng.choice(_SIMPLE_PATTERNS[pattern]) for _ in range(size)))
         if isinstance(pattern, str):
-            made = string_for_pattern(pattern, rng, min_length=lo, max_length=hi)
+            # A value max_tokens will cut is drawn only as far as it could be sent (value_for_schema).
+            sent = max(1, int(min(self.left, PATTERN_MAX_CHARS)))
+            made = string_for_pattern(pattern, rng, min_length=min(lo, sent), max_length=min(hi, sent))
             if made is not None:
                 return self._spent(made)
         if isinstance(fmt, str) and fmt in _FORMATS:
