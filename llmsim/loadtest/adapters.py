@@ -102,10 +102,10 @@ class ApiAdapter:
     def build_request(self, prompt: Prompt, *, model: str, max_tokens: int | None, stream: bool) -> HttpRequest:
         raise NotImplementedError
 
-    def adopt_length_field(self, status: int | None, message: str | None) -> bool:
+    def adopt_length_field(self, status: int | None, message: str | None) -> str | None:
         """A refusal that names the field the server wants for the output length instead: send that one
-        from now on. True when it switched (the request is worth sending once more)."""
-        return False
+        from now on, and say which (the request is then worth sending once more); None otherwise."""
+        return None
 
     def read_event(self, event: SseEvent) -> StreamDelta:
         """Interpret one SSE event; raise MalformedStream when its data cannot be read."""
@@ -163,12 +163,12 @@ class ChatCompletionsAdapter(ApiAdapter):
     adopt_length_field switches to on that refusal (or set it in a subclass)."""
     supports_tools = True
 
-    def adopt_length_field(self, status: int | None, message: str | None) -> bool:
+    def adopt_length_field(self, status: int | None, message: str | None) -> str | None:
         if status != 400 or self.max_tokens_field != "max_tokens" or not message or \
                 "max_completion_tokens" not in message or "'max_tokens'" not in message:
-            return False
+            return None
         self.max_tokens_field = "max_completion_tokens"
-        return True
+        return self.max_tokens_field
 
     def tool_fields(self, tools: list[dict[str, Any]], tool_choice: str) -> dict[str, Any]:
         return {"tools": list(tools), "tool_choice": tool_choice}

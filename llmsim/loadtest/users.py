@@ -197,10 +197,10 @@ class LlmUser(User):
                 if extra and not rec.ok and self._run.exact_refusal(rec):
                     extra = None  # the server refuses ignore_eos/min_tokens: once more without, and no more
                     rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream)
-                if not rec.ok and self.adapter.adopt_length_field(rec.status, rec.error_message):
+                field = None if rec.ok else self.adapter.adopt_length_field(rec.status, rec.error_message)
+                if field is not None:
                     log.warning("The server refused the %s length field (%s); sending %s from now on",
-                                self.adapter.name, (rec.error_message or "")[:160],
-                                getattr(self.adapter, "max_tokens_field", "the one it named"))
+                                self.adapter.name, (rec.error_message or "")[:160], field)
                     rec = client.run(work.prompt, max_tokens=work.max_tokens, stream=stream, extra=extra)
             except GreenletExit:  # the run stopped while this request waited for its answer
                 if not warmup:

@@ -393,13 +393,13 @@ def test_a_reasoning_model_that_refuses_max_tokens_gets_max_completion_tokens():
 
 def test_the_length_field_is_switched_only_on_that_refusal():
     a = ChatCompletionsAdapter()
-    assert not a.adopt_length_field(400, "Unrecognized request argument supplied: ignore_eos")
-    assert not a.adopt_length_field(429, "Use 'max_completion_tokens' instead of 'max_tokens'")
+    assert a.adopt_length_field(400, "Unrecognized request argument supplied: ignore_eos") is None
+    assert a.adopt_length_field(429, "Use 'max_completion_tokens' instead of 'max_tokens'") is None
     assert a.max_tokens_field == "max_tokens"
     assert a.adopt_length_field(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                                     "Use 'max_completion_tokens' instead.")
+                                     "Use 'max_completion_tokens' instead.") == "max_completion_tokens"
     assert a.max_tokens_field == "max_completion_tokens"
-    assert not a.adopt_length_field(400, "'max_tokens' ... 'max_completion_tokens'")  # once only
+    assert a.adopt_length_field(400, "'max_tokens' ... 'max_completion_tokens'") is None  # once only
 
 
 def test_exact_output_on_does_not_degrade():
