@@ -98,8 +98,10 @@ def test_in_band_error_is_a_stream_error():
 @pytest.mark.slow
 def test_completions_locustfile_embedded_server_passes(tmp_path):
     """No --host: the embedded llmsim serves the default model, gpt-3.5-turbo-instruct, with its profile."""
+    # The profile draws its TTFTs at random (no seed): the median of about 36 of them strays from the
+    # profile's by 1.6 standard errors at 10 % (one run in nine failed); at 25 % it takes 4.
     proc, report = run_locust(tmp_path, "-u", "5", "-r", "5", "-t", "4s", "--max-tokens", "20",
-                              locustfile=COMPLETIONS)
+                              "--llm-tolerance", "25%,25ms", locustfile=COMPLETIONS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert report["verdict"] == "PASS"
     assert report["model"] == "gpt-3.5-turbo-instruct" and report["profile"] == "gpt-3.5-turbo-instruct"
