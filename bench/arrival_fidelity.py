@@ -23,7 +23,14 @@ connections passed 256: Linux grew the server's descriptor table, and waited for
 grace period to do it. The server now sizes the table at start-up (llmsim/cli/fdtable.py).
 `--warm 0` measures the first ramp only.
 
-    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--pin-workers] [--warm 0]
+Before the ramps it measures the machine's own floor (`--floor SECONDS`, 0 skips it): on each
+core, with nothing else of ours running, a loop at normal priority sleeps to a deadline every
+millisecond and records how late it woke. Whatever delays that loop (the VM losing its core,
+interrupts, the host's own agents) delays a worker the same way, and no server on this machine
+can do better. A worker at 1,000 streams has about 25 chunks due each millisecond, so one late
+wake of 3 ms makes dozens of them more than 2 ms late.
+
+    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--pin-workers] [--warm 0] [--floor 5]
 """
 
 from __future__ import annotations
@@ -63,6 +70,37 @@ CLIENT = textwrap.dedent('''
     print(json.dumps({"traces": traces, "cpu": (time.process_time() - cpu0) / (time.monotonic() - wall0)}))
 ''')
 
+FLOOR = textwrap.dedent('''
+    import json, os, sys, time
+    cpu, seconds = int(sys.argv[1]), float(sys.argv[2])
+    os.sched_setaffinity(0, {cpu})
+    clock, late = time.monotonic, []
+    deadline = start = clock()
+    while deadline < start + seconds:
+        deadline += 0.001
+        wait = deadline - clock()
+        if wait > 0:
+            time.sleep(wait)
+        late.append(1000 * (clock() - deadline))
+    print(json.dumps(late))
+''')
+
+
+def machine_floor(seconds: float) -> str:
+    """How late a 1-ms timer loop wakes on each core with nothing else of ours running (see the module doc)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning, no floor
+        return "machine floor: not measured (this system cannot pin a process to a core)"
+    probes = [subprocess.Popen([sys.executable, "-c", FLOOR, str(c), str(seconds)], stdout=subprocess.PIPE, text=True)
+              for c in cpus]
+    parts = []
+    for cpu, probe in zip(cpus, probes, strict=True):
+        late = json.loads(probe.communicate()[0])
+        parts.append(f"cpu{cpu} p99 {pct(late, 99):.2f} p99.9 {pct(late, 99.9):.2f} max {max(late):.2f} ms, "
+                     f"{sum(x > 1 for x in late)} wakes >1 ms, {sum(x > 2 for x in late)} >2 ms")
+    return f"machine floor ({len(cpus)} timer loops, one per core, {seconds:g} s, 1 wake/ms): " + "; ".join(parts)
+
 
 def lateness(trace: dict) -> list[float]:
     """Each chunk's emit time minus its planned deadline, ms."""
@@ -97,7 +135,11 @@ def main() -> None:
     ap.add_argument("--pin-workers", action="store_true", help="start the server with --pin-workers")
     ap.add_argument("--warm", type=int, choices=[0, 1], default=1,
                     help="also measure a second ramp against the same server (default 1)")
+    ap.add_argument("--floor", type=float, default=5.0,
+                    help="seconds to measure the machine's own timer lateness first (default 5; 0 skips it)")
     args = ap.parse_args()
+    if args.floor > 0:
+        print(machine_floor(args.floor))
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "arrival.yaml"), "w") as f:
         f.write("profiles:\n  - name: bench-arrival\n    models: [bench-arrival]\n"
