@@ -2,14 +2,15 @@
 
 Covers what the providers accept in strict mode and what pydantic emits:
 types (and type lists), enum, const, objects with properties / required /
-additionalProperties, arrays with items / prefixItems / min/maxItems /
-uniqueItems, anyOf / oneOf / allOf, $ref into $defs or definitions, numeric
-bounds (minimum, maximum, exclusive bounds, multipleOf), string lengths and
-the common formats. Strings are words, and a few property names get values
-of their kind (a city for `location`, an address for `email`), so arguments
-read like a model's. A `pattern` gets a string drawn from the expression
-(llmsim/regex_strings.py); one that needs look-around or back-references
-gets a plain word.
+additionalProperties / patternProperties / propertyNames / min/maxProperties /
+dependentRequired, arrays with items / prefixItems / min/maxItems / uniqueItems /
+contains, anyOf / oneOf / allOf (bounds merged), not and if/then/else (drawn,
+then checked), $ref into $defs or definitions, numeric bounds (minimum, maximum,
+exclusive bounds, multipleOf), string lengths and the common formats.
+Strings are words, and a few property names get values of their kind (a city
+for `location`, an address for `email`), so arguments read like a model's.
+A `pattern` gets a string drawn from the expression (llmsim/regex_strings.py);
+one that needs look-around or back-references gets a plain word.
 """
 
 from __future__ import annotations
@@ -97,15 +98,10 @@ class SchemaValues:
         if "allOf" in schema and isinstance(schema["allOf"], list):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
-                part = self._resolve(part) if isinstance(part, dict) else {}
-                for k, v in part.items():
-                    if k in ("properties", "$defs", "definitions") and isinstance(v, dict):
-                        merged[k] = {**merged.get(k, {}), **v}
-                    elif k == "required" and isinstance(v, list):
-                        merged[k] = list(dict.fromkeys([*merged.get(k, []), *v]))
-                    else:
-                        merged.setdefault(k, v)
+                _merge_into(merged, self._resolve(part) if isinstance(part, dict) else _part(part))
             return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
+        if "not" in schema or "if" in schema:
+            return self._checked(schema, name, depth)
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -124,6 +120,22 @@ class SchemaValues:
             kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
         made = getattr(self, f"_{kind}", self._string)(schema, name, depth)
         return made if isinstance(made, (dict, list, str)) else self._spent(made)  # those count themselves
+
+    def _checked(self, schema: dict, name: str | None, depth: int) -> Any:
+        """`not` and `if`/`then`/`else`: a draw of the rest of the schema (with `if` and `then`, or with `else`),
+        kept when the whole schema accepts it, else drawn again, up to ONE_OF_TRIES times."""
+        rest = {k: v for k, v in schema.items() if k not in ("not", "if", "then", "else")}
+        branches: list[dict] = [rest]
+        if "if" in schema:
+            when = [_part(schema["if"]), _part(schema.get("then", True))]
+            branches = [{"allOf": [rest, *when]}, {"allOf": [rest, _part(schema.get("else", True))]}]
+            self.rng.shuffle(branches)
+        value: Any = None
+        for attempt in range(ONE_OF_TRIES):
+            value = self.value(branches[attempt % len(branches)], name, depth + 1)
+            if self._accepted_by([schema], value) == 1:
+                break
+        return value
 
     def _one_of(self, options: list, real: list, name: str | None, depth: int) -> Any:
         """A value exactly one branch accepts: a draw that several accept ({type: integer} and
@@ -175,21 +187,58 @@ class SchemaValues:
         # In the schema's order, not a set's: a set of strings iterates in an order that changes per process.
         required = dict.fromkeys(r for r in raw_required if isinstance(r, str)) if isinstance(raw_required, list) \
             else {}
+        depends = schema.get("dependentRequired")
+        depends = depends if isinstance(depends, dict) else {}
+        most = schema.get("maxProperties")
+        # Optional keys only while they (and what they bring along) leave room for the required ones.
+        room = most - len(required) if isinstance(most, int) else math.inf
         out: dict[str, Any] = {}
         for key, sub in props.items():
-            if key in required or (depth < MAX_DEPTH and self.rng.random() < self.optional_probability):
+            brings = [k for k in _needed(key, depends) if k not in required and k not in out]
+            if key in required or (depth < MAX_DEPTH and 1 + len(brings) <= room
+                                   and self.rng.random() < self.optional_probability):
+                if key not in required:
+                    room -= 1 + len(brings)
+                    for k in brings:  # dependentRequired: a key present brings the keys it names
+                        required[k] = None
                 self.left -= len(key) + 4
                 out[key] = self.value(sub, key, depth + 1)
-        for key in (r for r in required if r not in out):  # required but not described: any word
-            out[key] = self.rng.choice(_WORDS)
+        for key in (r for r in required if r not in out):
+            # required, or brought by a present key, but maybe described later or not at all
+            out[key] = self.value(props[key], key, depth + 1) if key in props else self.rng.choice(_WORDS)
         minimum = schema.get("minProperties")
         extra = schema.get("additionalProperties", True)
-        while isinstance(minimum, int) and len(out) < minimum and extra is not False and self.left > 0:
-            made = self.value(extra if isinstance(extra, dict) else {}, None, depth + 1)  # then its key, as ever
-            key = f"{self.rng.choice(_WORDS)}_{len(out)}"
+        patterns = schema.get("patternProperties")
+        patterns = [(p, v) for p, v in patterns.items() if isinstance(p, str)] if isinstance(patterns, dict) else []
+        names = schema.get("propertyNames")
+        tries = 0
+        while isinstance(minimum, int) and len(out) < minimum and self.left > 0 and tries < 50 * (minimum + 1):
+            tries += 1
+            key, sub = self._extra_key(patterns, extra, names, len(out), depth)
+            if key is None:
+                break
+            if isinstance(most, int) and len(out) >= most:
+                break
+            if key in out:
+                continue
             self.left -= len(key) + 4
-            out[key] = made
+            out[key] = self.value(sub, None, depth + 1)
         return out
+
+    def _extra_key(self, patterns: list, extra: Any, names: Any, count: int, depth: int) -> tuple[str | None, Any]:
+        """A key beyond `properties` and the schema its value takes: one a `patternProperties` pattern draws,
+        else (when additionalProperties allows it) a word, or what `propertyNames` draws."""
+        if patterns:
+            pattern, sub = self.rng.choice(patterns)
+            key = string_for_pattern(pattern, self.rng, max_length=40)
+            if key is not None:
+                return key, sub
+        if extra is False:
+            return None, None
+        if isinstance(names, dict):
+            drawn = self.value({"type": "string", **names}, None, depth + 1)
+            return (drawn, extra) if isinstance(drawn, str) else (None, None)
+        return f"{self.rng.choice(_WORDS)}_{count}", extra if isinstance(extra, dict) else {}
 
     def _array(self, schema: dict, name: str | None, depth: int) -> list:
         raw_prefix = schema.get("prefixItems")
@@ -205,13 +254,29 @@ class SchemaValues:
             n = min(n, len(prefix))
         out: list = [self.value(p, name, depth + 1) for p in prefix[:n]]
         unique = bool(schema.get("uniqueItems"))
+        each: Any = items if items is not False else {}
+        contains, wanted, spare = schema.get("contains"), 0, math.inf
+        if isinstance(contains, (dict, bool)) and "contains" in schema:
+            wanted = schema.get("minContains", 1)
+            wanted = wanted if isinstance(wanted, int) and wanted >= 0 else 1
+            n = max(n, len(out) + wanted)
+            most = schema.get("maxContains")
+            if isinstance(most, int):  # the other items may match `contains` only this often
+                spare = most - wanted
         tries = 0
         while len(out) < n and tries < 50 * (n + 1) and self.left > 0:
             tries += 1
-            v = self.value(items if items is not False else {}, _singular(name), depth + 1)
+            matching = wanted > 0
+            v = self.value({"allOf": [_part(contains), _part(each)]} if matching else each, _singular(name),
+                           depth + 1)
             if unique and v in out:
                 continue
+            if not matching and spare < math.inf and self._accepted_by([contains], v):
+                if spare <= 0:
+                    continue
+                spare -= 1
             out.append(v)
+            wanted -= matching
         return out
 
     def _string(self, schema: dict, name: str | None, depth: int) -> str:
@@ -299,6 +364,64 @@ def _whole_step(step: float) -> int:
         if abs(v - round(v)) < 1e-9 and round(v) > 0:
             return int(round(v))
     return max(1, math.ceil(step))
+
+
+_LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains")
+_UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains")
+
+
+def _merge_into(merged: dict, part: dict) -> None:
+    """One allOf part folded into the schema drawn from: both sides' bounds hold (the tighter is kept),
+    enums and type lists intersect, a property both describe takes both descriptions, the rest is the
+    first part's that says it."""
+    for k, v in part.items():
+        have = merged.get(k)
+        if k in ("properties", "$defs", "definitions", "patternProperties") and isinstance(v, dict):
+            both = dict(have) if isinstance(have, dict) else {}
+            for name, sub in v.items():
+                both[name] = {"allOf": [both[name], sub]} if k == "properties" and name in both else sub
+            merged[k] = both
+        elif k == "required" and isinstance(v, list):
+            merged[k] = list(dict.fromkeys([*(have if isinstance(have, list) else []), *v]))
+        elif have is None:
+            merged[k] = v
+        elif k in _LOWER and _numeric(v) and _numeric(have):
+            merged[k] = max(have, v)
+        elif k in _UPPER and _numeric(v) and _numeric(have):
+            merged[k] = min(have, v)
+        elif k == "enum" and isinstance(v, list) and isinstance(have, list):
+            merged[k] = [x for x in have if x in v] or have
+        elif k == "type" and isinstance(v, (str, list)) and isinstance(have, (str, list)):
+            common = _types_in_both(have, v)
+            merged[k] = (common[0] if len(common) == 1 else common) if common else have
+        elif k in ("not", "if", "then", "else", "contains", "items") and isinstance(v, dict):
+            merged[k] = {"allOf": [have, v]} if isinstance(have, dict) and k != "if" else have
+
+
+def _types_in_both(a: str | list, b: str | list) -> list:
+    """The types two `type`s both allow (an integer is a number)."""
+    a, b = ([a] if isinstance(a, str) else a), ([b] if isinstance(b, str) else b)
+    return [t for t in a if t in b or (t == "integer" and "number" in b)] + \
+        [t for t in b if t == "integer" and "number" in a and t not in a]
+
+
+def _part(schema: Any) -> dict:
+    """A subschema as an allOf part: true is {}, false is one nothing satisfies (the draw is then checked)."""
+    if isinstance(schema, dict):
+        return schema
+    return {} if schema is not False else {"not": {}}
+
+
+def _needed(key: str, depends: dict) -> list[str]:
+    """The keys `key` brings along through dependentRequired, transitively."""
+    out: list[str] = []
+    todo = [key]
+    while todo:
+        for k in depends.get(todo.pop(), ()):
+            if isinstance(k, str) and k != key and k not in out:
+                out.append(k)
+                todo.append(k)
+    return out
 
 
 def _singular(name: str | None) -> str | None:

@@ -253,6 +253,30 @@ def test_anthropic_tool_use_create_and_stream(claude):
     check_call("get_weather", final.content[0].input)
 
 
+SHIP = {"type": "object", "required": ["country", "weight_kg"], "properties": {
+    "country": {"enum": ["US", "CA"]}, "postcode": {"type": "string"},
+    "weight_kg": {"type": "number", "minimum": 0.1, "maximum": 30, "not": {"minimum": 20}},
+    "labels": {"type": "array", "items": {"type": "string"}, "contains": {"const": "fragile"}, "maxItems": 3}},
+    "if": {"properties": {"country": {"const": "US"}}},
+    "then": {"properties": {"postcode": {"pattern": r"^\d{5}$"}}, "required": ["postcode"]},
+    "else": {"properties": {"postcode": {"pattern": r"^[A-Z]\d[A-Z] \d[A-Z]\d$"}}, "required": ["postcode"]}}
+
+
+def test_tool_schemas_beyond_strict_mode_give_valid_arguments_through_both_sdks(oai, claude):
+    """A non-strict tool may use if/then/else, not and contains: its arguments still validate."""
+    chat_tools = [{"type": "function", "function": {"name": "ship", "parameters": SHIP}}]
+    for _ in range(4):
+        r = oai.chat.completions.create(model="gpt-4o", messages=USER, tools=chat_tools,
+                                        tool_choice={"type": "function", "function": {"name": "ship"}})
+        for call in r.choices[0].message.tool_calls:
+            validate(json.loads(call.function.arguments), SHIP)
+        m = claude.messages.create(model=CLAUDE, max_tokens=300, messages=USER, tool_choice={"type": "any"},
+                                   tools=[{"name": "ship", "input_schema": SHIP}])
+        for b in m.content:
+            assert b.type == "tool_use"
+            validate(b.input, SHIP)
+
+
 def test_anthropic_tool_choice_none_and_tool_result(claude):
     m = claude.messages.create(model=CLAUDE, max_tokens=50, messages=USER, tools=ANTHROPIC_TOOLS,
                                tool_choice={"type": "none"})

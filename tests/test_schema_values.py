@@ -235,3 +235,53 @@ def test_a_pattern_that_cannot_be_drawn_gives_a_plain_string(pattern):
     rng = random.Random(3)
     assert string_for_pattern(pattern, rng) is None
     assert isinstance(value_for_schema({"type": "string", "pattern": pattern}, rng), str)
+
+
+BEYOND_STRICT = {
+    "not": {"type": "object", "required": ["code", "n"], "properties": {
+        "code": {"type": "string", "not": {"enum": ["alpha", "river", "stone", "lumen"]}},
+        "n": {"type": "integer", "minimum": 0, "maximum": 3, "not": {"const": 2}}}},
+    "if-then-else": {"type": "object", "required": ["country"], "properties": {
+        "country": {"enum": ["US", "CA"]}, "zip": {"type": "string"}},
+        "if": {"properties": {"country": {"const": "US"}}},
+        "then": {"properties": {"zip": {"pattern": r"^\d{5}$"}}, "required": ["zip"]},
+        "else": {"properties": {"zip": {"pattern": r"^[A-Z]\d[A-Z] \d[A-Z]\d$"}}, "required": ["zip"]}},
+    "contains": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100},
+                 "contains": {"minimum": 90}, "minContains": 2},
+    "contains-at-most": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
+                         "contains": {"const": 7}, "maxContains": 1, "minItems": 1},
+    "maxProperties": {"type": "object", "required": ["a"], "maxProperties": 2,
+                      "properties": {k: {"type": "string"} for k in "abcdefgh"}},
+    "dependentRequired": {"type": "object", "maxProperties": 3, "dependentRequired": {"card": ["billing", "cvv"]},
+                          "properties": {k: {"type": "string"} for k in ("card", "billing", "cvv", "memo")}},
+    "patternProperties": {"type": "object", "patternProperties": {"^x-[a-z]+$": {"type": "integer"}},
+                          "additionalProperties": False, "minProperties": 3},
+    "propertyNames": {"type": "object", "propertyNames": {"pattern": "^[a-z]{3,6}$"}, "minProperties": 2,
+                      "additionalProperties": {"type": "number"}},
+    "allOf-bounds": {"allOf": [{"type": "integer", "minimum": 0, "maximum": 100},
+                               {"type": "number", "minimum": 95}]},
+    "allOf-property-twice": {"allOf": [
+        {"type": "object", "properties": {"size": {"type": "integer", "minimum": 1}}, "required": ["size"]},
+        {"properties": {"size": {"maximum": 3}}}]},
+}
+
+
+@pytest.mark.parametrize("name", list(BEYOND_STRICT))
+def test_keywords_beyond_strict_mode_hold(name):
+    """not, if/then/else, contains, maxProperties, dependentRequired, patternProperties, propertyNames, and
+    allOf parts that both bound one value: every draw validates."""
+    schema = BEYOND_STRICT[name]
+    validator = Draft202012Validator(schema)
+    values = [value_for_schema(schema, random.Random(seed)) for seed in range(200)]
+    bad = [v for v in values if not validator.is_valid(v)]
+    assert not bad, bad[:3]
+    assert len({json.dumps(v, sort_keys=True) for v in values}) > 2  # drawn, not one fixed answer
+
+
+def test_if_then_else_draws_both_branches_and_a_dependency_brings_its_keys():
+    cond = BEYOND_STRICT["if-then-else"]
+    countries = {value_for_schema(cond, random.Random(seed))["country"] for seed in range(100)}
+    assert countries == {"US", "CA"}
+    deps = BEYOND_STRICT["dependentRequired"]
+    with_card = [v for v in (value_for_schema(deps, random.Random(s)) for s in range(200)) if "card" in v]
+    assert with_card and all({"billing", "cvv"} <= v.keys() and len(v) <= 3 for v in with_card)
