@@ -80,7 +80,8 @@ class SchemaValues:
         self.nodes = MAX_NODES
         """Values still to make: a schema whose required parts refer to it twice doubles at every level."""
         self._validator: Any = None
-        """The root's jsonschema validator, made when a oneOf needs to check its branches."""
+        """The root's jsonschema validator, made when a oneOf, a not or an if needs to check a draw
+        (False: a schema whose checks would never end, see _loops_in_place)."""
 
     def value(self, schema: Any = None, name: str | None = None, depth: int = 0) -> Any:
         schema = self.root if schema is None else schema
@@ -151,10 +152,15 @@ class SchemaValues:
     def _accepted_by(self, options: list, value: Any) -> int:
         """How many of `options` accept `value` (1 when the schema cannot be checked: as drawn)."""
         if self._validator is None:
+            if _loops_in_place(self.root):  # jsonschema would recurse until Python's limit, at every check
+                self._validator = False
+                return 1
             try:
                 self._validator = validator_for(self.root)(self.root)
             except Exception:  # noqa: BLE001 - a schema jsonschema cannot load: the draw stands
                 return 1
+        if self._validator is False:
+            return 1
         try:
             return sum(1 for o in options if self._validator.evolve(schema=o).is_valid(value))
         except Exception:  # noqa: BLE001 - an unresolvable $ref, a bad keyword: the draw stands
@@ -403,6 +409,63 @@ def _types_in_both(a: str | list, b: str | list) -> list:
     a, b = ([a] if isinstance(a, str) else a), ([b] if isinstance(b, str) else b)
     return [t for t in a if t in b or (t == "integer" and "number" in b)] + \
         [t for t in b if t == "integer" and "number" in a and t not in a]
+
+
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "$ref")
+"""Keywords whose subschemas apply to the value itself, not to a part of it."""
+
+
+def _loops_in_place(root: Any) -> bool:
+    """Whether some subschema reaches itself through `_IN_PLACE` keywords and $refs (`{if: {$ref: "#"}}`):
+    checking any value against it never reaches a smaller part of the value, so it never ends."""
+    def pointed(ref: str) -> Any:
+        target = root
+        if ref != "#":
+            for part in ref.lstrip("#/").split("/"):
+                target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
+        return target if isinstance(target, dict) else None
+
+    def next_to(node: dict) -> list[dict]:
+        out: list[Any] = []
+        for key in _IN_PLACE:
+            sub = node.get(key)
+            if key == "$ref":
+                out.append(pointed(sub) if isinstance(sub, str) else None)
+            elif isinstance(sub, list):
+                out.extend(sub)
+            elif key == "dependentSchemas" and isinstance(sub, dict):
+                out.extend(sub.values())
+            else:
+                out.append(sub)
+        return [n for n in out if isinstance(n, dict)]
+
+    every: list[dict] = []  # every schema in the document: a loop may start at any of them
+    todo: list[Any] = [root]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            every.append(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in every:
+        if id(start) in state:
+            continue
+        path = [(start, iter(next_to(start)))]
+        state[id(start)] = 1
+        while path:
+            node, rest = path[-1]
+            nxt = next(rest, None)
+            if nxt is None:
+                state[id(node)] = 2
+                path.pop()
+            elif state.get(id(nxt)) == 1:
+                return True
+            elif id(nxt) not in state:
+                state[id(nxt)] = 1
+                path.append((nxt, iter(next_to(nxt))))
+    return False
 
 
 def _part(schema: Any) -> dict:

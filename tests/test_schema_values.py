@@ -285,3 +285,34 @@ def test_if_then_else_draws_both_branches_and_a_dependency_brings_its_keys():
     deps = BEYOND_STRICT["dependentRequired"]
     with_card = [v for v in (value_for_schema(deps, random.Random(s)) for s in range(200)) if "card" in v]
     assert with_card and all({"billing", "cvv"} <= v.keys() and len(v) <= 3 for v in with_card)
+
+
+@pytest.mark.parametrize("schema", [
+    {"if": {"$ref": "#"}, "then": {"$ref": "#"}},
+    {"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"},
+    {"type": "object", "required": ["a"],
+     "properties": {"a": {"oneOf": [{"$ref": "#/properties/a"}, {"type": "integer"}, {"type": "number"}]}}},
+], ids=["if-self", "not-self", "oneOf-self"])
+def test_a_schema_that_checks_itself_forever_gives_a_value_without_checking(schema, capfd):
+    """Checking a draw against {if: {$ref: "#"}} never ends (jsonschema recurses to Python's limit, and its
+    Rust registry panics there): such a schema's draws stand unchecked, at once."""
+    import time
+
+    t0 = time.perf_counter()
+    for seed in range(20):
+        value_for_schema(schema, random.Random(seed))
+    assert time.perf_counter() - t0 < 2.0
+    assert "panicked" not in capfd.readouterr().err
+
+
+def test_refs_that_reach_a_smaller_part_of_the_value_are_still_checked():
+    """A tree ($ref under items) or a repeated $ref is no loop: its oneOf is still checked."""
+    from llmsim.schema_values import _loops_in_place
+
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+        "v": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}, "required": ["v"]}}, "$ref": "#/$defs/node"}
+    assert not _loops_in_place(tree)
+    assert not _loops_in_place({"allOf": [{"$ref": "#/$defs/a"}, {"$ref": "#/$defs/a"}], "$defs": {"a": {}}})
+    validator = Draft202012Validator(tree)
+    assert all(validator.is_valid(value_for_schema(tree, random.Random(s))) for s in range(100))
