@@ -4,12 +4,13 @@ Walks the expression as Python's own parser reads it (the dialect of JSON
 Schema patterns, ECMA-262, agrees with it on what schemas use: classes,
 ranges, \\d \\w \\s, groups, alternation, counted repeats, anchors). Unbounded
 repeats stop a few past their minimum, and a class like [^,] draws printable
-ASCII. Anchors and word boundaries take no room; whether a boundary holds is
-left to the check below. What cannot be drawn without looking around
-(look-ahead and -behind, back-references) gives None, and so does an
-expression Python cannot read (\\p{L}); every string made is checked with
-re.search before it is returned, so a caller never gets a string that does
-not match.
+ASCII. Anchors, word boundaries and look-arounds take no room; whether they
+hold is left to the check below, and the positive look-aheads that open a
+pattern (a password's `(?=.*[A-Z])(?=.*\\d)`) are met by writing a draw of
+what each looks for over the string. A back-reference gives None, and so
+does an expression Python cannot read (\\p{L}); every string made is
+checked with re.search before it is returned, so a caller never gets a
+string that does not match.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ if _c is not None:
 
 
 class _Unsupported(Exception):
-    """A construct that needs context to draw (look-around, back-reference)."""
+    """A construct that needs context to draw (a back-reference), or a string too long."""
 
 
 @lru_cache(maxsize=256)
@@ -79,6 +80,7 @@ def string_for_pattern(pattern: str, rng: random.Random, *, min_length: int = 0,
     if bottom > top or (min_length > top and not open_end):
         return None
     targeted = min_length > lo or limit < hi
+    needs = _look_aheads(tree)
     for _ in range(tries):
         want = rng.randint(bottom, min(top, bottom + 2 * EXTRA_REPEATS)) if targeted else None
         try:
@@ -87,6 +89,11 @@ def string_for_pattern(pattern: str, rng: random.Random, *, min_length: int = 0,
             return None
         if open_end and len(text) < min_length:
             text += "".join(rng.choice(string.ascii_lowercase) for _ in range(min_length - len(text)))
+        if needs and re.search(pattern, text) is None:
+            try:
+                text = _met_look_aheads(text, needs, rng)
+            except (_Unsupported, RecursionError):
+                return None
         if min_length <= len(text) <= limit and re.search(pattern, text) is not None:
             return text
     return None
@@ -111,7 +118,8 @@ def _span(items: Any) -> tuple[int, float]:
 def _node_span(op: Any, av: Any) -> tuple[int, float]:
     if op is _c.LITERAL or op is _c.NOT_LITERAL or op is _c.ANY or op is _c.IN:
         return 1, 1
-    if op is _c.AT:  # anchors, and word boundaries: zero-width; the final re.search judges a boundary
+    if op is _c.AT or op is _c.ASSERT or op is _c.ASSERT_NOT:
+        # anchors, word boundaries and look-arounds are zero-width; the final re.search judges them
         return 0, 0
     if op is _c.BRANCH:
         spans = [_span(b) for b in av[1]]
@@ -126,7 +134,7 @@ def _node_span(op: Any, av: Any) -> tuple[int, float]:
             raise _Unsupported("repeat")
         a, b = _span(item)
         return lo * a, (_INF if hi is _c.MAXREPEAT and b else hi * b)
-    raise _Unsupported(str(op))  # ASSERT, ASSERT_NOT, GROUPREF, GROUPREF_EXISTS, ...
+    raise _Unsupported(str(op))  # GROUPREF, GROUPREF_EXISTS, ...
 
 
 def _share(spans: list[tuple[int, float]], want: int, rng: random.Random) -> list[int]:
@@ -170,13 +178,49 @@ def _draw(items: Any, rng: random.Random, want: int | None) -> list[str]:
             out += _draw(av, rng, part)
         elif _is_repeat(op):
             out += _draw_repeat(av, rng, part)
-        elif op is _c.AT:
-            pass
+        elif op is _c.AT or op is _c.ASSERT or op is _c.ASSERT_NOT:
+            pass  # zero-width: a look-ahead at the start is met afterwards (_met_look_aheads)
         else:
             raise _Unsupported(str(op))
         if len(out) > MAX_CHARS:
             raise _Unsupported("too long")
     return out
+
+
+def _look_aheads(tree: Any) -> list[tuple[bool, Any]]:
+    """The positive look-aheads before the pattern's first character, each as (anywhere, what it looks for):
+    `(?=.*[A-Z])` looks for [A-Z] anywhere, `(?=ab)` for ab at the start."""
+    out: list[tuple[bool, Any]] = []
+    for op, av in tree:
+        if op is _c.AT or op is _c.ASSERT_NOT:
+            continue
+        if op is not _c.ASSERT:
+            break
+        direction, sub = av
+        if direction != 1 or not sub:
+            continue
+        head_op, head_av = sub[0]
+        if _is_repeat(head_op) and head_av[0] == 0 and len(head_av[2]) == 1 \
+                and head_av[2][0][0] in (_c.ANY, _c.IN):
+            out.append((True, list(sub)[1:]))  # a .* or [^x]* first: what follows may be anywhere
+        else:
+            out.append((False, list(sub)))
+    return out
+
+
+def _met_look_aheads(text: str, needs: list[tuple[bool, Any]], rng: random.Random) -> str:
+    r"""`text` with a draw of each look-ahead's target written over it (at a place of its own when it may be
+    anywhere), its length kept: `Password1` for ^(?=.*[A-Z])(?=.*\d)\w{8,}$ drawn as `passwordx`."""
+    chars, taken = list(text), set()
+    for anywhere, target in needs:
+        piece = "".join(_draw(target, rng, None))
+        if not piece or len(piece) > len(chars):
+            continue
+        places = [i for i in range(len(chars) - len(piece) + 1) if not taken & set(range(i, i + len(piece)))]
+        at = (rng.choice(places) if places else 0) if anywhere else 0
+        chars[at:at + len(piece)] = piece
+        taken |= set(range(at, at + len(piece)))
+    return "".join(chars)
 
 
 def _draw_repeat(av: Any, rng: random.Random, want: int | None) -> list[str]:

@@ -10,7 +10,7 @@ exclusive bounds, multipleOf), string lengths and the common formats.
 Strings are words, and a few property names get values of their kind (a city
 for `location`, an address for `email`), so arguments read like a model's.
 A `pattern` gets a string drawn from the expression (llmsim/regex_strings.py);
-one that needs look-around or back-references gets a plain word.
+one with a back-reference gets a plain word.
 """
 
 from __future__ import annotations
