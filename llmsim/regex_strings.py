@@ -211,15 +211,18 @@ def _look_aheads(tree: Any) -> list[tuple[bool, Any]]:
 def _met_look_aheads(text: str, needs: list[tuple[bool, Any]], rng: random.Random) -> str:
     r"""`text` with a draw of each look-ahead's target written over it (at a place of its own when it may be
     anywhere), its length kept: `Password1` for ^(?=.*[A-Z])(?=.*\d)\w{8,}$ drawn as `passwordx`."""
-    chars, taken = list(text), set()
+    chars, taken = list(text), set[int]()
     for anywhere, target in needs:
         piece = "".join(_draw(target, rng, None))
         if not piece or len(piece) > len(chars):
             continue
-        places = [i for i in range(len(chars) - len(piece) + 1) if not taken & set(range(i, i + len(piece)))]
-        at = (rng.choice(places) if places else 0) if anywhere else 0
+        at = 0
+        for _ in range(8 if anywhere else 0):  # a place no earlier target took, if one comes up
+            at = rng.randrange(len(chars) - len(piece) + 1)
+            if taken.isdisjoint(range(at, at + len(piece))):
+                break
         chars[at:at + len(piece)] = piece
-        taken |= set(range(at, at + len(piece)))
+        taken.update(range(at, at + len(piece)))
     return "".join(chars)
 
 
