@@ -3,10 +3,11 @@
 Covers what the providers accept in strict mode and what pydantic emits:
 types (and type lists), enum, const, objects with properties / required /
 additionalProperties / patternProperties / propertyNames / min/maxProperties /
-dependentRequired, arrays with items / prefixItems / min/maxItems / uniqueItems /
-contains, anyOf / oneOf / allOf (bounds merged), not and if/then/else (drawn,
-then checked), $ref into $defs or definitions, numeric bounds (minimum, maximum,
-exclusive bounds, multipleOf), string lengths and the common formats.
+dependentRequired, arrays with items / prefixItems / min/maxItems /
+uniqueItems / contains, anyOf / oneOf / allOf (bounds merged), not,
+if/then/else and dependentSchemas (drawn, then checked), $ref into $defs or
+definitions, numeric bounds (minimum, maximum, exclusive bounds, multipleOf),
+string lengths and the common formats.
 Strings are words, and a few property names get values of their kind (a city
 for `location`, an address for `email`), so arguments read like a model's.
 A `pattern` gets a string drawn from the expression (llmsim/regex_strings.py);
@@ -101,7 +102,7 @@ class SchemaValues:
             for part in schema["allOf"]:
                 _merge_into(merged, self._resolve(part) if isinstance(part, dict) else _part(part))
             return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
-        if "not" in schema or "if" in schema:
+        if "not" in schema or "if" in schema or isinstance(schema.get("dependentSchemas"), dict):
             return self._checked(schema, name, depth)
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
@@ -123,14 +124,19 @@ class SchemaValues:
         return made if isinstance(made, (dict, list, str)) else self._spent(made)  # those count themselves
 
     def _checked(self, schema: dict, name: str | None, depth: int) -> Any:
-        """`not` and `if`/`then`/`else`: a draw of the rest of the schema (with `if` and `then`, or with `else`),
-        kept when the whole schema accepts it, else drawn again, up to ONE_OF_TRIES times."""
-        rest = {k: v for k, v in schema.items() if k not in ("not", "if", "then", "else")}
+        """`not`, `if`/`then`/`else` and `dependentSchemas`: a draw of the rest of the schema (with `if` and
+        `then`, or with `else`; with a dependent key and its schema, or without), kept when the whole schema
+        accepts it, else drawn again, up to ONE_OF_TRIES times."""
+        rest = {k: v for k, v in schema.items() if k not in ("not", "if", "then", "else", "dependentSchemas")}
         branches: list[dict] = [rest]
         if "if" in schema:
             when = [_part(schema["if"]), _part(schema.get("then", True))]
             branches = [{"allOf": [rest, *when]}, {"allOf": [rest, _part(schema.get("else", True))]}]
-            self.rng.shuffle(branches)
+        depends = schema.get("dependentSchemas")
+        if isinstance(depends, dict):
+            branches += [{"allOf": [b, {"required": [key]}, _part(sub)]} for b in list(branches)
+                         for key, sub in depends.items()]
+        self.rng.shuffle(branches)
         value: Any = None
         for attempt in range(ONE_OF_TRIES):
             value = self.value(branches[attempt % len(branches)], name, depth + 1)

@@ -256,6 +256,9 @@ BEYOND_STRICT = {
                       "properties": {k: {"type": "string"} for k in "abcdefgh"}},
     "dependentRequired": {"type": "object", "maxProperties": 3, "dependentRequired": {"card": ["billing", "cvv"]},
                           "properties": {k: {"type": "string"} for k in ("card", "billing", "cvv", "memo")}},
+    "dependentSchemas": {"type": "object", "properties": {"card": {"type": "string"}, "zip": {"type": "string"}},
+                         "dependentSchemas": {"card": {"properties": {"zip": {"pattern": r"^\d{5}$"}},
+                                                      "required": ["zip"]}}},
     "patternProperties": {"type": "object", "patternProperties": {"^x-[a-z]+$": {"type": "integer"}},
                           "additionalProperties": False, "minProperties": 3},
     "propertyNames": {"type": "object", "propertyNames": {"pattern": "^[a-z]{3,6}$"}, "minProperties": 2,
@@ -287,6 +290,9 @@ def test_if_then_else_draws_both_branches_and_a_dependency_brings_its_keys():
     deps = BEYOND_STRICT["dependentRequired"]
     with_card = [v for v in (value_for_schema(deps, random.Random(s)) for s in range(200)) if "card" in v]
     assert with_card and all({"billing", "cvv"} <= v.keys() and len(v) <= 3 for v in with_card)
+    shaped = BEYOND_STRICT["dependentSchemas"]
+    draws = [value_for_schema(shaped, random.Random(s)) for s in range(100)]
+    assert any("card" in v for v in draws) and any("card" not in v for v in draws)
 
 
 @pytest.mark.parametrize("schema", [
