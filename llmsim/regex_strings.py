@@ -7,10 +7,10 @@ repeats stop a few past their minimum, and a class like [^,] draws printable
 ASCII. Anchors, word boundaries and look-arounds take no room; whether they
 hold is left to the check below, and the positive look-aheads that open a
 pattern (a password's `(?=.*[A-Z])(?=.*\\d)`) are met by writing a draw of
-what each looks for over the string. A back-reference gives None, and so
-does an expression Python cannot read (\\p{L}); every string made is
-checked with re.search before it is returned, so a caller never gets a
-string that does not match.
+what each looks for over the string. A back-reference repeats what its
+group drew. An expression Python cannot read (\\p{L}) gives None; every
+string made is checked with re.search before it is returned, so a caller
+never gets a string that does not match.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ if _c is not None:
 
 
 class _Unsupported(Exception):
-    """A construct that needs context to draw (a back-reference), or a string too long."""
+    """A construct this module does not draw (a conditional group), or a string too long."""
 
 
 @lru_cache(maxsize=256)
@@ -121,6 +121,8 @@ def _node_span(op: Any, av: Any) -> tuple[int, float]:
     if op is _c.AT or op is _c.ASSERT or op is _c.ASSERT_NOT:
         # anchors, word boundaries and look-arounds are zero-width; the final re.search judges them
         return 0, 0
+    if op is _c.GROUPREF:  # as long as what its group drew: not known ahead, so no length is aimed at it
+        return 0, _INF
     if op is _c.BRANCH:
         spans = [_span(b) for b in av[1]]
         return min(a for a, _ in spans), max(b for _, b in spans)
@@ -134,7 +136,7 @@ def _node_span(op: Any, av: Any) -> tuple[int, float]:
             raise _Unsupported("repeat")
         a, b = _span(item)
         return lo * a, (_INF if hi is _c.MAXREPEAT and b else hi * b)
-    raise _Unsupported(str(op))  # GROUPREF, GROUPREF_EXISTS, ...
+    raise _Unsupported(str(op))  # GROUPREF_EXISTS, ...
 
 
 def _share(spans: list[tuple[int, float]], want: int, rng: random.Random) -> list[int]:
@@ -151,8 +153,10 @@ def _share(spans: list[tuple[int, float]], want: int, rng: random.Random) -> lis
     return got
 
 
-def _draw(items: Any, rng: random.Random, want: int | None) -> list[str]:
-    """The characters of a sequence; `want`: the length to aim at (None: as it comes)."""
+def _draw(items: Any, rng: random.Random, want: int | None, groups: dict[int, str] | None = None) -> list[str]:
+    """The characters of a sequence; `want`: the length to aim at (None: as it comes). `groups` keeps what
+    each numbered group drew, for the back-references after it."""
+    groups = {} if groups is None else groups
     wants: list[int | None] = [None] * len(items)
     if want is not None:
         wants = list(_share([_node_span(op, av) for op, av in items], want, rng))
@@ -171,13 +175,18 @@ def _draw(items: Any, rng: random.Random, want: int | None) -> list[str]:
             if part is not None:  # a branch that can make this length, if any can
                 fits = [b for b in branches if (span := _span(b))[0] <= part <= span[1]]
                 branches = fits or branches
-            out += _draw(rng.choice(branches), rng, part)
+            out += _draw(rng.choice(branches), rng, part, groups)
         elif op is _c.SUBPATTERN:
-            out += _draw(av[-1], rng, part)
+            drawn = _draw(av[-1], rng, part, groups)
+            if av[0] is not None:
+                groups[av[0]] = "".join(drawn)
+            out += drawn
         elif op is getattr(_c, "ATOMIC_GROUP", None):
-            out += _draw(av, rng, part)
+            out += _draw(av, rng, part, groups)
         elif _is_repeat(op):
-            out += _draw_repeat(av, rng, part)
+            out += _draw_repeat(av, rng, part, groups)
+        elif op is _c.GROUPREF:
+            out += groups.get(av, "")  # a group not drawn (another branch) matches nothing: the check judges
         elif op is _c.AT or op is _c.ASSERT or op is _c.ASSERT_NOT:
             pass  # zero-width: a look-ahead at the start is met afterwards (_met_look_aheads)
         else:
@@ -226,7 +235,7 @@ def _met_look_aheads(text: str, needs: list[tuple[bool, Any]], rng: random.Rando
     return "".join(chars)
 
 
-def _draw_repeat(av: Any, rng: random.Random, want: int | None) -> list[str]:
+def _draw_repeat(av: Any, rng: random.Random, want: int | None, groups: dict[int, str]) -> list[str]:
     lo, hi, item = av
     if lo > MAX_CHARS:
         raise _Unsupported("repeat")
@@ -243,7 +252,7 @@ def _draw_repeat(av: Any, rng: random.Random, want: int | None) -> list[str]:
         shares = list(_share([(a, b)] * n, want, rng))
     out: list[str] = []
     for share in shares:
-        out += _draw(item, rng, share)
+        out += _draw(item, rng, share, groups)
         if len(out) > MAX_CHARS:
             raise _Unsupported("too long")
     return out

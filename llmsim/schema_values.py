@@ -10,8 +10,8 @@ definitions, numeric bounds (minimum, maximum, exclusive bounds, multipleOf),
 string lengths and the common formats.
 Strings are words, and a few property names get values of their kind (a city
 for `location`, an address for `email`), so arguments read like a model's.
-A `pattern` gets a string drawn from the expression (llmsim/regex_strings.py);
-one with a back-reference gets a plain word.
+A `pattern` gets a string drawn from the expression (llmsim/regex_strings.py),
+or a plain word when it cannot be drawn.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ PATTERNS = [r"^[A-Z]{2}-\d{3,}(x|yz)?$", r"^\+?[1-9]\d{1,14}$", r"^[a-z0-9._%+-]
             r"^(?:[01]\d|2[0-3]):[0-5]\d$", r"^v\d+\.\d+\.\d+(-[a-z]+\.\d+)?$", r"^[A-Z][a-z]*( [A-Z][a-z]*)*$",
             r"\bid-\d+\b", r"^\w+\b-\d+$", r"^(?=.*[A-Z])(?=.*\d)[A-Za-z\d]{8,}$",
             r"^(?=.*[a-z])(?=.*[A-Z])(?=.*\d)(?=.*[@$!%*?&])[A-Za-z\d@$!%*?&]{8,20}$", r"^(?!.*\s).{6,}$",
-            r"^(?=ab)\w+$", r"^(?!test)\w{4}$"]
+            r"^(?=ab)\w+$", r"^(?!test)\w{4}$", r"^(\w{2})\d+\1$", r"(?P<q>[\"'])\w+(?P=q)"]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -230,7 +230,7 @@ def test_a_pattern_with_lengths_gets_both(pattern, lo, hi):
         assert validator.is_valid(v), v
 
 
-@pytest.mark.parametrize("pattern", [r"(?=a)b", r"(a)\1", r"\p{L}+", r"a{100000}", r"(?<=x)y", r"\Bx"])
+@pytest.mark.parametrize("pattern", [r"(?=a)b", r"(a)?(?(1)b|c)", r"\p{L}+", r"a{100000}", r"(?<=x)y", r"\Bx"])
 def test_a_pattern_that_cannot_be_drawn_gives_a_plain_string(pattern):
     from llmsim.regex_strings import string_for_pattern
 
