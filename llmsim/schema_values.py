@@ -99,9 +99,18 @@ class SchemaValues:
             return self._spent(self.rng.choice(schema["enum"]))
         if "allOf" in schema and isinstance(schema["allOf"], list):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
-            for part in schema["allOf"]:
-                _merge_into(merged, self._resolve(part) if isinstance(part, dict) else _part(part))
-            return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
+            parts = [self._resolve(part) if isinstance(part, dict) else _part(part) for part in schema["allOf"]]
+            for part in parts:
+                _merge_into(merged, part)
+            if sum("if" in p for p in (schema, *parts)) < 2:
+                return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
+            # Two conditionals: the merge keeps the first, so each draw is checked against them all.
+            value = None
+            for _ in range(ONE_OF_TRIES):
+                value = self.value(merged, name, depth + 1)
+                if self._accepted_by([schema], value) == 1:
+                    break
+            return value
         if "not" in schema or "if" in schema or isinstance(schema.get("dependentSchemas"), dict):
             return self._checked(schema, name, depth)
         for key in ("anyOf", "oneOf"):
@@ -384,18 +393,20 @@ _UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties
 
 def _merge_into(merged: dict, part: dict) -> None:
     """One allOf part folded into the schema drawn from: both sides' bounds hold (the tighter is kept),
-    enums and type lists intersect, a property both describe takes both descriptions, the rest is the
-    first part's that says it."""
+    enums and type lists intersect, a property or dependent key both describe takes both descriptions,
+    two `not`s refuse either, and the rest (a second `if`, for one) is the first part's that says it."""
     for k, v in part.items():
         have = merged.get(k)
-        if k in ("properties", "$defs", "definitions", "patternProperties") and isinstance(v, dict):
+        if k in ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas") \
+                and isinstance(v, dict):
             both = dict(have) if isinstance(have, dict) else {}
             for name, sub in v.items():
-                both[name] = {"allOf": [both[name], sub]} if k == "properties" and name in both else sub
+                shared = k in ("properties", "dependentSchemas") and name in both
+                both[name] = {"allOf": [both[name], sub]} if shared else sub
             merged[k] = both
         elif k == "required" and isinstance(v, list):
             merged[k] = list(dict.fromkeys([*(have if isinstance(have, list) else []), *v]))
-        elif have is None:
+        elif k not in merged:
             merged[k] = v
         elif k in _LOWER and _numeric(v) and _numeric(have):
             merged[k] = max(have, v)
@@ -406,8 +417,10 @@ def _merge_into(merged: dict, part: dict) -> None:
         elif k == "type" and isinstance(v, (str, list)) and isinstance(have, (str, list)):
             common = _types_in_both(have, v)
             merged[k] = (common[0] if len(common) == 1 else common) if common else have
-        elif k in ("not", "if", "then", "else", "contains", "items") and isinstance(v, dict):
-            merged[k] = {"allOf": [have, v]} if isinstance(have, dict) and k != "if" else have
+        elif k == "not" and isinstance(v, (dict, bool)):
+            merged[k] = {"anyOf": [have, v]}  # neither A nor B: not (A or B)
+        elif k in ("contains", "items") and isinstance(v, dict) and isinstance(have, dict):
+            merged[k] = {"allOf": [have, v]}
 
 
 def _types_in_both(a: str | list, b: str | list) -> list:

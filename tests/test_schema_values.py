@@ -265,6 +265,18 @@ BEYOND_STRICT = {
                       "additionalProperties": {"type": "number"}},
     "allOf-bounds": {"allOf": [{"type": "integer", "minimum": 0, "maximum": 100},
                                {"type": "number", "minimum": 95}]},
+    "allOf-two-nots": {"allOf": [{"type": "integer", "minimum": 0, "maximum": 9, "not": {"const": 1}},
+                                 {"not": {"const": 2}}]},
+    "allOf-two-ifs": {"type": "object", "required": ["a", "b"], "allOf": [
+        {"if": {"properties": {"a": {"const": 1}}},
+         "then": {"properties": {"c": {"minimum": 10, "maximum": 12}}, "required": ["c"]}},
+        {"if": {"properties": {"b": {"const": 1}}},
+         "then": {"properties": {"c": {"minimum": 11, "maximum": 20}}, "required": ["c"]}}],
+        "properties": {"a": {"enum": [1, 2]}, "b": {"enum": [1, 2]}, "c": {"type": "integer"}}},
+    "allOf-dependentSchemas-twice": {"type": "object", "allOf": [
+        {"dependentSchemas": {"a": {"properties": {"b": {"minimum": 5}}}}},
+        {"dependentSchemas": {"a": {"properties": {"b": {"maximum": 6}}}}}],
+        "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}},
     "allOf-property-twice": {"allOf": [
         {"type": "object", "properties": {"size": {"type": "integer", "minimum": 1}}, "required": ["size"]},
         {"properties": {"size": {"maximum": 3}}}]},
