@@ -430,13 +430,14 @@ def _types_in_both(a: str | list, b: str | list) -> list:
         [t for t in b if t == "integer" and "number" in a and t not in a]
 
 
-_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "$ref")
+_IN_PLACE = frozenset(("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "$ref"))
 """Keywords whose subschemas apply to the value itself, not to a part of it."""
 
 
 def _loops_in_place(root: Any) -> bool:
     """Whether some subschema reaches itself through `_IN_PLACE` keywords and $refs (`{if: {$ref: "#"}}`):
-    checking any value against it never reaches a smaller part of the value, so it never ends."""
+    checking any value against it never reaches a smaller part of the value, so it never ends. Such a loop
+    passes through a $ref, so only the schemas holding one are searched from."""
     def pointed(ref: str) -> Any:
         target = root
         if ref != "#":
@@ -446,8 +447,8 @@ def _loops_in_place(root: Any) -> bool:
 
     def next_to(node: dict) -> list[dict]:
         out: list[Any] = []
-        for key in _IN_PLACE:
-            sub = node.get(key)
+        for key in _IN_PLACE.intersection(node):
+            sub = node[key]
             if key == "$ref":
                 out.append(pointed(sub) if isinstance(sub, str) else None)
             elif isinstance(sub, list):
@@ -458,17 +459,18 @@ def _loops_in_place(root: Any) -> bool:
                 out.append(sub)
         return [n for n in out if isinstance(n, dict)]
 
-    every: list[dict] = []  # every schema in the document: a loop may start at any of them
+    starts: list[dict] = []
     todo: list[Any] = [root]
     while todo:
         node = todo.pop()
         if isinstance(node, dict):
-            every.append(node)
-            todo.extend(node.values())
+            if "$ref" in node:
+                starts.append(node)
+            todo.extend(v for v in node.values() if isinstance(v, (dict, list)))
         elif isinstance(node, list):
-            todo.extend(node)
+            todo.extend(v for v in node if isinstance(v, (dict, list)))
     state: dict[int, int] = {}  # 1: on the current path, 2: done
-    for start in every:
+    for start in starts:
         if id(start) in state:
             continue
         path = [(start, iter(next_to(start)))]
