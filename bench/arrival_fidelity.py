@@ -96,7 +96,11 @@ def machine_floor(seconds: float) -> str:
               for c in cpus]
     parts = []
     for cpu, probe in zip(cpus, probes, strict=True):
-        late = json.loads(probe.communicate()[0])
+        try:
+            late = json.loads(probe.communicate()[0])
+        except ValueError:  # the probe failed (it printed why): the ramps still run
+            parts.append(f"cpu{cpu} not measured")
+            continue
         parts.append(f"cpu{cpu} p99 {pct(late, 99):.2f} p99.9 {pct(late, 99.9):.2f} max {max(late):.2f} ms, "
                      f"{sum(x > 1 for x in late)} wakes >1 ms, {sum(x > 2 for x in late)} >2 ms")
     return f"machine floor ({len(cpus)} timer loops, one per core, {seconds:g} s, 1 wake/ms): " + "; ".join(parts)
