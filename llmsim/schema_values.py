@@ -105,12 +105,7 @@ class SchemaValues:
             if sum("if" in p for p in (schema, *parts)) < 2:
                 return self.value(merged, name, depth + 1)  # deeper: a part may hold the allOf again (via $ref)
             # Two conditionals: the merge keeps the first, so each draw is checked against them all.
-            value = None
-            for _ in range(ONE_OF_TRIES):
-                value = self.value(merged, name, depth + 1)
-                if self._accepted_by([schema], value) == 1:
-                    break
-            return value
+            return self._first_accepted([merged], [schema], name, depth)
         if "not" in schema or "if" in schema or isinstance(schema.get("dependentSchemas"), dict):
             return self._checked(schema, name, depth)
         for key in ("anyOf", "oneOf"):
@@ -146,20 +141,20 @@ class SchemaValues:
             branches += [{"allOf": [b, {"required": [key]}, _part(sub)]} for b in list(branches)
                          for key, sub in depends.items()]
         self.rng.shuffle(branches)
-        value: Any = None
-        for attempt in range(ONE_OF_TRIES):
-            value = self.value(branches[attempt % len(branches)], name, depth + 1)
-            if self._accepted_by([schema], value) == 1:
-                break
-        return value
+        return self._first_accepted(branches, [schema], name, depth)
 
     def _one_of(self, options: list, real: list, name: str | None, depth: int) -> Any:
         """A value exactly one branch accepts: a draw that several accept ({type: integer} and
         {type: number} both take 3) is drawn again, from the next branch in a shuffled order."""
         order = self.rng.sample(real, len(real)) + [o for o in options if o not in real]
+        return self._first_accepted(order, options, name, depth)
+
+    def _first_accepted(self, candidates: list, options: list, name: str | None, depth: int) -> Any:
+        """A draw from each of `candidates` in turn until exactly one of `options` accepts it (the last
+        draw after ONE_OF_TRIES)."""
         value: Any = None
         for attempt in range(ONE_OF_TRIES):
-            value = self.value(order[attempt % len(order)], name, depth + 1)
+            value = self.value(candidates[attempt % len(candidates)], name, depth + 1)
             if self._accepted_by(options, value) == 1:
                 break
         return value
@@ -189,13 +184,8 @@ class SchemaValues:
     def _resolve(self, schema: dict) -> dict:
         seen = 0
         while isinstance(schema.get("$ref"), str) and seen < 32:
-            ref = schema["$ref"]
-            target: Any = self.root
-            if ref != "#":
-                for part in ref.lstrip("#/").split("/"):
-                    part = part.replace("~1", "/").replace("~0", "~")
-                    target = target.get(part) if isinstance(target, dict) else None
-            if not isinstance(target, dict):
+            target = _pointed(self.root, schema["$ref"])
+            if target is None:
                 return {k: v for k, v in schema.items() if k != "$ref"}
             schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
             seen += 1
@@ -430,6 +420,15 @@ def _types_in_both(a: str | list, b: str | list) -> list:
         [t for t in b if t == "integer" and "number" in a and t not in a]
 
 
+def _pointed(root: Any, ref: str) -> dict | None:
+    """The schema a local $ref ("#", "#/$defs/node") points to in `root`, or None."""
+    target = root
+    if ref != "#":
+        for part in ref.lstrip("#/").split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
+    return target if isinstance(target, dict) else None
+
+
 _IN_PLACE = frozenset(("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "$ref"))
 """Keywords whose subschemas apply to the value itself, not to a part of it."""
 
@@ -438,19 +437,12 @@ def _loops_in_place(root: Any) -> bool:
     """Whether some subschema reaches itself through `_IN_PLACE` keywords and $refs (`{if: {$ref: "#"}}`):
     checking any value against it never reaches a smaller part of the value, so it never ends. Such a loop
     passes through a $ref, so only the schemas holding one are searched from."""
-    def pointed(ref: str) -> Any:
-        target = root
-        if ref != "#":
-            for part in ref.lstrip("#/").split("/"):
-                target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
-        return target if isinstance(target, dict) else None
-
     def next_to(node: dict) -> list[dict]:
         out: list[Any] = []
         for key in _IN_PLACE.intersection(node):
             sub = node[key]
             if key == "$ref":
-                out.append(pointed(sub) if isinstance(sub, str) else None)
+                out.append(_pointed(root, sub) if isinstance(sub, str) else None)
             elif isinstance(sub, list):
                 out.extend(sub)
             elif key == "dependentSchemas" and isinstance(sub, dict):
