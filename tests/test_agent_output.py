@@ -263,15 +263,23 @@ SHIP = {"type": "object", "required": ["country", "weight_kg"], "properties": {
 
 
 def test_tool_schemas_beyond_strict_mode_give_valid_arguments_through_both_sdks(oai, claude):
-    """A non-strict tool may use if/then/else, not and contains: its arguments still validate."""
+    """A non-strict tool may use if/then/else, not and contains: its arguments still validate, on all three APIs."""
     chat_tools = [{"type": "function", "function": {"name": "ship", "parameters": SHIP}}]
     for _ in range(4):
         r = oai.chat.completions.create(model="gpt-4o", messages=USER, tools=chat_tools,
                                         tool_choice={"type": "function", "function": {"name": "ship"}})
+        assert r.choices[0].message.tool_calls
         for call in r.choices[0].message.tool_calls:
             validate(json.loads(call.function.arguments), SHIP)
+        resp = oai.responses.create(model="gpt-4o", input="Ship it", tool_choice="required",
+                                    tools=[{"type": "function", "name": "ship", "parameters": SHIP, "strict": False}])
+        calls = [o for o in resp.output if o.type == "function_call"]
+        assert calls
+        for call in calls:
+            validate(json.loads(call.arguments), SHIP)
         m = claude.messages.create(model=CLAUDE, max_tokens=300, messages=USER, tool_choice={"type": "any"},
                                    tools=[{"name": "ship", "input_schema": SHIP}])
+        assert m.content
         for b in m.content:
             assert b.type == "tool_use"
             validate(b.input, SHIP)
