@@ -606,3 +606,38 @@ def test_trace_times_are_milliseconds_to_the_microsecond():
     for g, a, b in zip(gaps, stamps, stamps[1:]):
         assert abs(g - (b - a) * 1000) <= 0.0005 + 1e-9 and g == round(g, 3)
     assert [_ms(x) for x in (0.0, 0.0200004, 0.0200006, 1.2345675, -0.0000004)] == [0.0, 20.0, 20.001, 1234.568, -0.0]
+
+
+def test_stats_readers_write_due_streams_while_they_count_open_requests():
+    """/llmsim/stats and /metrics count the open requests (500 took ~0.5 ms) without the stats lock,
+    calling `between` (a server's run_due) every LIVE_STEP of them. What `between` does may end a stream,
+    which takes the lock: it must never be held then. The counts are those of the open requests."""
+    from llmsim.engine import Engine
+    from llmsim.openai.chat import ChatCompletions
+    from llmsim.stats import metrics_registry, render_metrics
+
+    engine, api = Engine(latency_profile="instant"), ChatCompletions()
+    st = engine.stats
+    gens = [engine.generate(api.parse({"model": m, "messages": [{"role": "user", "content": "go"}],
+                                       "max_tokens": 2})) for m in ["gpt-4o", "gpt-4o-mini"] * 130]
+    calls: list[bool] = []
+
+    def between() -> None:
+        calls.append(st._lock.locked())
+        gen = gens.pop()  # a stream that ends meanwhile: takes the lock
+        gen.wait_all()
+        engine.finish(gen, True)
+
+    d = st.to_dict(between=between)
+    assert calls == [False, False]  # after the 128th and the 256th of 260
+    # Counted from the list taken before the read: a stream that ended meanwhile is still counted.
+    assert d["models"]["gpt-4o"]["running"] == d["models"]["gpt-4o-mini"]["running"] == 130
+    assert d["active"] == 260 and d["queued"] == 0
+    assert sum(m["finished"].get("length", 0) for m in d["models"].values()) == 2
+
+    calls.clear()
+    text = render_metrics(metrics_registry(st, None, between)).decode()
+    assert calls == [False, False]  # 258 open: after the 128th and the 256th
+    running = {line.split('model_name="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line.startswith("vllm:num_requests_running{")}
+    assert running == {"gpt-4o": 129.0, "gpt-4o-mini": 129.0}

@@ -211,11 +211,11 @@ def create_app(state: AppState, replay: ReplayBook | None = None) -> Flask:
     def health() -> Response:
         return jsonify({"status": "ok", "profiles": len(state.registry)})
 
-    registry = metrics_registry(state.stats, state.schedulers)
+    registry = metrics_registry(state.stats, state.schedulers, run_due)
 
     @app.get("/llmsim/stats")
     def stats_json() -> Response:
-        return jsonify({**state.stats.to_dict(), "schedulers": state.schedulers.snapshot()})
+        return jsonify({**state.stats.to_dict(between=run_due), "schedulers": state.schedulers.snapshot()})
 
     @app.get("/metrics")
     def metrics() -> Response:

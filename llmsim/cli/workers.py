@@ -52,9 +52,11 @@ from .workerstats import (
     Snapshot,
     cluster_metrics,
     cluster_stats,
+    json_bytes,
     read_json,
     read_retired,
     read_snapshots,
+    replace_file,
     retire,
     snapshot_path,
     write_json,
@@ -425,15 +427,18 @@ class Worker:
         """Rewrite this worker's snapshot, unless it has been idle since the last one (no request open,
         none started or finished: nothing can have changed).
 
-        Rendering takes a few hundred µs on the event loop; the file write goes to gevent's threadpool.
+        Rendering runs on the event loop, writing the streams that fall due between its steps
+        (run_due); only the file write goes to gevent's threadpool. The JSON is encoded here, not
+        there: the thread would hold the interpreter lock for the whole encoding, in C, and the
+        loop would wait for it.
         """
         import gevent
 
         if not force and not self.open_requests() and self.activity == self._published_at_activity:
             return
         self._published_at_activity = self.activity
-        doc = {**self.snapshot().to_dict(), "describe": self.description}
-        gevent.get_hub().threadpool.apply(write_json, (snapshot_path(self.dir, self.index), doc))
+        data = json_bytes({**self.snapshot().to_dict(), "describe": self.description})
+        gevent.get_hub().threadpool.apply(replace_file, (snapshot_path(self.dir, self.index), data))
 
     def run(self) -> int:
         import gevent

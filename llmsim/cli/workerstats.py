@@ -62,11 +62,19 @@ def snapshot_path(directory: str | os.PathLike, index: int) -> Path:
     return Path(directory) / f"worker-{index}.json"
 
 
-def write_json(path: Path, doc: dict) -> None:
+def json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def replace_file(path: Path, data: bytes) -> None:
     """Replace `path` atomically: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, doc: dict) -> None:
+    replace_file(path, json_bytes(doc))
 
 
 def read_json(path: Path) -> dict | None:
