@@ -30,7 +30,8 @@ interrupts, the host's own agents) delays a worker the same way, and no server o
 can do better. A worker at 1,000 streams has about 25 chunks due each millisecond, so one late
 wake of 3 ms makes dozens of them more than 2 ms late.
 
-    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--pin-workers] [--warm 0] [--floor 5]
+    python bench/arrival_fidelity.py [--streams 100 250 500] [--workers 1] [--pin-workers] [--realtime] [--warm 0]
+                                     [--floor 5]
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--workers", default="1")
     ap.add_argument("--pin-workers", action="store_true", help="start the server with --pin-workers")
+    ap.add_argument("--realtime", action="store_true",
+                    help="start the server with --realtime (SCHED_RR workers; needs CAP_SYS_NICE)")
     ap.add_argument("--warm", type=int, choices=[0, 1], default=1,
                     help="also measure a second ramp against the same server (default 1)")
     ap.add_argument("--floor", type=float, default=5.0,
@@ -151,12 +154,13 @@ def main() -> None:
     print(f"{'streams':>8} {'ramp':>6} {'chunks':>8} {'p1 ms':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
           f"{'max ms':>8} "
           f"{'client CPU':>10}  (lateness of each chunk on the server, --workers {args.workers}"
-          f"{' --pin-workers' if args.pin_workers else ''}; client at the "
+          f"{' --pin-workers' if args.pin_workers else ''}{' --realtime' if args.realtime else ''}; client at the "
           f"lowest priority)")
     for n in args.streams:
         server = subprocess.Popen([sys.executable, "-m", "llmsim", "serve", "--port", "0", "--profiles-dir", d,
                                    "--target-tokens", str(args.tokens), "--workers", args.workers,
-                                   *(["--pin-workers"] if args.pin_workers else [])],
+                                   *(["--pin-workers"] if args.pin_workers else []),
+                                   *(["--realtime"] if args.realtime else [])],
                                   stdout=subprocess.PIPE, text=True)
         try:
             m = re.search(r"http://([\d.]+):(\d+)", server.stdout.readline())

@@ -159,6 +159,9 @@ OPTIONS: tuple[Option, ...] = (
                                    "and queue; auto = one per available core (see docs/scaling.md)", "N"),
     Option("pin_workers", _bool, False, "with --workers: pin worker i to the i-th CPU this process may use (Linux), "
                                         "so two replicas never wait on one core while another idles"),
+    Option("realtime", _bool, False, "run the server's processes under the real-time round-robin CPU policy "
+                                     "(SCHED_RR 1, Linux; needs CAP_SYS_NICE), so no ordinary task on the machine "
+                                     "holds a stream's chunks back for a scheduler tick"),
     Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
                                             "the workers exit", "S"),
     Option("stats_interval", positive_seconds, None,
@@ -187,6 +190,7 @@ class ServerConfig:
     admin_token: str | None = None
     workers: int | str = 1
     pin_workers: bool = False
+    realtime: bool = False
     grace_period: float = 10.0
     stats_interval: float | None = None
     allow_unknown_models: bool = False

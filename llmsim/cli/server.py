@@ -39,6 +39,7 @@ from ..errors import ConnectionDrop
 from ..precise import TimerfdTimer, precise_timer, run_due
 from .body import BODY_REFUSED, StrictJSONProvider
 from .config import ServerConfig
+from .cpu import run_realtime
 from .fdtable import raise_fd_limit, reserve_fd_table
 from .generation import ANSWER_KEY, StreamBody
 from .handlers import create_app
@@ -784,6 +785,8 @@ def serve(config: ServerConfig, replay: ReplayBook | None = None) -> int:
         return workers.run_worker()
     if config.workers != 1:
         return workers.supervise(config)
+    if config.realtime and (why := run_realtime()) is not None:
+        print(f"llmsim: --realtime: {why}; running at normal priority", file=sys.stderr, flush=True)
     server, state = build_server(config, replay=replay)
     server.start()
     if replay is not None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ServerConfig
+from .cpu import pin_to_cpu, run_realtime
 from .workerstats import (
     PROMETHEUS_DIR,
     SNAPSHOT_PERIOD_S,
@@ -100,22 +101,6 @@ def _cgroup_quota(root: str = "/sys/fs/cgroup") -> float | None:
 
 def worker_count(setting: int | str) -> int:
     return available_cores() if setting == "auto" else int(setting)
-
-
-def pin_to_cpu(index: int) -> int | None:
-    """Pin this process to the index-th CPU it may use (round robin); the CPU, or None where affinity
-    cannot be set.
-
-    Unpinned, Linux's scheduler sometimes queues two busy replicas on one core for milliseconds
-    while the other core runs an idle-priority task or nothing: traced with 1,000 streams on two
-    workers, each worker waited 105-116 ms a ramp to run, and 35-45 ms pinned (docs/benchmarks.md)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-        cpu = cpus[index % len(cpus)]
-        os.sched_setaffinity(0, {cpu})
-    except (AttributeError, OSError):
-        return None
-    return cpu
 
 
 def is_worker_process() -> bool:
@@ -593,6 +578,8 @@ def run_worker() -> int:
         worker = Worker(directory, index)
         if worker.config.pin_workers and pin_to_cpu(index) is None:
             _say(f"worker {index}: --pin-workers: this system cannot pin a process to a CPU; running unpinned")
+        if worker.config.realtime and (why := run_realtime()) is not None:
+            _say(f"worker {index}: --realtime: {why}; running at normal priority")
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             _say(f"worker {index}: cannot listen: {e.strerror}")

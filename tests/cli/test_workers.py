@@ -290,3 +290,34 @@ def test_unpinned_workers_keep_every_cpu(fleet):
         pytest.skip("no CPU affinity here")
     stats = fleet.stats_when(lambda s: len(s["workers"]) == 2)
     assert all(os.sched_getaffinity(w["pid"]) == os.sched_getaffinity(0) for w in stats["workers"])
+
+
+def _realtime_allowed() -> bool:
+    """Whether a process here may take SCHED_RR (root, CAP_SYS_NICE or RLIMIT_RTPRIO)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="needs Linux's scheduling policies")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_realtime_puts_every_serving_process_under_sched_rr(tmp_path, workers):
+    """--realtime: each worker (or the one process) runs under SCHED_RR 1, the supervisor stays ordinary.
+    Where the system refuses, every serving process says why once and serves at normal priority."""
+    allowed = _realtime_allowed()
+    f = Fleet(tmp_path, "--realtime", "--target-tokens", "5", workers=workers)
+    try:
+        if workers == "1":
+            pids = [f.proc.pid]
+        else:
+            pids = [w["pid"] for w in f.stats_when(lambda s: len(s["workers"]) == 2)["workers"]]
+            assert os.sched_getscheduler(f.proc.pid) == os.SCHED_OTHER
+        want = os.SCHED_RR if allowed else os.SCHED_OTHER
+        assert [os.sched_getscheduler(p) for p in pids] == [want] * len(pids)
+        if allowed:
+            assert [os.sched_getparam(p).sched_priority for p in pids] == [1] * len(pids)
+            assert "--realtime" not in f.stderr_text()
+        else:
+            assert f.stderr_text().count("--realtime: not permitted") == len(pids)
+        assert f.chat(stream=True).status_code == 200
+    finally:
+        assert f.stop() == 0

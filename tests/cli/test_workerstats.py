@@ -178,26 +178,62 @@ def test_workers_setting():
 
 
 def test_pin_to_cpu_goes_round_robin_over_the_allowed_cpus(monkeypatch):
-    from llmsim.cli import workers
+    from llmsim.cli import cpu
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity here")
     calls = []
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {5, 3, 9})
-    monkeypatch.setattr(workers.os, "sched_setaffinity", lambda pid, cpus: calls.append(cpus))
-    assert [workers.pin_to_cpu(i) for i in range(4)] == [3, 5, 9, 3]
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {5, 3, 9})
+    monkeypatch.setattr(cpu.os, "sched_setaffinity", lambda pid, cpus: calls.append(cpus))
+    assert [cpu.pin_to_cpu(i) for i in range(4)] == [3, 5, 9, 3]
     assert calls == [{3}, {5}, {9}, {3}]
 
 
 def test_pin_to_cpu_says_none_where_affinity_cannot_be_set(monkeypatch):
-    from llmsim.cli import workers
+    from llmsim.cli import cpu
 
     def refuse(pid, cpus):
         raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(workers.os, "sched_setaffinity", refuse, raising=False)
-    assert workers.pin_to_cpu(0) is None
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(cpu.os, "sched_setaffinity", refuse, raising=False)
+    assert cpu.pin_to_cpu(0) is None
+
+
+def test_run_realtime_says_why_it_could_not(monkeypatch):
+    """--realtime never stops the server: refused, it says why in words a user can act on."""
+    from llmsim.cli import cpu
+
+    calls = []
+
+    def refuse(pid, policy, param):
+        calls.append((pid, policy, param.sched_priority))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(cpu.os, "SCHED_RR", 2, raising=False)
+    monkeypatch.setattr(cpu.os, "sched_setscheduler", refuse, raising=False)
+    why = cpu.run_realtime()
+    assert calls == [(0, 2, 1)]
+    assert why is not None and "CAP_SYS_NICE" in why and "--cap-add SYS_NICE" in why and "ulimit -r" in why
+
+    def invalid(pid, policy, param):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(cpu.os, "sched_setscheduler", invalid)
+    assert cpu.run_realtime() == "the system refused it (Invalid argument)"
+    monkeypatch.delattr(cpu.os, "SCHED_RR")
+    assert cpu.run_realtime() == "this system has no real-time scheduling policy (Linux has)"
+    monkeypatch.setattr(cpu.os, "SCHED_RR", 2, raising=False)
+    monkeypatch.setattr(cpu.os, "sched_setscheduler", lambda pid, policy, param: calls.append(policy))
+    assert cpu.run_realtime() is None and calls[-1] == 2
+
+
+def test_realtime_reads_as_a_switch():
+    assert resolve_config({}, env={}).realtime is False
+    assert resolve_config({"realtime": True}, env={}).realtime is True
+    assert resolve_config({}, env={"LLMSIM_REALTIME": "1"}).realtime is True
+    with pytest.raises(ConfigError, match="LLMSIM_REALTIME: must be true or false, got 'max'"):
+        resolve_config({}, env={"LLMSIM_REALTIME": "max"})
 
 
 def test_pin_workers_reads_as_a_switch():
