@@ -541,9 +541,10 @@ class ServerStats:
                 "models": {m: {"queries_total": q, "hits_total": self.cache_hits[m]}
                            for m, q in sorted(self.cache_queries.items())}}
 
-    def status_line(self) -> str:
-        """One line for `llmsim serve --stats-interval`: rates, state and recent latencies."""
-        d = self.to_dict()
+    def status_line(self, between: Callable[[], object] | None = None) -> str:
+        """One line for `llmsim serve --stats-interval`: rates, state and recent latencies (`between` as
+        in to_dict)."""
+        d = self.to_dict(between=between)
         r = d["rates"]["1s"]
         lat = d["latency_ms"]["10s"]
 

@@ -774,7 +774,7 @@ def print_status(state: AppState, interval: float, out: Any = None) -> None:
     out = out or sys.stdout
     while True:
         gevent.sleep(interval)
-        print(state.stats.status_line(), file=out, flush=True)
+        print(state.stats.status_line(run_due), file=out, flush=True)
 
 
 def serve(config: ServerConfig, replay: ReplayBook | None = None) -> int:
