@@ -132,6 +132,19 @@ def test_compose_services_and_the_files_they_mount():
     assert services["locust-master"]["image"] == services["locust-worker"]["image"] == services["llmsim"]["image"]
 
 
+def test_compose_runs_real_time_workers_as_the_non_root_user():
+    """--realtime needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least its priority; the image's user is not
+    root (its capabilities would not apply), so the service raises the limit instead."""
+    from llmsim.cli.cpu import REALTIME_PRIORITY
+
+    llmsim = compose()["services"]["llmsim"]
+    assert "--realtime" in llmsim["command"]
+    rtprio = llmsim["ulimits"]["rtprio"]
+    assert rtprio["soft"] >= REALTIME_PRIORITY and rtprio["hard"] >= rtprio["soft"]
+    users = [line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
 def test_prometheus_scrapes_llmsim_metrics():
     doc = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     (job,) = doc["scrape_configs"]

@@ -46,8 +46,8 @@ def run_realtime() -> str | None:
     try:
         os.sched_setscheduler(0, policy, os.sched_param(REALTIME_PRIORITY))
     except PermissionError:
-        return ("not permitted: it needs the CAP_SYS_NICE capability (in Docker: --cap-add SYS_NICE) "
-                "or an RLIMIT_RTPRIO of 1 or more (ulimit -r)")
+        return ("not permitted: it needs an RLIMIT_RTPRIO of 1 or more (ulimit -r; Docker: --ulimit rtprio=1) "
+                "or the CAP_SYS_NICE capability")
     except OSError as e:
         return f"the system refused it ({e.strerror or e})"
     return None

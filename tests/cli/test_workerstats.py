@@ -214,7 +214,7 @@ def test_run_realtime_says_why_it_could_not(monkeypatch):
     monkeypatch.setattr(cpu.os, "sched_setscheduler", refuse, raising=False)
     why = cpu.run_realtime()
     assert calls == [(0, 2, 1)]
-    assert why is not None and "CAP_SYS_NICE" in why and "--cap-add SYS_NICE" in why and "ulimit -r" in why
+    assert why is not None and "CAP_SYS_NICE" in why and "--ulimit rtprio=1" in why and "ulimit -r" in why
 
     def invalid(pid, policy, param):
         raise OSError(22, "Invalid argument")
