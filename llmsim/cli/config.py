@@ -160,8 +160,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pin_workers", _bool, False, "with --workers: pin worker i to the i-th CPU this process may use (Linux), "
                                         "so two replicas never wait on one core while another idles"),
     Option("realtime", _bool, False, "run the server's processes under the real-time round-robin CPU policy "
-                                     "(SCHED_RR 1, Linux; needs CAP_SYS_NICE), so no ordinary task on the machine "
-                                     "holds a stream's chunks back for a scheduler tick"),
+                                     "(SCHED_RR 1, Linux; needs ulimit -r >= 1 or CAP_SYS_NICE), so no ordinary task "
+                                     "on the machine holds a stream's chunks back for a scheduler tick"),
     Option("grace_period", _float(0), 10.0, "with --workers: seconds SIGTERM/SIGINT lets open streams finish before "
                                             "the workers exit", "S"),
     Option("stats_interval", positive_seconds, None,
