@@ -9,7 +9,7 @@ scheduler events at 1,000 streams on two workers and two cores (docs/benchmarks.
   idle-priority task or nothing: each worker waited 105-116 ms per ramp to run, 35-45 ms pinned.
 - At normal priority, the scheduler's tick (4 ms here) hands the core to another task whenever the
   worker has run past its fair share, even to an idle-priority load generator, and the worker waits
-  out the whole tick: 3-4 ms stalls, several per ramp, and 35-65 ms of waiting per worker in all.
+  out the whole tick: 3-4 ms stalls, several per ramp, and 29-65 ms of waiting per worker in all.
   Under the real-time round-robin policy (SCHED_RR) no ordinary task runs on the core while a worker
   is runnable, and a worker that wakes takes the core at once: 4-7 ms of waiting per ramp. The kernel
   still keeps 5 % of each second for ordinary tasks (sched_rt_runtime_us), so an overloaded server
