@@ -484,11 +484,13 @@ class ServerStats:
     def running_waiting(self, between: Callable[[], object] | None = None) -> dict[str, tuple[int, int]]:
         """Per model label: requests holding a batch slot, and requests queued for one.
 
-        Read without the lock (only the event loop changes `live`), calling `between()` every LIVE_STEP
-        requests: with 500 open it takes about 0.5 ms, which a server spends writing due streams."""
+        Counted outside the lock, calling `between()` every LIVE_STEP requests (with 500 open it takes
+        about 0.5 ms, which a server spends writing due streams); only the copy of the list is taken
+        under it. `between` may end streams, and so take the lock."""
         out: dict[str, list[int]] = {}
         labels = self.models  # a request's label was made when it started (generation_started)
-        gens = list(self.live.values())
+        with self._lock:
+            gens = list(self.live.values())
         for start in range(0, len(gens), LIVE_STEP):
             if start and between is not None:
                 between()
