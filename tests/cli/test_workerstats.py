@@ -228,17 +228,11 @@ def test_run_realtime_says_why_it_could_not(monkeypatch):
     assert cpu.run_realtime() is None and calls[-1] == 2
 
 
-def test_realtime_reads_as_a_switch():
-    assert resolve_config({}, env={}).realtime is False
-    assert resolve_config({"realtime": True}, env={}).realtime is True
-    assert resolve_config({}, env={"LLMSIM_REALTIME": "1"}).realtime is True
-    with pytest.raises(ConfigError, match="LLMSIM_REALTIME: must be true or false, got 'max'"):
-        resolve_config({}, env={"LLMSIM_REALTIME": "max"})
-
-
-def test_pin_workers_reads_as_a_switch():
-    assert resolve_config({}, env={}).pin_workers is False
-    assert resolve_config({"pin_workers": True}, env={}).pin_workers is True
-    assert resolve_config({}, env={"LLMSIM_PIN_WORKERS": "on"}).pin_workers is True
-    with pytest.raises(ConfigError, match="LLMSIM_PIN_WORKERS: must be true or false, got 'sometimes'"):
-        resolve_config({}, env={"LLMSIM_PIN_WORKERS": "sometimes"})
+@pytest.mark.parametrize(("key", "on", "bad"), [("pin_workers", "on", "sometimes"), ("realtime", "1", "max")])
+def test_cpu_placement_settings_read_as_switches(key, on, bad):
+    env = f"LLMSIM_{key.upper()}"
+    assert getattr(resolve_config({}, env={}), key) is False
+    assert getattr(resolve_config({key: True}, env={}), key) is True
+    assert getattr(resolve_config({}, env={env: on}), key) is True
+    with pytest.raises(ConfigError, match=f"{env}: must be true or false, got '{bad}'"):
+        resolve_config({}, env={env: bad})
